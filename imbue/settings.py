@@ -1,0 +1,263 @@
+"""IMBUE settings: one module, read from the environment.
+
+Every variable is listed with its meaning in `.env.example`. With nothing set, the product runs on
+the embedded PostgreSQL and Redis that `imbue.devservices` starts (their addresses are written to
+`.local/services.json`, so any `manage.py` command in another terminal reaches the same servers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+LOCAL_DIR = Path(os.environ.get("IMBUE_LOCAL_DIR", BASE_DIR / ".local"))
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    return int(value) if value.strip() else default
+
+
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name, "")
+    return float(value) if value.strip() else default
+
+
+def env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+def _embedded_services() -> dict[str, str]:
+    """Addresses written by `python -m imbue.devservices` when it started embedded servers."""
+    path = LOCAL_DIR / "services.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _secret_key() -> str:
+    """SECRET_KEY from the environment, else one generated once and kept in .local/ (ignored)."""
+    if os.environ.get("SECRET_KEY"):
+        return os.environ["SECRET_KEY"]
+    path = LOCAL_DIR / "secret_key"
+    try:
+        return path.read_text().strip()
+    except OSError:
+        LOCAL_DIR.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(50)
+        path.write_text(key)
+        path.chmod(0o600)
+        return key
+
+
+EMBEDDED = _embedded_services()
+
+SECRET_KEY = _secret_key()
+DEBUG = env_bool("DEBUG", False)
+# IMBUE_DEPLOY=1 turns on the HTTPS-only settings of a real deployment (see README, "Deploying").
+DEPLOY = env_bool("IMBUE_DEPLOY", False)
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.postgres",
+    "channels",
+    "django_htmx",
+    "template_partials",
+    "imbue",
+    "simulations",
+    "feedback",
+    "study",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "imbue.urls"
+ASGI_APPLICATION = "imbue.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "imbue.context_processors.product",
+            ],
+        },
+    },
+]
+
+# --- PostgreSQL through psycopg 3 ---------------------------------------------------------------
+if os.environ.get("DATABASE_URL"):
+    DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"])}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": "imbue",
+            "USER": "postgres",
+            "PASSWORD": "",
+            # The embedded server listens on a Unix socket only; its folder is recorded at start-up.
+            "HOST": EMBEDDED.get("pg_socket_dir", str(LOCAL_DIR / "pgdata")),
+            "PORT": EMBEDDED.get("pg_port", ""),
+        }
+    }
+DATABASES["default"]["ENGINE"] = "django.db.backends.postgresql"
+if os.environ.get("DATABASE_NAME"):
+    # Lets a worker or server started by the tests use the test database.
+    DATABASES["default"]["NAME"] = os.environ["DATABASE_NAME"]
+DATABASES["default"]["CONN_MAX_AGE"] = 0
+if env_bool("DB_POOL", True):
+    # psycopg's pool; one per process (ASGI worker, Celery child). Sized by DB_POOL_MAX.
+    DATABASES["default"]["OPTIONS"] = {
+        "pool": {"min_size": 1, "max_size": env_int("DB_POOL_MAX", 10), "timeout": 10}
+    }
+DATABASES["default"]["TEST"] = {
+    "NAME": "test_" + DATABASES["default"]["NAME"] + os.environ.get("TEST_DB_SUFFIX", "")
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis: channel layer and Celery broker -----------------------------------------------------
+REDIS_URL = os.environ.get("REDIS_URL") or EMBEDDED.get(
+    "redis_url", f"redis://127.0.0.1:{env_int('IMBUE_EMBEDDED_REDIS_PORT', 6390)}/0"
+)
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {
+            "hosts": [REDIS_URL],
+            "prefix": "imbue",
+            "capacity": 1000,
+            "expiry": 60,
+        },
+    }
+}
+
+CELERY_BROKER_URL = REDIS_URL
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_DEFAULT_QUEUE = "imbue"
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    # An unacknowledged task (worker killed mid-task) is redelivered after this many seconds.
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 120),
+    "global_keyprefix": os.environ.get("CELERY_KEY_PREFIX", ""),
+}
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# --- Language models (imbue/llm.py is the only caller) -----------------------------------------
+_LLM_PURPOSES = ("partner", "persona", "suggestion", "feedback")
+_LLM_DEFAULT_TEMPERATURE = {"partner": 0.8, "persona": 0.7, "suggestion": 0.2, "feedback": 0.0}
+_LLM_DEFAULT_MAX_TOKENS = {"partner": 400, "persona": 500, "suggestion": 200, "feedback": 1800}
+LLM = {
+    "base_url": os.environ.get("LLM_BASE_URL") or None,
+    "api_key": os.environ.get("LLM_API_KEY", ""),
+    "provider": os.environ.get("LLM_PROVIDER", "openai"),
+    "api_version": os.environ.get("LLM_API_VERSION", "2024-10-21"),
+    "timeout_s": env_float("LLM_TIMEOUT", 30.0),
+    "max_retries": env_int("LLM_MAX_RETRIES", 2),
+    "backoff_s": env_float("LLM_BACKOFF", 0.5),
+    "purposes": {
+        purpose: {
+            "model": os.environ.get(f"LLM_{purpose.upper()}_MODEL")
+            or os.environ.get("LLM_MODEL", "gpt-4o-mini"),
+            "temperature": env_float(
+                f"LLM_{purpose.upper()}_TEMPERATURE", _LLM_DEFAULT_TEMPERATURE[purpose]
+            ),
+            "max_tokens": env_int(
+                f"LLM_{purpose.upper()}_MAX_TOKENS", _LLM_DEFAULT_MAX_TOKENS[purpose]
+            ),
+        }
+        for purpose in _LLM_PURPOSES
+    },
+}
+
+# --- Product defaults (a study can override the conversation ones per arm) ---------------------
+IMBUE = {
+    "max_messages": env_int("IMBUE_MAX_MESSAGES", 10),
+    "max_message_chars": env_int("IMBUE_MAX_MESSAGE_CHARS", 2000),
+    "messages_per_minute": env_int("IMBUE_MESSAGES_PER_MINUTE", 12),
+    "feedback_per_minute": env_int("IMBUE_FEEDBACK_PER_MINUTE", 20),
+    "conversation_token_budget": env_int("IMBUE_CONVERSATION_TOKEN_BUDGET", 60000),
+}
+
+# --- Sessions, security --------------------------------------------------------------------------
+SESSION_ENGINE = "django.contrib.sessions.backends.db"
+SESSION_COOKIE_AGE = 60 * 60 * 24 * 90
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_HTTPONLY = False  # htmx reads the token from the page, not the cookie
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+if DEPLOY:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = BASE_DIR / "staticfiles"
+WHITENOISE_USE_FINDERS = True
+LOGIN_URL = "admin:login"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+

@@ -1,0 +1,118 @@
+"""Shared fixtures: real processes (Celery worker, ASGI server) against the test database."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+pytest_plugins = ["tests.fakes.fixtures"]
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def process_env(**extra: str) -> dict[str, str]:
+    """Environment for a child process that must share this test run's database and Redis."""
+    env = os.environ.copy()
+    env["DATABASE_NAME"] = settings.DATABASES["default"]["NAME"]
+    env.setdefault("REDIS_URL", settings.REDIS_URL)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not ready after {timeout}s")
+
+
+class Worker:
+    """A real Celery worker process; tests may kill it (SIGKILL) and start it again."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> Worker:
+        from imbue.devservices import celery_worker_argv
+
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            celery_worker_argv(), cwd=BASE_DIR, env=self.env, stdout=log, stderr=log,
+            start_new_session=True,
+        )  # fmt: skip
+        from imbue.celery import app
+
+        wait_for(lambda: bool(app.control.ping(timeout=0.3, limit=1)), 30, "Celery worker")
+        return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, 9)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, 15)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    path = BASE_DIR / "test-artifacts"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def start_worker(
+    django_db_setup: None, artifacts_dir: Path
+) -> Iterator[Callable[..., Worker]]:
+    """Start real Celery workers on the test database; all are stopped at the end of the run."""
+    started: list[Worker] = []
+
+    def start(**extra_env: str) -> Worker:
+        worker = Worker(process_env(**extra_env), artifacts_dir / "celery-worker.log").start()
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture(scope="session")
+def _shared_worker(start_worker: Callable[..., Worker], fake_llm_server) -> Worker:
+    return start_worker(LLM_BASE_URL=fake_llm_server.base_url, LLM_API_KEY="test-key")
+
+
+@pytest.fixture
+def celery_worker(_shared_worker: Worker) -> Worker:
+    """The run's shared worker (talking to the fake model server), restarted if a test killed it."""
+    if not _shared_worker.alive():
+        _shared_worker.start()
+    return _shared_worker

@@ -1,0 +1,38 @@
+"""The live path: a socket message goes through a real Celery worker and returns over Redis."""
+
+import json
+import time
+
+import pytest
+from channels.testing import WebsocketCommunicator
+
+from imbue.asgi import application
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+async def test_socket_message_returns_through_celery_worker_and_channel_layer(
+    celery_worker,
+) -> None:
+    communicator = WebsocketCommunicator(
+        application, "/ws/ping/", headers=[(b"origin", b"http://localhost"), (b"host", b"localhost")]
+    )
+    connected, _ = await communicator.connect()
+    assert connected
+    timings = []
+    for index in range(5):
+        started = time.monotonic()
+        await communicator.send_to(text_data=json.dumps({"ping": f"hello {index}"}))
+        reply = json.loads(await communicator.receive_from(timeout=10))
+        timings.append(time.monotonic() - started)
+        assert reply == {"pong": f"hello {index}", "db": True}
+    await communicator.disconnect()
+
+
+@pytest.mark.asyncio
+async def test_socket_from_a_foreign_origin_is_refused() -> None:
+    communicator = WebsocketCommunicator(
+        application, "/ws/ping/", headers=[(b"origin", b"http://evil.example"), (b"host", b"localhost")]
+    )
+    connected, _ = await communicator.connect()
+    assert not connected
