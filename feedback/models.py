@@ -1,4 +1,4 @@
-"""Drafts, the feedback asked for on them, and the skill ratings of sent messages.
+"""Drafts and the feedback asked for on them (sent messages carry their own skill ratings).
 
 Every draft and every rating is kept: the revision trail is research data.
 """
@@ -40,6 +40,9 @@ class Draft(models.Model):
             )
         ]
 
+    def __str__(self) -> str:
+        return f"draft {self.turn}.{self.revision} of conversation {self.conversation_id}"
+
 
 class FeedbackRequest(models.Model):
     """One "get feedback" on one draft: computed by the worker, pushed to the browser."""
@@ -57,7 +60,9 @@ class FeedbackRequest(models.Model):
     # {"skills": {key: {"rating", "reasoning", "suggestion", "rewrite"}}, "mastery": float, ...}
     result = models.JSONField(default=dict, blank=True)
     offline_result = models.JSONField(
-        default=dict, blank=True, help_text="The instant offline rating shown while the model works."
+        default=dict,
+        blank=True,
+        help_text="The instant offline rating shown while the model works.",
     )
     llm_call_id = models.BigIntegerField(null=True, blank=True)
     requested_at = models.DateTimeField(auto_now_add=True)
@@ -70,14 +75,5 @@ class FeedbackRequest(models.Model):
     class Meta:
         ordering = ["requested_at"]
 
-
-class MessageRating(models.Model):
-    """Skill ratings of a sent learner message: skill mastery and the adaptive partner use it."""
-
-    message = models.OneToOneField(Message, on_delete=models.CASCADE, related_name="rating")
-    engine = models.CharField(max_length=8, choices=Engine.choices)
-    ratings = models.JSONField(default=dict, help_text="{skill: level} for all seven skills.")
-    chosen = ArrayField(models.CharField(max_length=10), default=list, blank=True)
-    mastery = models.FloatField(null=True, blank=True, help_text="0-2, the published scale.")
-    llm_call_id = models.BigIntegerField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
+    def __str__(self) -> str:
+        return f"feedback {self.pk} ({self.status}) on draft {self.draft_id}"

@@ -1,4 +1,4 @@
-"""The diagnostic socket that proves the live path: browser -> Celery -> PostgreSQL -> Redis -> browser."""
+"""The diagnostic socket proving the live path: browser, Celery, PostgreSQL, Redis, browser."""
 
 import json
 
@@ -15,7 +15,7 @@ class PingConsumer(AsyncWebsocketConsumer):
         try:
             payload = json.loads(text_data or "{}")
         except ValueError:
-            await self.send(json.dumps({"error": "Send JSON, for example {\"ping\": \"hello\"}."}))
+            await self.send(json.dumps({"error": 'Send JSON, for example {"ping": "hello"}.'}))
             return
         await services.aping_through_worker(
             reply_channel=self.channel_name, text=str(payload.get("ping", ""))[:200]

@@ -26,7 +26,9 @@ def _redis_answers() -> tuple[bool, str]:
     import redis
 
     try:
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+        client = redis.Redis.from_url(
+            settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1
+        )
         info = client.info("server")
         return True, f"Redis {info.get('redis_version', '?')}"
     except Exception as exc:

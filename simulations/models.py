@@ -170,7 +170,9 @@ class Message(models.Model):
         COMPLETE = "complete", "Complete"
         FAILED = "failed", "Failed; can be retried"
 
-    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="messages"
+    )
     seq = models.PositiveIntegerField(help_text="Position in the transcript, from 1.")
     role = models.CharField(max_length=8, choices=Role.choices)
     text = models.TextField(blank=True)
@@ -182,6 +184,10 @@ class Message(models.Model):
     resistance = models.FloatField(null=True, blank=True)
     resistance_reasons = models.JSONField(default=list, blank=True)
     agreed = models.BooleanField(default=False)
+    # Skill ratings of a sent learner message ({skill: level}, all seven) and its 0-2 mastery.
+    ratings = models.JSONField(default=dict, blank=True)
+    rating_engine = models.CharField(max_length=8, blank=True)
+    mastery = models.FloatField(null=True, blank=True)
     error = models.CharField(max_length=300, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     llm_call_id = models.BigIntegerField(null=True, blank=True)
@@ -225,3 +231,6 @@ class EmotionCheckin(models.Model):
                 condition=Q(intensity__gte=0) & Q(intensity__lte=10), name="intensity_0_to_10"
             )
         ]
+
+    def __str__(self) -> str:
+        return f"{self.phase} check-in {self.intensity}/10 (conversation {self.conversation_id})"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -89,9 +88,7 @@ def artifacts_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def start_worker(
-    django_db_setup: None, artifacts_dir: Path
-) -> Iterator[Callable[..., Worker]]:
+def start_worker(django_db_setup: None, artifacts_dir: Path) -> Iterator[Callable[..., Worker]]:
     """Start real Celery workers on the test database; all are stopped at the end of the run."""
     started: list[Worker] = []
 

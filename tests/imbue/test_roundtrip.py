@@ -15,7 +15,9 @@ async def test_socket_message_returns_through_celery_worker_and_channel_layer(
     celery_worker,
 ) -> None:
     communicator = WebsocketCommunicator(
-        application, "/ws/ping/", headers=[(b"origin", b"http://localhost"), (b"host", b"localhost")]
+        application,
+        "/ws/ping/",
+        headers=[(b"origin", b"http://localhost"), (b"host", b"localhost")],
     )
     connected, _ = await communicator.connect()
     assert connected
@@ -32,7 +34,9 @@ async def test_socket_message_returns_through_celery_worker_and_channel_layer(
 @pytest.mark.asyncio
 async def test_socket_from_a_foreign_origin_is_refused() -> None:
     communicator = WebsocketCommunicator(
-        application, "/ws/ping/", headers=[(b"origin", b"http://evil.example"), (b"host", b"localhost")]
+        application,
+        "/ws/ping/",
+        headers=[(b"origin", b"http://evil.example"), (b"host", b"localhost")],
     )
     connected, _ = await communicator.connect()
     assert not connected

@@ -1,0 +1,84 @@
+"""Who is practising: the browser's session holds the learner; a resume code moves it elsewhere.
+
+Every view and consumer gets the learner from here and filters by it: a learner reaches only their
+own situations, conversations, drafts and feedback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.contrib.sessions.backends.base import SessionBase
+from django.db import transaction
+from django.http import Http404, HttpRequest
+
+from simulations.models import Conversation, Learner
+
+SESSION_KEY = "imbue_learner_id"
+
+
+def current_learner(request: HttpRequest, *, create: bool = True) -> Learner | None:
+    """The learner this browser is, created on first use (anonymous practice needs no account)."""
+    learner_id = request.session.get(SESSION_KEY)
+    if learner_id is not None:
+        learner = Learner.objects.filter(pk=learner_id).first()
+        if learner is not None:
+            return learner
+    if not create:
+        return None
+    learner = Learner.objects.create()
+    attach_learner(request.session, learner)
+    return learner
+
+
+def attach_learner(session: SessionBase, learner: Learner) -> None:
+    """Bind a learner to this browser; a new session key guards against fixation."""
+    session.cycle_key()
+    session[SESSION_KEY] = learner.pk
+
+
+@transaction.atomic
+def resume_with_code(request: HttpRequest, *, code: str) -> Learner | None:
+    """Continue on this device as the learner whose resume code this is."""
+    normalised = "".join(ch for ch in code.upper() if ch.isalnum())
+    learner = Learner.objects.filter(resume_code=normalised).first()
+    if learner is not None:
+        attach_learner(request.session, learner)
+    return learner
+
+
+def learner_id_from_scope(scope: dict[str, Any]) -> int | None:
+    """The learner id a websocket's session carries (AuthMiddlewareStack puts the session there)."""
+    session = scope.get("session")
+    if session is None:
+        return None
+    return session.get(SESSION_KEY)
+
+
+def owned_conversation(request: HttpRequest, conversation_id: int) -> Conversation:
+    """The conversation if this browser's learner owns it; 404 otherwise (no existence leak)."""
+    learner = current_learner(request, create=False)
+    if learner is None:
+        raise Http404("No such conversation.")
+    conversation = (
+        Conversation.objects.select_related("situation")
+        .filter(pk=conversation_id, learner=learner)
+        .first()
+    )
+    if conversation is None:
+        raise Http404("No such conversation.")
+    return conversation
+
+
+@sync_to_async
+def aowned_conversation(scope: dict[str, Any], conversation_id: int) -> Conversation | None:
+    """For consumers: the conversation if the socket's session owns it, else None."""
+    learner_id = learner_id_from_scope(scope)
+    if learner_id is None:
+        return None
+    return (
+        Conversation.objects.select_related("situation")
+        .filter(pk=conversation_id, learner_id=learner_id)
+        .first()
+    )
