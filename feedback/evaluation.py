@@ -19,7 +19,7 @@ def _f1(tp: int, fp: int, fn: int) -> float:
 
 
 def macro_f1(y_true: Sequence[Hashable], y_pred: Sequence[Hashable]) -> float:
-    """Unweighted mean of per-class F1 over the classes seen in either sequence (as sklearn does)."""
+    """Unweighted mean of per-class F1 over the classes seen in either list (as sklearn does)."""
     if len(y_true) != len(y_pred):
         raise ValueError("y_true and y_pred differ in length")
     classes = set(y_true) | set(y_pred)

@@ -81,7 +81,8 @@ _CATALOGUE: tuple[Skill, ...] = (
             "it makes me sad."
         ),
         weak_reasons=(
-            "a thought or judgment dressed as a feeling (I feel like you don't care, I feel that's unfair)",
+            "a thought or judgment dressed as a feeling (I feel like you don't care, "
+            "I feel that's unfair)",
             "a feeling that is only hinted at or vague (it's not great for me)",
             "blame in place of a feeling (you make me furious)",
         ),
@@ -154,7 +155,9 @@ _CATALOGUE: tuple[Skill, ...] = (
             "an offer so unclear the other person cannot say yes to it",
         ),
         none_means="The message offers and asks for no alternative.",
-        example="If the whole amount is hard this month, could you send half now and half on the 20th?",
+        example=(
+            "If the whole amount is hard this month, could you send half now and half on the 20th?"
+        ),
         worksheet="Negotiate: offer an alternative or ask what would work for them.",
     ),
     Skill(

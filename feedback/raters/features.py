@@ -1,0 +1,913 @@
+"""Rubric cues found in a learner message: the lexical evidence behind each DEAR MAN rating.
+
+Every cue is a named count (or ratio) so that the offline classifier can weigh it and the
+offline rater can explain a rating by pointing at the cues that fired. The patterns follow the
+rubric in feedback/skills.py; they are deliberately general (word classes, not phrases from
+the example bank) so that they carry over to messages the bank never saw.
+"""
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+
+# Texting forms that would otherwise hide a cue ("im so stressed", "u never", "dont").
+_TEXTING = (
+    (r"\bi'?m\b", "i'm"),
+    (r"\bim\b", "i'm"),
+    (r"\bu\b", "you"),
+    (r"\bur\b", "your"),
+    (r"\br\b", "are"),
+    (r"\bpls\b|\bplz\b", "please"),
+    (r"\bive\b", "i've"),
+    (r"\bid\b", "i'd"),
+    (r"\bill\b(?= \w+)", "i'll"),
+    (r"\bdont\b", "don't"),
+    (r"\bcant\b", "can't"),
+    (r"\bwont\b", "won't"),
+    (r"\bdidnt\b", "didn't"),
+    (r"\bdoesnt\b", "doesn't"),
+    (r"\bisnt\b", "isn't"),
+    (r"\bwasnt\b", "wasn't"),
+    (r"\bhavent\b", "haven't"),
+    (r"\byoure\b", "you're"),
+    (r"\byoud\b", "you'd"),
+    (r"\byoull\b", "you'll"),
+    (r"\bthats\b", "that's"),
+    (r"\bits\b(?= (?:not|been|just|so|really|a|the|getting|like|fine|ok|okay|hard|too))", "it's"),
+    (r"\bwed\b", "we'd"),
+    (r"\bidk\b", "i don't know"),
+    (r"\bkinda\b", "kind of"),
+    (r"\bsorta\b", "sort of"),
+    (r"\bgonna\b", "going to"),
+    (r"\bwanna\b", "want to"),
+    (r"\bthx\b|\bty\b", "thanks"),
+    (r"\bok\b", "okay"),
+)
+_TEXTING_RE = [(re.compile(p), r) for p, r in _TEXTING]
+
+
+def normalise(text: str) -> str:
+    """Lowercase, straight quotes, texting forms expanded, whitespace collapsed."""
+    text = text.replace("\u2019", "'").replace("\u2018", "'").replace("`", "'")
+    text = text.replace("\u201c", '"').replace("\u201d", '"')
+    text = text.lower()
+    for pattern, replacement in _TEXTING_RE:
+        text = pattern.sub(replacement, text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _alt(words: str | Iterable[str], phrases: Iterable[str] = ()) -> str:
+    """A regex alternation, longest first; a string is split on whitespace into single words."""
+    items = [*(words.split() if isinstance(words, str) else words), *phrases]
+    return "(?:" + "|".join(sorted(items, key=len, reverse=True)) + ")"
+
+
+FEELINGS = _alt(
+    """worried worry worrying anxious anxiety nervous scared afraid frightened terrified fear
+    stressed stress stressful overwhelmed overwhelming panicked panicky uneasy tense
+    sad sadness upset hurt hurts heartbroken depressed lonely isolated
+    frustrated frustrating frustration angry anger mad furious annoyed irritated resentful
+    bitter disappointed disappointing discouraged hopeless helpless powerless
+    embarrassed ashamed guilty humiliated insecure jealous uncomfortable awkward confused
+    exhausted drained tired happy glad relieved excited grateful thankful hopeful proud calm
+    comfortable appreciated unappreciated invisible dismissed unheard unimportant
+    disrespected ignored""",
+    [
+        "on edge",
+        "left out",
+        "worn out",
+        "burnt out",
+        "burned out",
+        "fed up",
+        "taken for granted",
+        "let down",
+        "heavy",
+        "alone",
+    ],
+)
+# Words that name a judgment of the other person rather than a feeling of the speaker.
+JUDGMENT_FEELINGS = _alt(
+    "ignored disrespected unappreciated dismissed invisible unheard unimportant used "
+    "manipulated betrayed attacked judged controlled"
+)
+LABELS = _alt(
+    """lazy selfish rude inconsiderate irresponsible ridiculous childish immature useless
+    pathetic stupid dumb idiot idiotic jerk careless disrespectful thoughtless clueless
+    unreliable flaky insane crazy ungrateful entitled petty dramatic hypocrite hypocritical
+    controlling toxic awful terrible horrible disgusting unacceptable unbelievable unfair
+    incompetent sloppy mean cheap"""
+)
+INSULTS = _alt(
+    """idiot stupid dumb moron jerk pathetic loser useless asshole ass bitch crap shit
+    damn hell wtf stfu ffs pig slob"""
+)
+ABSOLUTES = _alt(
+    [
+        "always",
+        "never",
+        "every single time",
+        "every time",
+        "constantly",
+        "all the time",
+        "each and every",
+        "nothing",
+        "everything",
+        "no one",
+        "nobody",
+        "forever",
+        "literally",
+        "100 times",
+        "a million times",
+        "a hundred times",
+        "a thousand times",
+    ]
+)
+NUMBER_WORDS = _alt(
+    """one two three four five six seven eight nine ten eleven twelve fifteen twenty thirty
+    forty fifty hundred twice once half first second third fourth fifth"""
+)
+TIME_WORDS = _alt(
+    """yesterday today tonight tomorrow monday tuesday wednesday thursday friday saturday sunday
+    weekend weekends morning mornings evening evenings night nights noon midnight week weeks
+    month months year years day days hour hours minute minutes times o'clock am pm
+    january february march april may june july august september october november december
+    jan feb mar apr jun jul aug sep sept oct nov dec
+    lately recently since ago until last past"""
+)
+VAGUE = _alt(
+    [
+        "stuff",
+        "things",
+        "this whole thing",
+        "the whole thing",
+        "whatever",
+        "some issues",
+        "some things",
+        "lately",
+        "sometimes",
+        "a lot",
+        "you know what i mean",
+        "you know what",
+        "and everything",
+        "or something",
+        "this situation",
+        "the situation",
+    ]
+)
+HEDGES = _alt(
+    [
+        "maybe",
+        "perhaps",
+        "possibly",
+        "i guess",
+        "i suppose",
+        "i think maybe",
+        "kind of",
+        "sort of",
+        "a little",
+        "a bit",
+        "just",
+        "i'm not sure",
+        "not sure",
+        "i don't know",
+        "if that's okay",
+        "if it's okay",
+        "if that's alright",
+        "if it's alright",
+        "if that's fine",
+        "if you don't mind",
+        "if you want",
+        "if possible",
+        "if you can",
+        "only if",
+        "no pressure",
+        "no worries if not",
+        "it's fine if not",
+        "it's okay if not",
+        "totally fine if not",
+        "no big deal",
+        "or not",
+        "i mean",
+        "um",
+        "uh",
+        "umm",
+        "hmm",
+        "like,",
+        "probably",
+        "might",
+        "any chance",
+        "would it be possible",
+        "i was wondering",
+        "i hate to",
+        "i hate asking",
+        "i know it's a lot",
+        "i know this is a lot",
+        "i don't want to be a bother",
+        "i don't mean to",
+    ]
+)
+APOLOGIES = _alt(
+    ["sorry", "i apologize", "i apologise", "apologies", "my bad", "forgive me", "my fault"]
+)
+SELF_DOWN = _alt(
+    [
+        "i'm bad at",
+        "i'm terrible at",
+        "i'm probably wrong",
+        "i'm probably overreacting",
+        "i might be overreacting",
+        "i'm overreacting",
+        "i know i'm being",
+        "this is dumb",
+        "this is stupid",
+        "i'm being silly",
+        "i'm being dramatic",
+        "i'm being annoying",
+        "i'm such a",
+        "i feel bad asking",
+        "i feel bad even",
+        "i'm begging",
+        "please please",
+        "i beg you",
+    ]
+)
+GIVE_UP = _alt(
+    [
+        "forget it",
+        "never mind",
+        "nevermind",
+        "forget i said",
+        "forget i asked",
+        "doesn't matter",
+        "it doesn't matter",
+        "don't worry about it",
+        "i give up",
+        "whatever you want",
+        "you're right",
+        "you're probably right",
+        "i guess you're right",
+        "fine,",
+        "fine.",
+        "fine then",
+        "okay fine",
+        "ok fine",
+        "let it go",
+        "i'll just do it myself",
+        "i'll deal with it",
+        "i'll manage",
+        "forget about it",
+        "it's fine",
+        "no worries",
+        "drop it",
+        "not a big deal",
+        "not important",
+    ]
+)
+SARCASM = _alt(
+    [
+        "oh sure",
+        "oh yeah",
+        "yeah right",
+        "sure you",
+        "oh really",
+        "oh great",
+        "oh wow",
+        "wow,",
+        "wow.",
+        "must be nice",
+        "thanks a lot",
+        "thanks for nothing",
+        "great job",
+        "nice job",
+        "good for you",
+        "how nice",
+        "how convenient",
+        "of course you",
+        "clearly you",
+        "obviously you",
+        "nice try",
+        "big surprise",
+        "what a surprise",
+        "congrats",
+        "lol",
+        "lmao",
+        "sure, jan",
+        "real mature",
+        "very mature",
+        "so mature",
+        "shocker",
+        "🙄",
+    ]
+)
+COUNTER = _alt(
+    [
+        "you're one to talk",
+        "look who's talking",
+        "what about you",
+        "what about when you",
+        "at least i",
+        "you do it too",
+        "you did it too",
+        "you're the one who",
+        "you're the one that",
+        "you're the one",
+        "you started",
+        "like you ever",
+        "like you're",
+        "as if you",
+        "you have no right",
+        "how dare you",
+        "who are you to",
+        "you can talk",
+        "don't you dare",
+        "shut up",
+        "excuse me?",
+        "seriously?",
+        "are you kidding",
+        "are you serious",
+        "you always do this",
+        "that's rich",
+        "you of all people",
+        "typical",
+        "you're such a",
+        "you are such a",
+        "you're so",
+        "you are so",
+        "that's not true",
+        "that's a lie",
+        "i never said",
+        "i didn't say",
+        "that's not what",
+        "stop twisting",
+    ]
+)
+PAST = _alt(
+    [
+        "remember when",
+        "last year",
+        "years ago",
+        "back when",
+        "back in",
+        "this is just like",
+        "just like when",
+        "same thing you did",
+        "you did the same",
+        "like last time",
+        "every year",
+        "since we were",
+        "since i was",
+        "when i was a kid",
+        "growing up",
+        "you've always been",
+        "you were always",
+    ]
+)
+BROKEN_RECORD = _alt(
+    [
+        "i hear you",
+        "i hear that",
+        "i understand",
+        "i get that",
+        "i get it",
+        "i know that",
+        "i know you",
+        "i see that",
+        "i see why",
+        "that may be",
+        "that might be",
+        "that's fair",
+        "fair enough",
+        "either way",
+        "regardless",
+        "even so",
+        "still",
+        "that's a separate",
+        "that's a different",
+        "we can talk about that",
+        "we can talk about that later",
+        "back to",
+        "right now i'm",
+        "what i'm asking",
+        "what i'm asking for",
+        "my point is",
+        "the point is",
+        "i'm not trying to",
+        "that's not what this is about",
+        "i'm talking about",
+        "i'm asking about",
+    ]
+)
+
+_P = re.compile
+# Each entry: (feature name, compiled pattern). Counted as number of matches.
+PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    # --- describe
+    ("d_digit", _P(r"\b\d+(?:st|nd|rd|th|am|pm|:\d\d)?\b|\$\d")),
+    ("d_number_word", _P(rf"\b{NUMBER_WORDS}\b")),
+    ("d_time", _P(rf"\b{TIME_WORDS}\b")),
+    (
+        "d_count",
+        _P(
+            rf"\b(?:\d+|{NUMBER_WORDS}|several|a few|few|many|multiple) (?:times|days|"
+            r"nights|weeks|months|hours|minutes|mornings|evenings|weekends|shifts|"
+            r"meetings|texts|calls|messages|emails|bills|payments|dollars|bucks)\b"
+        ),
+    ),
+    (
+        "d_past_event",
+        _P(
+            r"\b(?:you|he|she|they|we|i|it|that|this)(?: (?:have|had|has|'ve|just|"
+            r"already))? (?:\w+ed|said|told|came|went|left|forgot|took|made|got|"
+            r"didn't|haven't|hasn't|weren't|wasn't|missed|skipped|paid|spent|"
+            r"brought|gave|did|kept|ate|drove|sent|showed up|showed)\b"
+        ),
+    ),
+    (
+        "d_negated_fact",
+        _P(
+            r"\b(?:didn't|haven't|hasn't|wasn't|weren't|hadn't|never got|"
+            r"hasn't been|still hasn't|still haven't|still not)\b"
+        ),
+    ),
+    (
+        "d_since_ago",
+        _P(
+            r"\b(?:since|ago|last (?:week|month|night|year|time|\w+day)|"
+            r"this (?:week|month|morning|year|weekend)|for (?:the )?(?:past|last))\b"
+        ),
+    ),
+    ("d_absolute", _P(rf"\b{ABSOLUTES}\b")),
+    ("d_label", _P(rf"\b{LABELS}\b")),
+    (
+        "d_you_are_label",
+        _P(
+            rf"\byou(?:'re| are| were| always| just| seem| act)(?: so| being| "
+            rf"really| such an?| acting| totally| completely)* {LABELS}\b"
+        ),
+    ),
+    (
+        "d_motive",
+        _P(
+            r"\b(?:you don't care|you do(?:n't|) even care|you just want|you only care|"
+            r"you obviously|you clearly|you're trying to|you think you|you want me to|"
+            r"on purpose|you don't respect|you don't value|you don't listen|"
+            r"you never listen|you don't think|you just don't)\b"
+        ),
+    ),
+    ("d_vague", _P(rf"\b{VAGUE}\b")),
+    # --- express
+    ("e_feel_word", _P(rf"\b{FEELINGS}\b")),
+    (
+        "e_i_feel_feeling",
+        _P(
+            rf"\bi(?:'m| am| feel| felt| get| got| have been| 've been|'ve been|"
+            rf" was| been| keep feeling|'m feeling| am feeling|'ve been feeling)"
+            rf"(?: (?:so|really|very|pretty|quite|a bit|a little|kind of|"
+            rf"sort of|incredibly|super|honestly|genuinely|just|getting|starting to"
+            rf" feel|feeling|more and more|also|too|kind of|extremely|totally))*"
+            rf" {FEELINGS}\b"
+        ),
+    ),
+    (
+        "e_makes_me",
+        _P(
+            rf"\b(?:it|this|that|it's|that's|this is|which)(?: (?:really|just|honestly|"
+            rf"kind of))? (?:makes|made|is making|leaves|left|gets|has me|has made|"
+            rf"keeps me) me(?: (?:feel|so|really|very|pretty|a bit|kind of|feeling))*"
+            rf" {FEELINGS}\b"
+        ),
+    ),
+    (
+        "e_feeling_noun",
+        _P(
+            r"\b(?:my (?:anxiety|stress|feelings)|i'm scared|i'm worried|"
+            r"i'm afraid|i'm hurt|i'm sad|i'm upset|i'm frustrated|i'm nervous|"
+            r"i'm stressed|i'm anxious|i'm angry|i'm disappointed|i'm lonely|"
+            r"i'm exhausted|i'm overwhelmed)\b"
+        ),
+    ),
+    (
+        "e_feel_like",
+        _P(
+            r"\bi (?:feel|felt|kind of feel|just feel|really feel|honestly feel)"
+            r" (?:like|that|as if|as though|you|it's|it is|this is|that's|we)\b"
+        ),
+    ),
+    (
+        "e_judgment_feeling",
+        _P(
+            rf"\bi (?:feel|felt|'m feeling)(?: so| really| very| kind of)*"
+            rf" {JUDGMENT_FEELINGS}\b"
+        ),
+    ),
+    (
+        "e_you_make_me",
+        _P(
+            rf"\byou(?: really| always| just)? (?:make|made|are making|drive|"
+            rf"drove)(?: me)(?: (?:so|really|feel|crazy|insane|mad|furious|sick))*"
+            rf"(?: {FEELINGS})?\b"
+        ),
+    ),
+    (
+        "e_vague",
+        _P(
+            r"\b(?:not (?:great|good|ok|okay|cool|fun|easy|fair) for me|hard for me|"
+            r"bothers me|bugging me|gets to me|it's a lot|been a lot|not okay with me|"
+            r"doesn't feel (?:good|great|right)|i don't love|i don't like|i hate|"
+            r"kind of sucks|it sucks|this sucks|not fun|i'm not happy|i'm not okay|"
+            r"it's been hard|it's hard|been rough|it's rough|weighing on me|on my mind|"
+            r"it's annoying|so annoying|it's frustrating|it's stressful|it's upsetting|"
+            r"it's hurtful|it's disappointing)\b"
+        ),
+    ),
+    ("e_feel_any", _P(r"\bfeel(?:s|ing|ings)?\b|\bfelt\b")),
+    # --- assert
+    (
+        "a_direct",
+        _P(
+            r"\b(?:i'd like (?:you|for you|us|to|a|an|the|it|my|your)|i would like "
+            r"(?:you|for you|us|to|a|an|the|it|my|your)|i want you to|i need you to|"
+            r"i'm asking you to|i am asking you to|i'm asking (?:for|that)|i need (?:the|"
+            r"a|an|my|your|it|this|that|to|us|some|an answer|\w+ by)|i'm requesting|"
+            r"i request|i want (?:the|my|a|an|it|us|to)|i expect|i'm going to need|"
+            r"i will need|i'll need|let's|let us|i'm telling you)\b"
+        ),
+    ),
+    ("a_please", _P(r"\bplease\b")),
+    (
+        "a_modal_q",
+        _P(
+            r"\b(?:can|could|will|would) you(?: please)? (?!be\b|imagine\b|believe\b|"
+            r"not\b|even\b|maybe\b|possibly\b|perhaps\b|just\b)\w+"
+        ),
+    ),
+    (
+        "a_imperative",
+        _P(
+            r"(?:^|[.!?]\s+|,\s*(?:so|and)\s+)(?:please )?(?:stop|start|call|text|"
+            r"send|pay|give|tell|let me|come|clean|do|put|take|bring|return|move|"
+            r"pick|check|show|make sure|keep|leave|knock|ask|respond|reply|answer|"
+            r"transfer|venmo|wash|turn|help|decide|sign|book|cancel|choose|talk to)"
+            r"\b"
+        ),
+    ),
+    (
+        "a_refusal",
+        _P(
+            r"\b(?:no[,.]? i (?:can't|won't|'m not|am not|will not|cannot|don't)|"
+            r"i(?:'m| am) not (?:going to|able to|willing to|comfortable|lending|taking|"
+            r"doing|covering|coming|paying)|i won't|i will not|i can't (?:take|do|"
+            r"lend|cover|make|come|pay|help|work|switch|host|keep|say yes)|i cannot|"
+            r"my answer is no|the answer is no|i'm saying no|i have to say no|"
+            r"i need to say no|i'm going to say no|i'll pass|i'm out|not this time|"
+            r"that doesn't work for me|that won't work for me|i don't want to)\b"
+        ),
+    ),
+    (
+        "a_deadline",
+        _P(
+            r"\bby (?:tonight|tomorrow|friday|monday|tuesday|wednesday|thursday|"
+            r"saturday|sunday|the end|end of|next|this|\d)"
+        ),
+    ),
+    (
+        "a_hint",
+        _P(
+            r"\b(?:it would be (?:nice|great|good|helpful|cool)|it'd be (?:nice|great|good|"
+            r"helpful|cool)|would be (?:nice|great|good|helpful) if|i was (?:wondering|"
+            r"hoping|thinking)|i wish|i'd love it if|if (?:only|someone|somebody)|"
+            r"someone|somebody|do you think (?:you|maybe|we|it|there)|any chance|"
+            r"is there any way|would it be possible|would you (?:mind|consider|maybe)|"
+            r"could you maybe|can you maybe|maybe you could|maybe we could|you could maybe|"
+            r"it might be (?:good|nice|better)|it'd help if|it would help if|"
+            r"if you (?:could|can|get a chance|have time|don't mind)|"
+            r"i don't know if you|not sure if you|might be nice|one of these days|"
+            r"at some point|sometime|some time|when you get a chance|eventually)\b"
+        ),
+    ),
+    # --- reinforce
+    (
+        "r_you_gain",
+        _P(
+            r"\b(?:you(?:'d| would| will|'ll| could| can|'re going to| get to)"
+            r"(?: (?:also|then|finally|actually|still|both|never|not|even))?"
+            r" (?:have|get|be able|save|gain|keep|feel|enjoy|free up|avoid|know|"
+            r"sleep|relax|not have to|never have to|be free|be done|look|make|earn|"
+            r"spend|see|hear|stop|skip|win)|you won't (?:have to|need to|be|get)|"
+            r"you wouldn't have to|you don't have to|that way you|so you(?:'d| would|"
+            r" can| could| won't| don't| get| have)|for you\b|your (?:time|evenings|"
+            r"weekends|mornings|money|sleep|stress|life|job|team|kids|health) "
+            r"(?:would|will)|it (?:would|will|'ll|'d) (?:save|help|give|free|make "
+            r"(?:it|things|your life|life) easier for) you|it'd (?:save|help|give|"
+            r"free) you|which (?:means|gives|saves|frees) you|in return)\b"
+        ),
+    ),
+    (
+        "r_we_gain",
+        _P(
+            r"\b(?:we(?:'d| would| will|'ll| could| can)(?: (?:both|all|finally|"
+            r"actually|also|then|each))? (?:have|get|be|enjoy|spend|save|avoid|stop|"
+            r"argue|fight|feel|know|keep|not have to|never have to|do|go|finally)|"
+            r"both of us|for both of us|for us both|for the two of us|our "
+            r"(?:relationship|friendship|evenings|weekends|time)|the kids (?:would|"
+            r"will|get)|the team (?:would|will|gets)|less (?:arguing|fighting|tension|"
+            r"stress|nagging)|fewer (?:arguments|fights)|i'll (?:stop|quit|never|"
+            r"happily|gladly|be happy to|be able to|have more|be less|be more|"
+            r"be in a better|be way|be much|also)|i won't (?:have to|need to|nag|"
+            r"bring|ask|bug|keep))\b"
+        ),
+    ),
+    (
+        "r_vague_benefit",
+        _P(
+            r"\b(?:it(?:'d| would| will|'ll) be (?:better|easier|good|nice|"
+            r"great|best|helpful)|it would help|it'd help|things (?:would|will|"
+            r"'d) (?:be|go|get)|everyone would|everybody would|better for "
+            r"everyone|for everyone|good for everyone|it just makes sense|"
+            r"makes (?:more )?sense|win[- ]win)\b"
+        ),
+    ),
+    (
+        "r_self_benefit",
+        _P(
+            r"\b(?:so i (?:can|could|don't|won't|would|'d|'m)|i(?:'d| would|'ll|"
+            r" will) (?:feel|be) (?:so |much |a lot |way )?(?:better|happier|"
+            r"less|more relaxed|relieved|calmer)|it would help me|it'd help me|"
+            r"it (?:would|will) make me|for me\b|my (?:stress|anxiety|sleep|"
+            r"sanity|life) would)\b"
+        ),
+    ),
+    (
+        "r_threat",
+        _P(
+            r"\b(?:or else|otherwise i(?:'ll| will| am|'m)|if you don't[^.?!]{0,60}"
+            r"(?:i'll|i will|i'm going to|i am going to|i'm gonna)|i'll have to "
+            r"(?:tell|report|move|leave|go to|call|take|involve|find)|i'm going to "
+            r"(?:report|tell|move out|leave|quit|call|take this)|last chance|"
+            r"or i(?:'ll| will|'m)|you'll regret|you'll be sorry|final warning|"
+            r"that's it|we're done|i'm done)\b"
+        ),
+    ),
+    (
+        "r_consequence_if",
+        _P(
+            r"\bif (?:you|we)(?: can| could| do| did| would|'d)?(?: just| "
+            r"please| start| stop| agree| help| pay| let| keep)? [^.?!]{0,60}"
+            r"(?:then|,) (?:you|we|i|it|that|things|everyone)(?:'d|'ll| would|"
+            r" will| can| could)\b"
+        ),
+    ),
+    # --- negotiate
+    (
+        "n_what_if",
+        _P(
+            r"\b(?:what if|how about|how would you feel about|would you be (?:okay|"
+            r"ok|open|willing|up for|fine)|are you (?:okay|open|willing|up for)|"
+            r"could we (?:try|do|switch|alternate|split|trade|take turns|agree|"
+            r"make|say|start|set|meet|aim|pick|each|keep|compromise)|can we (?:try|do|"
+            r"switch|alternate|split|trade|take turns|agree|make|say|start|set|meet|"
+            r"aim|pick|each|keep|compromise)|we could (?:try|do|switch|alternate|split|"
+            r"trade|take turns|each|say|set|start|meet|pick)|let's (?:try|do|split|"
+            r"alternate|take turns|say|meet|compromise|agree|set|trial|start|pick)|"
+            r"i (?:suggest|propose)|my suggestion|one option|another option|"
+            r"here's (?:an idea|my offer|what i can do|a thought|what i propose))\b"
+        ),
+    ),
+    (
+        "n_give_to_get",
+        _P(
+            r"\b(?:i(?:'ll|'d| will| would| can| could|'m happy to|'m willing to| "
+            r"am willing to| am happy to|'d be happy to|'d be willing to|'m fine "
+            r"with|'m okay with| don't mind)(?: (?:be|also|gladly|happily|even|"
+            r"totally|definitely|then|still))? (?:happy to |willing to |glad to )?"
+            r"(?:do|take|cover|pay|handle|give|cook|clean|drive|pick|help|split|"
+            r"switch|trade|swap|make|host|watch|buy|work|stay|come|call|text|"
+            r"check|wait|lend|bring|send|start|cut|go|meet|chip in|throw in|"
+            r"put in|make up)|in exchange|in return|as long as|on (?:the )?"
+            r"condition|if you[^.?!]{0,50}i(?:'ll| will| can| could|'d)|"
+            r"you (?:do|take|handle|pick)[^.?!]{0,40}and i(?:'ll| will| can| do|"
+            r"'d)|i \w+[^.?!]{0,40}and you(?:'ll| will| can| could| take| do| handle| pick| "
+            r"cover| get))\b"
+        ),
+    ),
+    (
+        "n_trial",
+        _P(
+            rf"\b(?:for (?:a|one|two|three|the next|the first|a couple of|a few|{NUMBER_WORDS}|"
+            rf"\d+) (?:week|weeks|month|months|days|day|weekends|shifts|times)|"
+            rf"trial|try it|give it a try|try this|as a test|check in after|"
+            rf"see how it goes|revisit|every other|alternate|take turns|switch off|"
+            rf"half|split|halfway|meet (?:you )?in the middle|middle ground|"
+            rf"instead|rather than|swap|trade|deal)\b"
+        ),
+    ),
+    (
+        "n_their_option",
+        _P(
+            r"\b(?:what (?:would|could|can|will|might) (?:work|be better|be "
+            r"easier|make (?:it|this) (?:work|easier)) for you|what do you "
+            r"(?:suggest|propose|think would work|need|want in return|"
+            r"need from me)|what would you need|what would it take|what can "
+            r"you (?:do|offer|manage)|which (?:works|would work|is better|"
+            r"day|one|option)|(?:\w+day|morning|evening|week|weekend|option)"
+            r" or (?:\w+day|morning|evening|week|weekend|option)|"
+            r"when (?:would|could|can) you|how much (?:can|could) you|"
+            r"what time (?:works|would work)|is there a (?:time|day|way) "
+            r"that works)\b"
+        ),
+    ),
+    (
+        "n_vague",
+        _P(
+            r"\b(?:figure (?:something|this|it) out|work (?:something|this|it) out|"
+            r"find (?:a|some) (?:way|solution|middle ground|compromise)|come up with "
+            r"something|some kind of (?:compromise|arrangement|deal|agreement)|"
+            r"compromise|meet halfway|open to (?:ideas|suggestions|options|"
+            r"anything)|talk about it|we can talk|work together|sort (?:it|this) out|"
+            r"find a (?:fix|middle)|some sort of|something that works|"
+            r"something fair|maybe we can|maybe we could|i'm flexible|flexible)\b"
+        ),
+    ),
+    # --- mindful
+    ("m_insult", _P(rf"\b{INSULTS}\b")),
+    ("m_sarcasm", _P(rf"(?:^|\b|\s){SARCASM}")),
+    ("m_counter", _P(rf"\b{COUNTER}")),
+    ("m_past", _P(rf"\b{PAST}\b")),
+    ("m_give_up", _P(rf"(?:^|\b|\s){GIVE_UP}")),
+    ("m_broken_record", _P(rf"\b{BROKEN_RECORD}\b")),
+    (
+        "m_defend",
+        _P(
+            r"\b(?:i did(?:n't| not)|i never|that's not (?:true|fair|what)|i was not|"
+            r"i wasn't|i do (?:so|too)|i have too|not my fault|it's not my fault|"
+            r"how is (?:that|this|it) my|why is it always me|why do i always|"
+            r"why are you|why do you|why would you|why can't you|why don't you)\b"
+        ),
+    ),
+    ("m_exclaim", _P(r"!{2,}|\?{2,}|[!?]{3,}|\?!|!\?")),
+    # --- confident
+    ("c_hedge", _P(rf"(?:^|\b|\s){HEDGES}(?:\b|\s|$)")),
+    ("c_apology", _P(rf"\b{APOLOGIES}\b")),
+    ("c_self_down", _P(rf"\b{SELF_DOWN}")),
+    ("c_trail", _P(r"\.\.\.|…|\blol\b|\bhaha\b")),
+    (
+        "c_permission",
+        _P(
+            r"\b(?:is that okay|is that alright|would that be okay|if that's "
+            r"okay|if that's alright|if it's okay|is it okay if|do you mind|"
+            r"would you mind|if you don't mind|if you're okay with|hope that's "
+            r"okay|hope that's fine|hope it's okay|right\?|does that make sense)"
+            r"\b"
+        ),
+    ),
+    (
+        "c_firm",
+        _P(
+            r"\b(?:i need|i want|i'd like|i will|i won't|i'm not|i expect|i've decided|"
+            r"i am asking|i'm asking|please|by (?:\w+day|tonight|tomorrow)|my answer)\b"
+        ),
+    ),
+)
+
+# Which features each skill's classifier reads: its own cue family plus shared shape cues.
+# The states also read the cues that most often break them (attacks and hedges cut across).
+GROUPS: dict[str, tuple[str, ...]] = {
+    "describe": ("d_", "e_feel_like", "e_you_make_me", "m_insult", "shape_"),
+    "express": ("e_", "d_label", "d_motive", "shape_"),
+    "assert": ("a_", "c_hedge", "c_permission", "m_give_up", "shape_"),
+    "reinforce": ("r_", "n_give_to_get", "shape_"),
+    "negotiate": ("n_", "r_consequence_if", "a_modal_q", "shape_"),
+    "mindful": (
+        "m_",
+        "d_label",
+        "d_you_are_label",
+        "d_motive",
+        "d_absolute",
+        "e_you_make_me",
+        "r_threat",
+        "partner_",
+        "goal_",
+        "shape_",
+    ),
+    "confident": (
+        "c_",
+        "m_give_up",
+        "m_insult",
+        "m_exclaim",
+        "m_sarcasm",
+        "a_",
+        "shape_",
+        "partner_",
+    ),
+}
+
+_WORD_RE = re.compile(r"[a-z']+")
+_STOP = frozenset(
+    re.findall(
+        r"\S+",
+        """a an the i you me my your we our us to of and or but so if in on at for with it it's is
+    are was were be been this that these those do does did don't not no yes just i'm you're
+    can could would will i'd i'll have has had about from up out what when how why who get
+    got go going want need like really very okay""",
+    )
+)
+
+
+def _content_words(text: str) -> set[str]:
+    return {w for w in _WORD_RE.findall(text) if w not in _STOP and len(w) > 2}
+
+
+def _overlap(a: set[str], b: set[str]) -> float:
+    return len(a & b) / len(a) if a else 0.0
+
+
+@dataclass(frozen=True)
+class Cues:
+    """The normalised message, the value of every named cue and the first text each matched."""
+
+    text: str
+    values: dict[str, float]
+    evidence: dict[str, str]
+
+    def quote(self, *names: str) -> str:
+        """The first matched text among the given cues, or ''."""
+        for name in names:
+            if self.evidence.get(name):
+                return self.evidence[name].strip(" ,.")
+        return ""
+
+    def fired(self, prefix: str) -> list[str]:
+        """Names of the cues with this prefix that are present, strongest first."""
+        hits = [(v, k) for k, v in self.values.items() if k.startswith(prefix) and v > 0]
+        return [k for _, k in sorted(hits, reverse=True)]
+
+
+def extract(text: str, *, partner_said: str = "", goal: str = "", situation: str = "") -> Cues:
+    """Compute every rubric cue for a message in its context."""
+    return _extract(text, partner_said, goal, situation)
+
+
+@lru_cache(maxsize=4096)
+def _extract(text: str, partner_said: str, goal: str, situation: str) -> Cues:
+    norm = normalise(text)
+    values: dict[str, float] = {}
+    evidence: dict[str, str] = {}
+    for name, pattern in PATTERNS:
+        found = pattern.findall(norm)
+        values[name] = float(len(found))
+        if found:
+            evidence[name] = found[0]
+    raw_words = re.findall(r"[A-Za-z']+", text)
+    words = _WORD_RE.findall(norm)
+    n_words = max(len(words), 1)
+    sentences = max(len(re.findall(r"[.!?]+(?:\s|$)", text.strip() + " ")), 1)
+    caps = [w for w in raw_words if len(w) > 2 and w.isupper() and w not in {"ASAP", "OK"}]
+    values.update(
+        {
+            "shape_log_words": math.log1p(len(words)),
+            "shape_sentences": float(min(sentences, 8)),
+            "shape_questions": float(text.count("?")),
+            "shape_exclaims": float(text.count("!")),
+            "shape_caps_words": float(len(caps)),
+            "shape_you_ratio": sum(w in ("you", "you're", "your", "you've") for w in words)
+            / n_words,
+            "shape_i_ratio": sum(
+                w in ("i", "i'm", "i've", "i'd", "i'll", "me", "my") for w in words
+            )
+            / n_words,
+            "shape_lowercase_start": float(bool(text[:1]) and text[:1].islower()),
+        }
+    )
+    mine = _content_words(norm)
+    partner = _content_words(normalise(partner_said))
+    aim = _content_words(normalise(goal + " " + situation))
+    values.update(
+        {
+            "partner_none": float(not partner_said.strip()),
+            "partner_overlap": _overlap(mine, partner),
+            "partner_attack": float(
+                bool(partner_said)
+                and bool(
+                    re.search(
+                        rf"\b(?:{LABELS}|{INSULTS}|{ABSOLUTES})\b|you(?:'re| are) (?:so|always|"
+                        r"such)|why (?:do|are|can't) you",
+                        normalise(partner_said),
+                    )
+                )
+            ),
+            "goal_overlap": _overlap(mine, aim),
+            "goal_offtopic": float(bool(mine) and _overlap(mine, aim) == 0 and bool(aim)),
+        }
+    )
+    return Cues(text=norm, values=values, evidence=evidence)
+
+
+FEATURE_NAMES: tuple[str, ...] = tuple(extract("x", partner_said="y", goal="z").values)
+
+
+def names_for(skill: str) -> tuple[str, ...]:
+    """The cue names the given skill's classifier reads."""
+    prefixes = GROUPS[skill]
+    return tuple(n for n in FEATURE_NAMES if n.startswith(prefixes))

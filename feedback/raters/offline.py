@@ -1,0 +1,463 @@
+"""The offline rater: rubric cues plus a small classifier trained on the example bank.
+
+Deterministic, no network, about a millisecond per message. It gives instant first feedback, is
+the fallback when the model rater fails, and scores mastery cheaply. Per skill, a regularised
+logistic regression reads the skill's rubric cues (feedback/raters/features.py), the verdict of
+a hand-written rubric rule, and down-weighted word n-grams; the rules alone rate when no bank is
+available. It is trained on first use from the bank's train split (well under two seconds) and
+kept in memory.
+"""
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from scipy import sparse
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+
+from feedback.raters.bank import DATA_DIR, TRAIN_PATH, Example, train_examples
+from feedback.raters.features import Cues, extract, names_for, normalise
+from feedback.raters.rating import Rating, SkillRating
+from feedback.skills import LEVELS, SKILL_KEYS, SKILLS, STRATEGIES
+
+SEED_PATH = DATA_DIR / "seed.jsonl"
+
+
+# --------------------------------------------------------------------------- rubric rules
+
+
+def _v(cues: Cues, *names: str) -> float:
+    return sum(cues.values.get(n, 0.0) for n in names)
+
+
+def rule_level(skill: str, cues: Cues) -> str:
+    """The level the rubric alone gives: a transparent prior the classifier learns to weigh."""
+    if skill == "describe":
+        facts = _v(cues, "d_digit", "d_count", "d_since_ago", "d_past_event", "d_negated_fact")
+        facts += min(_v(cues, "d_time", "d_number_word"), 2)
+        judged = _v(cues, "d_label", "d_you_are_label", "d_motive", "d_absolute")
+        if facts >= 2 and judged == 0:
+            return "strong"
+        if facts >= 1 or judged >= 1 or _v(cues, "d_vague"):
+            return "weak"
+        return "none"
+    if skill == "express":
+        named = _v(cues, "e_i_feel_feeling", "e_makes_me", "e_feeling_noun")
+        judged = _v(cues, "e_feel_like", "e_judgment_feeling", "e_you_make_me")
+        if named > judged:
+            return "strong"
+        if judged or _v(cues, "e_vague", "e_feel_word"):
+            return "weak"
+        return "none"
+    if skill == "assert":
+        direct = _v(cues, "a_direct", "a_refusal", "a_imperative", "a_please", "a_modal_q")
+        hedged = _v(cues, "a_hint", "c_permission") + max(_v(cues, "c_hedge") - 1, 0)
+        if direct and not hedged:
+            return "strong"
+        if direct or hedged or _v(cues, "shape_questions"):
+            return "weak"
+        return "none"
+    if skill == "reinforce":
+        if _v(cues, "r_you_gain", "r_we_gain"):
+            return "strong"
+        if _v(cues, "r_vague_benefit", "r_self_benefit", "r_threat", "r_consequence_if"):
+            return "weak"
+        return "none"
+    if skill == "negotiate":
+        if _v(cues, "n_what_if", "n_give_to_get", "n_their_option"):
+            return "strong"
+        if _v(cues, "n_vague", "n_trial"):
+            return "weak"
+        return "none"
+    if skill == "mindful":
+        broken = _v(cues, "m_insult", "m_sarcasm", "m_counter", "m_give_up", "m_past")
+        broken += _v(cues, "d_you_are_label") + (_v(cues, "shape_caps_words") >= 2)
+        return "no" if broken else "yes"
+    if skill == "confident":
+        shaky = _v(cues, "c_apology", "c_self_down", "c_permission", "m_give_up", "m_insult")
+        shaky += (_v(cues, "c_hedge") >= 2) + (_v(cues, "shape_caps_words") >= 2)
+        shaky += _v(cues, "m_exclaim")
+        return "no" if shaky else "yes"
+    raise KeyError(skill)
+
+
+# --------------------------------------------------------------------------- classifier
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Hyper-parameters, chosen by cross-validation on the train split (bench/offline_rater.py)."""
+
+    c: float = 0.5
+    ngram_weight: float = 0.35
+    min_df: int = 2
+    use_rule: bool = True
+
+
+DEFAULT_SETTINGS = Settings()
+
+
+def _dense(skill: str, cues: Cues, use_rule: bool) -> list[float]:
+    # log1p tames counts so a long rant does not dominate; the rule verdict enters one-hot.
+    row = [math.log1p(max(cues.values[n], 0.0)) for n in names_for(skill)]
+    if use_rule:
+        verdict = rule_level(skill, cues)
+        row += [1.0 if verdict == level else 0.0 for level in LEVELS[skill]]
+    return row
+
+
+@dataclass
+class SkillModel:
+    """One skill's fitted scaler, n-gram vocabulary and logistic regression."""
+
+    skill: str
+    settings: Settings
+    mean: np.ndarray
+    scale: np.ndarray
+    vectorizer: TfidfVectorizer | None
+    classifier: LogisticRegression | None
+    constant: str | None
+
+    def matrix(self, texts: Sequence[str], cues: Sequence[Cues]) -> sparse.csr_matrix:
+        """Design matrix: standardised cues, then down-weighted n-grams."""
+        dense = np.array([_dense(self.skill, c, self.settings.use_rule) for c in cues])
+        dense = (dense - self.mean) / self.scale
+        blocks = [sparse.csr_matrix(dense)]
+        if self.vectorizer is not None:
+            blocks.append(self.vectorizer.transform(texts) * self.settings.ngram_weight)
+        return sparse.hstack(blocks, format="csr")
+
+    def predict(self, texts: Sequence[str], cues: Sequence[Cues]) -> list[str]:
+        """Levels for a batch of messages."""
+        if self.classifier is None:
+            return [self.constant or rule_level(self.skill, c) for c in cues]
+        return list(self.classifier.predict(self.matrix(texts, cues)))
+
+
+def fit_skill(
+    skill: str,
+    texts: Sequence[str],
+    cues: Sequence[Cues],
+    labels: Sequence[str],
+    settings: Settings,
+) -> SkillModel:
+    """Fit one skill's classifier on normalised texts, their cues and gold levels."""
+    dense = np.array([_dense(skill, c, settings.use_rule) for c in cues])
+    mean = dense.mean(axis=0)
+    scale = dense.std(axis=0)
+    scale[scale == 0] = 1.0
+    if len(set(labels)) < 2:
+        only = labels[0] if labels else None
+        return SkillModel(skill, settings, mean, scale, None, None, only)
+    vectorizer = None
+    if settings.ngram_weight > 0:
+        vectorizer = TfidfVectorizer(
+            ngram_range=(1, 2),
+            min_df=settings.min_df,
+            sublinear_tf=True,
+            token_pattern=r"[a-z']+",  # noqa: S106 (a regex, not a password)
+        )
+        try:
+            vectorizer.fit(texts)
+        except ValueError:  # vocabulary empty at this min_df: rely on the cues alone
+            vectorizer = None
+    model = SkillModel(skill, settings, mean, scale, vectorizer, None, None)
+    classifier = LogisticRegression(C=settings.c, class_weight="balanced", max_iter=5000)
+    classifier.fit(model.matrix(texts, cues), list(labels))
+    model.classifier = classifier
+    return model
+
+
+@dataclass
+class OfflineModel:
+    """Seven skill models fitted on the same examples."""
+
+    skills: dict[str, SkillModel]
+    n_train: int
+
+    def predict(self, examples: Sequence[Example]) -> list[dict[str, str]]:
+        """Levels for all seven skills for each example."""
+        texts = [normalise(e.text) for e in examples]
+        cues = [_cues(e) for e in examples]
+        columns = {k: m.predict(texts, cues) for k, m in self.skills.items()}
+        return [{k: columns[k][i] for k in SKILL_KEYS} for i in range(len(examples))]
+
+
+def _cues(e: Example) -> Cues:
+    return extract(e.text, partner_said=e.partner_said, goal=e.goal, situation=e.situation)
+
+
+def train(examples: Sequence[Example], settings: Settings = DEFAULT_SETTINGS) -> OfflineModel:
+    """Fit the offline rater on labelled examples (the bank's train split, never dev)."""
+    examples = [e for e in examples if e.fully_labelled]
+    texts = [normalise(e.text) for e in examples]
+    cues = [_cues(e) for e in examples]
+    skills = {
+        k: fit_skill(k, texts, cues, [e.labels[k] for e in examples], settings) for k in SKILL_KEYS
+    }
+    return OfflineModel(skills=skills, n_train=len(examples))
+
+
+def rules_only() -> OfflineModel:
+    """A model that rates with the rubric rules alone (used when no bank is present)."""
+    empty = np.zeros(0)
+    skills = {
+        k: SkillModel(k, DEFAULT_SETTINGS, empty, empty, None, None, None) for k in SKILL_KEYS
+    }
+    return OfflineModel(skills=skills, n_train=0)
+
+
+@lru_cache(maxsize=1)
+def default_model() -> OfflineModel:
+    """The bank-trained model, fitted once per process on train.jsonl and seed.jsonl."""
+    examples = train_examples([TRAIN_PATH, SEED_PATH])
+    return train(examples) if examples else rules_only()
+
+
+# --------------------------------------------------------------------------- feedback text
+
+_REASONS: dict[tuple[str, str], str] = {
+    ("describe", "strong"): "States concrete facts{q} without judging them.",
+    ("describe", "weak"): "Mentions the situation, but {why}.",
+    ("describe", "none"): "Gives no facts about what actually happened.",
+    ("express", "strong"): "Names your own feeling{q}.",
+    ("express", "weak"): "Hints at how you feel, but {why}.",
+    ("express", "none"): "Does not say how you feel.",
+    ("assert", "strong"): "Makes a clear request or refusal{q}.",
+    ("assert", "weak"): "There is an ask in here, but {why}.",
+    ("assert", "none"): "Does not ask for anything or say no.",
+    ("reinforce", "strong"): "Tells them what they gain{q}.",
+    ("reinforce", "weak"): "Gives a reason, but {why}.",
+    ("reinforce", "none"): "Does not say what is in it for them.",
+    ("negotiate", "strong"): "Offers or asks for a concrete alternative{q}.",
+    ("negotiate", "weak"): "Shows openness, but {why}.",
+    ("negotiate", "none"): "Offers no alternative and asks for none.",
+    ("mindful", "yes"): "Stays on your goal without taking the bait.",
+    ("mindful", "no"): "Drifts from your goal: {why}.",
+    ("confident", "yes"): "Sounds calm and direct.",
+    ("confident", "no"): "The tone undercuts the message: {why}.",
+}
+
+
+def _why(skill: str, cues: Cues) -> str:
+    """The rubric's weak reason that the cues point to, quoting the words that triggered it."""
+    q = cues.quote
+    checks: dict[str, list[tuple[tuple[str, ...], str]]] = {
+        "describe": [
+            (("d_you_are_label", "d_label"), "it labels the person ('{}')"),
+            (("d_absolute",), "it exaggerates ('{}')"),
+            (("d_motive",), "it guesses at motives ('{}')"),
+            (("d_vague",), "the facts stay vague ('{}')"),
+        ],
+        "express": [
+            (("e_feel_like", "e_judgment_feeling"), "'{}' is a judgment dressed as a feeling"),
+            (("e_you_make_me",), "'{}' blames instead of naming the feeling"),
+            (("e_vague",), "'{}' leaves the feeling unnamed"),
+        ],
+        "assert": [
+            (("a_hint",), "it is a hint ('{}') rather than a request"),
+            (("c_permission", "c_hedge"), "hedging ('{}') softens it away"),
+        ],
+        "reinforce": [
+            (("r_threat",), "it is a threat ('{}') rather than a benefit to them"),
+            (("r_self_benefit",), "the gain is yours ('{}'), not theirs"),
+            (("r_vague_benefit",), "the benefit is vague ('{}')"),
+        ],
+        "negotiate": [
+            (("n_vague",), "'{}' is not a concrete option they can say yes to"),
+            (("n_trial",), "the option is not spelled out"),
+        ],
+        "mindful": [
+            (("m_insult",), "an insult ('{}')"),
+            (("m_sarcasm",), "sarcasm ('{}')"),
+            (("m_counter", "m_defend"), "arguing the side point ('{}')"),
+            (("m_give_up",), "giving up on the goal ('{}')"),
+            (("m_past",), "going back over the past ('{}')"),
+            (("d_you_are_label",), "labelling the person ('{}')"),
+        ],
+        "confident": [
+            (("c_apology",), "apologising ('{}')"),
+            (("c_self_down",), "putting yourself down ('{}')"),
+            (("c_permission",), "asking permission ('{}')"),
+            (("c_hedge",), "hedging ('{}')"),
+            (("m_give_up",), "giving in ('{}')"),
+            (("m_insult", "m_exclaim"), "aggression ('{}')"),
+        ],
+    }
+    for names, template in checks[skill]:
+        quote = q(*names)
+        if quote:
+            return template.format(quote) if "{}" in template else template
+    return {
+        "describe": "it is not specific about what happened, when and how often",
+        "express": "the feeling is not named plainly",
+        "assert": "what you want is not said outright",
+        "reinforce": "it is not clear what they gain",
+        "negotiate": "no concrete option is on the table",
+        "mindful": "the message moves away from what you are asking for",
+        "confident": "the wording sounds unsure",
+    }[skill]
+
+
+_STRONG_QUOTES: dict[str, tuple[str, ...]] = {
+    "describe": ("d_count", "d_digit", "d_since_ago", "d_past_event"),
+    "express": ("e_i_feel_feeling", "e_makes_me", "e_feeling_noun"),
+    "assert": ("a_direct", "a_refusal", "a_imperative", "a_modal_q", "a_please"),
+    "reinforce": ("r_you_gain", "r_we_gain"),
+    "negotiate": ("n_what_if", "n_give_to_get", "n_their_option", "n_trial"),
+}
+
+
+def reasoning(skill: str, level: str, cues: Cues) -> str:
+    """One or two sentences explaining the level from the cues that fired."""
+    quote = cues.quote(*_STRONG_QUOTES.get(skill, ()))
+    template = _REASONS[(skill, level)]
+    return template.format(q=f" ('{quote}')" if quote else "", why=_why(skill, cues))
+
+
+_SUGGESTIONS: dict[str, dict[str, str]] = {
+    "describe": {
+        "weak": "Replace judgments and 'always/never' with what happened, when and how often.",
+        "none": "Start with the plain facts: what happened, when, and how often.",
+    },
+    "express": {
+        "weak": "Name your own feeling directly, 'I feel worried', not 'I feel like...'.",
+        "none": "Tell them how this situation makes you feel, using a feeling word.",
+    },
+    "assert": {
+        "weak": "Ask outright for what you want, e.g. 'I'd like you to...', without softening.",
+        "none": "Say clearly what you are asking for, or say no clearly.",
+    },
+    "reinforce": {
+        "weak": "Say what they concretely gain if they agree, not what you gain or a threat.",
+        "none": "Add what is in it for them if they say yes.",
+    },
+    "negotiate": {
+        "weak": "Put a specific option on the table, e.g. 'what if we tried it for two weeks?'",
+        "none": "Offer a concrete trade or ask which alternative would work for them.",
+    },
+    "mindful": {
+        "no": "Let the side point go and come back to your request, calmly, like a broken record.",
+    },
+    "confident": {
+        "no": "Drop the apologies and hedges and state your point plainly and calmly.",
+    },
+}
+
+_HEDGE_STRIP = re.compile(
+    r"\b(?:i'?m (?:so |really )?sorry(?: to bother you| but| to ask)?|sorry(?: but)?|"
+    r"i apologi[sz]e(?: but)?|maybe|perhaps|possibly|i guess|i suppose|kind of|kinda|sort of|"
+    r"sorta|just|if (?:that'?s|it'?s) (?:ok|okay|alright|fine)(?: with you)?|"
+    r"if you don'?t mind|i'?m not sure(?: but| if)?|no pressure(?: if not)?|"
+    r"(?:it'?s )?(?:totally )?(?:fine|ok|okay) if not|no worries if not|um+|uh+|hmm+|"
+    r"i (?:hate|don'?t want) to (?:ask|bother you)(?: but)?|any chance)\b[,.]?",
+    re.IGNORECASE,
+)
+
+
+def _tidy(text: str) -> str:
+    text = re.sub(r"\s+([,.!?])", r"\1", text)
+    text = re.sub(r"([,.!?])(?:\s*[,.])+", r"\1", text)
+    text = re.sub(r"^[\s,.]+", "", text)
+    text = re.sub(r"\s{2,}", " ", text).strip()
+    text = re.sub(r"(^|[.!?]\s+)([a-z])", lambda m: m.group(1) + m.group(2).upper(), text)
+    return re.sub(r"\bi\b", "I", text)
+
+
+def _goal_request(goal: str) -> str:
+    """Turn the learner's goal into a request clause, or a placeholder when it does not parse."""
+    g = goal.strip().rstrip(".")
+    g = re.sub(
+        r"^(?:i want|i'd like|i would like|i need|to get|get|have|convince|ask|persuade)"
+        r"(?: (?:my|our|the) [a-z ]+?| (?:him|her|them))? to ",
+        "",
+        g,
+        flags=re.IGNORECASE,
+    )
+    if not g or len(g.split()) > 14 or not re.match(r"[a-z]", g, re.IGNORECASE):
+        return "[what you want them to do]"
+    swaps = {"their": "your", "his": "your", "her": "your", "them": "you", "him": "you"}
+    words = [swaps.get(w.lower(), w) for w in g.split()]
+    return " ".join(words)[0].lower() + " ".join(words)[1:]
+
+
+def rewrite_hint(skill: str, level: str, text: str, goal: str, cues: Cues) -> str:
+    """A partial, template-based improvement of the draft; [brackets] mark what to fill in."""
+    text = text.strip()
+    if skill == "confident":
+        stripped = _tidy(_HEDGE_STRIP.sub("", text))
+        return stripped if stripped and stripped != text else _tidy(text.replace("!", "."))
+    if skill == "describe":
+        fixed = re.sub(
+            r"\b(?:always|never|constantly|every single time|all the time)\b",
+            "[how often, e.g. three times this week]",
+            text,
+            flags=re.IGNORECASE,
+        )
+        if fixed != text:
+            return fixed
+        return f"[What happened, when, how often: e.g. 'On Monday and Thursday ...'] {text}"
+    if skill == "express":
+        feeling = "[worried / hurt / frustrated]"
+        body = re.sub(r"\bi feel (?:like|that)\b", f"I feel {feeling} because", text, flags=re.I)
+        return body if body != text else f"I feel {feeling} about this. {text}"
+    if skill == "assert":
+        return f"{text} I'd like you to {_goal_request(goal)}."
+    if skill == "reinforce":
+        return f"{text} That way you'd [what they gain, e.g. have your evenings free]."
+    if skill == "negotiate":
+        return f"{text} What if [I do X] and you [do Y], and we try it for two weeks?"
+    if skill == "mindful":
+        calm = _tidy(
+            re.sub(
+                r"\b(?:oh sure|yeah right|whatever|forget it|never mind|fine)\b[,.!]*",
+                "",
+                text,
+                flags=re.IGNORECASE,
+            )
+        )
+        return f"I hear you. {calm} What I'm asking is: {_goal_request(goal)}."
+    raise KeyError(skill)
+
+
+# --------------------------------------------------------------------------- the rater
+
+
+def rate_offline(
+    *,
+    text: str,
+    situation: str = "",
+    goal: str = "",
+    partner_said: str = "",
+    chosen: Sequence[str] = (),
+    model: OfflineModel | None = None,
+) -> Rating:
+    """Rate a draft on all seven skills offline, with reasoning, suggestions and rewrite hints."""
+    example = Example(id="", text=text, situation=situation, goal=goal, partner_said=partner_said)
+    levels = (model or default_model()).predict([example])[0]
+    cues = _cues(example)
+    skills: dict[str, SkillRating] = {}
+    for key in SKILL_KEYS:
+        level = levels[key]
+        needs_help = level != SKILLS[key].top_level
+        skills[key] = SkillRating(
+            skill=key,
+            level=level,
+            reasoning=reasoning(key, level, cues),
+            suggestion=_SUGGESTIONS[key][level] if needs_help else "",
+            rewrite=rewrite_hint(key, level, text, goal, cues) if needs_help else "",
+        )
+    return Rating(
+        engine="offline", skills=skills, chosen=tuple(k for k in STRATEGIES if k in chosen)
+    )
+
+
+def rate_many(
+    examples: Iterable[Example], model: OfflineModel | None = None
+) -> list[dict[str, str]]:
+    """Levels only, for a batch (evaluation and mastery at scale)."""
+    return (model or default_model()).predict(list(examples))

@@ -1,0 +1,89 @@
+"""A local TF-IDF index over the bank's train split: nearest examples and contrasting pairs.
+
+A contrasting pair is a bank message where a skill is weak or missing, next to the writer's
+rewrite of it in which that skill is strong. The model rater shows the pairs nearest to the
+learner's draft. Everything is built in memory from the JSONL files; nothing is downloaded.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+from feedback.raters.bank import TRAIN_PATH, Example, train_examples
+from feedback.raters.features import normalise
+from feedback.skills import SKILLS
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A weak/none (or no) use of a skill and its strong (or yes) rewrite."""
+
+    skill: str
+    level: str
+    before: str
+    after: str
+    partner_said: str
+    similarity: float
+
+
+def _document(text: str, partner_said: str, situation: str) -> str:
+    # The draft dominates; context words help find pairs from similar conversations.
+    return f"{normalise(text)} {normalise(text)} {normalise(partner_said)} {normalise(situation)}"
+
+
+class Index:
+    """Cosine-similarity search over the train examples (word and character n-grams)."""
+
+    def __init__(self, examples: Sequence[Example]) -> None:
+        self.examples = list(examples)
+        self.vectorizer = TfidfVectorizer(
+            analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True, min_df=1
+        )
+        documents = [_document(e.text, e.partner_said, e.situation) for e in self.examples]
+        self.matrix = self.vectorizer.fit_transform(documents) if documents else None
+
+    def _similarities(self, text: str, partner_said: str, situation: str) -> np.ndarray:
+        if self.matrix is None:
+            return np.zeros(0)
+        query = self.vectorizer.transform([_document(text, partner_said, situation)])
+        return (self.matrix @ query.T).toarray().ravel()
+
+    def pairs(
+        self, skill: str, text: str, *, partner_said: str = "", situation: str = "", k: int = 2
+    ) -> list[Pair]:
+        """The k most similar examples where `skill` is not at its top level and has a rewrite."""
+        top = SKILLS[skill].top_level
+        sims = self._similarities(text, partner_said, situation)
+        # Stable order on ties (by position) keeps prompts reproducible.
+        order = sorted(range(len(sims)), key=lambda i: (-sims[i], i))
+        found: list[Pair] = []
+        seen: set[str] = set()
+        for i in order:
+            e = self.examples[i]
+            level = e.labels.get(skill)
+            after = e.rewrites.get(skill, "").strip()
+            if level in (None, top) or not after or e.text in seen:
+                continue
+            seen.add(e.text)
+            found.append(Pair(skill, level, e.text, after, e.partner_said, float(sims[i])))
+            if len(found) == k:
+                break
+        return found
+
+    def neighbours(
+        self, text: str, *, partner_said: str = "", situation: str = "", k: int = 3
+    ) -> list[tuple[Example, float]]:
+        """The k most similar labelled examples with their similarity."""
+        sims = self._similarities(text, partner_said, situation)
+        order = sorted(range(len(sims)), key=lambda i: (-sims[i], i))[:k]
+        return [(self.examples[i], float(sims[i])) for i in order]
+
+
+@lru_cache(maxsize=1)
+def default_index() -> Index:
+    """The index over train.jsonl, built once per process."""
+    return Index(train_examples([TRAIN_PATH]))
+
