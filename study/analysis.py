@@ -232,7 +232,11 @@ def did_table(
     items: Sequence[str] | None = None,
     equal_var: bool = False,
 ) -> list[Row]:
-    """Difference in differences: each arm's change scores vs the reference arm's, per item."""
+    """Difference in differences: each arm's change scores vs the reference arm's, per item.
+
+    In these rows ``mean``/``mean_reference`` and ``sd``/``sd_reference`` describe the change
+    scores (post - pre) of the arm and of the reference arm.
+    """
     pairs = _pairs(observations)
     arms_, situations_, items_ = _orders(pairs, arms, situations, items)
     rows = []
