@@ -1,0 +1,137 @@
+import time
+
+import pytest
+
+from feedback.raters.bank import Example
+from feedback.raters.features import extract, normalise
+from feedback.raters.offline import default_model, rate_offline, rules_only, train
+from feedback.raters.rating import Rating
+from feedback.skills import SKILL_KEYS, SKILLS, STRATEGIES
+
+SITUATION = "My roommate has left the dishes in the sink for most of the last two weeks."
+GOAL = "Get my roommate to wash their dishes the same day."
+
+MODELS = {"bank": default_model, "rules": rules_only}
+
+
+def rate(text: str, model: str = "bank", **context: str) -> Rating:
+    context.setdefault("situation", SITUATION)
+    context.setdefault("goal", GOAL)
+    return rate_offline(text=text, chosen=STRATEGIES, model=MODELS[model](), **context)
+
+
+def test_every_skill_is_rated_with_a_valid_level_and_reasoning():
+    rating = rate("hey can we talk about the dishes")
+    assert rating.engine == "offline"
+    assert list(rating.skills) == list(SKILL_KEYS)
+    for key, skill_rating in rating.skills.items():
+        assert skill_rating.level in SKILLS[key].levels
+        assert skill_rating.reasoning
+
+
+def test_rating_is_deterministic():
+    text = "You never wash anything. I'm sick of it, honestly."
+    first = rate(text).to_dict()
+    default_model.cache_clear()
+    assert rate(text).to_dict() == first
+
+
+def test_weak_and_missing_skills_get_a_suggestion_and_a_rewrite_strong_ones_none():
+    rating = rate("sorry, maybe if it's ok you could kind of do the dishes sometime?")
+    for key, skill_rating in rating.skills.items():
+        if skill_rating.level == SKILLS[key].top_level:
+            assert skill_rating.suggestion == "" and skill_rating.rewrite == ""
+        else:
+            assert skill_rating.suggestion.strip(), key
+            assert skill_rating.rewrite.strip(), key
+
+
+@pytest.mark.parametrize("model", ["bank", "rules"])
+def test_a_clearly_named_feeling_is_strong_express(model):
+    text = "I feel really stressed and frustrated when I come home to a full sink."
+    assert rate(text, model).skills["express"].level == "strong"
+
+
+@pytest.mark.parametrize("model", ["bank", "rules"])
+def test_a_judgment_dressed_as_a_feeling_is_not_strong_express(model):
+    text = "I feel like you don't care about anyone but yourself."
+    assert rate(text, model).skills["express"].level != "strong"
+
+
+@pytest.mark.parametrize("model", ["bank", "rules"])
+def test_apologies_and_hedges_are_not_confident(model):
+    text = "sorry, maybe if it's ok you could possibly do the dishes? no pressure if not"
+    assert rate(text, model).skills["confident"].level == "no"
+
+
+@pytest.mark.parametrize("model", ["bank", "rules"])
+def test_an_insult_is_not_mindful(model):
+    text = "Wow, you're such a lazy slob. Do your own stupid dishes, idiot."
+    rating = rate(text, model, partner_said="Why are you always on my case about this?")
+    assert rating.skills["mindful"].level == "no"
+
+
+@pytest.mark.parametrize("model", ["bank", "rules"])
+def test_a_concrete_trade_is_strong_negotiate(model):
+    text = "What if I cook on weeknights and you wash up right after dinner, for two weeks?"
+    assert rate(text, model).skills["negotiate"].level == "strong"
+
+
+@pytest.mark.parametrize("model", ["bank", "rules"])
+def test_a_direct_request_is_strong_assert(model):
+    text = "Please wash your dishes on the same day you use them."
+    assert rate(text, model).skills["assert"].level == "strong"
+
+
+@pytest.mark.parametrize("model", ["bank", "rules"])
+def test_specific_facts_are_strong_describe(model):
+    text = "Your dishes have been in the sink overnight on 9 of the last 14 days."
+    assert rate(text, model).skills["describe"].level == "strong"
+
+
+def test_confident_rewrite_drops_the_apologies_and_hedges():
+    rating = rate("Sorry, I was just wondering if maybe you could wash your dishes tonight?")
+    rewrite = rating.skills["confident"].rewrite.lower()
+    assert "sorry" not in rewrite and "maybe" not in rewrite and "just" not in rewrite
+    assert "dishes tonight" in rewrite
+
+
+def test_chosen_strategies_decide_what_is_shown_and_scored():
+    rating = rate_offline(text="Please wash your dishes tonight.", chosen=["assert"])
+    assert list(rating.shown) == ["assert", "mindful", "confident"]
+    assert rating.mastery is not None and 0 <= rating.mastery <= 2
+
+
+def test_rating_round_trips_through_a_dict():
+    rating = rate("Please wash up tonight.")
+    assert Rating.from_dict(rating.to_dict()) == rating
+
+
+def test_training_uses_only_what_it_is_given_and_rates_all_skills():
+    levels = {k: SKILLS[k].levels for k in SKILL_KEYS}
+    examples = [
+        Example(
+            id=str(i),
+            text=text,
+            labels={k: levels[k][(i + j) % len(levels[k])] for j, k in enumerate(SKILL_KEYS)},
+        )
+        for i, text in enumerate(["please stop", "i feel sad", "what if we split it", "fine"] * 3)
+    ]
+    model = train(examples)
+    assert model.n_train == 12
+    predicted = model.predict(examples[:2])
+    assert all(set(p) == set(SKILL_KEYS) for p in predicted)
+
+
+def test_texting_forms_are_normalised_before_cues_are_read():
+    assert normalise("im so stressed, u never text") == "i'm so stressed, you never text"
+    assert extract("im so stressed").values["e_i_feel_feeling"] == 1
+
+
+def test_rating_a_message_takes_well_under_20_ms():
+    rate("warm up")
+    text = "I've asked you three times this week. I feel frustrated. Please wash up tonight. " * 5
+    start = time.perf_counter()
+    for i in range(20):
+        rate(text + str(i))
+    assert (time.perf_counter() - start) / 20 < 0.020
