@@ -1,0 +1,148 @@
+"""Free-practice pages outside the live chat: situations, library, history, progress, resume.
+
+Included at /practice/ under the namespace "practice". Every page filters by this browser's
+learner (simulations.learners); nothing here takes a learner or owner id from the client.
+"""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.db.models import Q
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import path, reverse
+from django.utils.text import slugify
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from simulations import progress, situations
+from simulations.learners import current_learner, owned_conversation, resume_with_code
+from simulations.models import Category, Conversation, Message, Situation
+
+app_name = "practice"
+
+
+def _start(request: HttpRequest, situation: Situation) -> HttpResponse:
+    from simulations import services  # TEMP until services.py lands
+
+    learner = current_learner(request)
+    conversation = services.start_conversation(learner=learner, situation=situation)
+    return redirect("simulations:conversation", conversation_id=conversation.pk)
+
+
+@require_GET
+def hub(request: HttpRequest) -> HttpResponse:
+    learner = current_learner(request)
+    conversations = (
+        Conversation.objects.owned_by(learner).select_related("situation").order_by("-created_at")
+    )
+    own_situations = Situation.objects.owned_by(learner).order_by("-created_at")
+    return render(
+        request,
+        "simulations/hub.html",
+        {"learner": learner, "conversations": conversations, "own_situations": own_situations},
+    )
+
+
+@require_http_methods(["GET", "POST"])
+def new_situation(request: HttpRequest) -> HttpResponse:
+    """Write your own situation; names, contacts and places are pointed out before saving."""
+    context: dict = {"categories": Category.choices, "difficulties": range(1, 10)}
+    if request.method == "GET":
+        return render(request, "simulations/situation_form.html", context)
+    draft = situations.check_situation(
+        situation=request.POST.get("situation", ""),
+        goal=request.POST.get("goal", ""),
+        category=request.POST.get("category", ""),
+        difficulty=request.POST.get("difficulty", ""),
+    )
+    choice = request.POST.get("identifying")
+    if draft.valid and draft.findings and choice == "remove":
+        draft = situations.remove_identifying(draft)
+    if not draft.valid or (draft.findings and choice != "keep"):
+        context.update({"draft": draft, "values": request.POST})
+        return render(request, "simulations/situation_form.html", context, status=200)
+    situation = situations.create_situation(learner=current_learner(request), draft=draft)
+    return _start(request, situation)
+
+
+@require_GET
+def library(request: HttpRequest) -> HttpResponse:
+    items = Situation.objects.library().order_by("category", "difficulty", "title")
+    grouped = {
+        label: [s for s in items if s.category == value] for value, label in Category.choices
+    }
+    return render(
+        request,
+        "simulations/library.html",
+        {"grouped": {k: v for k, v in grouped.items() if v}},
+    )
+
+
+@require_POST
+def practise_situation(request: HttpRequest, situation_id: int) -> HttpResponse:
+    """Start a conversation on a library situation or on one of this learner's own."""
+    learner = current_learner(request)
+    available = Situation.objects.filter(is_active=True).filter(
+        Q(learner__isnull=True) | Q(learner=learner)
+    )
+    return _start(request, get_object_or_404(available, pk=situation_id))
+
+
+@require_GET
+def transcript(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    """The learner's own transcript as plain text, to keep."""
+    conversation = owned_conversation(request, conversation_id)
+    lines = [
+        f"IMBUE practice conversation, {conversation.created_at:%Y-%m-%d %H:%M} UTC",
+        f"Situation: {conversation.situation.situation}",
+        f"Goal: {conversation.situation.goal}",
+        f"Outcome: {conversation.get_status_display()}",
+        "",
+    ]
+    for message in conversation.messages.exclude(state=Message.State.FAILED).order_by("seq"):
+        who = "You" if message.role == Message.Role.LEARNER else "Them"
+        skills = f"  [skills: {', '.join(message.strategies)}]" if message.strategies else ""
+        lines.append(f"{who}: {message.text}{skills}")
+    response = HttpResponse("\n".join(lines) + "\n", content_type="text/plain; charset=utf-8")
+    name = slugify(str(conversation.situation))[:40] or "conversation"
+    response["Content-Disposition"] = f'attachment; filename="imbue-{name}-{conversation.pk}.txt"'
+    return response
+
+
+@require_GET
+def progress_page(request: HttpRequest) -> HttpResponse:
+    rows = progress.learner_progress(current_learner(request))
+    chart = progress.progress_chart_svg(rows) if len(rows) >= 1 else ""
+    return render(
+        request,
+        "simulations/progress.html",
+        {"rows": rows, "chart": chart, "skills": progress.SKILL_ORDER},
+    )
+
+
+@require_http_methods(["GET", "POST"])
+def resume(request: HttpRequest) -> HttpResponse:
+    """Continue on this device with the resume code shown on another."""
+    if request.method == "POST":
+        learner = resume_with_code(request, code=request.POST.get("code", ""))
+        if learner is not None:
+            messages.success(request, "Welcome back: your conversations are here.")
+            return redirect(reverse("practice:hub"))
+        return render(
+            request,
+            "simulations/resume.html",
+            {"error": "That code was not found. Check it and try again."},
+            status=400,
+        )
+    return render(request, "simulations/resume.html")
+
+
+urlpatterns = [
+    path("", hub, name="hub"),
+    path("situations/new/", new_situation, name="new_situation"),
+    path("library/", library, name="library"),
+    path("situations/<int:situation_id>/practise/", practise_situation, name="practise"),
+    path("c/<int:conversation_id>/transcript.txt", transcript, name="transcript"),
+    path("progress/", progress_page, name="progress"),
+    path("resume/", resume, name="resume"),
+]
