@@ -7,5 +7,6 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
     path("practice/", include("simulations.pages")),
+    path("feedback/", include("feedback.urls")),
     path("admin/", admin.site.urls),
 ]

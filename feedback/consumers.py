@@ -1,0 +1,81 @@
+"""The feedback socket: the worker's finished ratings reach the browser that owns the draft."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from feedback import notify, services
+from feedback.views import render_panel
+from simulations.learners import aowned_conversation
+from simulations.models import Conversation
+
+# A "viewed" report is a few dozen bytes; anything much larger is not from our page.
+MAX_FRAME = 1024
+
+
+@database_sync_to_async
+def _latest_panel(conversation: Conversation) -> tuple[int | None, str | None]:
+    feedback = services.latest_request(conversation)
+    if feedback is None:
+        return None, None
+    done = feedback.status == feedback.Status.DONE
+    return (feedback.pk if done else None), render_panel(feedback, oob=True)
+
+
+@database_sync_to_async
+def _ready_panel(conversation_id: int, request_id: int) -> str | None:
+    feedback = services.deliverable_request(conversation_id=conversation_id, request_id=request_id)
+    return None if feedback is None else render_panel(feedback, oob=True)
+
+
+class FeedbackConsumer(AsyncWebsocketConsumer):
+    """`ws/conversations/<id>/feedback/`: owner only; sends panels, hears "viewed" reports."""
+
+    conversation: Conversation | None = None
+
+    async def connect(self) -> None:
+        conversation_id = int(self.scope["url_route"]["kwargs"]["conversation_id"])
+        self.conversation = await aowned_conversation(self.scope, conversation_id)
+        if self.conversation is None:
+            await self.close()
+            return
+        self.group = notify.group_name(conversation_id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        # A refresh or reconnect shows the newest feedback of the draft in progress again.
+        done_id, html = await _latest_panel(self.conversation)
+        if html is not None:
+            await self.send(text_data=html)
+        if done_id is not None:
+            await database_sync_to_async(services.mark_delivered)(request_id=done_id)
+
+    async def disconnect(self, code: int) -> None:
+        if self.conversation is not None:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.conversation is None or not text_data or len(text_data) > MAX_FRAME:
+            return
+        try:
+            payload = json.loads(text_data)
+            request_id = int(payload["request_id"])
+        except (ValueError, TypeError, KeyError):
+            return
+        if not 0 < request_id < 2**63:
+            return
+        if payload.get("action") == "viewed":
+            await database_sync_to_async(services.mark_viewed)(
+                conversation_id=self.conversation.pk, request_id=request_id
+            )
+
+    async def feedback_ready(self, event: dict[str, Any]) -> None:
+        request_id = int(event["request_id"])
+        html = await _ready_panel(self.conversation.pk, request_id)
+        if html is None:
+            return
+        await self.send(text_data=html)
+        await database_sync_to_async(services.mark_delivered)(request_id=request_id)

@@ -1,0 +1,418 @@
+"""Every state change of the feedback app: drafts, feedback requests, their rating and delivery.
+
+The flow of one "get feedback": `request_feedback` stores the draft and the request, rates it
+offline at once (shown while the expert check runs) and enqueues `rate_feedback_request`; the
+worker runs `rate_request` (the model rater, else the offline fallback) and tells the browser
+through `notify`; the consumer sends the panel and calls `mark_delivered`; the browser reports
+when the panel became visible (`mark_viewed`), which records request-to-display latency.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from feedback import notify
+from feedback.models import Draft, Engine, FeedbackRequest
+from feedback.raters.offline import rate_offline
+from feedback.raters.rating import Rating
+from feedback.skills import SKILL_KEYS, STRATEGIES, mastery, rated_skills, score
+from imbue import llm
+from simulations.models import Conversation, Message
+
+log = logging.getLogger(__name__)
+
+NO_MODEL_REASON = "no language model connected"
+
+
+class FeedbackInputError(ValueError):
+    """The draft or its strategies cannot be rated; the message is shown to the learner as is."""
+
+
+# --------------------------------------------------------------------------- asking for feedback
+
+
+def clean_draft(
+    *, conversation: Conversation, text: str, strategies: Iterable[str]
+) -> tuple[str, list[str]]:
+    """The draft text and chosen strategies as they will be stored, or FeedbackInputError."""
+    # PostgreSQL text cannot hold NUL; everything else the learner typed is kept verbatim.
+    text = (text or "").replace("\x00", "").strip()
+    if not text:
+        raise FeedbackInputError("Write your message first, then ask for feedback on it.")
+    limit = conversation.max_message_chars
+    if len(text) > limit:
+        raise FeedbackInputError(
+            f"Your message is {len(text):,} characters long; the limit is {limit:,}. "
+            "Shorten it, then ask again."
+        )
+    chosen = {str(s) for s in strategies}
+    unknown = chosen - set(STRATEGIES)
+    if unknown:
+        raise FeedbackInputError("Choose strategies from the list (Describe to Negotiate).")
+    if not chosen:
+        raise FeedbackInputError(
+            "Choose at least one strategy you mean to use, so the feedback can rate it."
+        )
+    if conversation.strategy_mode == Conversation.StrategyMode.SINGLE and len(chosen) != 1:
+        raise FeedbackInputError("Choose exactly one strategy for this message.")
+    return text, [k for k in STRATEGIES if k in chosen]
+
+
+def current_turn(conversation: Conversation) -> int:
+    """The learner message (1-based) being drafted now: learner messages so far plus one."""
+    return conversation.messages.filter(role=Message.Role.LEARNER).count() + 1
+
+
+def _partner_said(conversation: Conversation, turn: int) -> str:
+    """The partner's last words before the learner's message number `turn` (rated later too)."""
+    replies = conversation.messages.filter(role=Message.Role.PARTNER, state=Message.State.COMPLETE)
+    sent = (
+        conversation.messages.filter(role=Message.Role.LEARNER)
+        .order_by("seq")
+        .values_list("seq", flat=True)[turn - 1 : turn]
+    )
+    if sent:
+        replies = replies.filter(seq__lt=sent[0])
+    return replies.order_by("-seq").values_list("text", flat=True).first() or ""
+
+
+def _check_rate_limit(conversation: Conversation) -> None:
+    per_minute = settings.IMBUE.get("feedback_per_minute")
+    if not per_minute:
+        return
+    since = timezone.now() - timedelta(minutes=1)
+    recent = FeedbackRequest.objects.filter(
+        draft__conversation__learner_id=conversation.learner_id, requested_at__gte=since
+    ).count()
+    if recent >= per_minute:
+        raise FeedbackInputError(
+            f"You have asked for feedback {recent} times in the last minute. "
+            "Take a moment with the feedback you have, then ask again."
+        )
+
+
+def request_feedback(
+    *,
+    conversation: Conversation,
+    text: str,
+    strategies: Sequence[str],
+    used_rewrite: bool = False,
+) -> FeedbackRequest:
+    """Store the draft and a feedback request on it, rate it offline now, and enqueue the model.
+
+    In a conversation without feedback (a study's no-feedback arm) the draft is kept and the
+    request recorded as withheld: nothing is computed, nothing is sent.
+    """
+    with transaction.atomic():
+        # The row lock serialises revision numbering between two tabs asking at once.
+        locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
+        if not locked.is_open:
+            raise FeedbackInputError("This conversation has ended, so there is nothing to send.")
+        clean_text, chosen = clean_draft(conversation=locked, text=text, strategies=strategies)
+        _check_rate_limit(locked)
+        turn = current_turn(locked)
+        last = Draft.objects.filter(conversation=locked, turn=turn).aggregate(m=Max("revision"))
+        draft = Draft.objects.create(
+            conversation=locked,
+            turn=turn,
+            revision=(last["m"] or 0) + 1,
+            text=clean_text,
+            strategies=chosen,
+            used_rewrite=used_rewrite,
+        )
+        link_sent_messages(locked)
+        if not locked.feedback_enabled:
+            return FeedbackRequest.objects.create(
+                draft=draft, status=FeedbackRequest.Status.WITHHELD
+            )
+        feedback = FeedbackRequest.objects.create(draft=draft)
+        offline = rate_offline(
+            text=clean_text,
+            situation=locked.situation.situation,
+            goal=locked.situation.goal,
+            partner_said=_partner_said(locked, turn),
+            chosen=chosen,
+        )
+        feedback.offline_result = _result(offline)
+        if llm.is_configured():
+            feedback.save(update_fields=["offline_result"])
+            from feedback.tasks import rate_feedback_request  # tasks.py imports this module
+
+            rate_feedback_request.delay_on_commit(feedback.pk)
+        else:
+            # No model to wait for: the offline rating is the answer, with no worker round trip.
+            feedback.status = FeedbackRequest.Status.DONE
+            feedback.engine = Engine.OFFLINE
+            feedback.fallback_reason = NO_MODEL_REASON
+            feedback.result = feedback.offline_result
+            feedback.computed_at = timezone.now()
+            feedback.save(
+                update_fields=[
+                    "offline_result", "status", "engine", "fallback_reason", "result",
+                    "computed_at",
+                ]
+            )  # fmt: skip
+    return feedback
+
+
+def _result(rating: Rating) -> dict:
+    return {**rating.to_dict(), "mastery": rating.mastery}
+
+
+# --------------------------------------------------------------------------- the worker's part
+
+
+def rate_request(*, request_id: int, final_attempt: bool = True) -> None:
+    """Rate a queued request with the model (else offline), store the result, tell the browser.
+
+    Idempotent: a request that is already done is left as it is (only re-announced if it never
+    reached a browser). A retryable model error is raised for the task to retry, unless this is
+    the final attempt; then, as for any other model failure, the offline rating is the answer.
+    """
+    feedback = (
+        FeedbackRequest.objects.select_related("draft__conversation__situation")
+        .filter(pk=request_id)
+        .first()
+    )
+    if feedback is None:
+        log.warning("feedback request %s no longer exists", request_id)
+        return
+    draft = feedback.draft
+    if feedback.status == FeedbackRequest.Status.DONE:
+        if feedback.delivered_at is None:
+            notify.feedback_ready(conversation_id=draft.conversation_id, request_id=feedback.pk)
+        return
+    if feedback.status != FeedbackRequest.Status.QUEUED:
+        return
+    conversation = draft.conversation
+    rating: Rating | None = None
+    reason = ""
+    call_id: int | None = None
+    model_ms: float | None = None
+    if llm.is_configured():
+        from feedback.raters.llm import rate_with_model
+
+        started = time.monotonic()
+        try:
+            rating = rate_with_model(
+                text=draft.text,
+                situation=conversation.situation.situation,
+                goal=conversation.situation.goal,
+                partner_said=_partner_said(conversation, draft.turn),
+                chosen=draft.strategies,
+                draft_id=draft.pk,
+            )
+            call_id = rating.call_id
+        except llm.LLMError as error:
+            if error.retryable and not final_attempt:
+                raise
+            reason = f"{error.outcome}: {error.detail or error.user_message}"
+            call_id = error.call_id
+        except Exception as error:
+            # A rater bug must not leave the learner without an answer: log it, fall back.
+            log.exception("model rater failed on feedback request %s", feedback.pk)
+            reason = f"rater error: {type(error).__name__}"
+        model_ms = (time.monotonic() - started) * 1000
+    else:
+        reason = NO_MODEL_REASON
+    if rating is None:
+        rating = (
+            Rating.from_dict(feedback.offline_result)
+            if feedback.offline_result
+            else rate_offline(
+                text=draft.text,
+                situation=conversation.situation.situation,
+                goal=conversation.situation.goal,
+                partner_said=_partner_said(conversation, draft.turn),
+                chosen=draft.strategies,
+            )
+        )
+    # The status condition makes a concurrent or redelivered run a no-op: applied once.
+    stored = FeedbackRequest.objects.filter(
+        pk=feedback.pk, status=FeedbackRequest.Status.QUEUED
+    ).update(
+        status=FeedbackRequest.Status.DONE,
+        engine=rating.engine,
+        fallback_reason=reason[:200],
+        result=_result(rating),
+        llm_call_id=call_id,
+        computed_at=timezone.now(),
+        model_ms=model_ms,
+    )
+    if stored:
+        notify.feedback_ready(conversation_id=draft.conversation_id, request_id=feedback.pk)
+
+
+# --------------------------------------------------------------------------- delivery
+
+
+def latest_request(conversation: Conversation) -> FeedbackRequest | None:
+    """The newest shown feedback request for the turn being drafted now (None if there is none)."""
+    return (
+        FeedbackRequest.objects.select_related("draft")
+        .filter(draft__conversation=conversation, draft__turn=current_turn(conversation))
+        .exclude(status=FeedbackRequest.Status.WITHHELD)
+        .order_by("-pk")
+        .first()
+    )
+
+
+def deliverable_request(*, conversation_id: int, request_id: int) -> FeedbackRequest | None:
+    """The finished request if it belongs to this conversation and nothing newer replaced it."""
+    feedback = (
+        FeedbackRequest.objects.select_related("draft")
+        .filter(
+            pk=request_id,
+            draft__conversation_id=conversation_id,
+            status=FeedbackRequest.Status.DONE,
+        )
+        .first()
+    )
+    if feedback is None:
+        return None
+    # A slow expert answer to an older draft must not overwrite the panel of a newer one.
+    newer = FeedbackRequest.objects.filter(
+        draft__conversation_id=conversation_id, pk__gt=request_id
+    ).exclude(status=FeedbackRequest.Status.WITHHELD)
+    if newer.exists():
+        return None
+    return feedback
+
+
+def mark_delivered(*, request_id: int) -> None:
+    """Record when the finished panel was first handed to a browser's socket."""
+    FeedbackRequest.objects.filter(
+        pk=request_id, status=FeedbackRequest.Status.DONE, delivered_at__isnull=True
+    ).update(delivered_at=timezone.now())
+
+
+def mark_viewed(*, conversation_id: int, request_id: int) -> bool:
+    """Record when the browser showed the finished panel, and so the request-to-display time."""
+    feedback = FeedbackRequest.objects.filter(
+        pk=request_id,
+        draft__conversation_id=conversation_id,
+        status=FeedbackRequest.Status.DONE,
+        viewed_at__isnull=True,
+    ).first()
+    if feedback is None:
+        return False
+    now = timezone.now()
+    latency_ms = (now - feedback.requested_at).total_seconds() * 1000
+    # Only the first report counts: a second tab or a reconnect re-shows the same panel later.
+    return bool(
+        FeedbackRequest.objects.filter(pk=request_id, viewed_at__isnull=True).update(
+            viewed_at=now, latency_ms=latency_ms
+        )
+    )
+
+
+# --------------------------------------------------------------------------- the revision trail
+
+
+def link_sent_messages(conversation: Conversation) -> int:
+    """Point every draft of an already sent turn at the learner message that turn became."""
+    open_turns = set(
+        Draft.objects.filter(conversation=conversation, sent_message__isnull=True).values_list(
+            "turn", flat=True
+        )
+    )
+    if not open_turns:
+        return 0
+    learner_messages = list(
+        conversation.messages.filter(role=Message.Role.LEARNER)
+        .order_by("seq")
+        .values_list("pk", flat=True)
+    )
+    linked = 0
+    for turn in sorted(open_turns):
+        if turn <= len(learner_messages):
+            linked += Draft.objects.filter(
+                conversation=conversation, turn=turn, sent_message__isnull=True
+            ).update(sent_message_id=learner_messages[turn - 1])
+    return linked
+
+
+# --------------------------------------------------------------------------- skill mastery
+
+
+def message_mastery(message: Message) -> float | None:
+    """0-2 mastery of one sent learner message: chosen strategies plus mindful and confident."""
+    if message.role != Message.Role.LEARNER or not message.ratings:
+        return None
+    return mastery(message.ratings, message.strategies)
+
+
+@dataclass(frozen=True)
+class ConversationMastery:
+    """Mastery of a conversation: the mean of its messages' scores, and per skill."""
+
+    overall: float | None
+    per_skill: dict[str, float] = field(default_factory=dict)
+    messages: int = 0
+
+
+def conversation_mastery(conversation: Conversation) -> ConversationMastery:
+    """Mean 0-2 mastery over the rated learner messages, overall and per skill where rated."""
+    per_message: list[float] = []
+    points: dict[str, list[int]] = {k: [] for k in SKILL_KEYS}
+    rows = conversation.messages.filter(role=Message.Role.LEARNER).exclude(ratings={})
+    for message in rows.order_by("seq"):
+        value = message_mastery(message)
+        if value is None:
+            continue
+        per_message.append(value)
+        for key in rated_skills(message.strategies):
+            if key in message.ratings:
+                points[key].append(score(key, message.ratings[key]))
+    return ConversationMastery(
+        overall=sum(per_message) / len(per_message) if per_message else None,
+        per_skill={k: sum(v) / len(v) for k, v in points.items() if v},
+        messages=len(per_message),
+    )
+
+
+def rate_messages_with_model(conversation: Conversation) -> int:
+    """Re-rate the conversation's sent learner messages with the model rater (e.g. for a study's
+    evaluation-chat mastery); messages already rated by the model, or that fail, are left as
+    they are. Returns how many were upgraded."""
+    if not llm.is_configured():
+        return 0
+    from feedback.raters.llm import rate_with_model
+
+    upgraded = 0
+    partner_said = ""
+    for message in conversation.messages.order_by("seq"):
+        if message.role == Message.Role.PARTNER:
+            partner_said = message.text
+            continue
+        if message.rating_engine == Engine.LLM or not message.text.strip():
+            continue
+        try:
+            rating = rate_with_model(
+                text=message.text,
+                situation=conversation.situation.situation,
+                goal=conversation.situation.goal,
+                partner_said=partner_said,
+                chosen=message.strategies,
+            )
+        except llm.LLMError as error:
+            log.warning("could not re-rate message %s: %s", message.pk, error)
+            continue
+        # The model rates only the chosen strategies; the offline levels of the others remain.
+        ratings = {**message.ratings, **rating.levels}
+        Message.objects.filter(pk=message.pk).update(
+            ratings=ratings,
+            rating_engine=Engine.LLM,
+            mastery=mastery(ratings, message.strategies),
+        )
+        upgraded += 1
+    return upgraded

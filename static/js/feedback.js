@@ -1,0 +1,74 @@
+// The feedback panel's small behaviours: "Use this version", telling the server when finished
+// feedback is on screen (request-to-display latency), and showing refused requests' messages.
+(() => {
+  if (window.imbueFeedback) return; // the slot may be swapped in again; listen only once
+  window.imbueFeedback = true;
+
+  const PANEL = "feedback-panel-body";
+  const FLAG = "feedback-used-rewrite";
+  let socket = null; // the feedback socket (htmx ws extension's wrapper)
+  const reported = new Set();
+
+  const draftBox = () =>
+    document.querySelector("#chat-form textarea[name='text']") ||
+    document.querySelector("#chat-form textarea");
+  const isFeedbackSocket = (event) =>
+    event.detail && event.detail.elt && event.detail.elt.matches("[data-feedback-socket]");
+
+  document.addEventListener("click", (event) => {
+    const button = event.target.closest("[data-feedback-rewrite]");
+    const box = button && draftBox();
+    if (!box) return;
+    box.value = button.dataset.feedbackRewrite;
+    box.dispatchEvent(new Event("input", { bubbles: true }));
+    const flag = document.getElementById(FLAG);
+    if (flag) flag.value = "1";
+    box.focus();
+  });
+
+  function reportViewed() {
+    const panel = document.getElementById(PANEL);
+    if (!panel || panel.dataset.state !== "final" || !socket) return;
+    const id = panel.dataset.requestId;
+    if (!id || reported.has(id) || document.visibilityState !== "visible") return;
+    reported.add(id);
+    // After the next paint: the moment the learner can actually see it.
+    requestAnimationFrame(() =>
+      socket.send(JSON.stringify({ action: "viewed", request_id: Number(id) })),
+    );
+  }
+
+  document.addEventListener("htmx:wsOpen", (event) => {
+    if (!isFeedbackSocket(event)) return;
+    socket = event.detail.socketWrapper;
+    reportViewed();
+  });
+  document.addEventListener("htmx:wsClose", (event) => {
+    if (isFeedbackSocket(event)) socket = null;
+  });
+  document.addEventListener("htmx:wsAfterMessage", reportViewed);
+  document.addEventListener("htmx:afterSettle", reportViewed);
+  document.addEventListener("visibilitychange", reportViewed);
+
+  // A refused request (empty draft, no strategy, too long) answers 422 with a message to show.
+  document.addEventListener("htmx:beforeSwap", (event) => {
+    const target = event.detail.target;
+    if (event.detail.xhr.status === 422 && target && target.id === PANEL) {
+      event.detail.shouldSwap = true;
+      event.detail.isError = false;
+    }
+  });
+
+  // Sending the message ends this turn: the next draft starts with a clean panel.
+  document.addEventListener("htmx:wsAfterSend", (event) => {
+    if (!event.detail.elt || !event.detail.elt.matches("#chat-form")) return;
+    const flag = document.getElementById(FLAG);
+    if (flag) flag.value = "";
+    const panel = document.getElementById(PANEL);
+    if (panel) {
+      panel.dataset.state = "empty";
+      panel.removeAttribute("data-request-id");
+      panel.innerHTML = '<p class="hint">No feedback on this message yet.</p>';
+    }
+  });
+})();
