@@ -14,7 +14,8 @@ or start it from Python with `start_fake_server()`. Tests steer it through `/_fa
 - `GET /_fake/requests` lists every chat request received (full body, headers, purpose, fault,
   send times); `POST /_fake/reset` forgets faults and requests and restores the start-up knobs.
 
-Fault kinds: any HTTP status as three digits ("429" carries Retry-After, "500", "401", "404"...),
+Fault kinds: any HTTP status as three digits ("429" carries Retry-After, "500", "401", "404"...;
+a fault given as a dict may set "retry_after", "message" and "code"),
 "cut" (connection dropped midway), "hang" (no answer until the client gives up), "malformed"
 (broken JSON content), "bad_body" (a response body that is not JSON at all), "schema_violation"
 (valid JSON that breaks the requested schema), "empty", "refuse" (a refusal), "content_filter".
@@ -479,6 +480,10 @@ class FakeLLMApp:
             )
         else:
             error = _error_body(status, f"Fake error {status}.", "invalid_request_error")
+        if fault.get("message"):
+            error["error"]["message"] = str(fault["message"])
+        if fault.get("code"):
+            error["error"]["code"] = str(fault["code"])
         await _send_json(send, status, error, headers)
 
     async def _pace(self, index: int, started: float) -> None:

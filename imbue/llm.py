@@ -1,0 +1,924 @@
+"""The one gateway to language models.
+
+Every model call in IMBUE goes through this module, on the official `openai` SDK's async client, so
+it works with anything that speaks the chat-completions protocol (OpenAI, Azure OpenAI, vLLM,
+Ollama, llama.cpp's server, LM Studio). It reads `settings.LLM` at call time, retries transient
+failures itself (bounded, exponential backoff with jitter, honouring Retry-After), validates
+structured replies with one repair attempt, raises typed errors that carry a plain-language message,
+and records every call as an `LLMCall` row: which model, prompt and parameters produced which reply.
+
+Callers pass a `Prompt` (so the record names the template that produced the words) and a
+`CallContext` (the conversation, message or draft the call serves):
+
+    async with llm.stream_text(purpose="partner", messages=m, prompt=P, context=ctx) as reply:
+        async for delta in reply:
+            ...
+    data = (await llm.complete_json(purpose="feedback", messages=m, schema=S, schema_name="rating",
+                                    prompt=P, context=ctx)).data
+
+With no model configured (`settings.LLM["base_url"]` is None) every call raises `NotConfigured`;
+the product then runs on its offline engines, and `status_label()` says so on the pages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import random
+import re
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+import openai
+from asgiref.sync import async_to_sync
+from django.conf import settings
+
+from imbue.models import LLMCall
+
+log = logging.getLogger(__name__)
+
+Message = Mapping[str, Any]
+Outcome = LLMCall.Outcome
+Format = LLMCall.Format
+
+# A Retry-After longer than this would stall a live conversation: give up and let the caller decide.
+MAX_RETRY_AFTER_S = 30.0
+MAX_BACKOFF_S = 10.0
+_ERROR_CHARS = 300
+
+
+# --- prompts and context ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A named, versioned prompt template; its hash goes into the record of every call it makes."""
+
+    name: str
+    version: str
+    template: str
+
+    @property
+    def hash(self) -> str:
+        """SHA-256 of the template text: the same words always give the same hash."""
+        return hashlib.sha256(self.template.encode()).hexdigest()
+
+    def render(self, **values: Any) -> str:
+        """The template filled in with `str.format` (write literal braces as `{{` and `}}`)."""
+        return self.template.format(**values)
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """What a call serves, stored on its record so researchers can trace every word."""
+
+    conversation_id: int | None = None
+    message_id: int | None = None
+    draft_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A finished reply: its text, the validated JSON value (`complete_json`), and its record."""
+
+    text: str
+    data: Any = None
+    call_id: int | None = None
+    outcome: str = Outcome.OK
+    model: str = ""
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+class LLMError(Exception):
+    """Any failure of a model call. `user_message` is safe to show; `str()` is for the logs."""
+
+    outcome: str = Outcome.GAVE_UP
+    retryable = False
+    user_message = "The language model could not answer just now."
+
+    def __init__(
+        self,
+        detail: str = "",
+        *,
+        retry_after: float | None = None,
+        transient: bool | None = None,
+        partial_text: str = "",
+    ) -> None:
+        super().__init__(detail or self.user_message)
+        self.detail = detail
+        self.retry_after = retry_after
+        # Worth another attempt inside this call (before the first token), which is not always
+        # what `retryable` tells the caller about the call as a whole.
+        self.transient = self.retryable if transient is None else transient
+        self.partial_text = partial_text
+        self.call_id: int | None = None
+
+
+class NotConfigured(LLMError):
+    outcome = Outcome.NOT_CONFIGURED
+    user_message = "No language model is connected."
+
+
+class Misconfigured(LLMError):
+    """The server rejected the credentials, the model name or the request itself."""
+
+    outcome = Outcome.MISCONFIGURED
+    user_message = "The language model is not set up correctly, so this part is unavailable."
+
+
+class Refused(LLMError):
+    outcome = Outcome.REFUSED
+    user_message = "The language model declined to answer this. Try putting it differently."
+
+
+class Malformed(LLMError):
+    """The reply could not be used, even after the repair attempt."""
+
+    outcome = Outcome.MALFORMED
+    user_message = "The language model gave an answer that could not be used."
+
+
+class Retryable(LLMError):
+    """A passing failure: the same call may well succeed a little later."""
+
+    retryable = True
+    user_message = "The language model is busy. Please try again in a moment."
+
+
+class GaveUp(Retryable):
+    outcome = Outcome.GAVE_UP
+    user_message = "The language model did not answer after several tries. Please try again soon."
+
+
+class TimedOut(GaveUp):
+    outcome = Outcome.TIMEOUT
+    user_message = "The language model took too long to answer. Please try again."
+
+
+class StreamCut(Retryable):
+    """The reply stopped midway; `partial_text` holds what had arrived."""
+
+    outcome = Outcome.CUT
+    user_message = "The reply was cut off midway. Please try again."
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Config:
+    base_url: str
+    api_key: str
+    provider: str
+    api_version: str
+    timeout_s: float
+    max_retries: int
+    backoff_s: float
+
+    @property
+    def host(self) -> str:
+        parts = urlsplit(self.base_url)
+        return parts.hostname + (f":{parts.port}" if parts.port else "") if parts.hostname else ""
+
+
+def is_configured() -> bool:
+    """Whether a language model is connected (else the product runs on its offline engines)."""
+    return bool(settings.LLM.get("base_url"))
+
+
+def status_label() -> str:
+    """One plain sentence for the pages about which language model, if any, is connected."""
+    if not is_configured():
+        return (
+            "No language model is connected: you are practising with the offline partner and "
+            "offline feedback."
+        )
+    partner = settings.LLM.get("purposes", {}).get("partner", {}).get("model") or "a model"
+    host = _config().host or "its server"
+    return f"Connected to a language model: {partner} at {host}."
+
+
+def _config() -> _Config:
+    conf = settings.LLM
+    if not conf.get("base_url"):
+        raise NotConfigured("settings.LLM has no base_url")
+    return _Config(
+        base_url=str(conf["base_url"]).rstrip("/"),
+        api_key=str(conf.get("api_key") or ""),
+        provider=str(conf.get("provider") or "openai"),
+        api_version=str(conf.get("api_version") or ""),
+        timeout_s=float(conf.get("timeout_s", 30.0)),
+        max_retries=max(0, int(conf.get("max_retries", 2))),
+        backoff_s=max(0.0, float(conf.get("backoff_s", 0.5))),
+    )
+
+
+def _purpose_settings(purpose: str) -> dict[str, Any]:
+    found = settings.LLM.get("purposes", {}).get(purpose)
+    if not found or not found.get("model"):
+        raise Misconfigured(f"settings.LLM['purposes'] names no model for {purpose!r}")
+    return dict(found)
+
+
+# One client per event loop and configuration: an httpx connection pool cannot cross loops, and
+# Celery tasks (through async_to_sync) run each call on a fresh loop.
+_clients: dict[tuple[int, _Config], tuple[weakref.ref[asyncio.AbstractEventLoop], Any, Any]] = {}
+
+
+async def _client(cfg: _Config) -> openai.AsyncOpenAI:
+    loop = asyncio.get_running_loop()
+    key = (id(loop), cfg)
+    found = _clients.get(key)
+    if found and found[0]() is loop:
+        return found[1]
+    for old_key, (ref, _, _) in list(_clients.items()):
+        if ref() is None:
+            _clients.pop(old_key, None)
+    client: openai.AsyncOpenAI
+    if cfg.provider == "azure":
+        client = openai.AsyncAzureOpenAI(
+            azure_endpoint=cfg.base_url,
+            api_key=cfg.api_key,
+            api_version=cfg.api_version,
+            max_retries=0,
+            timeout=cfg.timeout_s,
+        )
+    else:
+        # Local servers want no key, but the SDK insists on one.
+        client = openai.AsyncOpenAI(
+            base_url=cfg.base_url,
+            api_key=cfg.api_key or "no-key",
+            max_retries=0,
+            timeout=cfg.timeout_s,
+        )
+    closer = _close_with_loop(client, key)
+    await anext(closer)
+    _clients[key] = (weakref.ref(loop), client, closer)
+    return client
+
+
+async def _close_with_loop(client: openai.AsyncOpenAI, key: Any) -> AsyncIterator[None]:
+    """Parked until its loop shuts down its async generators (`asyncio.run` does, and so does
+    async_to_sync), then closes the client while that loop still runs: closed any later, its
+    connections would try to close on a dead loop."""
+    try:
+        yield
+    finally:
+        _clients.pop(key, None)
+        await client.close()
+
+
+# What each (server, model) was found to reject, learnt from its 400 answers, so the next call
+# asks the right way at once: the best structured-output format, parameters to leave out.
+_formats: dict[tuple[str, str], str] = {}
+_quirks: dict[tuple[str, str], set[str]] = {}
+_FORMAT_ORDER = [Format.JSON_SCHEMA, Format.JSON_OBJECT, Format.JSON_IN_PROMPT]
+
+
+def forget_server_capabilities() -> None:
+    """Forget what servers were found not to support (after changing the server, and in tests)."""
+    _formats.clear()
+    _quirks.clear()
+
+
+# --- one call ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """The state of one gateway call, written to `LLMCall` when it ends, however it ends."""
+
+    purpose: str
+    prompt: Prompt
+    context: CallContext
+    stream: bool
+    response_format: str = Format.TEXT
+    cfg: _Config | None = None
+    model: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+    attempts: int = 0
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    ttft_ms: float | None = None
+    finish_reason: str = ""
+    retried: bool = False  # after a passing failure (a format fallback or repair is not a retry)
+    repaired: bool = False
+
+    def __post_init__(self) -> None:
+        if self.purpose not in LLMCall.Purpose.values:
+            raise ValueError(
+                f"unknown purpose {self.purpose!r}; use one of {LLMCall.Purpose.values}"
+            )
+
+    def configure(self) -> _Config:
+        self.cfg = _config()
+        chosen = _purpose_settings(self.purpose)
+        self.model = str(chosen["model"])
+        self.params = {
+            "temperature": chosen.get("temperature"),
+            "max_tokens": chosen.get("max_tokens"),
+            "timeout_s": self.cfg.timeout_s,
+            "max_retries": self.cfg.max_retries,
+        }
+        return self.cfg
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.cfg.base_url if self.cfg else "", self.model)
+
+    def request(self, messages: Sequence[Message], **extra: Any) -> dict[str, Any]:
+        """Keyword arguments for `chat.completions.create`, minus what this server rejects."""
+        assert self.cfg is not None
+        quirks = _quirks.get(self.key, set())
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "messages": [dict(m) for m in messages],
+            "timeout": self.cfg.timeout_s,
+            "extra_headers": {"X-Imbue-Purpose": self.purpose},
+            **extra,
+        }
+        if self.params.get("temperature") is not None and "temperature" not in quirks:
+            kwargs["temperature"] = self.params["temperature"]
+        if self.params.get("max_tokens"):
+            token_param = "max_completion_tokens" if "max_tokens" in quirks else "max_tokens"
+            kwargs[token_param] = self.params["max_tokens"]
+        if self.stream and "stream_options" not in quirks:
+            kwargs["stream_options"] = {"include_usage": True}
+        return kwargs
+
+    def learn_from_rejection(self, kwargs: dict[str, Any], error: openai.APIStatusError) -> bool:
+        """Drop or rename a parameter the server said it does not support; True if one changed."""
+        text = _error_text(error).lower()
+        quirks = _quirks.setdefault(self.key, set())
+        if "max_tokens" in kwargs and "max_completion_tokens" in text:
+            kwargs["max_completion_tokens"] = kwargs.pop("max_tokens")
+            quirks.add("max_tokens")
+            return True
+        for name in ("temperature", "stream_options"):
+            if name in kwargs and name in text:
+                kwargs.pop(name)
+                quirks.add(name)
+                return True
+        return False
+
+    def add_usage(self, usage: Any) -> None:
+        if usage is None:
+            return
+        if usage.prompt_tokens is not None:
+            self.tokens_in = (self.tokens_in or 0) + usage.prompt_tokens
+        if usage.completion_tokens is not None:
+            self.tokens_out = (self.tokens_out or 0) + usage.completion_tokens
+
+    def first_token(self) -> None:
+        if self.ttft_ms is None:
+            self.ttft_ms = (time.perf_counter() - self.started) * 1000
+
+    def success_outcome(self) -> str:
+        if self.repaired:
+            return Outcome.REPAIRED
+        return Outcome.RETRIED_OK if self.retried else Outcome.OK
+
+    async def record(self, outcome: str, error: str = "") -> int | None:
+        """Write the call's row; a failure to write is logged, never raised over the reply."""
+        cfg = self.cfg
+        try:
+            call = await LLMCall.objects.acreate(
+                purpose=self.purpose,
+                model=self.model,
+                provider=cfg.provider if cfg else "",
+                host=cfg.host if cfg else "",
+                prompt_name=self.prompt.name,
+                prompt_version=self.prompt.version,
+                prompt_hash=self.prompt.hash,
+                params=self.params,
+                response_format=self.response_format,
+                stream=self.stream,
+                tokens_in=self.tokens_in,
+                tokens_out=self.tokens_out,
+                ttft_ms=self.ttft_ms,
+                total_ms=(time.perf_counter() - self.started) * 1000,
+                attempts=self.attempts,
+                outcome=outcome,
+                finish_reason=self.finish_reason or "",
+                error=_scrub(error, cfg),
+                conversation_id=self.context.conversation_id,
+                message_id=self.context.message_id,
+                draft_id=self.context.draft_id,
+            )
+        except Exception:
+            log.exception("could not record the %s call", self.purpose)
+            return None
+        return call.pk
+
+
+def _error_text(exc: BaseException) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, Mapping):
+        inner = body.get("error", body)
+        if isinstance(inner, Mapping) and inner.get("message"):
+            return str(inner["message"])
+        if isinstance(inner, str):
+            return inner
+    return str(getattr(exc, "message", "") or exc)
+
+
+def _scrub(text: str, cfg: _Config | None) -> str:
+    """Error text for the record: no keys, one line, short."""
+    if cfg and cfg.api_key:
+        text = text.replace(cfg.api_key, "[key]")
+    text = re.sub(r"\b(sk-|Bearer\s+)[A-Za-z0-9_\-*.]{6,}", "[key]", text)
+    return " ".join(text.split())[:_ERROR_CHARS]
+
+
+def _retry_after(exc: openai.APIStatusError) -> float | None:
+    headers = exc.response.headers
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value:
+            try:
+                return max(0.0, float(value) * scale)
+            except ValueError:
+                continue  # an HTTP date: rare from model servers; fall back to our backoff
+    return None
+
+
+def _classify(exc: BaseException) -> LLMError:
+    """Turn whatever the SDK raised into one of our typed errors."""
+    if isinstance(exc, LLMError):
+        return exc
+    if isinstance(exc, openai.APITimeoutError):
+        return TimedOut("no answer within the timeout")
+    if isinstance(exc, openai.APIConnectionError):
+        return GaveUp(f"connection failed: {_error_text(exc.__cause__ or exc)}")
+    if isinstance(exc, openai.APIStatusError):
+        status, text = exc.status_code, _error_text(exc)
+        detail = f"HTTP {status}: {text}"
+        if status == 429 and getattr(exc, "code", None) == "insufficient_quota":
+            return Misconfigured(detail)  # out of credit: retrying cannot help
+        if status in (408, 409, 429) or status >= 500:
+            return GaveUp(detail, retry_after=_retry_after(exc))
+        if getattr(exc, "code", None) == "content_filter":
+            return Refused(detail)
+        return Misconfigured(detail)
+    if isinstance(exc, (ValueError, openai.APIResponseValidationError)):
+        # The server's answer was not the protocol (broken JSON body or stream event).
+        return Malformed(f"unreadable response: {type(exc).__name__}", transient=True)
+    return GaveUp(f"{type(exc).__name__}: {exc}")
+
+
+async def _pause(cfg: _Config, retries_done: int, error: LLMError) -> None:
+    if error.retry_after is not None:
+        if error.retry_after > MAX_RETRY_AFTER_S:
+            raise GaveUp(f"server asked to wait {error.retry_after:.0f}s") from error
+        delay = error.retry_after
+    else:
+        delay = cfg.backoff_s * (2**retries_done) * (0.5 + random.random() / 2)
+    await asyncio.sleep(min(delay, MAX_BACKOFF_S))
+
+
+class _FormatRejected(Exception):
+    """The server answered 400 to a structured-output request: try a plainer format."""
+
+
+async def _complete(run: _Run, kwargs: dict[str, Any]) -> str:
+    """One non-streamed reply's text, with bounded retries on passing failures."""
+    assert run.cfg is not None
+    client = await _client(run.cfg)
+    retries = 0
+    while True:
+        run.attempts += 1
+        try:
+            completion = await client.chat.completions.create(**kwargs)
+            run.add_usage(completion.usage)
+            if not completion.choices:
+                raise Malformed("a reply with no choices", transient=True)
+            choice = completion.choices[0]
+            run.finish_reason = choice.finish_reason or ""
+            if choice.message.refusal:
+                raise Refused(f"refusal: {choice.message.refusal}")
+            if choice.finish_reason == "content_filter":
+                raise Refused("stopped by the content filter")
+            if not (choice.message.content or "").strip():
+                raise Malformed("an empty reply", transient=True)
+            return choice.message.content or ""
+        except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+            if run.learn_from_rejection(kwargs, exc):
+                continue
+            if getattr(exc, "code", None) == "content_filter":
+                raise Refused(f"HTTP {exc.status_code}: {_error_text(exc)}") from exc
+            if "response_format" in kwargs:
+                raise _FormatRejected(_error_text(exc)) from exc
+            raise Misconfigured(f"HTTP {exc.status_code}: {_error_text(exc)}") from exc
+        except Exception as exc:
+            error = _classify(exc)
+            if not error.transient or retries >= run.cfg.max_retries:
+                raise error from exc
+        await _pause(run.cfg, retries, error)
+        retries += 1
+        run.retried = True
+
+
+async def _stream_deltas(run: _Run, kwargs: dict[str, Any], parts: list[str]) -> AsyncIterator[str]:
+    """Text deltas as they arrive; retries only while nothing has reached the caller."""
+    assert run.cfg is not None
+    client = await _client(run.cfg)
+    retries = 0
+    while True:
+        run.attempts += 1
+        run.finish_reason = ""
+        try:
+            stream = await client.chat.completions.create(**kwargs, stream=True)
+            async with stream:
+                async for chunk in stream:
+                    run.add_usage(chunk.usage)
+                    if not chunk.choices:
+                        continue
+                    choice = chunk.choices[0]
+                    if choice.delta.refusal:
+                        raise Refused(f"refusal: {choice.delta.refusal}")
+                    if choice.finish_reason:
+                        run.finish_reason = choice.finish_reason
+                    if choice.delta.content:
+                        run.first_token()
+                        parts.append(choice.delta.content)
+                        yield choice.delta.content
+            if run.finish_reason == "content_filter":
+                raise Refused("stopped by the content filter", partial_text="".join(parts))
+            if not run.finish_reason:
+                raise GaveUp("the stream ended without a finish reason")
+            if not parts:
+                raise Malformed("an empty reply", transient=True)
+            return
+        except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+            if run.learn_from_rejection(kwargs, exc):
+                continue
+            error = _classify(exc)
+            raise error from exc
+        except Exception as exc:
+            error = _classify(exc)
+            if parts and not isinstance(error, Refused):
+                raise StreamCut(str(error), partial_text="".join(parts)) from exc
+            if not error.transient or retries >= run.cfg.max_retries:
+                raise error from exc
+        await _pause(run.cfg, retries, error)
+        retries += 1
+        run.retried = True
+
+
+# --- public calls -----------------------------------------------------------------------------
+
+
+class TextStream:
+    """A streamed reply. Use it as `async with stream_text(...) as s: async for delta in s`.
+
+    After the loop, `text` holds the whole reply and `call_id` its `LLMCall` row. Errors are typed
+    (`LLMError`); before the first token they come after the retries, after it as `StreamCut`.
+    Leaving the `async with` early records the call as cut ("stopped by the caller").
+    """
+
+    def __init__(
+        self, *, purpose: str, messages: Sequence[Message], prompt: Prompt, context: CallContext
+    ) -> None:
+        self._run = _Run(purpose=purpose, prompt=prompt, context=context, stream=True)
+        self._messages = list(messages)
+        self._parts: list[str] = []
+        self._generator: AsyncIterator[str] | None = None
+        self.call_id: int | None = None
+        self.outcome: str | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self._parts)
+
+    @property
+    def ttft_ms(self) -> float | None:
+        return self._run.ttft_ms
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        if self._generator is None:
+            self._generator = self._deltas()
+        return self._generator
+
+    async def __aenter__(self) -> TextStream:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._generator is not None:
+            await self._generator.aclose()  # type: ignore[attr-defined]
+
+    async def _deltas(self) -> AsyncIterator[str]:
+        run, outcome, error_text = self._run, "", ""
+        try:
+            run.configure()
+            kwargs = run.request(self._messages)
+            async with contextlib.aclosing(_stream_deltas(run, kwargs, self._parts)) as deltas:
+                async for delta in deltas:
+                    yield delta
+            outcome = run.success_outcome()
+        except LLMError as error:
+            outcome, error_text = error.outcome, str(error)
+            error.partial_text = error.partial_text or self.text
+            raise
+        except Exception as exc:
+            error = _classify(exc)
+            outcome, error_text = error.outcome, str(error)
+            raise error from exc
+        finally:
+            if not outcome:  # the caller stopped reading, or its task was cancelled
+                outcome, error_text = Outcome.CUT, "stopped by the caller"
+            self.outcome = outcome
+            self.call_id = await run.record(outcome, error_text)
+
+
+def stream_text(
+    *, purpose: str, messages: Sequence[Message], prompt: Prompt, context: CallContext | None = None
+) -> TextStream:
+    """Stream a text reply for `purpose`, delta by delta (see `TextStream`)."""
+    return TextStream(
+        purpose=purpose, messages=messages, prompt=prompt, context=context or CallContext()
+    )
+
+
+async def complete_text(
+    *, purpose: str, messages: Sequence[Message], prompt: Prompt, context: CallContext | None = None
+) -> Reply:
+    """A whole text reply for `purpose`, once it is complete."""
+    run = _Run(purpose=purpose, prompt=prompt, context=context or CallContext(), stream=False)
+    try:
+        run.configure()
+        text = await _complete(run, run.request(messages))
+    except Exception as exc:
+        error = _classify(exc)
+        error.call_id = await run.record(error.outcome, str(error))
+        if error is exc:
+            raise
+        raise error from exc
+    except BaseException:
+        await run.record(Outcome.CUT, "cancelled by the caller")
+        raise
+    outcome = run.success_outcome()
+    call_id = await run.record(outcome)
+    return Reply(text=text, call_id=call_id, outcome=outcome, model=run.model)
+
+
+async def complete_json(
+    *,
+    purpose: str,
+    messages: Sequence[Message],
+    schema: Mapping[str, Any],
+    schema_name: str,
+    prompt: Prompt,
+    context: CallContext | None = None,
+    validate: Callable[[Any], None] | None = None,
+) -> Reply:
+    """A JSON reply valid against `schema` (and `validate`, which raises ValueError), as `.data`.
+
+    Asks with the json_schema response format, falling back to JSON mode and then to the schema in
+    the prompt where the server rejects it; an invalid reply gets one repair attempt (the problem is
+    sent back), then `Malformed`. Schemas should follow the strict structured-output rules: every
+    property listed in `required`, `additionalProperties: false`.
+    """
+    run = _Run(purpose=purpose, prompt=prompt, context=context or CallContext(), stream=False)
+    try:
+        run.configure()
+        data, text = await _json_conversation(run, list(messages), schema, schema_name, validate)
+    except Exception as exc:
+        error = _classify(exc)
+        error.call_id = await run.record(error.outcome, str(error))
+        if error is exc:
+            raise
+        raise error from exc
+    except BaseException:
+        await run.record(Outcome.CUT, "cancelled by the caller")
+        raise
+    outcome = run.success_outcome()
+    call_id = await run.record(outcome)
+    return Reply(text=text, data=data, call_id=call_id, outcome=outcome, model=run.model)
+
+
+async def _json_conversation(
+    run: _Run,
+    messages: list[dict[str, Any]] | list[Message],
+    schema: Mapping[str, Any],
+    schema_name: str,
+    validate: Callable[[Any], None] | None,
+) -> tuple[Any, str]:
+    conversation: list[Message] = list(messages)
+    while True:
+        run.response_format = _formats.get(run.key, Format.JSON_SCHEMA)
+        kwargs = run.request(_with_json_instruction(conversation, run.response_format, schema))
+        if run.response_format == Format.JSON_SCHEMA:
+            kwargs["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": schema_name, "schema": dict(schema), "strict": True},
+            }
+        elif run.response_format == Format.JSON_OBJECT:
+            kwargs["response_format"] = {"type": "json_object"}
+        try:
+            text = await _complete(run, kwargs)
+        except _FormatRejected as rejected:
+            plainer = _FORMAT_ORDER[_FORMAT_ORDER.index(Format(run.response_format)) + 1]
+            log.warning(
+                "%s rejected %s (%s); using %s from now on",
+                run.cfg.host if run.cfg else "?", run.response_format, rejected, plainer,
+            )  # fmt: skip
+            _formats[run.key] = plainer
+            continue
+        except Malformed as error:
+            # An empty or unreadable reply, even after retries: the repair may still rescue it.
+            text, problem = "", error.detail
+        else:
+            problem = None
+            try:
+                data = parse_json_reply(text)
+                errors = schema_errors(data, schema)
+                if errors:
+                    problem = "; ".join(errors[:5])
+                elif validate is not None:
+                    validate(data)
+            except ValueError as exc:
+                problem = str(exc) or "not valid JSON"
+            if problem is None:
+                return data, text
+        if run.repaired:
+            raise Malformed(f"still unusable after one repair: {problem}")
+        run.repaired = True
+        conversation = [
+            *messages,
+            {"role": "assistant", "content": text or "(empty reply)"},
+            {"role": "user", "content": REPAIR_NOTE.format(problem=problem)},
+        ]
+
+
+REPAIR_NOTE = (
+    "Your last reply could not be used: {problem}. Answer again with only the corrected JSON "
+    "object, matching the required schema, and no other text."
+)
+JSON_INSTRUCTION = (
+    "Answer with one JSON object and no other text. It must be valid against this JSON schema:\n"
+)
+
+
+def _with_json_instruction(
+    messages: Sequence[Message], response_format: str, schema: Mapping[str, Any]
+) -> list[Message]:
+    """The messages, with the schema spelled out in the system prompt when the server cannot
+    take it as a response format (some chat templates allow only one, leading system message)."""
+    if response_format == Format.JSON_SCHEMA:
+        return list(messages)
+    instruction = JSON_INSTRUCTION + json.dumps(schema, ensure_ascii=False)
+    result = [dict(m) for m in messages]
+    if result and result[0].get("role") == "system" and isinstance(result[0].get("content"), str):
+        result[0]["content"] = f"{result[0]['content']}\n\n{instruction}"
+    else:
+        result.insert(0, {"role": "system", "content": instruction})
+    return result
+
+
+# --- JSON parsing and validation ----------------------------------------------------------------
+
+
+def parse_json_reply(text: str) -> Any:
+    """The JSON value in a reply: the whole text, else the first JSON object found in it."""
+    stripped = text.strip()
+    try:
+        return json.loads(stripped)
+    except ValueError:
+        pass
+    decoder = json.JSONDecoder()
+    start = stripped.find("{")
+    while start != -1:
+        try:
+            value, _ = decoder.raw_decode(stripped, start)
+            return value
+        except ValueError:
+            start = stripped.find("{", start + 1)
+    raise ValueError("the reply contains no complete JSON object")
+
+
+_TYPES: dict[str, Callable[[Any], bool]] = {
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+    "string": lambda v: isinstance(v, str),
+    "boolean": lambda v: isinstance(v, bool),
+    "null": lambda v: v is None,
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+}
+
+
+def schema_errors(
+    value: Any, schema: Mapping[str, Any], root: Mapping[str, Any] | None = None, path: str = "$"
+) -> list[str]:
+    """What makes `value` invalid against `schema` (empty when valid).
+
+    Covers the JSON-schema subset that structured outputs use: type, enum, const, properties,
+    required, additionalProperties, items, min/maxItems, min/maxLength, pattern, minimum/maximum,
+    anyOf/oneOf/allOf and local `$ref`s.
+    """
+    root = root if root is not None else schema
+    while "$ref" in schema:
+        target: Any = root
+        for part in str(schema["$ref"]).lstrip("#/").split("/"):
+            target = target[part]
+        schema = target
+    errors: list[str] = []
+    for key in ("anyOf", "oneOf"):
+        if key in schema and all(schema_errors(value, s, root, path) for s in schema[key]):
+            errors.append(f"{path} matches none of the allowed shapes")
+    for sub in schema.get("allOf", []):
+        errors += schema_errors(value, sub, root, path)
+    if "const" in schema and value != schema["const"]:
+        errors.append(f"{path} must be {schema['const']!r}")
+    if "enum" in schema and value not in schema["enum"]:
+        errors.append(f"{path} must be one of {', '.join(map(repr, schema['enum']))}")
+    types = schema.get("type")
+    if types is not None:
+        names = types if isinstance(types, list) else [types]
+        if not any(_TYPES.get(name, lambda v: True)(value) for name in names):
+            return [*errors, f"{path} must be of type {' or '.join(names)}"]
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        for name in schema.get("required", []):
+            if name not in value:
+                errors.append(f"{path} is missing {name!r}")
+        extra = schema.get("additionalProperties", True)
+        for name, item in value.items():
+            if name in props:
+                errors += schema_errors(item, props[name], root, f"{path}.{name}")
+            elif extra is False:
+                errors.append(f"{path} has an unexpected key {name!r}")
+            elif isinstance(extra, Mapping):
+                errors += schema_errors(item, extra, root, f"{path}.{name}")
+    elif isinstance(value, list):
+        if len(value) < schema.get("minItems", 0):
+            errors.append(f"{path} needs at least {schema['minItems']} items")
+        if "maxItems" in schema and len(value) > schema["maxItems"]:
+            errors.append(f"{path} allows at most {schema['maxItems']} items")
+        if isinstance(schema.get("items"), Mapping):
+            for index, item in enumerate(value):
+                errors += schema_errors(item, schema["items"], root, f"{path}[{index}]")
+    elif isinstance(value, str):
+        if len(value) < schema.get("minLength", 0):
+            errors.append(f"{path} is shorter than {schema['minLength']} characters")
+        if "maxLength" in schema and len(value) > schema["maxLength"]:
+            errors.append(f"{path} is longer than {schema['maxLength']} characters")
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            errors.append(f"{path} does not match {schema['pattern']!r}")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        if "minimum" in schema and value < schema["minimum"]:
+            errors.append(f"{path} must be at least {schema['minimum']}")
+        if "maximum" in schema and value > schema["maximum"]:
+            errors.append(f"{path} must be at most {schema['maximum']}")
+        if "exclusiveMinimum" in schema and value <= schema["exclusiveMinimum"]:
+            errors.append(f"{path} must be more than {schema['exclusiveMinimum']}")
+        if "exclusiveMaximum" in schema and value >= schema["exclusiveMaximum"]:
+            errors.append(f"{path} must be less than {schema['exclusiveMaximum']}")
+    return errors
+
+
+# --- for synchronous callers (Celery tasks, management commands) -------------------------------
+
+
+def complete_text_sync(
+    *, purpose: str, messages: Sequence[Message], prompt: Prompt, context: CallContext | None = None
+) -> Reply:
+    """`complete_text` for synchronous code such as Celery tasks."""
+    return async_to_sync(complete_text)(
+        purpose=purpose, messages=messages, prompt=prompt, context=context
+    )
+
+
+def complete_json_sync(
+    *,
+    purpose: str,
+    messages: Sequence[Message],
+    schema: Mapping[str, Any],
+    schema_name: str,
+    prompt: Prompt,
+    context: CallContext | None = None,
+    validate: Callable[[Any], None] | None = None,
+) -> Reply:
+    """`complete_json` for synchronous code such as Celery tasks."""
+    return async_to_sync(complete_json)(
+        purpose=purpose,
+        messages=messages,
+        schema=schema,
+        schema_name=schema_name,
+        prompt=prompt,
+        context=context,
+        validate=validate,
+    )
