@@ -14,9 +14,9 @@ Each sent message
     - a chosen strategy rated weak softens by 0.01 (an attempt, but not a convincing one);
     - a chosen strategy rated none, or a strategy not chosen, changes nothing;
     - staying mindful (yes) softens by 0.03 and appearing confident (yes) by 0.03;
-    - not mindful hardens: by 0.10 when the message attacks (insults, contempt, shouting,
-      "you always/never" blame), by 0.08 when it gives in ("fine, forget it"), otherwise by
-      0.03 (the learner followed a side topic);
+    - not mindful hardens: by 0.10 when the message attacks (insults, contempt, shouting),
+      by 0.08 when it gives in ("fine, forget it"), otherwise by 0.03 (the learner followed a
+      side topic);
     - not confident hardens by 0.02 (hedging and apologising invite a no).
 
     The total change per message is bounded to +/-0.15, so one brilliant or one terrible message
@@ -62,8 +62,9 @@ _HOSTILE = re.compile(
     r"(?:idiot|jerk|selfish|lazy|useless|pathetic|ridiculous|impossible|unbelievable|the worst"
     r"|joke|childish|clueless)"
     r"|idiot|moron|shut up|grow up|get a grip|screw (?:you|this)|what(?:'s| is) wrong with you"
-    r"|typical of you|as usual|you always|you never|how dare you|are you (?:serious|kidding)"
-    r"|do you even care|can't believe you)\b",
+    r"|typical of you|as usual|how dare you|are you (?:serious|kidding)"
+    r"|do you even care|can't believe you|you (?:never|don't|do not) (?:respect|care|listen)"
+    r"|^\s*whatever\s*(?:[,.!]|$))",
     re.IGNORECASE,
 )
 _GIVING_IN = re.compile(

@@ -152,6 +152,8 @@ def test_hostility_and_giving_in_are_told_apart_from_ordinary_requests() -> None
     assert is_hostile("WHY DO YOU NEVER LISTEN TO ME!")
     assert not is_hostile("I'd like you to call me when you're running late.")
     assert not is_hostile("Whatever time works for you is fine.")
+    assert is_hostile("whatever, you never respect anyone's time")
+    assert not is_hostile("You never texted me back on Friday.")  # a judgment, not an attack
     assert gives_in("ok, never mind, it doesn't matter")
     assert not gives_in("I still need the rent by Friday.")
 
