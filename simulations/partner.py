@@ -102,9 +102,9 @@ PERSONA_SCHEMA: dict[str, Any] = {
         "objections": {
             "type": "array",
             "items": {"type": "string"},
-            "minItems": 2,
-            "maxItems": 4,
-            "description": "Reasons the partner resists, each a short sentence in their own voice.",
+            "description": (
+                "Two to four reasons the partner resists, each a short sentence in their own voice."
+            ),
         },
         "style": {
             "type": "string",
@@ -510,6 +510,20 @@ def coerce_brief(data: Any, fallback: Mapping[str, Any]) -> dict[str, Any]:
         objections if objections and len(objections) >= 1 else list(fallback["objections"])
     )
     return brief
+
+
+def validate_brief(data: Any) -> None:
+    """Raise ValueError unless `data` is a usable brief (for the gateway's `validate`)."""
+    if not isinstance(data, Mapping):
+        raise ValueError("the brief must be a JSON object")
+    for key in ("relationship", "wants", "style", "would_accept"):
+        if not isinstance(data.get(key), str) or not data[key].strip():
+            raise ValueError(f"{key!r} must be a non-empty string")
+    objections = data.get("objections")
+    if not isinstance(objections, list) or not any(
+        isinstance(o, str) and o.strip() for o in objections
+    ):
+        raise ValueError("'objections' must list at least one reason")
 
 
 def brief_text(brief: Mapping[str, Any]) -> str:

@@ -23,6 +23,7 @@ from simulations.partner import (
     partner_messages,
     persona_prompt,
     strip_agreement,
+    validate_brief,
 )
 from simulations.resistance import AGREE_THRESHOLD, initial_level, next_level
 
@@ -250,6 +251,19 @@ def test_offline_brief_falls_back_to_the_category() -> None:
         "The person at the desk keeps ignoring my emails.", "Get a reply.", "work", 5
     )
     assert brief["relationship"] == "someone the learner works with"
+
+
+def test_schemas_follow_the_strict_structured_output_rules() -> None:
+    assert set(PERSONA_SCHEMA["required"]) == set(PERSONA_SCHEMA["properties"])
+    assert PERSONA_SCHEMA["additionalProperties"] is False
+
+
+def test_validate_brief_accepts_the_offline_brief_and_rejects_gaps() -> None:
+    validate_brief(offline_brief(SITUATION, GOAL, "social", 5))
+    with pytest.raises(ValueError):
+        validate_brief({"relationship": "x", "wants": "y", "style": "z", "would_accept": "w"})
+    with pytest.raises(ValueError):
+        validate_brief(["not", "a", "brief"])
 
 
 def test_coerce_brief_repairs_a_broken_model_answer() -> None:
