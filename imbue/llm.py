@@ -34,7 +34,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import openai
@@ -203,9 +203,8 @@ def status_label() -> str:
             "No language model is connected: you are practising with the offline partner and "
             "offline feedback."
         )
-    partner = settings.LLM.get("purposes", {}).get("partner", {}).get("model") or "a model"
-    host = _config().host or "its server"
-    return f"Connected to a language model: {partner} at {host}."
+    partner = settings.LLM.get("purposes", {}).get("partner", {}).get("model") or "unnamed"
+    return f"A language model is connected ({partner})."
 
 
 def _config() -> _Config:
@@ -392,6 +391,9 @@ class _Run:
     async def record(self, outcome: str, error: str = "") -> int | None:
         """Write the call's row; a failure to write is logged, never raised over the reply."""
         cfg = self.cfg
+        params = dict(self.params)
+        if _quirks.get(self.key):
+            params["adapted_to_server"] = sorted(_quirks[self.key])
         try:
             call = await LLMCall.objects.acreate(
                 purpose=self.purpose,
@@ -401,7 +403,7 @@ class _Run:
                 prompt_name=self.prompt.name,
                 prompt_version=self.prompt.version,
                 prompt_hash=self.prompt.hash,
-                params=self.params,
+                params=params,
                 response_format=self.response_format,
                 stream=self.stream,
                 tokens_in=self.tokens_in,
@@ -487,6 +489,19 @@ async def _pause(cfg: _Config, retries_done: int, error: LLMError) -> None:
     await asyncio.sleep(min(delay, MAX_BACKOFF_S))
 
 
+def _reraise(error: LLMError, cause: BaseException) -> NoReturn:
+    if error is cause:
+        raise error
+    raise error from cause
+
+
+def _about_format(exc: openai.APIStatusError) -> bool:
+    """Whether a 400 is about the structured-output request (not, say, an over-long prompt)."""
+    if getattr(exc, "param", None) == "response_format":
+        return True
+    return bool(re.search(r"response_format|json|schema|format", _error_text(exc), re.I))
+
+
 class _FormatRejected(Exception):
     """The server answered 400 to a structured-output request: try a plainer format."""
 
@@ -517,13 +532,13 @@ async def _complete(run: _Run, kwargs: dict[str, Any]) -> str:
                 continue
             if getattr(exc, "code", None) == "content_filter":
                 raise Refused(f"HTTP {exc.status_code}: {_error_text(exc)}") from exc
-            if "response_format" in kwargs:
+            if "response_format" in kwargs and _about_format(exc):
                 raise _FormatRejected(_error_text(exc)) from exc
             raise Misconfigured(f"HTTP {exc.status_code}: {_error_text(exc)}") from exc
         except Exception as exc:
             error = _classify(exc)
             if not error.transient or retries >= run.cfg.max_retries:
-                raise error from exc
+                _reraise(error, exc)
         await _pause(run.cfg, retries, error)
         retries += 1
         run.retried = True
@@ -563,14 +578,13 @@ async def _stream_deltas(run: _Run, kwargs: dict[str, Any], parts: list[str]) ->
         except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
             if run.learn_from_rejection(kwargs, exc):
                 continue
-            error = _classify(exc)
-            raise error from exc
+            raise _classify(exc) from exc
         except Exception as exc:
             error = _classify(exc)
             if parts and not isinstance(error, Refused):
                 raise StreamCut(str(error), partial_text="".join(parts)) from exc
             if not error.transient or retries >= run.cfg.max_retries:
-                raise error from exc
+                _reraise(error, exc)
         await _pause(run.cfg, retries, error)
         retries += 1
         run.retried = True
@@ -694,6 +708,7 @@ async def complete_json(
     run = _Run(purpose=purpose, prompt=prompt, context=context or CallContext(), stream=False)
     try:
         run.configure()
+        run.params["schema_name"] = schema_name
         data, text = await _json_conversation(run, list(messages), schema, schema_name, validate)
     except Exception as exc:
         error = _classify(exc)

@@ -105,10 +105,9 @@ def test_without_a_model_calls_raise_not_configured_and_the_pages_say_so(no_llm:
 
 
 @pytest.mark.django_db
-def test_status_label_names_the_partner_model_and_host(fake_llm: FakeServer) -> None:
+def test_status_label_names_the_partner_model(fake_llm: FakeServer) -> None:
     assert llm.is_configured()
-    host = fake_llm.root_url.removeprefix("http://")
-    assert llm.status_label() == f"Connected to a language model: gpt-4o-mini at {host}."
+    assert llm.status_label() == "A language model is connected (gpt-4o-mini)."
 
 
 def test_prompt_hash_is_stable_and_changes_with_the_words() -> None:
@@ -308,6 +307,16 @@ def test_a_model_that_wants_max_completion_tokens_gets_it(quick: FakeServer) -> 
     first, second, third = (r["body"] for r in quick.requests())
     assert "max_tokens" in first and second["max_completion_tokens"] == 400
     assert "max_tokens" not in third  # remembered for this server and model
+    assert last_call().params["adapted_to_server"] == ["max_tokens"]
+
+
+@pytest.mark.django_db
+def test_a_400_unrelated_to_the_format_does_not_downgrade_it(quick: FakeServer) -> None:
+    quick.faults([{"kind": "400", "message": "This model's maximum context length is 8192."}])
+    with pytest.raises(llm.Misconfigured):
+        complete_json()
+    complete_json()
+    assert quick.requests()[-1]["body"]["response_format"]["type"] == "json_schema"
 
 
 # --- structured output ------------------------------------------------------------------------
@@ -323,6 +332,7 @@ def test_structured_reply_is_schema_valid_and_asked_with_json_schema(fake_llm: F
     call = last_call()
     assert call.response_format == "json_schema" and call.purpose == "feedback"
     assert call.params["temperature"] == 0.0 and call.params["max_tokens"] == 1800
+    assert call.params["schema_name"] == "rating"
 
 
 @pytest.mark.django_db
