@@ -74,10 +74,10 @@ def main() -> None:
         grid = [DEFAULT_SETTINGS]
         if args.grid:
             grid = [
-                Settings(c=c, ngram_weight=w, use_rule=r)
-                for c in (0.1, 0.3, 1.0, 3.0)
-                for w in (0.0, 0.2, 0.5, 1.0)
-                for r in (True, False)
+                Settings(c=c, ngram_weight=w, rule_weight=r)
+                for c in (0.1, 0.3, 1.0)
+                for w in (0.0, 0.3, 0.6)
+                for r in (0.0, 1.0, 2.0, 4.0)
             ]
         for settings in grid:
             overall, per_skill, _ = cross_validate(examples, settings, extra=extra)

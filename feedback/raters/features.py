@@ -61,7 +61,7 @@ def normalise(text: str) -> str:
 def _alt(words: str | Iterable[str], phrases: Iterable[str] = ()) -> str:
     """A regex alternation, longest first; a string is split on whitespace into single words."""
     items = [*(words.split() if isinstance(words, str) else words), *phrases]
-    return "(?:" + "|".join(sorted(items, key=len, reverse=True)) + ")"
+    return "(?:" + "|".join(re.escape(w) for w in sorted(items, key=len, reverse=True)) + ")"
 
 
 FEELINGS = _alt(
@@ -73,7 +73,8 @@ FEELINGS = _alt(
     embarrassed ashamed guilty humiliated insecure jealous uncomfortable awkward confused
     exhausted drained tired happy glad relieved excited grateful thankful hopeful proud calm
     comfortable appreciated unappreciated invisible dismissed unheard unimportant
-    disrespected ignored""",
+    disrespected ignored torn shocked devastated crushed miserable gutted dread dreading
+    trapped""",
     [
         "on edge",
         "left out",
@@ -258,7 +259,11 @@ GIVE_UP = _alt(
         "i'll deal with it",
         "i'll manage",
         "forget about it",
-        "it's fine",
+        "whatever you think",
+        "whatever works",
+        "you know best",
+        "you know your",
+        "anyway whatever",
         "no worries",
         "drop it",
         "not a big deal",
@@ -313,9 +318,18 @@ COUNTER = _alt(
         "you're the one who",
         "you're the one that",
         "you're the one",
-        "you started",
         "like you ever",
-        "like you're",
+        "you people",
+        "what is wrong with you",
+        "what's wrong with you",
+        "you lied",
+        "you're lying",
+        "you just have",
+        "everyone can see",
+        "everybody knows",
+        "the worst",
+        "a scam",
+        "a joke",
         "as if you",
         "you have no right",
         "how dare you",
@@ -346,8 +360,8 @@ COUNTER = _alt(
 PAST = _alt(
     [
         "remember when",
-        "last year",
-        "years ago",
+        "remember how",
+        "remember that",
         "back when",
         "back in",
         "this is just like",
@@ -355,7 +369,6 @@ PAST = _alt(
         "same thing you did",
         "you did the same",
         "like last time",
-        "every year",
         "since we were",
         "since i was",
         "when i was a kid",
@@ -480,6 +493,19 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
         ),
     ),
     (
+        "e_first_person_feeling",
+        _P(
+            rf"\b(?:i|i'm|i've|i'd|i'll|i was|me|my)\b[^.?!,;]{{0,40}}?\b{FEELINGS}\b"
+            r"|\bi (?:feel|felt|'m feeling|am feeling)(?: so| really| very| pretty| a bit|"
+            r" a little| kind of| just| honestly| quite)* (?:bad|terrible|awful|horrible|"
+            r"sick|good|great|guilty|stuck|lost|small|stupid|alone)\b"
+            r"|\b(?:it|this|that|which)(?: really| honestly| just| kind of)? (?:hurts|"
+            r"hurt me|scares me|scared me|stresses me|stressed me|upsets me|upset me|"
+            r"worries me|worried me|frightens me|saddens me|terrifies me|embarrassed me|"
+            r"embarrasses me)\b"
+        ),
+    ),
+    (
         "e_feeling_noun",
         _P(
             r"\b(?:my (?:anxiety|stress|feelings)|i'm scared|i'm worried|"
@@ -527,27 +553,33 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
         "a_direct",
         _P(
-            r"\b(?:i'd like (?:you|for you|us|to|a|an|the|it|my|your)|i would like "
-            r"(?:you|for you|us|to|a|an|the|it|my|your)|i want you to|i need you to|"
-            r"i'm asking you to|i am asking you to|i'm asking (?:for|that)|i need (?:the|"
-            r"a|an|my|your|it|this|that|to|us|some|an answer|\w+ by)|i'm requesting|"
-            r"i request|i want (?:the|my|a|an|it|us|to)|i expect|i'm going to need|"
-            r"i will need|i'll need|let's|let us|i'm telling you)\b"
+            r"\b(?:i(?:'d| would)(?: really| still| just)? like (?:you|for you|us|it|my|"
+            r"your|the|a|an|to (?!talk|give|mention|discuss|bring|say|ask|know|share)\w+)|"
+            r"i(?: really| still| just| do| absolutely| definitely)? (?:want|need) (?:you|"
+            r"them|him|her|it|this|that|us|everyone|the|a|an|my|your|some|more|"
+            r"to (?!talk|give|mention|discuss|bring|say|ask|know|share|vent)\w+)|"
+            r"i'm (?:still |really |just )?asking (?:you|for|that)|i am asking|"
+            r"i'm requesting|i request|i expect|i'm going to need|"
+            r"i will need|i'll need|let's|let us|i'm telling you|from now on|"
+            r"going forward|from today|starting (?:today|tonight|tomorrow|now|next|this|"
+            r"on|monday|tuesday|wednesday|thursday|friday|saturday|sunday)|"
+            r"(?:can|could) we (?!talk|chat)\w+)\b"
         ),
     ),
     ("a_please", _P(r"\bplease\b")),
     (
         "a_modal_q",
         _P(
-            r"\b(?:can|could|will|would) you(?: please)? (?!be\b|imagine\b|believe\b|"
+            r"\b(?:can|could|will|would) you(?: please)? (?!be\b|imagine\b|believe\b|want\b|"
             r"not\b|even\b|maybe\b|possibly\b|perhaps\b|just\b)\w+"
         ),
     ),
     (
         "a_imperative",
         _P(
-            r"(?:^|[.!?]\s+|,\s*(?:so|and)\s+)(?:please )?(?:stop|start|call|text|"
-            r"send|pay|give|tell|let me|come|clean|do|put|take|bring|return|move|"
+            r"(?:^|[.!?]\s+|[,;:]\s*(?:so |and |then |just )?)(?:please |just )?(?:stop|start|"
+            r"call|text|send|pay|give|tell|let me|come|clean|do(?! you| we| i| they)|put|"
+            r"take|bring|return|move|"
             r"pick|check|show|make sure|keep|leave|knock|ask|respond|reply|answer|"
             r"transfer|venmo|wash|turn|help|decide|sign|book|cancel|choose|talk to)"
             r"\b"
@@ -557,12 +589,14 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
         "a_refusal",
         _P(
             r"\b(?:no[,.]? i (?:can't|won't|'m not|am not|will not|cannot|don't)|"
-            r"i(?:'m| am) not (?:going to|able to|willing to|comfortable|lending|taking|"
-            r"doing|covering|coming|paying)|i won't|i will not|i can't (?:take|do|"
+            r"i(?:'m| am)(?: still| just| really| definitely)? not (?:going to|able to|"
+            r"willing to|comfortable|\w+ing)|i won't|i will not|i can't(?:[.!]|$)|"
+            r"but i can't|i can't (?:take|do|give|"
             r"lend|cover|make|come|pay|help|work|switch|host|keep|say yes)|i cannot|"
             r"my answer is no|the answer is no|i'm saying no|i have to say no|"
             r"i need to say no|i'm going to say no|i'll pass|i'm out|not this time|"
-            r"that doesn't work for me|that won't work for me|i don't want to)\b"
+            r"(?:that|this|it) (?:doesn't|won't|isn't going to|is not going to) work "
+            r"for me|no more)\b"
         ),
     ),
     (
@@ -577,12 +611,13 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
         _P(
             r"\b(?:it would be (?:nice|great|good|helpful|cool)|it'd be (?:nice|great|good|"
             r"helpful|cool)|would be (?:nice|great|good|helpful) if|i was (?:wondering|"
-            r"hoping|thinking)|i wish|i'd love it if|if (?:only|someone|somebody)|"
-            r"someone|somebody|do you think (?:you|maybe|we|it|there)|any chance|"
+            r"hoping|thinking)|just wondering|i wish|i'd love it if|if (?:only|someone|"
+            r"somebody)|(?:wish|hoping|hope|could|would|if) (?:someone|somebody)|"
+            r"do you think (?:you|maybe|we|it|there)|any chance|"
             r"is there any way|would it be possible|would you (?:mind|consider|maybe)|"
             r"could you maybe|can you maybe|maybe you could|maybe we could|you could maybe|"
             r"it might be (?:good|nice|better)|it'd help if|it would help if|"
-            r"if you (?:could|can|get a chance|have time|don't mind)|"
+            r"if you (?:could|can(?!')|get a chance|have time|don't mind)|"
             r"i don't know if you|not sure if you|might be nice|one of these days|"
             r"at some point|sometime|some time|when you get a chance|eventually)\b"
         ),
@@ -591,13 +626,13 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
         "r_you_gain",
         _P(
-            r"\b(?:you(?:'d| would| will|'ll| could| can|'re going to| get to)"
+            r"\b(?:you(?:'d| would| will|'ll| could| can|'re going to| get to|)"
             r"(?: (?:also|then|finally|actually|still|both|never|not|even))?"
-            r" (?:have|get|be able|save|gain|keep|feel|enjoy|free up|avoid|know|"
+            r" (?:have|get|be able|save|gain|keep|feel|enjoy|free up|avoid|know|follow|"
             r"sleep|relax|not have to|never have to|be free|be done|look|make|earn|"
             r"spend|see|hear|stop|skip|win)|you won't (?:have to|need to|be|get)|"
             r"you wouldn't have to|you don't have to|that way you|so you(?:'d| would|"
-            r" can| could| won't| don't| get| have)|for you\b|your (?:time|evenings|"
+            r" can| could| won't| don't| get| have)|your (?:time|evenings|"
             r"weekends|mornings|money|sleep|stress|life|job|team|kids|health) "
             r"(?:would|will)|it (?:would|will|'ll|'d) (?:save|help|give|free|make "
             r"(?:it|things|your life|life) easier for) you|it'd (?:save|help|give|"
@@ -617,6 +652,16 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
             r"happily|gladly|be happy to|be able to|have more|be less|be more|"
             r"be in a better|be way|be much|also)|i won't (?:have to|need to|nag|"
             r"bring|ask|bug|keep))\b"
+        ),
+    ),
+    (
+        "r_so_that",
+        _P(
+            r"(?:\b(?:that way|so that|which means|that means|it (?:also )?means|this means|"
+            r"then|once [^.?!,]{3,40}),? (?:you|we|it|nothing|everyone|the team|the kids|"
+            r"they|your|there's|there'd|there will)\b|\bso (?:nothing|everyone|the team|"
+            r"the kids|your|we|you)\b|\binstead of (?:my|your|the|having|waiting|"
+            r"\w+ing)\b|\bhanging over)"
         ),
     ),
     (
@@ -663,12 +708,12 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
         "n_what_if",
         _P(
-            r"\b(?:what if|how about|how would you feel about|would you be (?:okay|"
+            r"\b(?:what if|how about|what about|how would you feel about|would you be (?:okay|"
             r"ok|open|willing|up for|fine)|are you (?:okay|open|willing|up for)|"
-            r"could we (?:try|do|switch|alternate|split|trade|take turns|agree|"
-            r"make|say|start|set|meet|aim|pick|each|keep|compromise)|can we (?:try|do|"
-            r"switch|alternate|split|trade|take turns|agree|make|say|start|set|meet|"
-            r"aim|pick|each|keep|compromise)|we could (?:try|do|switch|alternate|split|"
+            r"could we (?:try|switch|alternate|split|trade|take turns|meet|"
+            r"each|compromise)|can we (?:try|"
+            r"switch|alternate|split|trade|take turns|meet|"
+            r"each|compromise)|we could (?:try|do|switch|alternate|split|"
             r"trade|take turns|each|say|set|start|meet|pick)|let's (?:try|do|split|"
             r"alternate|take turns|say|meet|compromise|agree|set|trial|start|pick)|"
             r"i (?:suggest|propose)|my suggestion|one option|another option|"
@@ -687,6 +732,8 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
             r"check|wait|lend|bring|send|start|cut|go|meet|chip in|throw in|"
             r"put in|make up)|in exchange|in return|as long as|on (?:the )?"
             r"condition|if you[^.?!]{0,50}i(?:'ll| will| can| could|'d)|"
+            r"(?:or|and|also|instead,?) (?:i|we) (?:can|could|'ll|will|'d)|(?:or )?you could "
+            r"(?:also |always )?\w+|i(?:'ll| will) have [^.?!]{0,40} (?:done|ready|finished)|"
             r"you (?:do|take|handle|pick)[^.?!]{0,40}and i(?:'ll| will| can| do|"
             r"'d)|i \w+[^.?!]{0,40}and you(?:'ll| will| can| could| take| do| handle| pick| "
             r"cover| get))\b"
@@ -711,7 +758,9 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
             r"(?:suggest|propose|think would work|need|want in return|"
             r"need from me)|what would you need|what would it take|what can "
             r"you (?:do|offer|manage)|which (?:works|would work|is better|"
-            r"day|one|option)|(?:\w+day|morning|evening|week|weekend|option)"
+            r"day|one|option)|which (?:would|do) you prefer|would you prefer|"
+            r"would (?:that|this|it|\w+ing[^.?!]{0,40}) work|does (?:that|this) work|"
+            r"(?:\w+day|morning|evening|week|weekend|option)"
             r" or (?:\w+day|morning|evening|week|weekend|option)|"
             r"when (?:would|could|can) you|how much (?:can|could) you|"
             r"what time (?:works|would work)|is there a (?:time|day|way) "
@@ -747,6 +796,16 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
         ),
     ),
     ("m_exclaim", _P(r"!{2,}|\?{2,}|[!?]{3,}|\?!|!\?")),
+    (
+        "m_accuse",
+        _P(
+            r"\b(?:you(?:'re| are)(?: just| probably| clearly| obviously)? (?:lying|"
+            r"trying to|making excuses|doing this on purpose|not listening)|you just "
+            r"(?:want|don't|can't|have)|you clearly|you obviously|you always have to|"
+            r"who does that|what kind of|do you even|are you even|how hard is it|"
+            r"is it that hard|how many times)\b"
+        ),
+    ),
     # --- confident
     ("c_hedge", _P(rf"(?:^|\b|\s){HEDGES}(?:\b|\s|$)")),
     ("c_apology", _P(rf"\b{APOLOGIES}\b")),
@@ -773,6 +832,8 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
 
 # Which features each skill's classifier reads: its own cue family plus shared shape cues.
 # The states also read the cues that most often break them (attacks and hedges cut across).
+# Message length is left out on purpose: in a bank longer messages use more skills, but a
+# short, clear request is still strong, and length would teach the opposite.
 GROUPS: dict[str, tuple[str, ...]] = {
     "describe": ("d_", "e_feel_like", "e_you_make_me", "m_insult", "shape_"),
     "express": ("e_", "d_label", "d_motive", "shape_"),
@@ -804,6 +865,13 @@ GROUPS: dict[str, tuple[str, ...]] = {
 }
 
 _WORD_RE = re.compile(r"[a-z']+")
+_ACRONYMS = frozenset(
+    re.findall(
+        r"\S+",
+        """ASAP OK OKAY TV HR PTO CEO ETA FYI ID ER GP DM IT PM AM USA UK EU NYC BBQ DIY
+        RSVP IOU PhD MBA SUV ATM PIN GPS ADHD OCD PTSD IBS MRI ICU""",
+    )
+)
 _STOP = frozenset(
     re.findall(
         r"\S+",
@@ -863,7 +931,12 @@ def _extract(text: str, partner_said: str, goal: str, situation: str) -> Cues:
     words = _WORD_RE.findall(norm)
     n_words = max(len(words), 1)
     sentences = max(len(re.findall(r"[.!?]+(?:\s|$)", text.strip() + " ")), 1)
-    caps = [w for w in raw_words if len(w) > 2 and w.isupper() and w not in {"ASAP", "OK"}]
+    # Shouting: an all-caps word of three letters or more that is not a common acronym.
+    caps = [
+        w
+        for w in (re.sub(r"'\w*$", "", w) for w in raw_words)
+        if len(w) > 2 and w.isupper() and w not in _ACRONYMS
+    ]
     values.update(
         {
             "shape_log_words": math.log1p(len(words)),
@@ -904,10 +977,11 @@ def _extract(text: str, partner_said: str, goal: str, situation: str) -> Cues:
     return Cues(text=norm, values=values, evidence=evidence)
 
 
+_LENGTH = frozenset({"shape_log_words", "shape_sentences"})
 FEATURE_NAMES: tuple[str, ...] = tuple(extract("x", partner_said="y", goal="z").values)
 
 
 def names_for(skill: str) -> tuple[str, ...]:
     """The cue names the given skill's classifier reads."""
     prefixes = GROUPS[skill]
-    return tuple(n for n in FEATURE_NAMES if n.startswith(prefixes))
+    return tuple(n for n in FEATURE_NAMES if n.startswith(prefixes) and n not in _LENGTH)

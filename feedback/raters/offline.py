@@ -37,16 +37,17 @@ def _v(cues: Cues, *names: str) -> float:
 def rule_level(skill: str, cues: Cues) -> str:
     """The level the rubric alone gives: a transparent prior the classifier learns to weigh."""
     if skill == "describe":
-        facts = _v(cues, "d_digit", "d_count", "d_since_ago", "d_past_event", "d_negated_fact")
-        facts += min(_v(cues, "d_time", "d_number_word"), 2)
+        events = _v(cues, "d_past_event", "d_negated_fact", "d_count")
+        when = _v(cues, "d_digit", "d_number_word", "d_since_ago", "d_time")
         judged = _v(cues, "d_label", "d_you_are_label", "d_motive", "d_absolute")
-        if facts >= 2 and judged == 0:
+        if events and when and not judged:
             return "strong"
-        if facts >= 1 or judged >= 1 or _v(cues, "d_vague"):
+        if events or judged or _v(cues, "d_vague"):
             return "weak"
         return "none"
     if skill == "express":
         named = _v(cues, "e_i_feel_feeling", "e_makes_me", "e_feeling_noun")
+        named = max(named, _v(cues, "e_first_person_feeling"))
         judged = _v(cues, "e_feel_like", "e_judgment_feeling", "e_you_make_me")
         if named > judged:
             return "strong"
@@ -64,7 +65,7 @@ def rule_level(skill: str, cues: Cues) -> str:
     if skill == "reinforce":
         if _v(cues, "r_you_gain", "r_we_gain"):
             return "strong"
-        if _v(cues, "r_vague_benefit", "r_self_benefit", "r_threat", "r_consequence_if"):
+        if _v(cues, "r_so_that", "r_vague_benefit", "r_self_benefit", "r_threat"):
             return "weak"
         return "none"
     if skill == "negotiate":
@@ -75,11 +76,11 @@ def rule_level(skill: str, cues: Cues) -> str:
         return "none"
     if skill == "mindful":
         broken = _v(cues, "m_insult", "m_sarcasm", "m_counter", "m_give_up", "m_past")
-        broken += _v(cues, "d_you_are_label") + (_v(cues, "shape_caps_words") >= 2)
+        broken += _v(cues, "d_you_are_label", "m_accuse", "shape_caps_words", "m_exclaim")
         return "no" if broken else "yes"
     if skill == "confident":
         shaky = _v(cues, "c_apology", "c_self_down", "c_permission", "m_give_up", "m_insult")
-        shaky += (_v(cues, "c_hedge") >= 2) + (_v(cues, "shape_caps_words") >= 2)
+        shaky += (_v(cues, "c_hedge") >= 2) + _v(cues, "shape_caps_words")
         shaky += _v(cues, "m_exclaim")
         return "no" if shaky else "yes"
     raise KeyError(skill)
@@ -92,22 +93,23 @@ def rule_level(skill: str, cues: Cues) -> str:
 class Settings:
     """Hyper-parameters, chosen by cross-validation on the train split (bench/offline_rater.py)."""
 
-    c: float = 0.5
-    ngram_weight: float = 0.35
+    c: float = 0.3
+    ngram_weight: float = 0.3
     min_df: int = 2
-    use_rule: bool = True
+    rule_weight: float = 2.0
 
 
 DEFAULT_SETTINGS = Settings()
 
 
-def _dense(skill: str, cues: Cues, use_rule: bool) -> list[float]:
-    # log1p tames counts so a long rant does not dominate; the rule verdict enters one-hot.
-    row = [math.log1p(max(cues.values[n], 0.0)) for n in names_for(skill)]
-    if use_rule:
-        verdict = rule_level(skill, cues)
-        row += [1.0 if verdict == level else 0.0 for level in LEVELS[skill]]
-    return row
+def _dense(skill: str, cues: Cues) -> list[float]:
+    # log1p tames counts so that a long rant does not dominate.
+    return [math.log1p(max(cues.values[n], 0.0)) for n in names_for(skill)]
+
+
+def _rule(skill: str, cues: Cues) -> list[float]:
+    verdict = rule_level(skill, cues)
+    return [1.0 if verdict == level else 0.0 for level in LEVELS[skill]]
 
 
 @dataclass
@@ -123,10 +125,13 @@ class SkillModel:
     constant: str | None
 
     def matrix(self, texts: Sequence[str], cues: Sequence[Cues]) -> sparse.csr_matrix:
-        """Design matrix: standardised cues, then down-weighted n-grams."""
-        dense = np.array([_dense(self.skill, c, self.settings.use_rule) for c in cues])
+        """Design matrix: standardised cues, the rule's verdict, down-weighted n-grams."""
+        dense = np.array([_dense(self.skill, c) for c in cues])
         dense = (dense - self.mean) / self.scale
-        blocks = [sparse.csr_matrix(dense)]
+        # The verdict is not standardised: its scale is how much the rubric rule is trusted
+        # before the data speak (L2 shrinks every weight towards zero alike).
+        rule = np.array([_rule(self.skill, c) for c in cues]) * self.settings.rule_weight
+        blocks = [sparse.csr_matrix(dense), sparse.csr_matrix(rule)]
         if self.vectorizer is not None:
             blocks.append(self.vectorizer.transform(texts) * self.settings.ngram_weight)
         return sparse.hstack(blocks, format="csr")
@@ -146,7 +151,7 @@ def fit_skill(
     settings: Settings,
 ) -> SkillModel:
     """Fit one skill's classifier on normalised texts, their cues and gold levels."""
-    dense = np.array([_dense(skill, c, settings.use_rule) for c in cues])
+    dense = np.array([_dense(skill, c) for c in cues])
     mean = dense.mean(axis=0)
     scale = dense.std(axis=0)
     scale[scale == 0] = 1.0

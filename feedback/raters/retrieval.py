@@ -86,4 +86,3 @@ class Index:
 def default_index() -> Index:
     """The index over train.jsonl, built once per process."""
     return Index(train_examples([TRAIN_PATH]))
-
