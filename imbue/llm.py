@@ -634,7 +634,7 @@ class TextStream:
             await self._generator.aclose()  # type: ignore[attr-defined]
 
     async def _deltas(self) -> AsyncIterator[str]:
-        run, outcome, error_text = self._run, "", ""
+        run, outcome, failure = self._run, "", None
         try:
             run.configure()
             kwargs = run.request(self._messages)
@@ -642,19 +642,21 @@ class TextStream:
                 async for delta in deltas:
                     yield delta
             outcome = run.success_outcome()
-        except LLMError as error:
-            outcome, error_text = error.outcome, str(error)
-            error.partial_text = error.partial_text or self.text
-            raise
         except Exception as exc:
-            error = _classify(exc)
-            outcome, error_text = error.outcome, str(error)
-            raise error from exc
+            failure = _classify(exc)
+            failure.partial_text = failure.partial_text or self.text
+            outcome = failure.outcome
+            if failure is exc:
+                raise
+            raise failure from exc
         finally:
+            error_text = str(failure) if failure else ""
             if not outcome:  # the caller stopped reading, or its task was cancelled
                 outcome, error_text = Outcome.CUT, "stopped by the caller"
             self.outcome = outcome
             self.call_id = await run.record(outcome, error_text)
+            if failure is not None:
+                failure.call_id = self.call_id
 
 
 def stream_text(

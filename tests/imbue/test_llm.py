@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -187,7 +188,7 @@ def test_cut_mid_stream_raises_stream_cut_with_the_partial_text(quick: FakeServe
     assert raised.value.partial_text == "".join(reply_deltas(MESSAGES)[0][:5])
     assert raised.value.retryable
     assert len(quick.requests()) == 1  # tokens had reached the caller: no silent retry
-    call = last_call()
+    call = LLMCall.objects.get(pk=raised.value.call_id)
     assert call.outcome == "cut" and call.attempts == 1 and call.ttft_ms is not None
 
 
@@ -458,7 +459,7 @@ def test_gateway_adds_at_most_a_few_milliseconds_to_the_first_token(settings: An
     """Server send -> caller receive of the first token: raw SDK vs gateway, fake in a process."""
     server = start_fake_server(in_subprocess=True, ttft_ms=30)
     settings.LLM = {**settings.LLM, "base_url": server.base_url, "api_key": "k", "max_retries": 0}
-    rounds = 30
+    rounds = int(os.environ.get("LLM_OVERHEAD_ROUNDS", "30"))
     try:
 
         async def measure() -> tuple[list[float], list[float]]:
