@@ -711,6 +711,7 @@ async def complete_json(
     try:
         run.configure()
         run.params["schema_name"] = schema_name
+        run.params["gateway_text_version"] = GATEWAY_TEXT_VERSION
         data, text = await _json_conversation(run, list(messages), schema, schema_name, validate)
     except Exception as exc:
         error = _classify(exc)
@@ -758,18 +759,9 @@ async def _json_conversation(
             # An empty or unreadable reply, even after retries: the repair may still rescue it.
             text, problem = "", error.detail
         else:
-            problem = None
-            try:
-                data = parse_json_reply(text)
-                errors = schema_errors(data, schema)
-                if errors:
-                    problem = "; ".join(errors[:5])
-                elif validate is not None:
-                    validate(data)
-            except ValueError as exc:
-                problem = str(exc) or "not valid JSON"
+            problem = _problem_with(text, schema, validate)
             if problem is None:
-                return data, text
+                return parse_json_reply(text), text
         if run.repaired:
             raise Malformed(f"still unusable after one repair: {problem}")
         run.repaired = True
@@ -780,6 +772,29 @@ async def _json_conversation(
         ]
 
 
+def _problem_with(
+    text: str, schema: Mapping[str, Any], validate: Callable[[Any], None] | None
+) -> str | None:
+    """Why a structured reply cannot be used, in words the model can act on; None if it can."""
+    try:
+        data = parse_json_reply(text)
+    except ValueError as exc:
+        return str(exc)
+    errors = schema_errors(data, schema)
+    if errors:
+        return "; ".join(errors[:5])
+    if validate is not None:
+        try:
+            validate(data)
+        except ValueError as exc:
+            return str(exc) or "the reply failed validation"
+        except Exception as exc:  # a caller's check that trips over odd data still means "invalid"
+            return f"the reply failed validation ({type(exc).__name__}: {exc})"
+    return None
+
+
+# The gateway's own words to the model; their version goes into the record of JSON calls.
+GATEWAY_TEXT_VERSION = "1"
 REPAIR_NOTE = (
     "Your last reply could not be used: {problem}. Answer again with only the corrected JSON "
     "object, matching the required schema, and no other text."

@@ -408,6 +408,16 @@ def test_a_failing_validate_callback_triggers_the_repair(fake_llm: FakeServer) -
 
 
 @pytest.mark.django_db
+def test_a_validate_callback_that_crashes_counts_as_invalid(fake_llm: FakeServer) -> None:
+    def validate(data: Any) -> None:
+        data["no such key"]
+
+    with pytest.raises(llm.Malformed) as raised:
+        complete_json(validate=validate)
+    assert "KeyError" in str(raised.value) and len(fake_llm.requests()) == 2
+
+
+@pytest.mark.django_db
 def test_azure_provider_calls_the_deployment_path(fake_llm: FakeServer, settings: Any) -> None:
     settings.LLM = {**settings.LLM, "provider": "azure", "base_url": fake_llm.root_url}
     assert complete_text().text == fake_reply(MESSAGES)
