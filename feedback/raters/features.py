@@ -260,12 +260,19 @@ GIVE_UP = _alt(
         "i'll manage",
         "forget about it",
         "whatever you think",
-        "whatever works",
         "you know best",
         "you know your",
         "anyway whatever",
         "no worries",
-        "drop it",
+        "i guess i'll just",
+        "i'll just do it all",
+        "that's totally ok",
+        "that's totally okay",
+        "that's totally fine",
+        "totally fine if",
+        "totally okay if",
+        "if it's not possible",
+        "if you can't, that's",
         "not a big deal",
         "not important",
     ]
@@ -296,8 +303,9 @@ SARCASM = _alt(
         "big surprise",
         "what a surprise",
         "congrats",
-        "lol",
-        "lmao",
+        "so your",
+        "so now",
+        "an excuse now",
         "sure, jan",
         "real mature",
         "very mature",
@@ -346,6 +354,8 @@ COUNTER = _alt(
         "you of all people",
         "typical",
         "you're such a",
+        "come on",
+        "don't give me",
         "you are such a",
         "you're so",
         "you are so",
@@ -429,6 +439,24 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
         ),
     ),
     (
+        "d_last_n",
+        _P(
+            rf"\b(?:(?:the|our|my|your|his|her|their) (?:last|past|first) (?:\d+|{NUMBER_WORDS}|"
+            rf"few|couple)|(?:\d+|{NUMBER_WORDS}) (?:of|out of) (?:the|our|my|your) "
+            r"(?:last|past))\b"
+        ),
+    ),
+    (
+        "d_past_verb",
+        _P(
+            r"\b(?:was|were|had|has been|have been|did|came|went|left|got|said|told|took|"
+            r"ended|missed|spent|paid|sent|brought|forgot|broke|lost|kept|ate|drove|"
+            r"is still|are still|still (?:has|have|had|hasn't|haven't|isn't|aren't)|"
+            r"(?!need|feel|seem|tired|worried|scared|stressed|frustrated|upset|excited|"
+            r"interested|bored|annoyed|embarrassed|overwhelmed|exhausted)\w{2,}ed)\b"
+        ),
+    ),
+    (
         "d_past_event",
         _P(
             r"\b(?:you|he|she|they|we|i|it|that|this)(?: (?:have|had|has|'ve|just|"
@@ -456,8 +484,9 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
         "d_you_are_label",
         _P(
-            rf"\byou(?:'re| are| were| always| just| seem| act)(?: so| being| "
-            rf"really| such an?| acting| totally| completely)* {LABELS}\b"
+            rf"\byou(?:'re| are| were| always| just| seem| act)(?: so| being| just| honestly|"
+            rf" literally| actually| seriously| always| really| such an?| acting| totally|"
+            rf" completely)* {LABELS}\b"
         ),
     ),
     (
@@ -626,7 +655,8 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
         "r_you_gain",
         _P(
-            r"\b(?:you(?:'d| would| will|'ll| could| can|'re going to| get to|)"
+            r"\b(?:you get (?:to|your|a|an|the|more|some|back)|you(?:'d| would| will|'ll| could|"
+            r" can|'re going to| get to)"
             r"(?: (?:also|then|finally|actually|still|both|never|not|even))?"
             r" (?:have|get|be able|save|gain|keep|feel|enjoy|free up|avoid|know|follow|"
             r"sleep|relax|not have to|never have to|be free|be done|look|make|earn|"
@@ -730,7 +760,10 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
             r"(?:do|take|cover|pay|handle|give|cook|clean|drive|pick|help|split|"
             r"switch|trade|swap|make|host|watch|buy|work|stay|come|call|text|"
             r"check|wait|lend|bring|send|start|cut|go|meet|chip in|throw in|"
-            r"put in|make up)|in exchange|in return|as long as|on (?:the )?"
+            r"put in|make up|swing by|pop in|throw|set up|sort|plan|book|organi[sz]e|"
+            r"drop|pick up|keep|take care of|look after|babysit|have your|give you|"
+            r"let you|make sure|handle)|i(?:'m| am) happy for (?:us|you) to|"
+            r"i won't say|i'll also|in exchange|in return|as long as|on (?:the )?"
             r"condition|if you[^.?!]{0,50}i(?:'ll| will| can| could|'d)|"
             r"(?:or|and|also|instead,?) (?:i|we) (?:can|could|'ll|will|'d)|(?:or )?you could "
             r"(?:also |always )?\w+|i(?:'ll| will) have [^.?!]{0,40} (?:done|ready|finished)|"
@@ -753,7 +786,8 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
         "n_their_option",
         _P(
-            r"\b(?:what (?:would|could|can|will|might) (?:work|be better|be "
+            r"\b(?:either [^.?!]{3,80} or |(?:\d+|\w+day) or (?:\d+|\w+day)\b[^.?!]{0,20}"
+            r"(?:work|better|suit)|what (?:would|could|can|will|might) (?:work|be better|be "
             r"easier|make (?:it|this) (?:work|easier)) for you|what do you "
             r"(?:suggest|propose|think would work|need|want in return|"
             r"need from me)|what would you need|what would it take|what can "

@@ -37,7 +37,7 @@ def _v(cues: Cues, *names: str) -> float:
 def rule_level(skill: str, cues: Cues) -> str:
     """The level the rubric alone gives: a transparent prior the classifier learns to weigh."""
     if skill == "describe":
-        events = _v(cues, "d_past_event", "d_negated_fact", "d_count")
+        events = _v(cues, "d_past_event", "d_negated_fact", "d_count", "d_last_n", "d_past_verb")
         when = _v(cues, "d_digit", "d_number_word", "d_since_ago", "d_time")
         judged = _v(cues, "d_label", "d_you_are_label", "d_motive", "d_absolute")
         if events and when and not judged:
