@@ -29,9 +29,9 @@ PAIRS_PER_STATE = 1
 
 def model_configured() -> bool:
     """True when settings name a model endpoint (LLM base_url); False means offline only."""
-    from django.conf import settings
+    from imbue.llm import is_configured
 
-    return bool(settings.LLM.get("base_url"))
+    return is_configured()
 
 
 def retrieve_pairs(
@@ -71,6 +71,42 @@ def parse_reply(data: Mapping[str, Any], chosen: Sequence[str]) -> dict[str, Ski
     return ratings
 
 
+def _request(
+    *, text: str, situation: str, goal: str, partner_said: str, chosen: tuple[str, ...],
+    draft_id: int | None, index: Index | None,
+) -> dict[str, Any]:  # fmt: skip
+    from imbue.llm import CallContext, Prompt
+
+    pairs = retrieve_pairs(
+        text=text,
+        partner_said=partner_said,
+        situation=situation,
+        chosen=chosen,
+        index=index or default_index(),
+    )
+    return {
+        "purpose": "feedback",
+        "messages": build_messages(
+            text=text,
+            situation=situation,
+            goal=goal,
+            partner_said=partner_said,
+            chosen=chosen,
+            pairs=pairs,
+        ),
+        "schema": reply_schema(chosen),
+        "schema_name": SCHEMA_NAME,
+        "prompt": Prompt(PROMPT_NAME, PROMPT_VERSION, template_text()),
+        "context": CallContext(draft_id=draft_id),
+        # The gateway sends a failed check back to the model once as a repair request.
+        "validate": lambda data: parse_reply(data, chosen),
+    }
+
+
+def _chosen(chosen: Sequence[str]) -> tuple[str, ...]:
+    return tuple(k for k in STRATEGIES if k in set(chosen))
+
+
 def rate_with_model(
     *,
     text: str,
@@ -82,36 +118,50 @@ def rate_with_model(
     index: Index | None = None,
 ) -> Rating:
     """Rate one draft with one model call: the chosen strategies plus mindful and confident."""
-    from imbue.llm import CallContext, Prompt, complete_json
+    from imbue.llm import complete_json_sync
 
-    chosen = tuple(k for k in STRATEGIES if k in set(chosen))
-    pairs = retrieve_pairs(
-        text=text,
-        partner_said=partner_said,
-        situation=situation,
-        chosen=chosen,
-        index=index or default_index(),
-    )
-    messages = build_messages(
-        text=text,
-        situation=situation,
-        goal=goal,
-        partner_said=partner_said,
-        chosen=chosen,
-        pairs=pairs,
-    )
-    result = complete_json(
-        purpose="feedback",
-        messages=messages,
-        schema=reply_schema(chosen),
-        schema_name=SCHEMA_NAME,
-        prompt=Prompt(PROMPT_NAME, PROMPT_VERSION, template_text()),
-        context=CallContext(draft_id=draft_id),
-        validate=lambda data: parse_reply(data, chosen),
+    picked = _chosen(chosen)
+    reply = complete_json_sync(
+        **_request(
+            text=text,
+            situation=situation,
+            goal=goal,
+            partner_said=partner_said,
+            chosen=picked,
+            draft_id=draft_id,
+            index=index,
+        )
     )
     return Rating(
-        engine="llm",
-        skills=parse_reply(result.data, chosen),
-        chosen=chosen,
-        call_id=result.call_id,
+        engine="llm", skills=parse_reply(reply.data, picked), chosen=picked, call_id=reply.call_id
+    )
+
+
+async def arate_with_model(
+    *,
+    text: str,
+    situation: str = "",
+    goal: str = "",
+    partner_said: str = "",
+    chosen: Sequence[str] = (),
+    draft_id: int | None = None,
+    index: Index | None = None,
+) -> Rating:
+    """`rate_with_model` for async callers (consumers); same single call."""
+    from imbue.llm import complete_json
+
+    picked = _chosen(chosen)
+    reply = await complete_json(
+        **_request(
+            text=text,
+            situation=situation,
+            goal=goal,
+            partner_said=partner_said,
+            chosen=picked,
+            draft_id=draft_id,
+            index=index,
+        )
+    )
+    return Rating(
+        engine="llm", skills=parse_reply(reply.data, picked), chosen=picked, call_id=reply.call_id
     )
