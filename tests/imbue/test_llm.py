@@ -169,7 +169,7 @@ def test_first_token_reaches_the_caller_before_the_stream_ends(fake_llm: FakeSer
         return first, time.perf_counter() - started
 
     first, total = run(go)
-    assert first < 0.15 and total >= 0.2  # 10 more tokens at 50/s come after the first
+    assert first >= 0.02 and total - first >= 0.15  # 10 more tokens at 50/s come after the first
 
 
 @pytest.mark.django_db
