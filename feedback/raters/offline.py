@@ -114,81 +114,84 @@ def _rule(skill: str, cues: Cues) -> list[float]:
 
 @dataclass
 class SkillModel:
-    """One skill's fitted scaler, n-gram vocabulary and logistic regression."""
+    """One skill's fitted scaler and logistic regression over cues, rule verdict and n-grams."""
 
     skill: str
     settings: Settings
     mean: np.ndarray
     scale: np.ndarray
-    vectorizer: TfidfVectorizer | None
-    classifier: LogisticRegression | None
-    constant: str | None
+    classifier: LogisticRegression | None = None
+    constant: str | None = None
 
-    def matrix(self, texts: Sequence[str], cues: Sequence[Cues]) -> sparse.csr_matrix:
-        """Design matrix: standardised cues, the rule's verdict, down-weighted n-grams."""
-        dense = np.array([_dense(self.skill, c) for c in cues])
-        dense = (dense - self.mean) / self.scale
+    def dense(self, cues: Sequence[Cues]) -> np.ndarray:
+        """Standardised cues followed by the rule's verdict."""
+        values = (np.array([_dense(self.skill, c) for c in cues]) - self.mean) / self.scale
         # The verdict is not standardised: its scale is how much the rubric rule is trusted
         # before the data speak (L2 shrinks every weight towards zero alike).
         rule = np.array([_rule(self.skill, c) for c in cues]) * self.settings.rule_weight
-        blocks = [sparse.csr_matrix(dense), sparse.csr_matrix(rule)]
-        if self.vectorizer is not None:
-            blocks.append(self.vectorizer.transform(texts) * self.settings.ngram_weight)
+        return np.hstack([values, rule])
+
+    def matrix(self, ngrams: sparse.csr_matrix | None, cues: Sequence[Cues]) -> sparse.csr_matrix:
+        """The full design matrix, as the classifier was fitted on it."""
+        blocks = [sparse.csr_matrix(self.dense(cues))]
+        if ngrams is not None:
+            blocks.append(ngrams * self.settings.ngram_weight)
         return sparse.hstack(blocks, format="csr")
 
-    def predict(self, texts: Sequence[str], cues: Sequence[Cues]) -> list[str]:
+    def predict(self, ngrams: sparse.csr_matrix | None, cues: Sequence[Cues]) -> list[str]:
         """Levels for a batch of messages."""
         if self.classifier is None:
             return [self.constant or rule_level(self.skill, c) for c in cues]
-        return list(self.classifier.predict(self.matrix(texts, cues)))
+        # The linear scores by hand: sklearn's input checks cost more than the arithmetic.
+        dense = self.dense(cues)
+        coef = self.classifier.coef_
+        n_dense = dense.shape[1]
+        scores = dense @ coef[:, :n_dense].T + self.classifier.intercept_
+        if ngrams is not None:
+            scores = scores + np.asarray(ngrams @ coef[:, n_dense:].T * self.settings.ngram_weight)
+        # A binary model has one column of scores: positive means the second class.
+        binary = scores.shape[1] == 1
+        picked = (scores[:, 0] > 0).astype(int) if binary else scores.argmax(axis=1)
+        return [str(self.classifier.classes_[i]) for i in picked]
 
 
 def fit_skill(
     skill: str,
-    texts: Sequence[str],
+    ngrams: sparse.csr_matrix | None,
     cues: Sequence[Cues],
     labels: Sequence[str],
     settings: Settings,
 ) -> SkillModel:
-    """Fit one skill's classifier on normalised texts, their cues and gold levels."""
+    """Fit one skill's classifier on the shared n-gram matrix, the cues and gold levels."""
     dense = np.array([_dense(skill, c) for c in cues])
     mean = dense.mean(axis=0)
     scale = dense.std(axis=0)
     scale[scale == 0] = 1.0
+    model = SkillModel(skill, settings, mean, scale)
     if len(set(labels)) < 2:
-        only = labels[0] if labels else None
-        return SkillModel(skill, settings, mean, scale, None, None, only)
-    vectorizer = None
-    if settings.ngram_weight > 0:
-        vectorizer = TfidfVectorizer(
-            ngram_range=(1, 2),
-            min_df=settings.min_df,
-            sublinear_tf=True,
-            token_pattern=r"[a-z']+",  # noqa: S106 (a regex, not a password)
-        )
-        try:
-            vectorizer.fit(texts)
-        except ValueError:  # vocabulary empty at this min_df: rely on the cues alone
-            vectorizer = None
-    model = SkillModel(skill, settings, mean, scale, vectorizer, None, None)
+        model.constant = labels[0] if labels else None
+        return model
     classifier = LogisticRegression(C=settings.c, class_weight="balanced", max_iter=5000)
-    classifier.fit(model.matrix(texts, cues), list(labels))
+    classifier.fit(model.matrix(ngrams, cues), list(labels))
     model.classifier = classifier
     return model
 
 
 @dataclass
 class OfflineModel:
-    """Seven skill models fitted on the same examples."""
+    """Seven skill models fitted on the same examples, sharing one n-gram vocabulary."""
 
     skills: dict[str, SkillModel]
     n_train: int
+    vectorizer: TfidfVectorizer | None = None
 
     def predict(self, examples: Sequence[Example]) -> list[dict[str, str]]:
         """Levels for all seven skills for each example."""
-        texts = [normalise(e.text) for e in examples]
         cues = [_cues(e) for e in examples]
-        columns = {k: m.predict(texts, cues) for k, m in self.skills.items()}
+        ngrams = None
+        if self.vectorizer is not None:
+            ngrams = self.vectorizer.transform([normalise(e.text) for e in examples])
+        columns = {k: m.predict(ngrams, cues) for k, m in self.skills.items()}
         return [{k: columns[k][i] for k in SKILL_KEYS} for i in range(len(examples))]
 
 
@@ -201,18 +204,29 @@ def train(examples: Sequence[Example], settings: Settings = DEFAULT_SETTINGS) ->
     examples = [e for e in examples if e.fully_labelled]
     texts = [normalise(e.text) for e in examples]
     cues = [_cues(e) for e in examples]
+    vectorizer: TfidfVectorizer | None = None
+    ngrams = None
+    if settings.ngram_weight > 0 and texts:
+        vectorizer = TfidfVectorizer(
+            ngram_range=(1, 2),
+            min_df=settings.min_df,
+            sublinear_tf=True,
+            token_pattern=r"[a-z']+",  # noqa: S106 (a regex, not a password)
+        )
+        try:
+            ngrams = vectorizer.fit_transform(texts)
+        except ValueError:  # no word reaches min_df: rely on the cues alone
+            vectorizer = None
     skills = {
-        k: fit_skill(k, texts, cues, [e.labels[k] for e in examples], settings) for k in SKILL_KEYS
+        k: fit_skill(k, ngrams, cues, [e.labels[k] for e in examples], settings) for k in SKILL_KEYS
     }
-    return OfflineModel(skills=skills, n_train=len(examples))
+    return OfflineModel(skills=skills, n_train=len(examples), vectorizer=vectorizer)
 
 
 def rules_only() -> OfflineModel:
     """A model that rates with the rubric rules alone (used when no bank is present)."""
     empty = np.zeros(0)
-    skills = {
-        k: SkillModel(k, DEFAULT_SETTINGS, empty, empty, None, None, None) for k in SKILL_KEYS
-    }
+    skills = {k: SkillModel(k, DEFAULT_SETTINGS, empty, empty) for k in SKILL_KEYS}
     return OfflineModel(skills=skills, n_train=0)
 
 
