@@ -427,7 +427,7 @@ _P = re.compile
 # Each entry: (feature name, compiled pattern). Counted as number of matches.
 PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     # --- describe
-    ("d_digit", _P(r"\b\d+(?:st|nd|rd|th|am|pm|:\d\d)?\b|\$\d")),
+    ("d_digit", _P(r"\$?\b\d[\d,.:]*(?:st|nd|rd|th|am|pm|%)?")),
     ("d_number_word", _P(rf"\b{NUMBER_WORDS}\b")),
     ("d_time", _P(rf"\b{TIME_WORDS}\b")),
     (

@@ -323,10 +323,10 @@ def _why(skill: str, cues: Cues) -> str:
 
 
 _STRONG_QUOTES: dict[str, tuple[str, ...]] = {
-    "describe": ("d_count", "d_digit", "d_since_ago", "d_past_event"),
+    "describe": ("d_count", "d_last_n", "d_past_event", "d_since_ago", "d_digit"),
     "express": ("e_i_feel_feeling", "e_makes_me", "e_feeling_noun"),
     "assert": ("a_direct", "a_refusal", "a_imperative", "a_modal_q", "a_please"),
-    "reinforce": ("r_you_gain", "r_we_gain"),
+    "reinforce": ("r_you_gain", "r_we_gain", "r_so_that"),
     "negotiate": ("n_what_if", "n_give_to_get", "n_their_option", "n_trial"),
 }
 
@@ -367,6 +367,19 @@ _SUGGESTIONS: dict[str, dict[str, str]] = {
     },
 }
 
+
+def _suggestion(skill: str, level: str, cues: Cues) -> str:
+    """The rubric's advice for this level, specific to what broke the state where we can tell."""
+    v = cues.values
+    shaky = v["c_apology"] or v["c_hedge"] or v["c_self_down"]
+    loud = v["shape_caps_words"] or v["m_exclaim"] or v["m_insult"]
+    if skill == "confident" and loud and not shaky:
+        return "Say it calmly and firmly; capitals and exclamation marks sound like lost control."
+    if skill == "mindful" and v["m_give_up"] and not (v["m_insult"] or v["m_counter"]):
+        return "Don't drop your request; acknowledge them and ask again for what you need."
+    return _SUGGESTIONS[skill][level]
+
+
 _HEDGE_STRIP = re.compile(
     r"\b(?:i'?m (?:so |really )?sorry(?: to bother you| but| to ask)?|sorry(?: but)?|"
     r"i apologi[sz]e(?: but)?|maybe|perhaps|possibly|i guess|i suppose|kind of|kinda|sort of|"
@@ -388,20 +401,11 @@ def _tidy(text: str) -> str:
 
 
 def _goal_request(goal: str) -> str:
-    """Turn the learner's goal into a request clause, or a placeholder when it does not parse."""
-    g = goal.strip().rstrip(".")
-    g = re.sub(
-        r"^(?:i want|i'd like|i would like|i need|to get|get|have|convince|ask|persuade)"
-        r"(?: (?:my|our|the) [a-z ]+?| (?:him|her|them))? to ",
-        "",
-        g,
-        flags=re.IGNORECASE,
-    )
-    if not g or len(g.split()) > 14 or not re.match(r"[a-z]", g, re.IGNORECASE):
-        return "[what you want them to do]"
-    swaps = {"their": "your", "his": "your", "her": "your", "them": "you", "him": "you"}
-    words = [swaps.get(w.lower(), w) for w in g.split()]
-    return " ".join(words)[0].lower() + " ".join(words)[1:]
+    """A request sentence with a bracketed gap, naming the learner's goal as the thing to ask."""
+    g = re.sub(r"\s+", " ", goal).strip().rstrip(".")
+    if not g or len(g) > 140:
+        return "I'd like you to [say exactly what you want them to do]."
+    return f"I'd like you to [say what you want, in your words: {g[0].lower()}{g[1:]}]."
 
 
 def rewrite_hint(skill: str, level: str, text: str, goal: str, cues: Cues) -> str:
@@ -409,7 +413,10 @@ def rewrite_hint(skill: str, level: str, text: str, goal: str, cues: Cues) -> st
     text = text.strip()
     if skill == "confident":
         stripped = _tidy(_HEDGE_STRIP.sub("", text))
-        return stripped if stripped and stripped != text else _tidy(text.replace("!", "."))
+        if stripped and stripped.lower() != _tidy(text).lower():
+            return stripped
+        calm = _tidy(re.sub(r"[!?]{2,}", ".", text))
+        return f"{calm} [Say it once, calmly, without capitals, exclamation marks or apologies.]"
     if skill == "describe":
         fixed = re.sub(
             r"\b(?:always|never|constantly|every single time|all the time)\b",
@@ -425,21 +432,14 @@ def rewrite_hint(skill: str, level: str, text: str, goal: str, cues: Cues) -> st
         body = re.sub(r"\bi feel (?:like|that)\b", f"I feel {feeling} because", text, flags=re.I)
         return body if body != text else f"I feel {feeling} about this. {text}"
     if skill == "assert":
-        return f"{text} I'd like you to {_goal_request(goal)}."
+        return f"{text} {_goal_request(goal)}"
     if skill == "reinforce":
         return f"{text} That way you'd [what they gain, e.g. have your evenings free]."
     if skill == "negotiate":
         return f"{text} What if [I do X] and you [do Y], and we try it for two weeks?"
     if skill == "mindful":
-        calm = _tidy(
-            re.sub(
-                r"\b(?:oh sure|yeah right|whatever|forget it|never mind|fine)\b[,.!]*",
-                "",
-                text,
-                flags=re.IGNORECASE,
-            )
-        )
-        return f"I hear you. {calm} What I'm asking is: {_goal_request(goal)}."
+        # Broken record: acknowledge, leave the side point, and ask again.
+        return f"I hear you, and I'm not going to argue about that. {_goal_request(goal)}"
     raise KeyError(skill)
 
 
@@ -467,7 +467,7 @@ def rate_offline(
             skill=key,
             level=level,
             reasoning=reasoning(key, level, cues),
-            suggestion=_SUGGESTIONS[key][level] if needs_help else "",
+            suggestion=_suggestion(key, level, cues) if needs_help else "",
             rewrite=rewrite_hint(key, level, text, goal, cues) if needs_help else "",
         )
     return Rating(
