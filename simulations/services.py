@@ -1,0 +1,1056 @@
+"""Every state change of a practice conversation, in one place.
+
+Start a conversation (with the partner's brief), record what the learner sends (stored before any
+model is called), write the partner's reply (streamed to every tab the owner has open), end the
+conversation, record emotion check-ins, and suggest a skill.
+
+How a reply is never lost and never written twice
+-------------------------------------------------
+The partner's message row is created "pending" in the transaction that rates the learner's
+message. A background asyncio task in the ASGI process (not tied to any socket) writes it:
+
+1. It takes a lease in Redis, ``imbue:gen:<message id>``, with ``SET NX`` and a short expiry, and
+   refreshes it while it works; a second tab, or a second process, cannot take it meanwhile.
+2. Under a row lock it moves the row to "streaming" and bumps ``attempts``; that number fences
+   every later write, so a writer that lost its lease can never overwrite a newer attempt.
+3. Each delta is appended to ``imbue:gen:<id>:text`` and sent to the group ``conversation-<id>``
+   with its byte offset, so a socket that joins midway takes the partial text from Redis and then
+   applies exactly the deltas it has not seen.
+4. The final text is stored with a conditional update (``attempts`` and state must still match);
+   then ``partner.done`` goes to the group.
+
+If the process dies, the lease expires. A socket that (re)connects then finds a pending or
+streaming reply with a dead lease and starts it again (a new attempt); one with a live lease just
+shows the partial text and keeps receiving deltas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import weakref
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import redis
+import redis.asyncio as aredis
+from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Max, Sum
+from django.utils import timezone
+
+from feedback.raters.offline import rate_offline
+from feedback.skills import SKILLS, STRATEGIES
+from imbue import llm
+from imbue.models import LLMCall
+from simulations import partner, resistance, suggest
+from simulations.models import Conversation, EmotionCheckin, Learner, Message, Situation
+
+log = logging.getLogger(__name__)
+
+PARTNER_PROMPT = llm.Prompt(
+    partner.PARTNER_PROMPT_NAME, partner.PARTNER_PROMPT_VERSION, partner.PARTNER_PROMPT_TEMPLATE
+)
+PERSONA_PROMPT = llm.Prompt(
+    partner.PERSONA_PROMPT_NAME, partner.PERSONA_PROMPT_VERSION, partner.PERSONA_PROMPT_TEMPLATE
+)
+SUGGESTION_PROMPT = llm.Prompt(
+    suggest.SUGGESTION_PROMPT_NAME,
+    suggest.SUGGESTION_PROMPT_VERSION,
+    suggest.SUGGESTION_PROMPT_TEMPLATE,
+)
+
+# The lease outlives a stalled event loop of a second or two, but a crashed process's reply is
+# taken over within a few seconds of the learner reconnecting. Tests shorten it.
+LEASE_SECONDS = 6.0
+PARTIAL_TTL_SECONDS = 15 * 60
+# Shown when the model's reply was nothing but the agreement signal.
+BARE_AGREEMENT = "All right. I agree."
+
+# Switches a caller (a study arm) may set at start; anything else is a programming error.
+OPTION_KEYS = frozenset(
+    {
+        "max_messages",
+        "strategy_mode",
+        "feedback_enabled",
+        "suggestion_enabled",
+        "worksheet_enabled",
+        "adaptive_enabled",
+        "max_message_chars",
+        "token_budget",
+        "resistance_start",
+    }
+)
+
+# One line per strategy under its checkbox, in the product's own words.
+STRATEGY_HINTS = {
+    "describe": "Say what happened, as facts, without judging.",
+    "express": "Say how you feel about it, with feeling words.",
+    "assert": "Ask clearly for what you want, or say no clearly.",
+    "reinforce": "Tell them what they gain if they agree.",
+    "negotiate": "Offer a trade or an alternative.",
+}
+
+
+# The worksheet reads in the order of the acronym: D, E, A, R, M, A, N.
+WORKSHEET_ORDER = (
+    "describe",
+    "express",
+    "assert",
+    "reinforce",
+    "mindful",
+    "confident",
+    "negotiate",
+)
+
+
+class ConversationError(Exception):
+    """A request the conversation cannot take; `user_message` says why, in plain words."""
+
+    def __init__(self, user_message: str) -> None:
+        super().__init__(user_message)
+        self.user_message = user_message
+
+
+def group_name(conversation_id: int) -> str:
+    """The channel-layer group every socket of this conversation joins."""
+    return f"conversation-{conversation_id}"
+
+
+# --------------------------------------------------------------------------- starting
+
+
+def _conversation_options(options: dict[str, Any] | None) -> dict[str, Any]:
+    options = dict(options or {})
+    unknown = set(options) - OPTION_KEYS
+    if unknown:
+        raise ValueError(f"unknown conversation options: {sorted(unknown)}")
+    defaults = settings.IMBUE
+    values: dict[str, Any] = {
+        "max_messages": defaults.get("max_messages", 10),
+        "max_message_chars": defaults.get("max_message_chars", 2000),
+        "token_budget": defaults.get("conversation_token_budget", 60000),
+    }
+    values.update(options)
+    if values.get("strategy_mode", Conversation.StrategyMode.MULTIPLE) not in (
+        Conversation.StrategyMode.values
+    ):
+        raise ValueError(f"unknown strategy_mode {values['strategy_mode']!r}")
+    return values
+
+
+def start_conversation(
+    *,
+    learner: Learner,
+    situation: Situation,
+    kind: str = Conversation.Kind.PRACTICE,
+    options: dict[str, Any] | None = None,
+) -> Conversation:
+    """Open a conversation with its switches set once, and the partner's brief written."""
+    values = _conversation_options(options)
+    override = values.pop("resistance_start", None)
+    adaptive = values.get("adaptive_enabled", True)
+    fallback = partner.offline_brief(
+        situation.situation, situation.goal, situation.category, situation.difficulty
+    )
+    conversation = Conversation.objects.create(
+        learner=learner,
+        situation=situation,
+        kind=kind,
+        partner_engine=(
+            Conversation.Engine.LLM if llm.is_configured() else Conversation.Engine.OFFLINE
+        ),
+        partner_brief={**fallback, "source": "offline"},
+        resistance_start=(
+            resistance.initial_level(situation.difficulty, override) if adaptive else None
+        ),
+        **values,
+    )
+    if conversation.partner_engine == Conversation.Engine.LLM:
+        conversation.partner_brief = _written_brief(conversation, fallback)
+        conversation.save(update_fields=["partner_brief"])
+    return conversation
+
+
+def _written_brief(conversation: Conversation, fallback: dict[str, Any]) -> dict[str, Any]:
+    """The brief from the "persona" call, or the offline one with the reason it was needed."""
+    situation = conversation.situation
+    try:
+        reply = async_to_sync(llm.complete_json)(
+            purpose="persona",
+            messages=partner.persona_prompt(
+                situation.situation, situation.goal, situation.category, situation.difficulty
+            ),
+            schema=partner.PERSONA_SCHEMA,
+            schema_name="partner_brief",
+            prompt=PERSONA_PROMPT,
+            context=llm.CallContext(conversation_id=conversation.pk),
+        )
+    except llm.LLMError as error:
+        log.warning("partner brief for conversation %s: offline (%s)", conversation.pk, error)
+        return {
+            **fallback,
+            "source": "offline",
+            "fallback_reason": f"{error.outcome}: {error.detail or error.user_message}"[:300],
+            "llm_call_id": error.call_id,
+        }
+    return {
+        **partner.coerce_brief(reply.data, fallback),
+        "source": "llm",
+        "llm_call_id": reply.call_id,
+    }
+
+
+# --------------------------------------------------------------------------- the learner's turn
+
+
+def _clean_text(text: str) -> str:
+    # PostgreSQL text cannot hold NUL; Windows line ends count double against the limit.
+    return str(text).replace("\x00", "").replace("\r\n", "\n").strip()
+
+
+def _clean_strategies(conversation: Conversation, strategies: Iterable[str] | str) -> list[str]:
+    if isinstance(strategies, str):
+        strategies = [strategies]
+    chosen = {str(s).strip().lower() for s in strategies if str(s).strip()}
+    unknown = chosen - set(STRATEGIES)
+    if unknown:
+        raise ConversationError("Pick your skills from the list.")
+    ordered = [s for s in STRATEGIES if s in chosen]
+    if conversation.strategy_mode == Conversation.StrategyMode.SINGLE and len(ordered) != 1:
+        raise ConversationError("Pick exactly one skill for this message.")
+    if not ordered:
+        raise ConversationError("Pick at least one skill you mean to use in this message.")
+    return ordered
+
+
+def _check_rate(conversation: Conversation) -> None:
+    limit = int(settings.IMBUE.get("messages_per_minute", 0) or 0)
+    if not limit:
+        return
+    recent = Message.objects.filter(
+        conversation__learner_id=conversation.learner_id,
+        role=Message.Role.LEARNER,
+        created_at__gte=timezone.now() - timedelta(minutes=1),
+    ).count()
+    if recent >= limit:
+        raise ConversationError(
+            "You are sending messages very quickly. Please wait a minute, then send again."
+        )
+
+
+def record_learner_message(
+    *, conversation: Conversation, text: str, strategies: Sequence[str] | str
+) -> Message:
+    """Store what the learner sent (first, on its own), rate it, move the resistance, and queue
+    the partner's reply as a pending message."""
+    text = _clean_text(text)
+    with transaction.atomic():
+        locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
+        if not locked.is_open:
+            raise ConversationError("This conversation has ended; start a new one to go on.")
+        if not text:
+            raise ConversationError("Write a message first.")
+        if len(text) > locked.max_message_chars:
+            raise ConversationError(
+                f"Your message is {len(text)} characters long; the limit is "
+                f"{locked.max_message_chars}. Please shorten it."
+            )
+        chosen = _clean_strategies(locked, strategies)
+        messages = list(locked.messages.order_by("seq"))
+        learner_count = sum(m.role == Message.Role.LEARNER for m in messages)
+        if learner_count >= locked.max_messages:
+            raise ConversationError("You have used all the messages of this conversation.")
+        last = messages[-1] if messages else None
+        if last is not None and last.role == Message.Role.PARTNER:
+            if last.state in (Message.State.PENDING, Message.State.STREAMING):
+                raise ConversationError("Wait for their reply before you send the next message.")
+            if last.state == Message.State.FAILED:
+                raise ConversationError("Their last reply did not arrive. Press Try again first.")
+        _check_rate(locked)
+        message = Message.objects.create(
+            conversation=locked,
+            seq=(last.seq if last else 0) + 1,
+            role=Message.Role.LEARNER,
+            text=text,
+            strategies=chosen,
+            state=Message.State.COMPLETE,
+            completed_at=timezone.now(),
+        )
+    # The message is committed; a failure from here on must not lose it.
+    partner_said = next(
+        (
+            m.text
+            for m in reversed(messages)
+            if m.role == Message.Role.PARTNER and m.state == Message.State.COMPLETE
+        ),
+        "",
+    )
+    _rate_and_queue_reply(locked, message, chosen, partner_said, messages)
+    return message
+
+
+def _rate_and_queue_reply(
+    conversation: Conversation,
+    message: Message,
+    chosen: list[str],
+    partner_said: str,
+    earlier: list[Message],
+) -> None:
+    situation = conversation.situation
+    try:
+        rating = rate_offline(
+            text=message.text,
+            situation=situation.situation,
+            goal=situation.goal,
+            partner_said=partner_said,
+            chosen=chosen,
+        )
+        message.ratings = rating.levels
+        message.rating_engine = rating.engine
+        message.mastery = rating.mastery
+    except Exception:  # a rater bug must not block the conversation; the message is kept
+        log.exception("offline rating failed for message %s", message.pk)
+    if conversation.adaptive_enabled:
+        before = next(
+            (
+                m.resistance
+                for m in reversed(earlier)
+                if m.role == Message.Role.LEARNER and m.resistance is not None
+            ),
+            conversation.resistance_start,
+        )
+        if before is None:
+            before = resistance.initial_level(situation.difficulty)
+        message.resistance, message.resistance_reasons = resistance.next_level(
+            before, message.ratings, chosen, text=message.text
+        )
+    with transaction.atomic():
+        message.save(
+            update_fields=[
+                "ratings",
+                "rating_engine",
+                "mastery",
+                "resistance",
+                "resistance_reasons",
+            ]
+        )
+        Message.objects.create(
+            conversation=conversation,
+            seq=message.seq + 1,
+            role=Message.Role.PARTNER,
+            state=Message.State.PENDING,
+        )
+
+
+async def send_learner_message(
+    *, conversation: Conversation, text: str, strategies: Sequence[str] | str
+) -> Message:
+    """For sockets: record the message, tell every tab, and start the reply in the background."""
+    message = await database_sync_to_async(record_learner_message)(
+        conversation=conversation, text=text, strategies=strategies
+    )
+    await _group_send(conversation.pk, {"type": "message.created", "seq": message.seq})
+    await ensure_partner_reply(conversation_id=conversation.pk)
+    return message
+
+
+def send_and_wait(
+    *, conversation: Conversation, text: str, strategies: Sequence[str] | str
+) -> Message:
+    """For the page without JavaScript: record the message and write the reply before returning."""
+    message = record_learner_message(conversation=conversation, text=text, strategies=strategies)
+    reply_id = _reply_in_flight(conversation.pk)
+
+    async def notify_and_reply() -> None:
+        await _group_send(conversation.pk, {"type": "message.created", "seq": message.seq})
+        if reply_id is not None:
+            await generate_partner_reply(message_id=reply_id)
+
+    async_to_sync(notify_and_reply)()
+    return message
+
+
+# --------------------------------------------------------------------------- Redis: lease, text
+
+
+_async_clients: dict[int, tuple[weakref.ref[asyncio.AbstractEventLoop], aredis.Redis]] = {}
+_sync_client: redis.Redis | None = None
+
+
+def _aredis() -> aredis.Redis:
+    # A connection pool belongs to one event loop (tests run one loop per test).
+    loop = asyncio.get_running_loop()
+    found = _async_clients.get(id(loop))
+    if found and found[0]() is loop:
+        return found[1]
+    for key, (ref, _) in list(_async_clients.items()):
+        old = ref()
+        if old is None or old.is_closed():
+            _async_clients.pop(key, None)
+    client = aredis.Redis.from_url(settings.REDIS_URL)
+    _async_clients[id(loop)] = (weakref.ref(loop), client)
+    return client
+
+
+def _redis() -> redis.Redis:
+    global _sync_client
+    if _sync_client is None:
+        _sync_client = redis.Redis.from_url(settings.REDIS_URL)
+    return _sync_client
+
+
+def _lease_key(message_id: int) -> str:
+    return f"imbue:gen:{message_id}"
+
+
+def _text_key(message_id: int) -> str:
+    return f"imbue:gen:{message_id}:text"
+
+
+def _attempt_key(message_id: int) -> str:
+    return f"imbue:gen:{message_id}:attempt"
+
+
+_REFRESH = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then "
+    "return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+)
+_RELEASE = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) "
+    "else return 0 end"
+)
+
+
+def _lease_ms() -> int:
+    return int(LEASE_SECONDS * 1000)
+
+
+async def lease_alive(message_id: int) -> bool:
+    """Whether some process is writing this reply right now."""
+    return bool(await _aredis().exists(_lease_key(message_id)))
+
+
+@dataclass(frozen=True)
+class Partial:
+    """What has been streamed of a reply so far: its attempt and text (UTF-8 length = offset)."""
+
+    attempt: int
+    text: str
+
+    @property
+    def offset(self) -> int:
+        return len(self.text.encode())
+
+
+async def partial_reply(message_id: int) -> Partial:
+    """The streamed-so-far text of a reply in flight (empty when none is kept)."""
+    attempt, text = await _aredis().mget(_attempt_key(message_id), _text_key(message_id))
+    return Partial(int(attempt or 0), (text or b"").decode(errors="replace"))
+
+
+def partial_reply_sync(message_id: int) -> Partial:
+    """`partial_reply` for synchronous code (page rendering)."""
+    try:
+        attempt, text = _redis().mget(_attempt_key(message_id), _text_key(message_id))
+    except redis.RedisError:
+        return Partial(0, "")
+    return Partial(int(attempt or 0), (text or b"").decode(errors="replace"))
+
+
+# --------------------------------------------------------------------------- the partner's turn
+
+
+@dataclass
+class _Job:
+    """Everything one attempt at a reply needs, read under the row lock."""
+
+    message_id: int
+    conversation_id: int
+    attempt: int
+    offline: bool
+    brief: dict[str, Any]
+    situation: str
+    goal: str
+    category: str
+    resistance: float | None
+    history: list[tuple[str, str]]
+    learner_text: str
+    rating: dict[str, str]
+    token: str = field(default_factory=lambda: secrets.token_hex(8))
+
+
+@dataclass(frozen=True)
+class _Written:
+    text: str
+    agreed: bool
+    call_id: int | None
+
+
+@dataclass(frozen=True)
+class _Failed:
+    user_message: str
+    call_id: int | None
+
+
+def _tokens_used(conversation_id: int) -> int:
+    totals = LLMCall.objects.filter(conversation_id=conversation_id).aggregate(
+        used_in=Sum("tokens_in"), used_out=Sum("tokens_out")
+    )
+    return int(totals["used_in"] or 0) + int(totals["used_out"] or 0)
+
+
+def _claim(message_id: int) -> _Job | None:
+    """Start a new attempt at this reply (the lease is already held), or None if not needed."""
+    conversation_id = (
+        Message.objects.filter(pk=message_id).values_list("conversation_id", flat=True).first()
+    )
+    if conversation_id is None:
+        return None
+    with transaction.atomic():
+        # Conversation first, then message: the order every writer here takes its locks in.
+        conversation = (
+            Conversation.objects.select_for_update(of=("self",))
+            .select_related("situation")
+            .get(pk=conversation_id)
+        )
+        message = (
+            Message.objects.select_for_update()
+            .filter(pk=message_id, role=Message.Role.PARTNER)
+            .first()
+        )
+        if message is None or message.state not in (
+            Message.State.PENDING,
+            Message.State.STREAMING,
+        ):
+            return None
+        message.state = Message.State.STREAMING
+        message.attempts += 1
+        message.error = ""
+        message.text = ""
+        message.save(update_fields=["state", "attempts", "error", "text"])
+        earlier = list(
+            conversation.messages.filter(seq__lt=message.seq)
+            .exclude(state=Message.State.FAILED)
+            .order_by("seq")
+        )
+        learner = earlier[-1] if earlier and earlier[-1].role == Message.Role.LEARNER else None
+        offline = conversation.partner_engine == Conversation.Engine.OFFLINE
+        if not offline and not llm.is_configured():
+            offline = True
+        if not offline and _tokens_used(conversation.pk) >= conversation.token_budget:
+            # The budget is spent: the offline partner finishes the conversation, on the record.
+            conversation.partner_engine = Conversation.Engine.OFFLINE
+            conversation.partner_brief = {
+                **conversation.partner_brief,
+                "partner_fallback_reason": "the conversation's model-token budget was used up",
+            }
+            conversation.save(update_fields=["partner_engine", "partner_brief"])
+            offline = True
+        situation = conversation.situation
+        return _Job(
+            message_id=message.pk,
+            conversation_id=conversation.pk,
+            attempt=message.attempts,
+            offline=offline,
+            brief=dict(conversation.partner_brief),
+            situation=situation.situation,
+            goal=situation.goal,
+            category=situation.category,
+            resistance=(learner.resistance if learner and conversation.adaptive_enabled else None),
+            history=[(m.role, m.text) for m in earlier],
+            learner_text=learner.text if learner else "",
+            rating=dict(learner.ratings) if learner else {},
+        )
+
+
+def _store_reply(job: _Job, written: _Written) -> bool:
+    """Store the finished reply once (fenced by the attempt) and close the conversation if due."""
+    with transaction.atomic():
+        conversation = Conversation.objects.select_for_update().get(pk=job.conversation_id)
+        stored = Message.objects.filter(
+            pk=job.message_id, attempts=job.attempt, state=Message.State.STREAMING
+        ).update(
+            text=written.text,
+            state=Message.State.COMPLETE,
+            agreed=written.agreed,
+            completed_at=timezone.now(),
+            llm_call_id=written.call_id,
+            error="",
+        )
+        if not stored:
+            return False
+        if conversation.is_open:
+            learner_count = conversation.messages.filter(role=Message.Role.LEARNER).count()
+            if written.agreed:
+                conversation.status = Conversation.Status.AGREED
+            elif learner_count >= conversation.max_messages:
+                conversation.status = Conversation.Status.LIMIT
+            if not conversation.is_open:
+                conversation.ended_at = timezone.now()
+                conversation.save(update_fields=["status", "ended_at"])
+    return True
+
+
+def _store_failure(job: _Job, failed: _Failed) -> bool:
+    return bool(
+        Message.objects.filter(
+            pk=job.message_id, attempts=job.attempt, state=Message.State.STREAMING
+        ).update(
+            state=Message.State.FAILED,
+            error=failed.user_message[:300],
+            llm_call_id=failed.call_id,
+        )
+    )
+
+
+async def _group_send(conversation_id: int, event: dict[str, Any]) -> None:
+    layer = get_channel_layer()
+    if layer is not None:
+        await layer.group_send(group_name(conversation_id), event)
+
+
+class _LeaseLost(Exception):
+    """Another writer holds this reply now; stop without writing anything."""
+
+
+async def _push(job: _Job, text: str, lost: asyncio.Event) -> None:
+    """Keep the delta in Redis and send it to every tab, with its byte offset."""
+    if lost.is_set():
+        raise _LeaseLost
+    length = await _aredis().append(_text_key(job.message_id), text)
+    at = int(length) - len(text.encode())
+    await _group_send(
+        job.conversation_id,
+        {
+            "type": "partner.delta",
+            "message_id": job.message_id,
+            "attempt": job.attempt,
+            "at": at,
+            "text": text,
+        },
+    )
+
+
+async def _keep_lease(job: _Job, lost: asyncio.Event) -> None:
+    client = _aredis()
+    while True:
+        await asyncio.sleep(LEASE_SECONDS / 3)
+        try:
+            kept = await client.eval(
+                _REFRESH, 1, _lease_key(job.message_id), job.token, _lease_ms()
+            )
+        except redis.RedisError:
+            log.warning("could not refresh the lease of message %s", job.message_id)
+            continue
+        if not kept:
+            lost.set()
+            return
+
+
+async def _write(job: _Job, lost: asyncio.Event) -> _Written | _Failed:
+    """Produce the reply, streaming what may be shown as it comes."""
+    if not job.offline:
+        shown = partner.AgreementFilter()
+        try:
+            async with llm.stream_text(
+                purpose="partner",
+                messages=partner.partner_messages(
+                    brief=job.brief,
+                    situation=job.situation,
+                    goal=job.goal,
+                    resistance=job.resistance,
+                    history=job.history,
+                    learner_text=job.learner_text,
+                ),
+                prompt=PARTNER_PROMPT,
+                context=llm.CallContext(
+                    conversation_id=job.conversation_id, message_id=job.message_id
+                ),
+            ) as reply:
+                async for delta in reply:
+                    safe = shown.feed(delta)
+                    if safe:
+                        await _push(job, safe, lost)
+            tail = shown.finish()
+            if tail:
+                await _push(job, tail, lost)
+        except llm.NotConfigured:
+            job.offline = True  # the model was disconnected since the conversation started
+        except llm.LLMError as error:
+            log.warning("partner reply %s failed: %s", job.message_id, error)
+            return _Failed(error.user_message, error.call_id)
+        else:
+            text = shown.text.strip() or (BARE_AGREEMENT if shown.agreed else "")
+            if not text:
+                return _Failed(llm.Malformed.user_message, reply.call_id)
+            return _Written(text, shown.agreed, reply.call_id)
+    text, agreed = partner.offline_reply(
+        brief=job.brief,
+        situation=job.situation,
+        goal=job.goal,
+        category=job.category,
+        resistance=job.resistance,
+        history=job.history,
+        learner_text=job.learner_text,
+        rating=job.rating,
+    )
+    await _push(job, text, lost)
+    return _Written(text, agreed, None)
+
+
+async def generate_partner_reply(*, message_id: int) -> None:
+    """Write the partner's reply to a pending message: stream it to the group, store it once.
+
+    Does nothing when another writer holds the reply's lease or the reply is already stored.
+    """
+    token = secrets.token_hex(8)
+    client = _aredis()
+    if not await client.set(_lease_key(message_id), token, nx=True, px=_lease_ms()):
+        return
+    job: _Job | None = None
+    try:
+        job = await database_sync_to_async(_claim)(message_id)
+        if job is None:
+            return
+        job.token = token
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.set(_attempt_key(message_id), job.attempt, ex=PARTIAL_TTL_SECONDS)
+            pipe.set(_text_key(message_id), "", ex=PARTIAL_TTL_SECONDS)
+            await pipe.execute()
+        await _group_send(
+            job.conversation_id,
+            {"type": "partner.started", "message_id": message_id, "attempt": job.attempt},
+        )
+        lost = asyncio.Event()
+        keeper = asyncio.create_task(_keep_lease(job, lost))
+        try:
+            result = await _write(job, lost)
+        finally:
+            keeper.cancel()
+        if lost.is_set():
+            return
+        if isinstance(result, _Written):
+            if await database_sync_to_async(_store_reply)(job, result):
+                await _group_send(
+                    job.conversation_id, {"type": "partner.done", "message_id": message_id}
+                )
+        elif await database_sync_to_async(_store_failure)(job, result):
+            await _group_send(
+                job.conversation_id, {"type": "partner.failed", "message_id": message_id}
+            )
+    except _LeaseLost:
+        log.warning("reply %s: lease lost, another writer took over", message_id)
+    except Exception:
+        # Anything unexpected: the learner sees a retryable failure instead of an endless wait.
+        log.exception("reply %s: unexpected failure", message_id)
+        if job is not None:
+            failed = _Failed("Something went wrong while writing the reply.", None)
+            if await database_sync_to_async(_store_failure)(job, failed):
+                await _group_send(
+                    job.conversation_id, {"type": "partner.failed", "message_id": message_id}
+                )
+    finally:
+        try:
+            await client.eval(_RELEASE, 1, _lease_key(message_id), token)
+        except redis.RedisError:
+            log.warning("could not release the lease of message %s", message_id)
+
+
+# Background replies; a strong reference keeps each task alive until it ends.
+_running: set[asyncio.Task[None]] = set()
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    _running.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background reply crashed", exc_info=task.exception())
+
+
+def start_partner_reply(*, message_id: int) -> asyncio.Task[None]:
+    """Run `generate_partner_reply` as a task of this process that outlives the socket."""
+    task = asyncio.get_running_loop().create_task(
+        generate_partner_reply(message_id=message_id), name=f"partner-reply-{message_id}"
+    )
+    _running.add(task)
+    task.add_done_callback(_log_crash)
+    return task
+
+
+def _reply_in_flight(conversation_id: int) -> int | None:
+    """The reply still to be written, if any; one left missing by a crash is queued now."""
+    with transaction.atomic():
+        Conversation.objects.select_for_update().filter(pk=conversation_id).first()
+        last = (
+            Message.objects.filter(conversation_id=conversation_id)
+            .order_by("-seq")
+            .values_list("pk", "state", "role", "seq")
+            .first()
+        )
+        if last is None:
+            return None
+        pk, state, role, seq = last
+        if role == Message.Role.LEARNER:
+            # The learner's message was stored but the process died before queuing the reply.
+            return Message.objects.create(
+                conversation_id=conversation_id,
+                seq=seq + 1,
+                role=Message.Role.PARTNER,
+                state=Message.State.PENDING,
+            ).pk
+        if state in (Message.State.PENDING, Message.State.STREAMING):
+            return pk
+    return None
+
+
+async def ensure_partner_reply(*, conversation_id: int) -> int | None:
+    """Start the reply in flight again if nobody is writing it; return its message id, if any."""
+    message_id = await database_sync_to_async(_reply_in_flight)(conversation_id)
+    if message_id is not None and not await lease_alive(message_id):
+        start_partner_reply(message_id=message_id)
+    return message_id
+
+
+def _reset_failed(conversation: Conversation) -> int:
+    last = (
+        Message.objects.filter(conversation=conversation, role=Message.Role.PARTNER)
+        .order_by("-seq")
+        .first()
+    )
+    if last is None or last.state != Message.State.FAILED:
+        raise ConversationError("There is no failed reply to try again.")
+    # Only one of two tabs pressing Try again at once gets the row back to pending.
+    Message.objects.filter(pk=last.pk, state=Message.State.FAILED).update(
+        state=Message.State.PENDING, error=""
+    )
+    return last.pk
+
+
+async def retry_partner_reply(*, conversation: Conversation) -> int:
+    """Try the failed reply again (the learner's message is already stored)."""
+    message_id = await database_sync_to_async(_reset_failed)(conversation)
+    await ensure_partner_reply(conversation_id=conversation.pk)
+    return message_id
+
+
+def retry_and_wait(*, conversation: Conversation) -> int:
+    """`retry_partner_reply` for the page without JavaScript: returns once the reply is written."""
+    message_id = _reset_failed(conversation)
+    async_to_sync(generate_partner_reply)(message_id=message_id)
+    return message_id
+
+
+# --------------------------------------------------------------------------- ending, check-ins
+
+
+def end_conversation(*, conversation: Conversation) -> Conversation:
+    """The learner ends the conversation (a reply in flight is still completed and kept)."""
+    with transaction.atomic():
+        locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
+        if locked.is_open:
+            locked.status = Conversation.Status.ENDED
+            locked.ended_at = timezone.now()
+            locked.save(update_fields=["status", "ended_at"])
+    return locked
+
+
+async def aend_conversation(*, conversation: Conversation) -> Conversation:
+    """`end_conversation` for sockets; every tab hears of it."""
+    ended = await database_sync_to_async(end_conversation)(conversation=conversation)
+    await _group_send(conversation.pk, {"type": "conversation.updated"})
+    return ended
+
+
+def record_checkin(
+    *, conversation: Conversation, phase: str, intensity: int | str, emotion: str = ""
+) -> EmotionCheckin:
+    """How intense the learner's feelings are now (0-10), tied to the last message so far."""
+    if phase not in EmotionCheckin.Phase.values:
+        raise ConversationError("That check-in is not part of this conversation.")
+    try:
+        value = int(str(intensity).strip())
+    except ValueError:
+        raise ConversationError("Choose a number from 0 to 10.") from None
+    if not 0 <= value <= 10:
+        raise ConversationError("Choose a number from 0 to 10.")
+    with transaction.atomic():
+        locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
+        last_seq = locked.messages.aggregate(last=Max("seq"))["last"] or 0
+        existing = locked.checkins.filter(phase=phase)
+        if phase == EmotionCheckin.Phase.BEFORE and last_seq:
+            raise ConversationError("The conversation has already started.")
+        if phase == EmotionCheckin.Phase.AFTER and locked.is_open:
+            raise ConversationError("This check-in comes after the conversation.")
+        if phase != EmotionCheckin.Phase.MIDWAY and existing.exists():
+            raise ConversationError("You have already answered this check-in. Thank you.")
+        return EmotionCheckin.objects.create(
+            conversation=locked,
+            phase=phase,
+            after_seq=last_seq,
+            intensity=value,
+            emotion=str(emotion or "")[:20],
+        )
+
+
+# --------------------------------------------------------------------------- suggest a skill
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """A strategy for the next message and one sentence on why; `engine` is rule/llm/offline."""
+
+    skill: str
+    reason: str
+    engine: str
+
+    @property
+    def name(self) -> str:
+        return SKILLS[self.skill].name
+
+
+FIRST_SUGGESTION = "Start with the facts of what happened, so you both begin from the same place."
+
+
+def _suggestion_inputs(conversation: Conversation) -> dict[str, Any]:
+    if not conversation.suggestion_enabled:
+        raise ConversationError("Suggestions are not part of this conversation.")
+    messages = list(conversation.messages.filter(state=Message.State.COMPLETE).order_by("seq"))
+    used = {s for m in messages if m.role == Message.Role.LEARNER for s in m.strategies}
+    partner_said = next((m.text for m in reversed(messages) if m.role == Message.Role.PARTNER), "")
+    situation = conversation.situation
+    return {
+        "first": not any(m.role == Message.Role.LEARNER for m in messages),
+        "situation": situation.situation,
+        "goal": situation.goal,
+        "history": [(m.role, m.text) for m in messages],
+        "partner_said": partner_said,
+        "used": sorted(used),
+        "model": conversation.partner_engine == Conversation.Engine.LLM and llm.is_configured(),
+    }
+
+
+def _similar_moments(partner_said: str, situation: str, k: int = 3) -> list[dict[str, str]]:
+    """Bank messages written after a similar reply, with the strategy they used strongly."""
+    try:
+        from feedback.raters.retrieval import default_index
+
+        found = default_index().neighbours("", partner_said=partner_said, situation=situation, k=k)
+    except Exception:  # examples help the model; without them it still answers
+        log.exception("no examples for the suggestion")
+        return []
+    examples = []
+    for example, _ in found:
+        skill = next((s for s in STRATEGIES if example.labels.get(s) == "strong"), None)
+        if skill and example.partner_said:
+            examples.append({"partner_said": example.partner_said, "skill": skill})
+    return examples
+
+
+async def asuggest_skill(*, conversation: Conversation) -> Suggestion:
+    """Which strategy to use next: Describe first; then the model with similar examples, or the
+    written rules when no model is connected (or it fails)."""
+    inputs = await database_sync_to_async(_suggestion_inputs)(conversation)
+    if inputs["first"]:
+        return Suggestion("describe", FIRST_SUGGESTION, "rule")
+    if inputs["model"]:
+        examples = await database_sync_to_async(_similar_moments)(
+            inputs["partner_said"], inputs["situation"]
+        )
+        try:
+            reply = await llm.complete_json(
+                purpose="suggestion",
+                messages=suggest.suggestion_prompt(
+                    situation=inputs["situation"],
+                    goal=inputs["goal"],
+                    history=inputs["history"],
+                    partner_said=inputs["partner_said"],
+                    used=inputs["used"],
+                    examples=examples,
+                ),
+                schema=suggest.SUGGESTION_SCHEMA,
+                schema_name="skill_suggestion",
+                prompt=SUGGESTION_PROMPT,
+                context=llm.CallContext(conversation_id=conversation.pk),
+            )
+            parsed = suggest.parse_suggestion(reply.data)
+            if parsed is not None:
+                return Suggestion(parsed[0], parsed[1], "llm")
+        except llm.LLMError as error:
+            log.warning("suggestion for conversation %s: rules (%s)", conversation.pk, error)
+    skill, reason = suggest.suggest_offline(
+        partner_said=inputs["partner_said"], used=inputs["used"], is_first=False
+    )
+    return Suggestion(skill, reason, "offline")
+
+
+def suggest_skill(*, conversation: Conversation) -> Suggestion:
+    """`asuggest_skill` for synchronous callers (the page without JavaScript)."""
+    return async_to_sync(asuggest_skill)(conversation=conversation)
+
+
+# --------------------------------------------------------------------------- for templates
+
+
+def chat_context(conversation: Conversation) -> dict[str, Any]:
+    """Everything the chat templates need (the study renders the same chat in its own pages)."""
+    messages = list(conversation.messages.order_by("seq"))
+    for message in messages:
+        # A reply being streamed shows what has arrived so far; `partial` lets a socket go on
+        # from exactly there.
+        message.partial = None
+        message.display_text = message.text
+        if message.state == Message.State.STREAMING:
+            message.partial = partial_reply_sync(message.pk)
+            message.display_text = message.partial.text
+    learner_count = sum(m.role == Message.Role.LEARNER for m in messages)
+    last = messages[-1] if messages else None
+    in_flight = (
+        last
+        if last is not None
+        and last.role == Message.Role.PARTNER
+        and last.state in (Message.State.PENDING, Message.State.STREAMING)
+        else None
+    )
+    failed = (
+        last
+        if last is not None
+        and last.role == Message.Role.PARTNER
+        and last.state == Message.State.FAILED
+        else None
+    )
+    remaining = max(conversation.max_messages - learner_count, 0)
+    phases = set(conversation.checkins.values_list("phase", flat=True))
+    is_open = conversation.is_open
+    return {
+        "conversation": conversation,
+        "situation": conversation.situation,
+        "messages": messages,
+        "last_seq": last.seq if last else 0,
+        "learner_count": learner_count,
+        "remaining": remaining,
+        "in_flight": in_flight,
+        "failed": failed,
+        "can_send": is_open and remaining > 0 and in_flight is None and failed is None,
+        "single_mode": conversation.strategy_mode == Conversation.StrategyMode.SINGLE,
+        "strategies": [
+            {"key": key, "name": SKILLS[key].name, "hint": STRATEGY_HINTS[key]}
+            for key in STRATEGIES
+        ],
+        "worksheet": [SKILLS[key] for key in WORKSHEET_ORDER],
+        "offline_partner": conversation.partner_engine == Conversation.Engine.OFFLINE,
+        "checkin_before_due": is_open and not messages and "before" not in phases,
+        "checkin_midway_due": (
+            is_open
+            and learner_count >= max(conversation.max_messages // 2, 1)
+            and "midway" not in phases
+        ),
+        "checkin_after_due": not is_open and "after" not in phases,
+        "intensity_scale": range(0, 11),
+        "ws_path": f"/ws/conversations/{conversation.pk}/",
+    }

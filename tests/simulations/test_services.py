@@ -1,0 +1,348 @@
+"""simulations.services: starting, sending, the partner's reply, check-ins, suggestions.
+
+Replies are written through the same async path the socket uses (`generate_partner_reply`), so
+these tests use committed data (`transaction=True`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
+
+from imbue.models import LLMCall
+from simulations import services
+from simulations.models import Conversation, EmotionCheckin, Learner, Message, Situation
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+STRONG = [
+    (
+        ["describe", "express", "assert"],
+        "You have come home after midnight on 4 of the last 7 nights without texting. I feel "
+        "worried when I don't know where you are. Please text me by 10 pm if you'll be late.",
+    ),
+    (
+        ["assert", "reinforce", "negotiate"],
+        "I'd like a text by 10 pm on nights you'll be late. Then I can stop calling you, and "
+        "you get to stay out without me checking in. What if we try it for two weeks?",
+    ),
+    (
+        ["express", "assert", "negotiate"],
+        "I hear that you feel checked on. I feel anxious when midnight comes and there's no "
+        "word. Please send one text by 10 pm. How about we try it for two weeks?",
+    ),
+]
+ATTACK = (["assert"], "You always do this, you are so selfish. Just text me, idiot!")
+
+
+def make_situation(learner: Learner | None = None, difficulty: int = 5) -> Situation:
+    return Situation.objects.create(
+        learner=learner,
+        situation="My teenage son came home after midnight four times this week without texting.",
+        goal="Get him to text me by 10 pm when he will be late.",
+        category="family",
+        difficulty=difficulty,
+    )
+
+
+def start(**options: object) -> Conversation:
+    learner = Learner.objects.create()
+    return services.start_conversation(
+        learner=learner, situation=make_situation(learner), options=options or None
+    )
+
+
+def reply_to(conversation: Conversation) -> Message:
+    """Write the pending reply the way the socket does, and return it."""
+    pending = conversation.messages.filter(role=Message.Role.PARTNER).order_by("-seq").first()
+    async_to_sync(services.generate_partner_reply)(message_id=pending.pk)
+    pending.refresh_from_db()
+    return pending
+
+
+def test_start_without_a_model_uses_defaults_and_the_offline_brief(no_llm: None, settings) -> None:
+    settings.IMBUE = {**settings.IMBUE, "max_messages": 7, "max_message_chars": 500}
+    conversation = start()
+    assert conversation.partner_engine == Conversation.Engine.OFFLINE
+    assert conversation.partner_brief["source"] == "offline"
+    assert conversation.partner_brief["relationship"] == "the learner's child, a teenager"
+    assert conversation.max_messages == 7 and conversation.max_message_chars == 500
+    assert conversation.resistance_start == pytest.approx(0.25 + 0.075 * 5)
+    assert not LLMCall.objects.exists()
+
+
+def test_start_with_a_model_writes_the_brief_through_the_persona_purpose(fake_llm) -> None:
+    conversation = start()
+    assert conversation.partner_engine == Conversation.Engine.LLM
+    brief = conversation.partner_brief
+    assert brief["source"] == "llm" and brief["objections"]
+    call = LLMCall.objects.get(pk=brief["llm_call_id"])
+    assert call.purpose == "persona" and call.conversation_id == conversation.pk
+    assert [r["purpose"] for r in fake_llm.requests()] == ["persona"]
+
+
+def test_a_failing_persona_call_falls_back_to_the_offline_brief_and_says_why(fake_llm) -> None:
+    fake_llm.faults(["500", "500", "500"])
+    conversation = start()
+    brief = conversation.partner_brief
+    assert brief["source"] == "offline"
+    assert "500" in brief["fallback_reason"]
+    assert brief["relationship"]
+    # The partner itself still uses the model: the failure may pass.
+    assert conversation.partner_engine == Conversation.Engine.LLM
+
+
+def test_options_set_the_switches_and_unknown_options_are_refused(no_llm: None) -> None:
+    conversation = start(
+        max_messages=3,
+        strategy_mode="single",
+        feedback_enabled=False,
+        adaptive_enabled=False,
+    )
+    assert conversation.max_messages == 3
+    assert conversation.strategy_mode == "single"
+    assert not conversation.feedback_enabled
+    assert conversation.resistance_start is None
+    with pytest.raises(ValueError):
+        start(colour="blue")
+    assert start(resistance_start=0.5).resistance_start == 0.5
+
+
+def test_a_sent_message_is_stored_rated_and_the_reply_queued(no_llm: None) -> None:
+    conversation = start()
+    strategies, text = STRONG[0]
+    message = services.record_learner_message(
+        conversation=conversation, text=f"  {text}\r\n", strategies=strategies
+    )
+    message.refresh_from_db()
+    assert message.seq == 1 and message.text == text
+    assert message.strategies == strategies
+    assert set(message.ratings) == {
+        "describe", "express", "assert", "reinforce", "negotiate", "mindful", "confident"
+    }  # fmt: skip
+    assert message.rating_engine == "offline"
+    assert 0 <= message.mastery <= 2
+    assert message.resistance < conversation.resistance_start
+    assert message.resistance_reasons
+    reply = conversation.messages.get(seq=2)
+    assert reply.role == Message.Role.PARTNER and reply.state == Message.State.PENDING
+
+
+@pytest.mark.parametrize(
+    ("switches", "text", "strategies", "problem"),
+    [
+        ({}, "", ["assert"], "Write a message first"),
+        ({}, "x" * 201, ["assert"], "the limit is 200"),
+        ({}, "Please text me.", [], "at least one skill"),
+        ({}, "Please text me.", ["shout"], "from the list"),
+        ({"strategy_mode": "single"}, "Please text me.", ["assert", "express"], "exactly one"),
+    ],
+)
+def test_invalid_messages_are_refused_with_a_plain_reason(
+    no_llm: None, switches: dict, text: str, strategies: list[str], problem: str
+) -> None:
+    conversation = start(max_message_chars=200, **switches)
+    with pytest.raises(services.ConversationError) as caught:
+        services.record_learner_message(conversation=conversation, text=text, strategies=strategies)
+    assert problem in caught.value.user_message
+    assert not conversation.messages.exists()
+
+
+def test_no_message_while_a_reply_is_in_flight_or_failed_or_after_the_end(no_llm: None) -> None:
+    conversation = start()
+    services.record_learner_message(conversation=conversation, text="Hi.", strategies=["assert"])
+    with pytest.raises(services.ConversationError, match="Wait for their reply"):
+        services.record_learner_message(conversation=conversation, text="Hi?", strategies="assert")
+    conversation.messages.filter(seq=2).update(state=Message.State.FAILED)
+    with pytest.raises(services.ConversationError, match="Try again"):
+        services.record_learner_message(conversation=conversation, text="Hi?", strategies="assert")
+    services.end_conversation(conversation=conversation)
+    with pytest.raises(services.ConversationError, match="ended"):
+        services.record_learner_message(conversation=conversation, text="Hi?", strategies="assert")
+    assert conversation.messages.filter(role="learner").count() == 1
+
+
+def test_the_message_is_kept_when_the_rater_breaks(no_llm: None, monkeypatch) -> None:
+    def broken(**kwargs: object) -> None:
+        raise RuntimeError("rater bug")
+
+    monkeypatch.setattr(services, "rate_offline", broken)
+    conversation = start()
+    message = services.record_learner_message(
+        conversation=conversation, text="Please text me by ten.", strategies=["assert"]
+    )
+    message.refresh_from_db()
+    assert message.text == "Please text me by ten." and message.ratings == {}
+    assert reply_to(conversation).state == Message.State.COMPLETE
+
+
+def test_messages_per_minute_are_limited(no_llm: None, settings) -> None:
+    settings.IMBUE = {**settings.IMBUE, "messages_per_minute": 2}
+    conversation = start()
+    for _ in range(2):
+        services.record_learner_message(conversation=conversation, text="Hi.", strategies="assert")
+        reply_to(conversation)
+    with pytest.raises(services.ConversationError, match="very quickly"):
+        services.record_learner_message(conversation=conversation, text="Hi.", strategies="assert")
+
+
+def test_offline_partner_answers_in_character_and_the_conversation_reaches_its_limit(
+    no_llm: None,
+) -> None:
+    conversation = start(max_messages=2)
+    for strategies, text in STRONG[:2]:
+        services.record_learner_message(conversation=conversation, text=text, strategies=strategies)
+        reply = reply_to(conversation)
+        assert reply.state == Message.State.COMPLETE and reply.text
+        assert "<<" not in reply.text and reply.attempts == 1
+    conversation.refresh_from_db()
+    assert conversation.status == Conversation.Status.LIMIT
+    assert conversation.ended_at is not None
+
+
+def test_adaptive_resistance_falls_across_strong_messages_and_rises_after_an_attack(
+    no_llm: None,
+) -> None:
+    conversation = start(resistance_start=0.9)
+    levels = [conversation.resistance_start]
+    for strategies, text in [*STRONG, ATTACK]:
+        message = services.record_learner_message(
+            conversation=conversation, text=text, strategies=strategies
+        )
+        message.refresh_from_db()
+        levels.append(message.resistance)
+        reply_to(conversation)
+    stored = list(
+        conversation.messages.filter(role="learner")
+        .order_by("seq")
+        .values_list("resistance", flat=True)
+    )
+    assert stored == levels[1:]
+    assert levels[1] < levels[0] and levels[2] < levels[1] and levels[3] < levels[2]
+    assert levels[4] > levels[3]
+    reasons = (
+        conversation.messages.filter(role="learner").order_by("-seq").first().resistance_reasons
+    )
+    assert any("attacked" in reason for reason in reasons)
+
+
+def test_switched_off_resistance_stores_no_levels(no_llm: None) -> None:
+    conversation = start(adaptive_enabled=False)
+    message = services.record_learner_message(
+        conversation=conversation, text=STRONG[0][1], strategies=STRONG[0][0]
+    )
+    message.refresh_from_db()
+    assert message.resistance is None and message.resistance_reasons == []
+
+
+def test_a_reply_is_written_once_even_if_asked_twice(fake_llm) -> None:
+    conversation = start()
+    services.record_learner_message(conversation=conversation, text="Please.", strategies="assert")
+    first = reply_to(conversation)
+    async_to_sync(services.generate_partner_reply)(message_id=first.pk)
+    first.refresh_from_db()
+    assert first.attempts == 1
+    assert [r["purpose"] for r in fake_llm.requests()].count("partner") == 1
+
+
+def test_a_model_failure_keeps_the_learner_message_and_retry_writes_the_reply(fake_llm) -> None:
+    conversation = start()
+    fake_llm.faults(["503", "503", "503"])
+    services.record_learner_message(conversation=conversation, text="Please.", strategies="assert")
+    failed = reply_to(conversation)
+    assert failed.state == Message.State.FAILED
+    assert "try again" in failed.error.lower()
+    assert conversation.messages.get(seq=1).text == "Please."
+    services.retry_and_wait(conversation=conversation)
+    failed.refresh_from_db()
+    assert failed.state == Message.State.COMPLETE and failed.text and failed.attempts == 2
+    assert failed.llm_call_id is not None
+
+
+def test_a_spent_token_budget_hands_the_conversation_to_the_offline_partner(fake_llm) -> None:
+    conversation = start(token_budget=1)  # the persona call alone spends it
+    services.record_learner_message(conversation=conversation, text="Please.", strategies="assert")
+    reply = reply_to(conversation)
+    conversation.refresh_from_db()
+    assert reply.state == Message.State.COMPLETE and reply.llm_call_id is None
+    assert conversation.partner_engine == Conversation.Engine.OFFLINE
+    assert "budget" in conversation.partner_brief["partner_fallback_reason"]
+    assert "partner" not in [r["purpose"] for r in fake_llm.requests()]
+
+
+def test_the_agreement_marker_ends_the_conversation_and_is_never_stored(fake_llm) -> None:
+    conversation = start()
+    services.record_learner_message(
+        conversation=conversation, text="Would you text me by ten? #agree", strategies="assert"
+    )
+    reply = reply_to(conversation)
+    conversation.refresh_from_db()
+    assert reply.agreed and "AGREE" not in reply.text
+    assert conversation.status == Conversation.Status.AGREED and conversation.ended_at
+
+
+def test_checkins_are_tied_to_the_last_message_and_validated(no_llm: None) -> None:
+    conversation = start()
+    before = services.record_checkin(conversation=conversation, phase="before", intensity="7")
+    assert (before.after_seq, before.intensity) == (0, 7)
+    with pytest.raises(services.ConversationError):
+        services.record_checkin(conversation=conversation, phase="before", intensity=5)
+    with pytest.raises(services.ConversationError):
+        services.record_checkin(conversation=conversation, phase="after", intensity=5)
+    for bad in ("11", "-1", "seven"):
+        with pytest.raises(services.ConversationError):
+            services.record_checkin(conversation=conversation, phase="midway", intensity=bad)
+    services.record_learner_message(conversation=conversation, text="Please.", strategies="assert")
+    reply_to(conversation)
+    midway = services.record_checkin(conversation=conversation, phase="midway", intensity=5)
+    assert midway.after_seq == 2
+    services.end_conversation(conversation=conversation)
+    after = services.record_checkin(conversation=conversation, phase="after", intensity=3)
+    assert after.after_seq == 2
+    assert EmotionCheckin.objects.filter(conversation=conversation).count() == 3
+
+
+def test_suggestion_is_describe_first_then_from_rules_without_a_model(no_llm: None) -> None:
+    conversation = start()
+    first = services.suggest_skill(conversation=conversation)
+    assert (first.skill, first.engine) == ("describe", "rule")
+    services.record_learner_message(
+        conversation=conversation, text=STRONG[0][1], strategies=["describe"]
+    )
+    reply_to(conversation)
+    later = services.suggest_skill(conversation=conversation)
+    assert later.engine == "offline" and later.skill in services.STRATEGY_HINTS and later.reason
+
+
+def test_suggestion_uses_the_model_after_the_first_message(fake_llm) -> None:
+    conversation = start()
+    services.record_learner_message(conversation=conversation, text="Please.", strategies="assert")
+    reply_to(conversation)
+    suggestion = services.suggest_skill(conversation=conversation)
+    assert suggestion.engine == "llm" and suggestion.skill in services.STRATEGY_HINTS
+    assert LLMCall.objects.filter(purpose="suggestion", conversation_id=conversation.pk).exists()
+
+
+def test_suggestion_can_be_switched_off(no_llm: None) -> None:
+    conversation = start(suggestion_enabled=False)
+    with pytest.raises(services.ConversationError):
+        services.suggest_skill(conversation=conversation)
+
+
+@pytest.mark.asyncio
+async def test_a_reply_lost_before_it_was_queued_is_written_on_the_next_connect(
+    no_llm: None,
+) -> None:
+    conversation = await database_sync_to_async(start)()
+    message = await database_sync_to_async(services.record_learner_message)(
+        conversation=conversation, text="Please.", strategies="assert"
+    )
+    # As if the process died between storing the message and queuing the reply.
+    await Message.objects.filter(conversation=conversation, seq=message.seq + 1).adelete()
+    reply_id = await services.ensure_partner_reply(conversation_id=conversation.pk)
+    await asyncio.wait_for(asyncio.gather(*services._running), 10)
+    reply = await Message.objects.aget(pk=reply_id)
+    assert reply.seq == message.seq + 1 and reply.state == Message.State.COMPLETE
