@@ -1,0 +1,246 @@
+"""The live conversation socket: parse, authorise, call one service, render fragments, send.
+
+Everything sent is HTML for htmx's ws extension, swapped out of band by id. The socket keeps, per
+reply in flight, the attempt and how many bytes of it this page already shows, so a delta is
+appended exactly once; anything unexpected (a gap, a newer attempt) re-reads the partial text.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.template.loader import render_to_string
+from django.utils.html import escape
+
+from simulations import services
+from simulations.learners import aowned_conversation
+from simulations.models import Conversation, Message
+
+log = logging.getLogger(__name__)
+
+# Bigger than any message the page can produce; larger frames are refused unread.
+MAX_FRAME_CHARS = 64_000
+IN_FLIGHT = (Message.State.PENDING, Message.State.STREAMING)
+
+
+def _load(conversation_id: int, learner_id: int) -> Conversation:
+    return Conversation.objects.select_related("situation").get(
+        pk=conversation_id, learner_id=learner_id
+    )
+
+
+Rendered = tuple[str, list[Message], int]  # html, the messages it shows, the last seq
+
+
+def render_view(conversation_id: int, learner_id: int) -> Rendered:
+    """The whole transcript and the state of the controls (on connect, and when it ends)."""
+    context = services.chat_context(_load(conversation_id, learner_id))
+    html = render_to_string("simulations/_live.html", {**context, "oob": True, "full": True})
+    return html, context["messages"], context["last_seq"]
+
+
+def render_new_messages(conversation_id: int, learner_id: int, after_seq: int) -> Rendered:
+    """Messages after `after_seq`, to append to the transcript, and the controls' state."""
+    context = services.chat_context(_load(conversation_id, learner_id))
+    fresh = [m for m in context["messages"] if m.seq > after_seq]
+    html = render_to_string("simulations/_live.html", {**context, "oob": True, "fresh": fresh})
+    return html, fresh, context["last_seq"]
+
+
+def render_message(
+    conversation_id: int, learner_id: int, message_id: int, *, empty: bool = False
+) -> Rendered:
+    """One message re-rendered in place (`empty`: a new attempt, shown from nothing)."""
+    context = services.chat_context(_load(conversation_id, learner_id))
+    message = next((m for m in context["messages"] if m.pk == message_id), None)
+    if message is not None and empty and message.state in IN_FLIGHT:
+        message.display_text, message.partial = "", None
+    html = render_to_string("simulations/_live.html", {**context, "oob": True, "one": message})
+    return html, [message] if message else [], context["last_seq"]
+
+
+def render_error(text: str) -> str:
+    return render_to_string("simulations/_chat_error.html", {"error": text, "oob": True})
+
+
+class ConversationConsumer(AsyncWebsocketConsumer):
+    """One practice conversation, live, for the browser that owns it (every tab it has open)."""
+
+    async def connect(self) -> None:
+        self.conversation_id = int(self.scope["url_route"]["kwargs"]["conversation_id"])
+        conversation = await aowned_conversation(self.scope, self.conversation_id)
+        if conversation is None:
+            await self.close()  # before accept: the handshake is refused
+            return
+        self.learner_id = conversation.learner_id
+        self.group = services.group_name(self.conversation_id)
+        self.last_seq = 0
+        self.streams: dict[int, list[int]] = {}  # message id -> [attempt, bytes shown]
+        self.complete: set[int] = set()  # replies shown in full (a complete reply never changes)
+        # Join first, then read: every delta after the snapshot is then sure to arrive.
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        await self._send_view()
+        await services.ensure_partner_reply(conversation_id=self.conversation_id)
+
+    async def disconnect(self, code: int) -> None:
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    # ----------------------------------------------------------------- from the browser
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        try:
+            if text_data is None or len(text_data) > MAX_FRAME_CHARS:
+                raise ValueError("frame")
+            payload = json.loads(text_data)
+            if not isinstance(payload, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            await self.send(text_data=render_error("That message could not be read. Try again."))
+            return
+        handler = {
+            "send": self._send_message,
+            "retry": self._retry,
+            "end": self._end,
+            "suggest": self._suggest,
+            "checkin": self._checkin,
+        }.get(str(payload.get("action", "")))
+        if handler is None:
+            await self.send(text_data=render_error("That action is not available here."))
+            return
+        try:
+            await handler(payload)
+        except services.ConversationError as error:
+            await self.send(text_data=render_error(error.user_message))
+        except Exception:
+            log.exception("conversation %s: %s failed", self.conversation_id, payload.get("action"))
+            await self.send(
+                text_data=render_error(
+                    "Something went wrong on our side. Your messages are saved; please try again."
+                )
+            )
+
+    async def _conversation(self) -> Conversation:
+        return await database_sync_to_async(_load)(self.conversation_id, self.learner_id)
+
+    async def _send_message(self, payload: dict[str, Any]) -> None:
+        strategies = payload.get("strategies", [])
+        if not isinstance(strategies, (list, str)):
+            strategies = []
+        message = await services.send_learner_message(
+            conversation=await self._conversation(),
+            text=str(payload.get("text", "")),
+            strategies=[str(s) for s in strategies] if isinstance(strategies, list) else strategies,
+        )
+        # Only this tab clears its draft (other tabs may hold their own), and only now it is saved.
+        await self.send(
+            text_data=render_to_string("simulations/_sent.html", {"seq": message.seq, "oob": True})
+            + render_error("")
+        )
+
+    async def _retry(self, payload: dict[str, Any]) -> None:
+        await services.retry_partner_reply(conversation=await self._conversation())
+        await self.send(text_data=render_error(""))
+
+    async def _end(self, payload: dict[str, Any]) -> None:
+        await services.aend_conversation(conversation=await self._conversation())
+
+    async def _suggest(self, payload: dict[str, Any]) -> None:
+        suggestion = await services.asuggest_skill(conversation=await self._conversation())
+        await self.send(
+            text_data=render_to_string(
+                "simulations/_suggestion.html", {"suggestion": suggestion, "oob": True}
+            )
+            + render_error("")
+        )
+
+    async def _checkin(self, payload: dict[str, Any]) -> None:
+        checkin = await database_sync_to_async(services.record_checkin)(
+            conversation=await self._conversation(),
+            phase=str(payload.get("phase", "")),
+            intensity=str(payload.get("intensity", "")),
+        )
+        await self.send(
+            text_data=render_to_string(
+                "simulations/_checkin_done.html", {"checkin": checkin, "oob": True}
+            )
+            + render_error("")
+        )
+
+    # ----------------------------------------------------------------- group events
+
+    def _track(self, rendered: Rendered, *, attempt: int | None = None) -> str:
+        """Remember what the page now shows of each reply in flight; return the html."""
+        html, messages, last_seq = rendered
+        self.last_seq = max(self.last_seq, last_seq)
+        for message in messages:
+            if message.role != Message.Role.PARTNER:
+                continue
+            if message.state not in IN_FLIGHT:
+                self.streams.pop(message.pk, None)
+                if message.state == Message.State.COMPLETE:
+                    self.complete.add(message.pk)
+            elif attempt is not None:
+                self.streams[message.pk] = [attempt, 0]
+            elif message.partial is not None:
+                self.streams[message.pk] = [message.partial.attempt, message.partial.offset]
+            else:
+                self.streams[message.pk] = [message.attempts, 0]
+        return html
+
+    async def _send_view(self) -> None:
+        rendered = await database_sync_to_async(render_view)(self.conversation_id, self.learner_id)
+        await self.send(text_data=self._track(rendered))
+
+    async def _send_message_again(self, message_id: int, *, attempt: int | None = None) -> None:
+        rendered = await database_sync_to_async(render_message)(
+            self.conversation_id, self.learner_id, message_id, empty=attempt is not None
+        )
+        await self.send(text_data=self._track(rendered, attempt=attempt))
+
+    async def message_created(self, event: dict[str, Any]) -> None:
+        rendered = await database_sync_to_async(render_new_messages)(
+            self.conversation_id, self.learner_id, self.last_seq
+        )
+        await self.send(text_data=self._track(rendered))
+
+    async def partner_started(self, event: dict[str, Any]) -> None:
+        message_id, attempt = event["message_id"], int(event["attempt"])
+        known = self.streams.get(message_id)
+        if message_id in self.complete or (known is not None and attempt < known[0]):
+            return
+        # Every delta of this attempt follows this event, so the bubble starts from nothing.
+        await self._send_message_again(message_id, attempt=attempt)
+
+    async def partner_delta(self, event: dict[str, Any]) -> None:
+        message_id, attempt = event["message_id"], int(event["attempt"])
+        at, text = int(event["at"]), str(event["text"])
+        if message_id in self.complete:
+            return
+        known = self.streams.get(message_id)
+        if known is None or attempt > known[0]:
+            await self._send_message_again(message_id)
+            return
+        if attempt < known[0] or at + len(text.encode()) <= known[1]:
+            return  # an older attempt, or already shown
+        if at != known[1]:
+            await self._send_message_again(message_id)  # a gap: take the partial text again
+            return
+        known[1] += len(text.encode())
+        await self.send(
+            text_data=f'<span hx-swap-oob="beforeend:#msg-{message_id}-text">{escape(text)}</span>'
+        )
+
+    async def partner_done(self, event: dict[str, Any]) -> None:
+        await self._send_message_again(event["message_id"])
+
+    async def partner_failed(self, event: dict[str, Any]) -> None:
+        await self._send_message_again(event["message_id"])
+
+    async def conversation_updated(self, event: dict[str, Any]) -> None:
+        await self._send_view()
