@@ -1,0 +1,158 @@
+"""The conversation page and its no-JavaScript form posts."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from simulations import services
+from simulations.learners import SESSION_KEY
+from simulations.models import Conversation, EmotionCheckin, Learner, Message, Situation
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def owner_client(learner: Learner) -> Client:
+    client = Client()
+    session = client.session
+    session[SESSION_KEY] = learner.pk
+    session.save()
+    return client
+
+
+def start(**options: object) -> Conversation:
+    learner = Learner.objects.create()
+    situation = Situation.objects.create(
+        learner=learner,
+        situation="My boss has asked me to stay late three evenings this week with no notice.",
+        goal="Agree on at least a day's notice before late shifts.",
+        category="work",
+        difficulty=4,
+    )
+    return services.start_conversation(
+        learner=learner, situation=situation, options=options or None
+    )
+
+
+def url(name: str, conversation: Conversation) -> str:
+    return reverse(f"simulations:{name}", kwargs={"conversation_id": conversation.pk})
+
+
+def test_the_page_shows_situation_log_form_worksheet_and_feedback_slot(no_llm: None) -> None:
+    conversation = start()
+    response = owner_client(conversation.learner).get(url("conversation", conversation))
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert "stay late three evenings" in page and "a day&#x27;s notice" in page
+    assert 'role="log"' in page and 'aria-live="polite"' in page
+    assert f'ws-connect="/ws/conversations/{conversation.pk}/"' in page
+    assert 'id="chat-form"' in page and 'for="message-text"' in page
+    assert page.count('type="checkbox" name="strategies"') == 5
+    assert "<legend>Which skills will you use in this message?</legend>" in page
+    assert 'id="worksheet"' in page and "Stay mindful" in page
+    assert 'id="feedback-panel"' in page
+    assert "Suggest a skill" in page
+    assert 'id="checkin-before"' in page and page.count('name="intensity"') == 11
+    assert "offline partner" in page
+
+
+def test_switches_hide_feedback_suggestion_worksheet_and_single_mode_uses_radios(
+    no_llm: None,
+) -> None:
+    conversation = start(
+        feedback_enabled=False,
+        suggestion_enabled=False,
+        worksheet_enabled=False,
+        strategy_mode="single",
+    )
+    page = owner_client(conversation.learner).get(url("conversation", conversation)).content
+    page = page.decode()
+    assert 'id="feedback-panel"' not in page and "Suggest a skill" not in page
+    assert 'id="worksheet"' not in page
+    assert page.count('type="radio" name="strategies"') == 5
+    assert "Which skill will you use in this message?" in page
+
+
+def test_another_browser_gets_404_for_every_conversation_url(no_llm: None) -> None:
+    conversation = start()
+    stranger = owner_client(Learner.objects.create())
+    assert stranger.get(url("conversation", conversation)).status_code == 404
+    for name in ("send", "retry", "end", "checkin", "suggest"):
+        assert stranger.post(url(name, conversation), {"text": "hi"}).status_code == 404
+    assert Client().get(url("conversation", conversation)).status_code == 404
+    assert not conversation.messages.exists()
+    conversation.refresh_from_db()
+    assert conversation.is_open
+
+
+def test_sending_without_javascript_stores_the_message_and_the_reply(no_llm: None) -> None:
+    conversation = start()
+    client = owner_client(conversation.learner)
+    response = client.post(
+        url("send", conversation),
+        {"text": "Please give me a day's notice.", "strategies": ["assert"]},
+    )
+    assert response.status_code == 302
+    assert response["Location"].endswith(url("conversation", conversation) + "#composer")
+    learner, reply = conversation.messages.order_by("seq")
+    assert learner.text == "Please give me a day's notice."
+    assert reply.state == Message.State.COMPLETE and reply.text
+    page = client.get(url("conversation", conversation)).content.decode()
+    assert "Please give me a day&#x27;s notice." in page
+    assert re.search(rf'id="msg-{reply.pk}" class="msg msg-partner msg-complete"', page)
+    assert "You have 9 messages left." in page
+
+
+def test_a_refused_message_comes_back_with_the_draft_and_the_reason(no_llm: None) -> None:
+    conversation = start()
+    response = owner_client(conversation.learner).post(
+        url("send", conversation), {"text": "My draft, kept.", "strategies": []}
+    )
+    page = response.content.decode()
+    assert response.status_code == 400
+    assert "Pick at least one skill" in page
+    assert ">My draft, kept.</textarea>" in page
+    assert not conversation.messages.exists()
+
+
+def test_checkin_suggest_and_end_without_javascript(no_llm: None) -> None:
+    conversation = start()
+    client = owner_client(conversation.learner)
+    assert client.post(url("checkin", conversation), {"phase": "before", "intensity": "8"})[
+        "Location"
+    ].endswith("#chat")
+    assert EmotionCheckin.objects.get(conversation=conversation).intensity == 8
+    page = client.post(url("suggest", conversation)).content.decode()
+    assert "Try <strong>Describe</strong>." in page
+    assert client.post(url("end", conversation)).status_code == 302
+    conversation.refresh_from_db()
+    assert conversation.status == Conversation.Status.ENDED
+    page = client.get(url("conversation", conversation)).content.decode()
+    assert "You ended the conversation" in page and 'id="chat-form"' not in page
+    assert 'id="checkin-after"' in page
+    bad = client.post(url("checkin", conversation), {"phase": "after", "intensity": "99"})
+    assert bad.status_code == 400 and "0 to 10" in bad.content.decode()
+
+
+def test_a_failed_reply_shows_try_again_and_the_retry_post_writes_it(fake_llm) -> None:
+    conversation = start()
+    fake_llm.faults(["500", "500", "500"])
+    client = owner_client(conversation.learner)
+    client.post(url("send", conversation), {"text": "Please.", "strategies": ["assert"]})
+    reply = conversation.messages.get(seq=2)
+    assert reply.state == Message.State.FAILED
+    page = client.get(url("conversation", conversation)).content.decode()
+    assert "Try again" in page and "Your message is saved" in page
+    assert client.post(url("retry", conversation)).status_code == 302
+    reply.refresh_from_db()
+    assert reply.state == Message.State.COMPLETE
+
+
+def test_get_only_and_post_only(no_llm: None) -> None:
+    conversation = start()
+    client = owner_client(conversation.learner)
+    assert client.post(url("conversation", conversation)).status_code == 405
+    assert client.get(url("send", conversation)).status_code == 405
