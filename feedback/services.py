@@ -44,8 +44,8 @@ def clean_draft(
     *, conversation: Conversation, text: str, strategies: Iterable[str]
 ) -> tuple[str, list[str]]:
     """The draft text and chosen strategies as they will be stored, or FeedbackInputError."""
-    # PostgreSQL text cannot hold NUL; everything else the learner typed is kept verbatim.
-    text = (text or "").replace("\x00", "").strip()
+    # As the conversation cleans a sent message: no NUL (PostgreSQL), "\r\n" counts once.
+    text = str(text or "").replace("\x00", "").replace("\r\n", "\n").strip()
     if not text:
         raise FeedbackInputError("Write your message first, then ask for feedback on it.")
     limit = conversation.max_message_chars
@@ -54,7 +54,9 @@ def clean_draft(
             f"Your message is {len(text):,} characters long; the limit is {limit:,}. "
             "Shorten it, then ask again."
         )
-    chosen = {str(s) for s in strategies}
+    if isinstance(strategies, str):
+        strategies = [strategies]
+    chosen = {str(s).strip().lower() for s in strategies if str(s).strip()}
     unknown = chosen - set(STRATEGIES)
     if unknown:
         raise FeedbackInputError("Choose strategies from the list (Describe to Negotiate).")
@@ -120,6 +122,8 @@ def request_feedback(
         clean_text, chosen = clean_draft(conversation=locked, text=text, strategies=strategies)
         _check_rate_limit(locked)
         turn = current_turn(locked)
+        if turn > locked.max_messages:
+            raise FeedbackInputError("You have used all the messages of this conversation.")
         last = Draft.objects.filter(conversation=locked, turn=turn).aggregate(m=Max("revision"))
         draft = Draft.objects.create(
             conversation=locked,

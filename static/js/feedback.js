@@ -59,16 +59,26 @@
     }
   });
 
-  // Sending the message ends this turn: the next draft starts with a clean panel.
-  document.addEventListener("htmx:wsAfterSend", (event) => {
-    if (!event.detail.elt || !event.detail.elt.matches("#chat-form")) return;
+  // A stored message (the chat confirms it in #message-sent) ends the turn: the next draft starts
+  // with a clean panel and no rewrite flag.
+  let sentSeq = null;
+  function resetIfSent() {
+    const sent = document.getElementById("message-sent");
+    const seq = sent && sent.dataset.seq;
+    if (!seq || seq === sentSeq) return;
+    sentSeq = seq;
     const flag = document.getElementById(FLAG);
     if (flag) flag.value = "";
     const panel = document.getElementById(PANEL);
-    if (panel) {
+    if (panel && panel.dataset.state !== "empty") {
       panel.dataset.state = "empty";
       panel.removeAttribute("data-request-id");
       panel.innerHTML = '<p class="hint">No feedback on this message yet.</p>';
     }
+  }
+  document.addEventListener("htmx:wsAfterMessage", resetIfSent);
+  document.addEventListener("DOMContentLoaded", () => {
+    const sent = document.getElementById("message-sent");
+    sentSeq = (sent && sent.dataset.seq) || null;
   });
 })();

@@ -1,0 +1,233 @@
+"""Feedback over the real stack: Celery worker, Redis channel layer, fake model via the real SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.contrib.sessions.backends.db import SessionStore
+
+from feedback import services
+from feedback.models import Draft, FeedbackRequest
+from feedback.raters.offline import rate_offline
+from feedback.tasks import rate_feedback_request
+from imbue.asgi import application
+from simulations.learners import SESSION_KEY
+from simulations.models import Conversation, Learner, Situation
+from tests.conftest import wait_for
+
+DRAFT = "The rent was due on the 1st and it's the 9th. I feel anxious. Please pay by Friday."
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+
+
+@database_sync_to_async
+def make_conversation(learner: Learner | None = None, **switches: object) -> Conversation:
+    learner = learner or Learner.objects.create()
+    situation = Situation.objects.create(
+        learner=learner,
+        situation="My flatmate has paid the rent late three months running.",
+        goal="Get my flatmate to pay their half on the 1st.",
+    )
+    return Conversation.objects.create(learner=learner, situation=situation, **switches)
+
+
+@database_sync_to_async
+def session_for(learner: Learner) -> str:
+    session = SessionStore()
+    session[SESSION_KEY] = learner.pk
+    session.create()
+    return session.session_key
+
+
+async def socket(conversation_id: int, session_key: str | None) -> WebsocketCommunicator:
+    headers = [(b"origin", b"http://localhost"), (b"host", b"localhost")]
+    if session_key:
+        headers.append((b"cookie", f"sessionid={session_key}".encode()))
+    return WebsocketCommunicator(
+        application, f"/ws/conversations/{conversation_id}/feedback/", headers=headers
+    )
+
+
+async def open_socket(conversation: Conversation) -> WebsocketCommunicator:
+    communicator = await socket(conversation.pk, await session_for(conversation.learner))
+    connected, _ = await communicator.connect()
+    assert connected
+    return communicator
+
+
+ask = database_sync_to_async(services.request_feedback)
+
+
+@database_sync_to_async
+def reload(feedback: FeedbackRequest) -> FeedbackRequest:
+    return FeedbackRequest.objects.get(pk=feedback.pk)
+
+
+async def wait_done(feedback: FeedbackRequest, timeout: float = 30) -> FeedbackRequest:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        current = await reload(feedback)
+        if current.status == "done":
+            return current
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"feedback request {feedback.pk} still {current.status}")
+
+
+def feedback_calls(fake_llm) -> list[dict]:
+    return [r for r in fake_llm.requests() if r.get("purpose") == "feedback"]
+
+
+async def test_each_request_costs_one_model_call_and_reaches_the_owners_socket(
+    celery_worker, fake_llm
+):
+    conversation = await make_conversation()
+    owner = await open_socket(conversation)
+    assert await owner.receive_nothing(timeout=0.2)  # nothing asked yet
+    for revision in (1, 2, 3):
+        feedback = await ask(
+            conversation=conversation, text=f"{DRAFT} ({revision})", strategies=["assert"]
+        )
+        html = await owner.receive_from(timeout=30)
+        assert f'data-request-id="{feedback.pk}"' in html
+        assert 'data-state="final"' in html and "expert model" in html
+        assert 'hx-swap-oob="true"' in html
+        feedback = await reload(feedback)
+        assert feedback.engine == "llm", feedback.fallback_reason
+        assert feedback.delivered_at is not None
+        assert len(feedback_calls(fake_llm)) == revision
+    await owner.disconnect()
+
+
+async def test_another_browser_cannot_connect_and_its_own_socket_hears_nothing(
+    celery_worker, fake_llm
+):
+    mine = await make_conversation()
+    theirs = await make_conversation()
+    stranger_key = await session_for(theirs.learner)
+    intruder = await socket(mine.pk, stranger_key)
+    connected, _ = await intruder.connect()
+    assert not connected
+    anonymous = await socket(mine.pk, None)
+    connected, _ = await anonymous.connect()
+    assert not connected
+
+    owner = await open_socket(mine)
+    bystander = await open_socket(theirs)
+    feedback = await ask(conversation=mine, text=DRAFT, strategies=["describe"])
+    assert f'data-request-id="{feedback.pk}"' in await owner.receive_from(timeout=30)
+    assert await bystander.receive_nothing(timeout=0.5)
+    await owner.disconnect()
+    await bystander.disconnect()
+
+
+async def test_a_refreshed_page_gets_the_latest_panel_and_reports_when_it_was_seen(
+    celery_worker, fake_llm
+):
+    conversation = await make_conversation()
+    feedback = await ask(conversation=conversation, text=DRAFT, strategies=["express"])
+    feedback = await wait_done(feedback)
+    page = await open_socket(conversation)
+    html = await page.receive_from(timeout=10)
+    assert f'data-request-id="{feedback.pk}"' in html and 'data-state="final"' in html
+    await page.send_to(text_data=json.dumps({"action": "viewed", "request_id": feedback.pk}))
+    for _ in range(100):
+        feedback = await reload(feedback)
+        if feedback.latency_ms is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert feedback.delivered_at is not None and feedback.viewed_at is not None
+    assert feedback.latency_ms > 0
+    await page.disconnect()
+
+
+@database_sync_to_async
+def queued_request(conversation: Conversation) -> FeedbackRequest:
+    """A request the worker has not answered yet (made by hand: a shared worker may be running)."""
+    draft = Draft.objects.create(
+        conversation=conversation, turn=1, text=DRAFT, strategies=["negotiate"]
+    )
+    offline = rate_offline(text=DRAFT, chosen=["negotiate"]).to_dict()
+    return FeedbackRequest.objects.create(draft=draft, offline_result=offline)
+
+
+async def test_a_pending_request_is_shown_as_the_quick_check_on_reconnect():
+    conversation = await make_conversation()
+    feedback = await queued_request(conversation)
+    page = await open_socket(conversation)
+    html = await page.receive_from(timeout=10)
+    assert f'data-request-id="{feedback.pk}"' in html
+    assert 'data-state="queued"' in html and "Quick offline check" in html
+    await page.disconnect()
+    assert (await reload(feedback)).delivered_at is None
+
+
+async def test_feedback_falls_back_offline_when_the_model_fails_every_attempt(
+    celery_worker, fake_llm
+):
+    fake_llm.faults(rate=1.0, kinds=["500"])
+    conversation = await make_conversation()
+    page = await open_socket(conversation)
+    feedback = await ask(conversation=conversation, text=DRAFT, strategies=["describe"])
+    html = await page.receive_from(timeout=60)
+    assert f'data-request-id="{feedback.pk}"' in html
+    assert "offline rater" in html and "could not answer" in html
+    feedback = await reload(feedback)
+    assert feedback.engine == "offline" and "HTTP 500" in feedback.fallback_reason
+    assert feedback.result == feedback.offline_result
+    # Gateway retries inside each task attempt, Celery retries the task a bounded number of times.
+    assert len(feedback_calls(fake_llm)) == 3 * 3
+    await page.disconnect()
+
+
+async def test_a_redelivered_task_changes_nothing_and_calls_no_model(
+    celery_worker, fake_llm, artifacts_dir: Path
+):
+    conversation = await make_conversation()
+    feedback = await wait_done(
+        await ask(conversation=conversation, text=DRAFT, strategies=["reinforce"])
+    )
+    before = await database_sync_to_async(
+        lambda: FeedbackRequest.objects.filter(pk=feedback.pk).values().get()
+    )()
+    # The same task again through the broker, as after a redelivery.
+    task_id = f"redelivered-{uuid.uuid4()}"
+    rate_feedback_request.apply_async(args=[feedback.pk], task_id=task_id)
+    log = artifacts_dir / "celery-worker.log"
+    wait_for(lambda: f"[{task_id}] succeeded" in log.read_text(errors="replace"), 20, "re-run")
+    # And the body once more in this process.
+    await database_sync_to_async(services.rate_request)(request_id=feedback.pk)
+    after = await database_sync_to_async(
+        lambda: FeedbackRequest.objects.filter(pk=feedback.pk).values().get()
+    )()
+    assert after == before
+    assert len(feedback_calls(fake_llm)) == 1
+
+
+async def test_a_no_feedback_arm_sends_nothing_and_calls_no_model(celery_worker, fake_llm):
+    conversation = await make_conversation(feedback_enabled=False)
+    page = await open_socket(conversation)
+    feedback = await ask(conversation=conversation, text=DRAFT, strategies=["assert"])
+    assert await page.receive_nothing(timeout=1.0)
+    feedback = await reload(feedback)
+    assert feedback.status == "withheld" and feedback.result == {}
+    assert feedback_calls(fake_llm) == []
+    await page.disconnect()
+
+
+async def test_garbage_on_the_socket_is_ignored(fake_llm):
+    conversation = await make_conversation()
+    page = await open_socket(conversation)
+    for frame in (" ", "not json", "[1, 2]", '"x"', '{"action": "viewed"}',
+                  '{"action": "viewed", "request_id": 99999999999999999999999}',
+                  '{"action": "viewed", "request_id": "1; drop table"}', "x" * 5000):  # fmt: skip
+        await page.send_to(text_data=frame)
+    assert await page.receive_nothing(timeout=0.3)
+    await page.send_to(text_data=json.dumps({"action": "viewed", "request_id": 1}))
+    assert await page.receive_nothing(timeout=0.3)
+    await page.disconnect()

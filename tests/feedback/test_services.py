@@ -1,0 +1,345 @@
+"""feedback.services in-process: drafts, requests, rating, fallback, delivery, mastery."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from feedback import services
+from feedback.models import Draft, FeedbackRequest
+from feedback.services import FeedbackInputError
+from imbue.llm import Retryable
+from imbue.models import LLMCall
+from simulations.models import Conversation, Learner, Message, Situation
+
+DRAFT = "The rent was due on the 1st and it's the 9th. I feel anxious. Please pay by Friday."
+
+
+def make_conversation(**switches: object) -> Conversation:
+    learner = Learner.objects.create()
+    situation = Situation.objects.create(
+        learner=learner,
+        situation="My flatmate has paid the rent late three months running.",
+        goal="Get my flatmate to pay their half on the 1st.",
+    )
+    return Conversation.objects.create(learner=learner, situation=situation, **switches)
+
+
+def ask(conversation: Conversation, text: str = DRAFT, **kwargs: object) -> FeedbackRequest:
+    kwargs.setdefault("strategies", ["describe", "assert"])
+    return services.request_feedback(conversation=conversation, text=text, **kwargs)
+
+
+def add_turn(conversation: Conversation, text: str = DRAFT) -> Message:
+    seq = conversation.messages.count() + 1
+    message = Message.objects.create(
+        conversation=conversation, seq=seq, role="learner", text=text, strategies=["describe"]
+    )
+    Message.objects.create(
+        conversation=conversation, seq=seq + 1, role="partner", text="I get paid late, you know."
+    )
+    return message
+
+
+# --------------------------------------------------------------------------- asking
+
+
+@pytest.mark.django_db
+def test_without_a_model_the_offline_rating_is_the_final_answer_at_once(no_llm):
+    conversation = make_conversation()
+    feedback = ask(conversation)
+    feedback.refresh_from_db()
+    assert feedback.status == "done"
+    assert feedback.engine == "offline"
+    assert feedback.fallback_reason == services.NO_MODEL_REASON
+    assert feedback.result == feedback.offline_result
+    assert set(feedback.result["skills"]) >= {"describe", "assert", "mindful", "confident"}
+    assert feedback.result["chosen"] == ["describe", "assert"]
+    assert 0 <= feedback.result["mastery"] <= 2
+    assert feedback.draft.text == DRAFT
+
+
+@pytest.mark.django_db
+def test_with_a_model_the_request_is_queued_with_the_offline_rating_and_enqueued_on_commit(
+    fake_llm, django_capture_on_commit_callbacks
+):
+    conversation = make_conversation()
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        feedback = ask(conversation)
+    feedback.refresh_from_db()
+    assert feedback.status == "queued"
+    assert feedback.offline_result["engine"] == "offline"
+    assert feedback.result == {}
+    assert len(callbacks) == 1
+    assert fake_llm.requests() == []
+
+
+@pytest.mark.django_db
+def test_a_no_feedback_arm_keeps_the_draft_but_computes_and_sends_nothing(
+    fake_llm, django_capture_on_commit_callbacks
+):
+    conversation = make_conversation(feedback_enabled=False)
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        feedback = ask(conversation)
+    feedback.refresh_from_db()
+    assert feedback.status == "withheld"
+    assert feedback.result == {} and feedback.offline_result == {}
+    assert callbacks == []
+    assert fake_llm.requests() == []
+    assert Draft.objects.get().text == DRAFT
+    services.rate_request(request_id=feedback.pk)
+    feedback.refresh_from_db()
+    assert feedback.status == "withheld" and feedback.result == {}
+    assert fake_llm.requests() == []
+
+
+@pytest.mark.django_db
+def test_every_draft_and_revision_is_kept_and_linked_to_the_message_it_became(no_llm):
+    conversation = make_conversation()
+    for n in range(3):
+        ask(conversation, text=f"{DRAFT} (version {n})", used_rewrite=n == 2)
+    assert list(Draft.objects.values_list("turn", "revision", "used_rewrite")) == [
+        (1, 1, False),
+        (1, 2, False),
+        (1, 3, True),
+    ]
+    sent = add_turn(conversation)
+    ask(conversation)
+    drafts = list(Draft.objects.order_by("pk").values_list("turn", "revision", "sent_message"))
+    assert drafts == [(1, 1, sent.pk), (1, 2, sent.pk), (1, 3, sent.pk), (2, 1, None)]
+    assert FeedbackRequest.objects.count() == 4
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("text", "strategies", "message"),
+    [
+        ("   ", ["describe"], "Write your message first"),
+        ("x" * 2001, ["describe"], "the limit is 2,000"),
+        (DRAFT, [], "at least one strategy"),
+        (DRAFT, ["describe", "shout"], "from the list"),
+    ],
+)
+def test_bad_drafts_are_refused_with_a_clear_message_and_nothing_stored(
+    no_llm, text, strategies, message
+):
+    conversation = make_conversation()
+    with pytest.raises(FeedbackInputError, match=message):
+        ask(conversation, text=text, strategies=strategies)
+    assert not Draft.objects.exists()
+
+
+@pytest.mark.django_db
+def test_single_strategy_mode_and_ended_conversations_are_refused(no_llm):
+    single = make_conversation(strategy_mode="single")
+    with pytest.raises(FeedbackInputError, match="exactly one"):
+        ask(single)
+    assert ask(single, strategies=["assert"]).draft.strategies == ["assert"]
+    ended = make_conversation(status="ended")
+    with pytest.raises(FeedbackInputError, match="ended"):
+        ask(ended)
+
+
+@pytest.mark.django_db
+def test_nul_characters_are_dropped_and_strategies_stored_in_catalogue_order(no_llm):
+    feedback = ask(make_conversation(), text="Please\x00 pay.", strategies=["assert", "describe"])
+    assert feedback.draft.text == "Please pay."
+    assert feedback.draft.strategies == ["describe", "assert"]
+
+
+@pytest.mark.django_db
+def test_feedback_requests_are_rate_limited_per_learner(no_llm, settings):
+    settings.IMBUE = {**settings.IMBUE, "feedback_per_minute": 2}
+    conversation = make_conversation()
+    ask(conversation)
+    ask(conversation)
+    with pytest.raises(FeedbackInputError, match="last minute"):
+        ask(conversation)
+    FeedbackRequest.objects.update(requested_at=FeedbackRequest.objects.first().requested_at
+                                   - timedelta(minutes=2))  # fmt: skip
+    ask(conversation)
+
+
+# --------------------------------------------------------------------------- the worker's part
+
+
+def queued(fake_llm, django_capture_on_commit_callbacks) -> FeedbackRequest:
+    with django_capture_on_commit_callbacks(execute=False):
+        return ask(make_conversation(), strategies=["describe", "express", "assert"])
+
+
+@pytest.mark.django_db
+def test_the_model_rates_a_request_in_one_call_and_a_second_run_changes_nothing(
+    fake_llm, django_capture_on_commit_callbacks
+):
+    feedback = queued(fake_llm, django_capture_on_commit_callbacks)
+    services.rate_request(request_id=feedback.pk)
+    feedback.refresh_from_db()
+    assert feedback.status == "done"
+    assert feedback.engine == "llm", feedback.fallback_reason
+    assert feedback.fallback_reason == ""
+    assert set(feedback.result["skills"]) == {
+        "describe", "express", "assert", "mindful", "confident",
+    }  # fmt: skip
+    assert feedback.model_ms > 0
+    assert LLMCall.objects.get(pk=feedback.llm_call_id).draft_id == feedback.draft_id
+    assert len(fake_llm.requests()) == 1
+    first = FeedbackRequest.objects.filter(pk=feedback.pk).values().get()
+
+    services.rate_request(request_id=feedback.pk)
+    assert FeedbackRequest.objects.filter(pk=feedback.pk).values().get() == first
+    assert len(fake_llm.requests()) == 1
+
+
+@pytest.mark.django_db
+def test_a_retryable_model_failure_is_raised_for_a_retry_then_falls_back_offline(
+    fake_llm, django_capture_on_commit_callbacks
+):
+    feedback = queued(fake_llm, django_capture_on_commit_callbacks)
+    fake_llm.faults(rate=1.0, kinds=["500"])
+    with pytest.raises(Retryable):
+        services.rate_request(request_id=feedback.pk, final_attempt=False)
+    feedback.refresh_from_db()
+    assert feedback.status == "queued"
+    services.rate_request(request_id=feedback.pk, final_attempt=True)
+    feedback.refresh_from_db()
+    assert feedback.status == "done"
+    assert feedback.engine == "offline"
+    assert "HTTP 500" in feedback.fallback_reason
+    assert feedback.result == feedback.offline_result
+    assert feedback.llm_call_id is not None
+
+
+@pytest.mark.django_db
+def test_unusable_model_output_falls_back_offline_without_retrying(
+    fake_llm, django_capture_on_commit_callbacks
+):
+    feedback = queued(fake_llm, django_capture_on_commit_callbacks)
+    fake_llm.faults(rate=1.0, kinds=["schema_violation"])
+    services.rate_request(request_id=feedback.pk, final_attempt=False)
+    feedback.refresh_from_db()
+    assert feedback.status == "done" and feedback.engine == "offline"
+    assert feedback.fallback_reason.startswith("malformed")
+
+
+@pytest.mark.django_db
+def test_a_worker_without_a_model_answers_with_the_offline_rating(
+    fake_llm, django_capture_on_commit_callbacks, settings
+):
+    feedback = queued(fake_llm, django_capture_on_commit_callbacks)
+    settings.LLM = {**settings.LLM, "base_url": None}
+    services.rate_request(request_id=feedback.pk, final_attempt=False)
+    feedback.refresh_from_db()
+    assert feedback.engine == "offline"
+    assert feedback.fallback_reason == services.NO_MODEL_REASON
+    assert fake_llm.requests() == []
+
+
+# --------------------------------------------------------------------------- delivery
+
+
+@pytest.mark.django_db
+def test_viewing_records_request_to_display_latency_once_and_only_for_the_owner(no_llm):
+    feedback = ask(make_conversation())
+    other = make_conversation()
+    assert not services.mark_viewed(conversation_id=other.pk, request_id=feedback.pk)
+    assert services.mark_viewed(
+        conversation_id=feedback.draft.conversation_id, request_id=feedback.pk
+    )
+    feedback.refresh_from_db()
+    first = feedback.viewed_at
+    assert feedback.latency_ms == pytest.approx(
+        (feedback.viewed_at - feedback.requested_at).total_seconds() * 1000
+    )
+    assert not services.mark_viewed(
+        conversation_id=feedback.draft.conversation_id, request_id=feedback.pk
+    )
+    feedback.refresh_from_db()
+    assert feedback.viewed_at == first
+
+
+@pytest.mark.django_db
+def test_a_late_answer_to_an_older_draft_is_not_delivered_over_a_newer_one(no_llm):
+    conversation = make_conversation()
+    older = ask(conversation)
+    assert services.deliverable_request(conversation_id=conversation.pk, request_id=older.pk)
+    newer = ask(conversation, text=DRAFT + " Thanks.")
+    assert (
+        services.deliverable_request(conversation_id=conversation.pk, request_id=older.pk) is None
+    )
+    assert services.latest_request(conversation) == newer
+    assert (
+        services.deliverable_request(conversation_id=make_conversation().pk, request_id=newer.pk)
+        is None
+    )
+    add_turn(conversation)
+    assert services.latest_request(conversation) is None
+
+
+@pytest.mark.django_db
+def test_delivery_is_recorded_once(no_llm):
+    feedback = ask(make_conversation())
+    services.mark_delivered(request_id=feedback.pk)
+    feedback.refresh_from_db()
+    first = feedback.delivered_at
+    assert first is not None
+    services.mark_delivered(request_id=feedback.pk)
+    feedback.refresh_from_db()
+    assert feedback.delivered_at == first
+
+
+# --------------------------------------------------------------------------- mastery
+
+
+def test_message_mastery_counts_chosen_strategies_and_both_states():
+    message = Message(
+        role="learner",
+        strategies=["describe"],
+        ratings={
+            "describe": "strong", "express": "none", "assert": "none", "reinforce": "none",
+            "negotiate": "none", "mindful": "yes", "confident": "no",
+        },
+    )  # fmt: skip
+    assert services.message_mastery(message) == pytest.approx((2 + 2 + 0) / 3)
+    assert services.message_mastery(Message(role="partner", ratings=message.ratings)) is None
+    assert services.message_mastery(Message(role="learner", ratings={})) is None
+
+
+@pytest.mark.django_db
+def test_conversation_mastery_is_the_mean_over_rated_messages_and_per_skill():
+    conversation = make_conversation()
+    levels = {"describe": "weak", "assert": "strong", "mindful": "yes", "confident": "yes"}
+    Message.objects.create(
+        conversation=conversation, seq=1, role="learner", text="a",
+        strategies=["describe"], ratings=levels,
+    )  # fmt: skip
+    Message.objects.create(conversation=conversation, seq=2, role="partner", text="b")
+    Message.objects.create(
+        conversation=conversation, seq=3, role="learner", text="c",
+        strategies=["assert"], ratings={**levels, "mindful": "no"},
+    )  # fmt: skip
+    result = services.conversation_mastery(conversation)
+    assert result.messages == 2
+    assert result.overall == pytest.approx(((1 + 2 + 2) / 3 + (2 + 0 + 2) / 3) / 2)
+    assert result.per_skill == {"describe": 1, "assert": 2, "mindful": 1, "confident": 2}
+    assert services.conversation_mastery(make_conversation()).overall is None
+
+
+@pytest.mark.django_db
+def test_rate_messages_with_model_upgrades_each_sent_learner_message_once(fake_llm):
+    conversation = make_conversation()
+    offline = {k: "none" for k in ("describe", "express", "assert", "reinforce", "negotiate")}
+    offline.update(mindful="yes", confident="yes")
+    Message.objects.create(
+        conversation=conversation, seq=1, role="learner", text=DRAFT,
+        strategies=["describe", "assert"], ratings=offline, rating_engine="offline",
+    )  # fmt: skip
+    Message.objects.create(conversation=conversation, seq=2, role="partner", text="Not now.")
+    assert services.rate_messages_with_model(conversation) == 1
+    message = conversation.messages.get(seq=1)
+    assert message.rating_engine == "llm"
+    assert message.ratings["reinforce"] == "none"  # not chosen: the offline level remains
+    assert message.mastery == pytest.approx(services.message_mastery(message))
+    assert services.rate_messages_with_model(conversation) == 0
+    assert len(fake_llm.requests()) == 1
