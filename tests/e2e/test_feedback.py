@@ -1,0 +1,81 @@
+"""In the browser: ask for feedback, use the rewrite, ask again, send; every revision is kept."""
+
+from __future__ import annotations
+
+import pytest
+
+from feedback import services
+from feedback.models import Draft, FeedbackRequest
+from simulations.models import Message, Situation
+from tests.conftest import wait_for
+
+# Weak on purpose, with all five strategies chosen: some skill is sure to get a rewrite.
+DRAFT = "sorry, maybe if it's ok you could kind of help with the dishes sometime?"
+FINAL = "#feedback-panel-body[data-state='final']"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_ask_for_feedback_use_the_rewrite_ask_again_and_send(page, fake_llm):
+    situation = Situation.objects.create(
+        slug="e2e-dishes",
+        title="Dishes left in the sink",
+        category="social",
+        situation="My flatmate has left their dishes in the sink for most of the last two weeks.",
+        goal="Get my flatmate to wash their dishes the same day.",
+        difficulty=4,
+    )
+    page.goto("/practice/library/")
+    page.get_by_role("button", name=f"Practise: {situation.title}").click()
+    page.wait_for_selector("#chat-form")
+
+    for key in ("describe", "express", "assert", "reinforce", "negotiate"):
+        page.check(f"#strategy-{key}")
+    page.fill("#message-text", DRAFT)
+
+    # First request: the expert model's panel replaces the quick offline check.
+    page.click("#feedback-button")
+    page.wait_for_selector(FINAL)
+    panel = page.locator("#feedback-panel-body")
+    assert "expert model" in panel.inner_text()
+    first_id = panel.get_attribute("data-request-id")
+    chips = panel.locator(".chip").all_inner_texts()
+    assert chips and set(chips) <= {"Strong", "Weak", "None", "Yes", "No"}
+
+    use = panel.get_by_role("button", name="Use this version").first
+    rewrite = use.get_attribute("data-feedback-rewrite")
+    use.click()
+    assert page.input_value("#message-text") == rewrite
+    assert page.input_value("#feedback-used-rewrite") == "1"
+
+    # Second request on the rewritten draft.
+    page.click("#feedback-button")
+    page.wait_for_selector(f"{FINAL}:not([data-request-id='{first_id}'])")
+    second_id = page.get_attribute("#feedback-panel-body", "data-request-id")
+
+    # Send: the message is stored, the panel starts over for the next message.
+    page.wait_for_selector("#send-button:not([disabled])")
+    page.click("#send-button")
+    page.wait_for_selector(".msg-learner")
+    page.wait_for_selector("#feedback-panel-body[data-state='empty']")
+    assert page.input_value("#feedback-used-rewrite") == ""
+
+    message = Message.objects.get(role="learner", conversation__situation=situation)
+    assert message.text == rewrite.strip()
+    drafts = list(Draft.objects.filter(conversation=message.conversation).order_by("revision"))
+    assert [(d.turn, d.revision, d.used_rewrite) for d in drafts] == [(1, 1, False), (1, 2, True)]
+    assert drafts[0].text == DRAFT and drafts[1].text == rewrite.strip()
+    services.link_sent_messages(message.conversation)
+    assert all(
+        d.sent_message_id == message.pk for d in Draft.objects.filter(pk__in=[d.pk for d in drafts])
+    )
+
+    requests = FeedbackRequest.objects.filter(draft__in=drafts).order_by("pk")
+    assert [str(r.pk) for r in requests] == [first_id, second_id]
+    assert all(r.status == "done" and r.engine == "llm" for r in requests)
+    # The page reported when each expert panel was on screen: request-to-display latency.
+    wait_for(
+        lambda: all(r.latency_ms for r in FeedbackRequest.objects.filter(pk__in=requests)),
+        10,
+        "viewed reports",
+    )
+    assert len([r for r in fake_llm.requests() if r.get("purpose") == "feedback"]) == 2
