@@ -53,16 +53,33 @@
       box.value = "";
       updateCounter();
     }
+    // Each message starts with a fresh, deliberate choice of skills.
+    document
+      .querySelectorAll("#chat-form input[name=strategies]")
+      .forEach((input) => (input.checked = false));
+    const suggestion = $("suggestion");
+    if (suggestion) suggestion.textContent = "";
     pinned = true;
     keepScrolled();
   }
 
+  // One click, one message: Send waits for the server's next word on whether it may send again.
+  document.addEventListener("htmx:wsBeforeSend", (event) => {
+    if (event.target.id === "chat-form" && $("send-button")) $("send-button").disabled = true;
+  });
   document.addEventListener("htmx:wsAfterMessage", () => {
     clearIfSaved();
     syncSendButton();
     keepScrolled();
   });
-  document.addEventListener("htmx:wsOpen", syncSendButton);
+  // The socket's state on the chat element: for styling, and for tests to wait on.
+  document.addEventListener("htmx:wsOpen", (event) => {
+    if (event.target.id === "chat") event.target.dataset.socket = "open";
+    syncSendButton();
+  });
+  document.addEventListener("htmx:wsClose", (event) => {
+    if (event.target.id === "chat") event.target.dataset.socket = "closed";
+  });
   document.addEventListener("input", (event) => {
     if (event.target && event.target.id === "message-text") updateCounter();
   });
