@@ -1,0 +1,445 @@
+"""`make bench`: what learners feel, under load, as ratios to the model's own speed in one run.
+
+    make bench                                       # the standard set, README table, JSON line
+    .venv/bin/python -m bench.run --sizes 100 --no-readme          # one size, nothing written
+    .venv/bin/python -m bench.run --sizes 100 --patches /work/helpers/patches --label after
+
+For each size a fresh stack (bench/stack.py: the fake model with 400 ms to the first token and
+40 tokens/s, uvicorn, one Celery worker, a fresh `imbue_bench` database, Redis DB 10 unless
+BENCH_REDIS_URL says otherwise) takes a short warm-up, then the learners of bench/load.py: set-up
+(all connected; memory is sampled here), then their turns, with direct clients measuring the
+model's own times alongside. Prints one line per run and, as its last line, one JSON object for
+the 100-learner run (or the only run). Results also go to bench/results/<label>-<size>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench.load import LoadConfig, Results, run_load
+from bench.stack import (
+    BASE_DIR,
+    ProcessSampler,
+    Stack,
+    StackConfig,
+    bench_database_url,
+    bench_redis_url,
+)
+
+RESULTS_DIR = BASE_DIR / "bench" / "results"
+README = BASE_DIR / "bench" / "README.md"
+TABLE_START = "<!-- bench:table:start -->"
+TABLE_END = "<!-- bench:table:end -->"
+
+# The standard set: learners -> learner messages each (fewer for the big runs, to fit in minutes).
+STANDARD = {10: 6, 100: 4, 500: 2, 1000: 2}
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100); None for no values."""
+    ordered = sorted(v for v in values if v is not None and not math.isnan(v))
+    if not ordered:
+        return None
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def _r(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else round(a / b, 3)
+
+
+def summarise(
+    results: Results,
+    log: list[dict[str, Any]],
+    load: LoadConfig,
+    stack: StackConfig,
+    processes: dict[str, dict[str, float]],
+    memory: dict[str, float],
+) -> dict[str, Any]:
+    """Every figure of one run, from the client's records and the model's own timing log."""
+    by_tag: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for entry in log:
+        for tag in entry["tags"]:
+            by_tag[tag].append(entry)
+    turns = [t for t in results.turns if t.error is None and t.first_ms is not None]
+    asks = [a for a in results.asks if a.error is None and a.display_ms is not None]
+
+    # Partner: the first token as the learner sees it, and as a client of the model sees it.
+    first = [t.first_ms for t in turns]
+    direct_first = [t.direct_first_ms for t in results.turns if t.direct_first_ms is not None]
+    before, model_ttft, after, partner_calls = [], [], [], []
+    for t in turns:
+        calls = [e for e in by_tag.get(t.tag, []) if e["purpose"] == "partner"]
+        partner_calls.append(len(calls))
+        if calls and calls[0]["first"]:
+            call = calls[-1]
+            before.append((call["received"] - t.sent_at) * 1000)
+            model_ttft.append((call["first"] - call["received"]) * 1000)
+            after.append((t.sent_at + t.first_ms / 1000 - call["first"]) * 1000)
+
+    # Feedback: request to display, minus the model's own time for exactly that request.
+    overhead, model_ms, feedback_calls, direct_overhead = [], [], [], []
+    fb_before, fb_after = [], []
+    for a in asks:
+        calls = [e for e in by_tag.get(a.tag, []) if e["purpose"] == "feedback" and e["first"]]
+        feedback_calls.append(len(calls))
+        if not calls:
+            continue
+        spent = sum((e["first"] - e["received"]) * 1000 for e in calls)
+        model_ms.append(spent)
+        overhead.append(a.display_ms - spent)
+        fb_before.append((min(e["received"] for e in calls) - a.asked_at) * 1000)
+        fb_after.append((a.asked_at + a.display_ms / 1000 - max(e["first"] for e in calls)) * 1000)
+    for a in results.asks:
+        for e in by_tag.get(a.direct_tag, []) if a.direct_tag else []:
+            if a.direct_ms is not None and e["first"]:
+                direct_overhead.append(a.direct_ms - (e["first"] - e["received"]) * 1000)
+
+    attempted = load.learners + len(results.turns) + len(results.asks)
+    # One failed operation: a set-up, a message or a feedback request that did not complete.
+    failed_ops = (
+        sum(1 for e in results.errors if e.startswith("setup"))
+        + sum(1 for t in results.turns if t.error)
+        + sum(1 for a in results.asks if a.error)
+    )
+    span = (results.turns_ended or 0) - (results.turns_started or 0)
+    web = {k: v for k, v in processes.items() if k.startswith("web")}
+    return {
+        "sessions": load.learners,
+        "connected": results.connected,
+        "messages_each": load.messages,
+        "messages": len(turns),
+        "feedback_requests": len(asks),
+        "errors": failed_ops,
+        "error_lines": sorted(set(results.errors))[:10],
+        "error_rate": round(failed_ops / attempted, 4) if attempted else None,
+        "direct_errors": len(results.direct_errors),
+        "messages_per_s": round(len(turns) / span, 2) if span > 0 else None,
+        "feedback_per_s": round(len(asks) / span, 2) if span > 0 else None,
+        "first_token_ms": {q: _r(percentile(first, q)) for q in (50, 95, 99)},
+        "model_first_token_ms": {q: _r(percentile(direct_first, q)) for q in (50, 95, 99)},
+        "first_token_ratio_p50": _ratio(percentile(first, 50), percentile(direct_first, 50)),
+        "first_token_ratio_p95": _ratio(percentile(first, 95), percentile(direct_first, 95)),
+        "first_token_ratio_p99": _ratio(percentile(first, 99), percentile(direct_first, 99)),
+        "first_token_split_ms_p95": {
+            "before_model": _r(percentile(before, 95)),
+            "model": _r(percentile(model_ttft, 95)),
+            "after_model": _r(percentile(after, 95)),
+        },
+        "reply_done_ms_p95": _r(percentile([t.done_ms for t in turns if t.done_ms], 95)),
+        "model_reply_done_ms_p95": _r(
+            percentile([t.direct_total_ms for t in results.turns if t.direct_total_ms], 95)
+        ),
+        "feedback_display_ms": {
+            q: _r(percentile([a.display_ms for a in asks], q)) for q in (50, 95)
+        },
+        "feedback_model_ms": {q: _r(percentile(model_ms, q)) for q in (50, 95)},
+        "feedback_overhead_ms_p50": _r(percentile(overhead, 50)),
+        "feedback_overhead_ms_p95": _r(percentile(overhead, 95)),
+        "feedback_split_ms_p95": {
+            "before_model": _r(percentile(fb_before, 95)),
+            "after_model": _r(percentile(fb_after, 95)),
+        },
+        "feedback_offline_panel_ms_p95": _r(percentile([a.offline_ms for a in asks], 95)),
+        "direct_client_overhead_ms_p95": _r(percentile(direct_overhead, 95)),
+        "model_calls_per_message": _r(statistics.mean(partner_calls), 2) if partner_calls else None,
+        "model_calls_per_feedback": (
+            _r(statistics.mean(feedback_calls), 2) if feedback_calls else None
+        ),
+        "setup_ms_p95": _r(percentile(results.setups_ms, 95)),
+        "client_loop_lag_ms_p99": _r(percentile(results.loop_lag_ms, 99)),
+        "processes": processes,
+        "web_cpu_pct": round(sum(v["cpu_pct"] for v in web.values()), 1),
+        "web_rss_mb": round(sum(v["rss_peak_mb"] for v in web.values()), 1),
+        "memory": memory,
+        "ws_memory_kb": memory.get("per_socket_kb"),
+        "settings": {
+            "web_workers": stack.web_workers,
+            "celery_pool": stack.celery_pool,
+            "celery_concurrency": stack.celery_concurrency,
+            "db_pool_max": stack.db_pool_max,
+            "ttft_ms": stack.ttft_ms,
+            "tokens_per_s": stack.tokens_per_s,
+            "reply_tokens": stack.reply_tokens,
+            "draft_think_s": list(load.draft_think_s),
+            "read_think_s": list(load.read_think_s),
+        },
+    }
+
+
+def warm_up(stack: Stack) -> None:
+    """A few learners through one turn, so every process has loaded its code and indexes."""
+    learners = 4 * stack.config.web_workers
+    config = LoadConfig(
+        learners=learners, messages=1, draft_think_s=(0.1, 0.5), read_think_s=(0.1, 0.3),
+        ramp_s=0.5, direct=False, seed=999,
+    )  # fmt: skip
+    asyncio.run(run_load(stack.base_url, stack.fake_url, config))
+    stack.clear_fake_log()
+
+
+def run_one(load: LoadConfig, stack_config: StackConfig) -> dict[str, Any]:
+    """One size on a fresh stack: warm-up, set-up (memory sampled), turns (CPU sampled)."""
+    with Stack(stack_config) as stack:
+        warm_up(stack)
+        servers = stack.server_processes()
+        web_names = [n for n in servers if n.startswith("web")]
+        baseline = ProcessSampler(servers).sample()
+        state: dict[str, Any] = {}
+
+        def on_connected() -> None:
+            now = ProcessSampler(servers).sample()
+            state["sampler"] = ProcessSampler(
+                {**servers, **{f"postgres-{p.pid}": p for p in stack.database_backends()}}
+            ).start()
+            state["memory"] = {
+                "web_before_mb": round(sum(baseline.get(n, 0) for n in web_names) / 2**20, 1),
+                "web_connected_mb": round(sum(now.get(n, 0) for n in web_names) / 2**20, 1),
+            }
+            state["load_start"] = os.getloadavg()
+
+        started = time.time()
+        results = asyncio.run(
+            run_load(stack.base_url, stack.fake_url, load, on_connected=on_connected)
+        )
+        sampler: ProcessSampler | None = state.get("sampler")
+        processes = sampler.stop() if sampler else {}
+        # PostgreSQL backends come and go with the pools: one line for all of them.
+        pg = {k: v for k, v in processes.items() if k.startswith("postgres-")}
+        processes = {k: v for k, v in processes.items() if not k.startswith("postgres-")}
+        if pg:
+            processes["postgres (bench db)"] = {
+                "cpu_pct": round(
+                    sum(v["cpu_pct"] for v in pg.values() if v["cpu_pct"] == v["cpu_pct"]), 1
+                ),
+                "rss_peak_mb": round(max(v["rss_peak_mb"] for v in pg.values()), 1),
+                "rss_last_mb": round(max(v["rss_last_mb"] for v in pg.values()), 1),
+                "backends": len(pg),
+            }
+        memory = state.get("memory", {})
+        sockets = 2 * results.connected
+        if memory and sockets:
+            grown = memory["web_connected_mb"] - memory["web_before_mb"]
+            memory["sockets"] = sockets
+            memory["per_socket_kb"] = round(grown * 1024 / sockets, 1)
+        log = stack.fake_log()
+        summary = summarise(results, log, load, stack_config, processes, memory)
+        summary["duration_s"] = round(time.time() - started, 1)
+        summary["load_avg_1m"] = {
+            "start": round(state.get("load_start", (float("nan"),))[0], 2),
+            "end": round(os.getloadavg()[0], 2),
+        }
+        return summary
+
+
+def versions() -> dict[str, str]:
+    names = ["Django", "channels", "channels-redis", "celery", "uvicorn", "psycopg", "redis",
+             "websockets", "openai"]  # fmt: skip
+    found = {"python": platform.python_version()}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "-"
+    return found
+
+
+def machine() -> str:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    system = f"{platform.system()} {platform.release()}"
+    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GB RAM, {system}"
+
+
+def patched_copy(patches: Path, label: str) -> Path:
+    """This checkout copied to bench/results/src-<label>, with every *.patch in `patches`
+    applied (sorted by name): how proposed changes are measured without touching the tree."""
+    target = RESULTS_DIR / f"src-{label}"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(
+        BASE_DIR, target, symlinks=True,
+        ignore=shutil.ignore_patterns(".git", ".venv", ".local", "results", "node_modules",
+                                      "__pycache__", "test-artifacts", "staticfiles"),
+    )  # fmt: skip
+    files = sorted(patches.glob("*.patch")) if patches.is_dir() else [patches]
+    for patch in files:
+        subprocess.run(
+            ["patch", "-p1", "--forward", "--quiet", "-i", str(patch)], cwd=target, check=True
+        )
+    return target
+
+
+def row(label: str, s: dict[str, Any]) -> str:
+    ft, mft = s["first_token_ms"], s["model_first_token_ms"]
+    cells = [
+        label, s["sessions"], f"{s['messages_each']}", s["messages"],
+        " / ".join(str(s[f"first_token_ratio_p{q}"]) for q in (50, 95, 99)),
+        f"{ft[95]} ({mft[95]})",
+        f"{s['feedback_overhead_ms_p50']} / {s['feedback_overhead_ms_p95']}",
+        f"{s['errors']} ({s['error_rate']})",
+        s["messages_per_s"],
+        f"{s['web_cpu_pct']}",
+        f"{s['web_rss_mb']}",
+        s["ws_memory_kb"],
+        f"{s['load_avg_1m']['start']}→{s['load_avg_1m']['end']}",
+    ]  # fmt: skip
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+HEADER = (
+    "| run | learners | msgs each | msgs | first token ÷ model p50 / p95 / p99 "
+    "| first token p95 ms (model's) | feedback overhead ms p50 / p95 | errors (rate) "
+    "| msgs/s | web CPU % | web RSS MB | KB per socket | load 1m |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def process_table(label: str, s: dict[str, Any]) -> str:
+    lines = [
+        f"| {label}, {s['sessions']} learners | CPU % of a core | peak RSS MB |",
+        "|---|---|---|",
+    ]
+    for name, v in s["processes"].items():
+        extra = f" ({v['backends']} backends)" if "backends" in v else ""
+        lines.append(f"| {name}{extra} | {v['cpu_pct']} | {v['rss_peak_mb']} |")
+    return "\n".join(lines)
+
+
+def write_readme(label: str, summaries: list[dict[str, Any]], command: str) -> None:
+    """Replace the figures block of bench/README.md with this run's table."""
+    text = (
+        README.read_text() if README.exists() else f"# Benchmarks\n\n{TABLE_START}\n{TABLE_END}\n"
+    )
+    if TABLE_START not in text:
+        text += f"\n{TABLE_START}\n{TABLE_END}\n"
+    head, rest = text.split(TABLE_START, 1)
+    _, tail = rest.split(TABLE_END, 1)
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    v = versions()
+    s0 = summaries[0]["settings"]
+    block = [
+        f"Run `{label}`, {when}. Command: `{command}`.",
+        f"Machine: {machine()}; shared with other work (see the load column).",
+        "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
+        f"Stack: uvicorn x {s0['web_workers']} workers, Celery {s0['celery_pool']} pool x "
+        f"{s0['celery_concurrency']}, DB pool max {s0['db_pool_max']} per process; fake model "
+        f"{s0['ttft_ms']:.0f} ms to first token, {s0['tokens_per_s']:.0f} tokens/s, replies up to "
+        f"{s0['reply_tokens']} tokens; learners think {s0['draft_think_s'][0]:.0f}-"
+        f"{s0['draft_think_s'][1]:.0f} s per draft and {s0['read_think_s'][0]:.0f}-"
+        f"{s0['read_think_s'][1]:.0f} s reading feedback, one feedback request per message.",
+        "",
+        HEADER,
+        *[row(label, s) for s in summaries],
+        "",
+        *[process_table(label, s) + "\n" for s in summaries],
+    ]
+    README.write_text(head + TABLE_START + "\n" + "\n".join(block) + "\n" + TABLE_END + tail)
+
+
+def print_line(label: str, s: dict[str, Any]) -> None:
+    print(
+        f"[bench] {label} {s['sessions']:>5} learners: first token ÷ model p95 "
+        f"{s['first_token_ratio_p95']} ({s['first_token_ms'][95]} vs "
+        f"{s['model_first_token_ms'][95]} ms), feedback overhead p95 "
+        f"{s['feedback_overhead_ms_p95']} ms, errors {s['errors']} ({s['error_rate']}), "
+        f"{s['messages_per_s']} msgs/s, web CPU {s['web_cpu_pct']}%, "
+        f"{s['ws_memory_kb']} KB/socket, load {s['load_avg_1m']}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default=",".join(map(str, STANDARD)))
+    parser.add_argument("--messages", type=int, help="messages per learner (all sizes)")
+    parser.add_argument("--web-workers", type=int, default=2)
+    parser.add_argument("--celery-pool", default="threads")
+    parser.add_argument("--celery-concurrency", type=int, default=16)
+    parser.add_argument("--db-pool-max", type=int, default=10)
+    parser.add_argument("--think", type=float, default=1.0, help="scale of the think times")
+    parser.add_argument("--patches", type=Path, help="a .patch file or a folder of them")
+    parser.add_argument("--label", default="")
+    parser.add_argument("--profile", action="store_true", help="py-spy record the servers")
+    parser.add_argument("--no-readme", action="store_true")
+    parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the servers")
+    parser.add_argument("--database", default="imbue_bench", help="name; must start imbue_bench")
+    parser.add_argument("--redis-db", type=int, default=10, help="the bench's own Redis database")
+    args = parser.parse_args(argv)
+
+    label = args.label or ("patched" if args.patches else "main")
+    source = patched_copy(args.patches, label) if args.patches else BASE_DIR
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    extra_env = dict(item.split("=", 1) for item in args.env)
+    summaries = []
+    for size in [int(s) for s in args.sizes.split(",") if s.strip()]:
+        load = LoadConfig(learners=size, messages=args.messages or STANDARD.get(size, 2))
+        load = replace(
+            load,
+            draft_think_s=tuple(x * args.think for x in load.draft_think_s),  # type: ignore[arg-type]
+            read_think_s=tuple(x * args.think for x in load.read_think_s),  # type: ignore[arg-type]
+        )
+        stack_config = StackConfig(
+            database_url=bench_database_url(args.database),
+            redis_url=bench_redis_url(args.redis_db),
+            web_workers=args.web_workers,
+            celery_pool=args.celery_pool,
+            celery_concurrency=args.celery_concurrency,
+            db_pool_max=args.db_pool_max,
+            source_dir=source,
+            extra_env=extra_env,
+            profile_dir=(RESULTS_DIR / f"profile-{label}-{size}") if args.profile else None,
+        )
+        summary = run_one(load, stack_config)
+        summary["label"] = label
+        summary["load_config"] = {k: v for k, v in asdict(load).items()}
+        (RESULTS_DIR / f"{label}-{size}.json").write_text(json.dumps(summary, indent=2))
+        print_line(label, summary)
+        summaries.append(summary)
+    if not args.no_readme and summaries:
+        command = (
+            "make bench"
+            if argv is None and len(sys.argv) == 1
+            else "python -m bench.run " + " ".join(sys.argv[1:] if argv is None else argv)
+        )
+        write_readme(label, summaries, command)
+    chosen = next(
+        (s for s in summaries if s["sessions"] == 100), summaries[-1] if summaries else {}
+    )
+    keys = ["sessions", "first_token_ratio_p95", "feedback_overhead_ms_p95", "error_rate",
+            "first_token_ratio_p50", "first_token_ratio_p99", "feedback_overhead_ms_p50",
+            "messages_per_s", "ws_memory_kb", "errors", "label"]  # fmt: skip
+    print(json.dumps({k: chosen.get(k) for k in keys}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""The benchmark itself works: three learners through the real stack, every figure reported.
+
+No timing is asserted (the machine is shared); only that the generator drives the product the
+way a browser does and that `make bench`'s JSON line carries its keys.
+"""
+
+import json
+
+import pytest
+
+from bench import run
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def test_three_learners_go_through_the_real_stack_and_the_json_line_has_its_keys(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = run.main(
+        [
+            "--sizes", "3", "--messages", "2", "--think", "0.03", "--web-workers", "1",
+            "--celery-concurrency", "4", "--database", "imbue_bench_smoke", "--redis-db", "11",
+            "--label", "smoke", "--no-readme",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    line = json.loads(last)
+    for key in ("sessions", "first_token_ratio_p95", "feedback_overhead_ms_p95", "error_rate"):
+        assert key in line
+    assert line["sessions"] == 3
+    assert line["errors"] == 0
+
+    summary = json.loads((run.RESULTS_DIR / "smoke-3.json").read_text())
+    assert summary["connected"] == 3
+    assert summary["messages"] == 6
+    assert summary["feedback_requests"] == 6
+    # One model call per message and per feedback request (the issue's budget per turn).
+    assert summary["model_calls_per_message"] == 1
+    assert summary["model_calls_per_feedback"] == 1
+    assert summary["first_token_ratio_p95"] is not None
+    assert summary["feedback_overhead_ms_p95"] is not None
+    assert {"web-1", "worker", "fake-model"} <= set(summary["processes"])
