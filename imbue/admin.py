@@ -1,7 +1,9 @@
 from django.contrib import admin
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from imbue.models import LLMCall
+from imbue import audit
+from imbue.models import AdverseEvent, AuditEntry, LLMCall
 
 
 @admin.register(LLMCall)
@@ -24,3 +26,51 @@ class LLMCallAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: LLMCall | None = None) -> bool:
         return False
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(admin.ModelAdmin):
+    """The audit log: readable by staff, never added to, changed or deleted from here."""
+
+    list_display = ["at", "actor_username", "action", "object_type", "object_id", "ip"]
+    list_filter = ["action", "object_type"]
+    search_fields = ["actor_username", "action", "object_type", "object_id"]
+    date_hierarchy = "at"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: AuditEntry | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: AuditEntry | None = None) -> bool:
+        return False
+
+
+@admin.register(AdverseEvent)
+class AdverseEventAdmin(admin.ModelAdmin):
+    """Adverse events for the researchers: read them, then mark them reviewed (audited)."""
+
+    list_display = [
+        "created_at", "level", "category", "source", "conversation_id", "learner_id",
+        "reviewed_at", "reviewed_by_username",
+    ]  # fmt: skip
+    list_filter = ["level", "category", "source", ("reviewed_at", admin.EmptyFieldListFilter)]
+    date_hierarchy = "created_at"
+    actions = ["mark_reviewed"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: AdverseEvent | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: AdverseEvent | None = None) -> bool:
+        return False
+
+    @admin.action(description="Mark the selected events as reviewed")
+    def mark_reviewed(self, request: HttpRequest, queryset: QuerySet[AdverseEvent]) -> None:
+        events = list(queryset.filter(reviewed_at__isnull=True))
+        for event in events:
+            audit.mark_reviewed(event=event, reviewer=request.user)
+        self.message_user(request, f"{len(events)} event(s) marked as reviewed.")

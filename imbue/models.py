@@ -1,7 +1,9 @@
-"""The record of every language-model call (research data: exported with the study)."""
+"""Records the infrastructure keeps: every language-model call (research data, exported with the
+study), the append-only audit log of staff actions, and adverse events for the researchers."""
 
 from __future__ import annotations
 
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 
 
@@ -71,3 +73,84 @@ class LLMCall(models.Model):
     @property
     def retries(self) -> int:
         return max(0, self.attempts - 1)
+
+
+class AuditEntry(models.Model):
+    """One staff action (export, deletion, edit of study settings, review), kept forever.
+
+    Append-only: the admin offers no change or delete, and a PostgreSQL trigger refuses UPDATE and
+    DELETE. The actor is a plain id plus the username at the time, so deleting an account leaves
+    the trail intact. Entries name objects by type and id and never copy participant content, so a
+    withdrawal that deletes content leaves nothing personal here.
+    """
+
+    actor_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    actor_username = models.CharField(max_length=150, blank=True)
+    action = models.CharField(max_length=60, db_index=True)
+    object_type = models.CharField(max_length=100, blank=True, help_text="app_label.model")
+    object_id = models.CharField(max_length=64, blank=True)
+    details = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        verbose_name = "audit entry"
+        verbose_name_plural = "audit log"
+        ordering = ["-at", "-id"]
+        indexes = [models.Index(fields=["object_type", "object_id"])]
+
+    def __str__(self) -> str:
+        target = f" {self.object_type} {self.object_id}" if self.object_type else ""
+        return f"{self.actor_username or 'system'}: {self.action}{target}"
+
+
+class AdverseEvent(models.Model):
+    """A participant's words suggested they may be at risk; researchers review each one.
+
+    The conversation, message and learner are plain ids (imbue imports no app). `matched` holds the
+    few words that triggered the rule, so a reviewer can judge it without opening the transcript;
+    `imbue.audit.redact_adverse_events` blanks them when a participant withdraws.
+    """
+
+    class Level(models.TextChoices):
+        CONCERN = "concern", "Concern"
+        URGENT = "urgent", "Urgent"
+
+    class Category(models.TextChoices):
+        SELF_HARM = "self_harm", "Self-harm or suicide"
+        HARM_TO_OTHERS = "harm_to_others", "Harm to others"
+        ABUSE = "abuse", "Abuse"
+
+    class Source(models.TextChoices):
+        MESSAGE = "message", "Sent message"
+        DRAFT = "draft", "Draft sent for feedback"
+        SITUATION = "situation", "Situation description"
+        SURVEY = "survey", "Survey answer"
+
+    learner_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    conversation_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    message_id = models.BigIntegerField(null=True, blank=True)
+    source = models.CharField(max_length=10, choices=Source.choices, default=Source.MESSAGE)
+    level = models.CharField(max_length=8, choices=Level.choices)
+    category = models.CharField(
+        max_length=16, choices=Category.choices, help_text="The most serious category found."
+    )
+    categories = models.JSONField(default=list, blank=True)
+    matched = models.JSONField(default=list, blank=True, help_text="The phrases that matched.")
+    rules_version = models.CharField(max_length=20, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    reviewed_by_id = models.BigIntegerField(null=True, blank=True)
+    reviewed_by_username = models.CharField(max_length=150, blank=True)
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+    review_note = models.TextField(blank=True)
+
+    class Meta:
+        verbose_name = "adverse event"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.get_level_display()}: {self.get_category_display()}"
+
+    @property
+    def reviewed(self) -> bool:
+        return self.reviewed_at is not None
