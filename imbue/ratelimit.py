@@ -1,0 +1,220 @@
+"""How fast a participant may send, and how much of the model a conversation may use.
+
+Rate limits are sliding windows kept in Redis (one sorted set per key, updated by one Lua script,
+so concurrent web and socket processes count the same hits and the clock is Redis's own). A denied
+hit is not counted: someone who waits the time they were told can always send again. If Redis
+cannot be reached the limiter lets the hit through and logs it; the chat needs Redis anyway, and a
+limit must never be the reason a participant's message is lost.
+
+    decision = await ratelimit.acheck_messages(learner_id, per_minute=study_value_or_None)
+    if not decision.allowed:
+        raise ConversationError(decision.message)
+
+The token budget counts the tokens of every `LLMCall` recorded for a conversation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import secrets
+import weakref
+from dataclasses import dataclass
+
+import redis
+import redis.asyncio as aredis
+from django.conf import settings
+from django.db.models import Sum
+from django.db.models.functions import Coalesce
+
+from imbue.models import LLMCall
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "imbue:rl:"
+
+# KEYS[1] the window's sorted set; ARGV: limit, window (ms), a unique member suffix.
+# Returns {allowed (0/1), retry_after (ms), hits in the window after this call}.
+_SLIDING_WINDOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local count = redis.call('ZCARD', KEYS[1])
+if count < limit then
+  redis.call('ZADD', KEYS[1], now, now .. '-' .. ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], window)
+  return {1, 0, count + 1}
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local retry = tonumber(oldest[2]) + window - now
+if retry < 1 then retry = 1 end
+return {0, retry, count}
+"""
+
+MESSAGES_TOO_FAST = "You're sending messages very fast. Please wait {wait}."
+FEEDBACK_TOO_FAST = "You're asking for feedback very fast. Please wait {wait}."
+GENERIC_TOO_FAST = "You're doing that very fast. Please wait {wait}."
+BUDGET_USED_UP = (
+    "This conversation has used all the language-model time it is allowed, so the other person "
+    "cannot answer with the model any more. You can end it and start a new one."
+)
+
+
+def _wait_words(seconds: int) -> str:
+    return "1 second" if seconds == 1 else f"{seconds} seconds"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether one hit may go ahead; if not, how many whole seconds until it may, and why."""
+
+    allowed: bool
+    retry_after: int = 0
+    message: str = ""
+    hits: int = 0
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+
+def _decision(result: list[int], template: str) -> Decision:
+    allowed, retry_ms, hits = (int(x) for x in result)
+    if allowed:
+        return Decision(True, 0, "", hits)
+    wait = max(1, math.ceil(retry_ms / 1000))
+    return Decision(False, wait, template.format(wait=_wait_words(wait)), hits)
+
+
+_ALLOW_ALWAYS = Decision(True)
+
+
+def _args(key: str, limit: int, window: float) -> tuple[str, int, int, str] | None:
+    if limit <= 0 or window <= 0:
+        return None  # a limit of 0 means "no limit" (a study may switch one off)
+    return KEY_PREFIX + key, int(limit), max(1, int(window * 1000)), secrets.token_hex(4)
+
+
+# --- sync -------------------------------------------------------------------------------------
+
+_sync_clients: dict[str, redis.Redis] = {}
+
+
+def _client() -> redis.Redis:
+    url = settings.REDIS_URL
+    if url not in _sync_clients:
+        _sync_clients[url] = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    return _sync_clients[url]
+
+
+def hit(key: str, limit: int, window: float, *, message: str = GENERIC_TOO_FAST) -> Decision:
+    """Count one hit on `key` if fewer than `limit` happened in the last `window` seconds."""
+    args = _args(key, limit, window)
+    if args is None:
+        return _ALLOW_ALWAYS
+    name, count, window_ms, member = args
+    try:
+        result = _client().eval(_SLIDING_WINDOW, 1, name, count, window_ms, member)
+    except redis.RedisError as error:
+        log.warning("rate limit %s not checked, Redis unavailable: %s", key, error)
+        return _ALLOW_ALWAYS
+    return _decision(result, message)
+
+
+# --- async (one client per event loop: redis.asyncio connections belong to the loop) ---------
+
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, aredis.Redis]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _aclient() -> aredis.Redis:
+    loop = asyncio.get_running_loop()
+    per_loop = _async_clients.setdefault(loop, {})
+    url = settings.REDIS_URL
+    if url not in per_loop:
+        per_loop[url] = aredis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    return per_loop[url]
+
+
+async def ahit(key: str, limit: int, window: float, *, message: str = GENERIC_TOO_FAST) -> Decision:
+    """`hit` for async code (consumers, async services)."""
+    args = _args(key, limit, window)
+    if args is None:
+        return _ALLOW_ALWAYS
+    name, count, window_ms, member = args
+    try:
+        result = await _aclient().eval(_SLIDING_WINDOW, 1, name, count, window_ms, member)
+    except redis.RedisError as error:
+        log.warning("rate limit %s not checked, Redis unavailable: %s", key, error)
+        return _ALLOW_ALWAYS
+    return _decision(result, message)
+
+
+# --- the product's two limits -----------------------------------------------------------------
+
+
+def _per_minute(name: str, override: int | None) -> int:
+    return int(override if override is not None else settings.IMBUE.get(name, 0) or 0)
+
+
+def check_messages(learner_id: int, *, per_minute: int | None = None) -> Decision:
+    """One learner message; `per_minute` overrides settings.IMBUE["messages_per_minute"]."""
+    limit = _per_minute("messages_per_minute", per_minute)
+    return hit(f"messages:{learner_id}", limit, 60, message=MESSAGES_TOO_FAST)
+
+
+async def acheck_messages(learner_id: int, *, per_minute: int | None = None) -> Decision:
+    """`check_messages` for async code."""
+    limit = _per_minute("messages_per_minute", per_minute)
+    return await ahit(f"messages:{learner_id}", limit, 60, message=MESSAGES_TOO_FAST)
+
+
+def check_feedback(learner_id: int, *, per_minute: int | None = None) -> Decision:
+    """One feedback request; `per_minute` overrides settings.IMBUE["feedback_per_minute"]."""
+    limit = _per_minute("feedback_per_minute", per_minute)
+    return hit(f"feedback:{learner_id}", limit, 60, message=FEEDBACK_TOO_FAST)
+
+
+async def acheck_feedback(learner_id: int, *, per_minute: int | None = None) -> Decision:
+    """`check_feedback` for async code."""
+    limit = _per_minute("feedback_per_minute", per_minute)
+    return await ahit(f"feedback:{learner_id}", limit, 60, message=FEEDBACK_TOO_FAST)
+
+
+def reset(key: str) -> None:
+    """Forget a key's hits (tests, or staff lifting a limit for one participant)."""
+    try:
+        _client().delete(KEY_PREFIX + key)
+    except redis.RedisError as error:
+        log.warning("rate limit %s not reset, Redis unavailable: %s", key, error)
+
+
+# --- model-token budget -----------------------------------------------------------------------
+
+
+_USED = {"used": Coalesce(Sum("tokens_in"), 0) + Coalesce(Sum("tokens_out"), 0)}
+
+
+def tokens_used(conversation_id: int) -> int:
+    """Prompt plus completion tokens of every recorded model call for this conversation."""
+    calls = LLMCall.objects.filter(conversation_id=conversation_id)
+    return int(calls.aggregate(**_USED)["used"])
+
+
+async def atokens_used(conversation_id: int) -> int:
+    """`tokens_used` for async code."""
+    calls = LLMCall.objects.filter(conversation_id=conversation_id)
+    return int((await calls.aaggregate(**_USED))["used"])
+
+
+def budget_left(conversation_id: int, budget: int) -> int:
+    """Tokens this conversation may still spend; 0 when the budget is used up."""
+    return max(0, budget - tokens_used(conversation_id))
+
+
+async def abudget_left(conversation_id: int, budget: int) -> int:
+    """`budget_left` for async code."""
+    return max(0, budget - await atokens_used(conversation_id))

@@ -1,0 +1,165 @@
+"""The Redis sliding-window limiter (sync and async, shared between them), its plain messages,
+its behaviour when Redis is away, and the per-conversation token budget."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+
+import pytest
+import redis
+
+from imbue import ratelimit
+from imbue.models import LLMCall
+
+
+@pytest.fixture
+def key() -> str:
+    return f"test:{uuid.uuid4().hex}"
+
+
+def test_allows_up_to_the_limit_then_says_how_long_to_wait(key: str) -> None:
+    decisions = [ratelimit.hit(key, 3, 20) for _ in range(4)]
+    assert [d.allowed for d in decisions] == [True, True, True, False]
+    assert [d.hits for d in decisions[:3]] == [1, 2, 3]
+    refused = decisions[-1]
+    assert 19 <= refused.retry_after <= 20
+    assert (
+        refused.message
+        == f"You're doing that very fast. Please wait {refused.retry_after} seconds."
+    )
+    assert not refused
+
+
+def test_window_slides_so_old_hits_stop_counting(key: str) -> None:
+    assert ratelimit.hit(key, 2, 0.3) and ratelimit.hit(key, 2, 0.3)
+    refused = ratelimit.hit(key, 2, 0.3)
+    assert not refused.allowed and refused.retry_after == 1  # never "wait 0 seconds"
+    time.sleep(0.35)
+    assert ratelimit.hit(key, 2, 0.3).allowed
+
+
+def test_refused_hits_are_not_counted(key: str) -> None:
+    ratelimit.hit(key, 1, 0.3)
+    for _ in range(5):
+        assert not ratelimit.hit(key, 1, 0.3).allowed
+    time.sleep(0.35)
+    assert ratelimit.hit(key, 1, 0.3).allowed
+
+
+def test_keys_are_independent(key: str) -> None:
+    assert ratelimit.hit(key + "a", 1, 10)
+    assert ratelimit.hit(key + "b", 1, 10)
+    assert not ratelimit.hit(key + "a", 1, 10)
+
+
+def test_a_limit_of_zero_switches_limiting_off(key: str) -> None:
+    assert all(ratelimit.hit(key, 0, 60).allowed for _ in range(50))
+
+
+def test_concurrent_hits_from_many_threads_never_exceed_the_limit(key: str) -> None:
+    allowed: list[bool] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        for _ in range(10):
+            decision = ratelimit.hit(key, 25, 30)
+            with lock:
+                allowed.append(decision.allowed)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert allowed.count(True) == 25 and len(allowed) == 80
+
+
+@pytest.mark.asyncio
+async def test_async_and_sync_hits_share_one_count(key: str) -> None:
+    assert (await ratelimit.ahit(key, 3, 30)).allowed
+    assert ratelimit.hit(key, 3, 30).allowed
+    results = await asyncio.gather(*(ratelimit.ahit(key, 3, 30) for _ in range(5)))
+    assert [r.allowed for r in results].count(True) == 1
+
+
+def test_message_limit_uses_the_setting_and_a_study_override(settings) -> None:
+    learner = int(uuid.uuid4().int % 10**9)
+    settings.IMBUE = {**settings.IMBUE, "messages_per_minute": 2}
+    assert ratelimit.check_messages(learner) and ratelimit.check_messages(learner)
+    refused = ratelimit.check_messages(learner)
+    assert not refused.allowed
+    assert refused.message.startswith("You're sending messages very fast. Please wait ")
+    assert refused.message.endswith(" seconds.") and 59 <= refused.retry_after <= 60
+    # A study that allows more per minute lets the same learner go on.
+    assert ratelimit.check_messages(learner, per_minute=5).allowed
+    ratelimit.reset(f"messages:{learner}")
+    assert ratelimit.check_messages(learner).allowed
+
+
+@pytest.mark.asyncio
+async def test_feedback_limit_is_separate_from_messages(settings) -> None:
+    learner = int(uuid.uuid4().int % 10**9)
+    settings.IMBUE = {**settings.IMBUE, "messages_per_minute": 1, "feedback_per_minute": 1}
+    assert (await ratelimit.acheck_messages(learner)).allowed
+    assert (await ratelimit.acheck_feedback(learner)).allowed
+    refused = await ratelimit.acheck_feedback(learner)
+    assert refused.message.startswith("You're asking for feedback very fast. Please wait ")
+    assert ratelimit.check_feedback(learner, per_minute=0).allowed  # a study switched it off
+
+
+def test_one_second_reads_as_singular() -> None:
+    assert ratelimit._wait_words(1) == "1 second"
+    assert ratelimit._wait_words(20) == "20 seconds"
+
+
+def test_redis_down_lets_the_hit_through(settings, key: str, caplog) -> None:
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    assert ratelimit.hit(key, 1, 60).allowed and ratelimit.hit(key, 1, 60).allowed
+    assert "Redis unavailable" in caplog.text
+
+
+@pytest.mark.asyncio
+async def test_redis_down_lets_the_async_hit_through(settings, key: str) -> None:
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    assert (await ratelimit.ahit(key, 1, 60)).allowed
+
+
+def test_limiter_keys_expire_on_their_own(settings, key: str) -> None:
+    ratelimit.hit(key, 5, 2)
+    ttl_ms = redis.Redis.from_url(settings.REDIS_URL).pttl(ratelimit.KEY_PREFIX + key)
+    assert 0 < ttl_ms <= 2000
+
+
+# --- token budget -------------------------------------------------------------------------------
+
+
+def _call(conversation_id: int | None, tokens_in: int | None, tokens_out: int | None) -> None:
+    LLMCall.objects.create(
+        purpose="partner", prompt_name="p", prompt_version="1", prompt_hash="0" * 64,
+        outcome="ok", conversation_id=conversation_id, tokens_in=tokens_in, tokens_out=tokens_out,
+    )  # fmt: skip
+
+
+@pytest.mark.django_db
+def test_budget_left_counts_every_call_of_the_conversation() -> None:
+    _call(7, 1000, 200)
+    _call(7, 1500, None)  # a stream whose usage the server did not report
+    _call(8, 50_000, 50_000)
+    assert ratelimit.tokens_used(7) == 2700
+    assert ratelimit.budget_left(7, 5000) == 2300
+    assert ratelimit.budget_left(7, 2000) == 0
+    assert ratelimit.budget_left(99, 5000) == 5000
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_budget_left_from_async_code() -> None:
+    from asgiref.sync import sync_to_async
+
+    await sync_to_async(_call)(11, 300, 100)
+    assert await ratelimit.abudget_left(11, 1000) == 600
+    assert await ratelimit.abudget_left(11, 100) == 0
+    assert "start a new one" in ratelimit.BUDGET_USED_UP
