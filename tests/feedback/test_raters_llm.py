@@ -114,3 +114,21 @@ def test_evaluate_rater_offline_prints_a_table(bank_file: Path):
     for key in SKILL_KEYS:
         assert key in table
     assert "overall" in table
+
+
+@pytest.mark.django_db(transaction=True)
+def test_model_rater_gives_schema_valid_feedback_for_every_dev_line(fake_llm: Any):
+    dev = Path(__file__).resolve().parents[2] / "feedback" / "data" / "dev.jsonl"
+    if not dev.exists():
+        pytest.skip("the bank's dev split is not in the repository")
+    n_lines = sum(1 for line in dev.read_text(encoding="utf-8").splitlines() if line.strip())
+    err = StringIO()
+    out = StringIO()
+    call_command("evaluate_rater", str(dev), "--rater", "llm", "--json", stdout=out, stderr=err)
+    result = json.loads(out.getvalue())
+    assert result["n"] == n_lines == len(result["predictions"])
+    assert "fell back" not in err.getvalue()
+    for prediction in result["predictions"]:
+        for key, level in prediction["ratings"].items():
+            assert level in SKILLS[key].levels
+    assert len(fake_llm.requests()) == n_lines

@@ -128,10 +128,13 @@ def test_texting_forms_are_normalised_before_cues_are_read():
     assert extract("im so stressed").values["e_i_feel_feeling"] == 1
 
 
-def test_rating_a_message_takes_well_under_20_ms():
+def test_rating_a_message_takes_well_under_20_ms_of_cpu():
     rate("warm up")
     text = "I've asked you three times this week. I feel frustrated. Please wash up tonight. " * 5
-    start = time.perf_counter()
-    for i in range(20):
+    # CPU time of this process, so that other jobs on a shared machine do not fail the test.
+    timings = []
+    for i in range(21):
+        start = time.process_time()
         rate(text + str(i))
-    assert (time.perf_counter() - start) / 20 < 0.020
+        timings.append(time.process_time() - start)
+    assert sorted(timings)[10] < 0.020

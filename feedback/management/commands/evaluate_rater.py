@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import connection
 
 from feedback.evaluation import evaluate, format_table
 from feedback.raters.bank import Example, read_jsonl
@@ -91,6 +92,9 @@ class Command(BaseCommand):
                 return _rate_llm(example)
             except LLMError as error:
                 return error
+            finally:
+                # Each pool thread records its calls on its own connection; do not leak it.
+                connection.close()
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
             outcomes = list(pool.map(attempt, examples))
