@@ -13,6 +13,7 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 LOCAL_DIR = Path(os.environ.get("IMBUE_LOCAL_DIR", BASE_DIR / ".local"))
@@ -91,14 +92,17 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "imbue.security.SecurityHeadersMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
+    "imbue.security.FormInputGuardMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "imbue.security.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "imbue.urls"
@@ -216,19 +220,35 @@ IMBUE = {
     "conversation_token_budget": env_int("IMBUE_CONVERSATION_TOKEN_BUDGET", 60000),
 }
 
-# --- Sessions, security --------------------------------------------------------------------------
+# --- Sessions, security (see imbue/security.py for the headers and README "Deploying") ---------
 SESSION_ENGINE = "django.contrib.sessions.backends.db"
 SESSION_COOKIE_AGE = 60 * 60 * 24 * 90
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_HTTPONLY = False  # htmx reads the token from the page, not the cookie
+CSRF_FAILURE_VIEW = "imbue.views.csrf_failure"
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+# Form posts may also go to these origins (CSP form-action), e.g. a recruitment platform's
+# completion page when a study redirects there straight after a form is submitted.
+CSP_FORM_ACTION_EXTRA = env_list("CSP_FORM_ACTION_EXTRA", "https://app.prolific.com")
+# Shown when a message suggests someone may be at risk; staff replace it (a study may override it).
+SUPPORT_RESOURCES_FILE = Path(
+    os.environ.get("IMBUE_SUPPORT_RESOURCES_FILE")
+    or BASE_DIR / "simulations" / "data" / "support_resources.txt"
+)
 if DEPLOY:
+    if not os.environ.get("SECRET_KEY"):
+        raise ImproperlyConfigured("IMBUE_DEPLOY=1 needs SECRET_KEY in the environment.")
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
+    # The __Host- prefix makes browsers refuse these cookies unless set over HTTPS for this host.
+    SESSION_COOKIE_NAME = "__Host-imbue_session"
+    CSRF_COOKIE_NAME = "__Host-imbue_csrf"
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # probes inside the cluster speak plain HTTP
     SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True

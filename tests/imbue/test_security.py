@@ -1,0 +1,393 @@
+"""Headers, CSRF on every route, session rotation, websocket origins, error pages, the database
+outage page, junk-input guard, the shared text cleaner and spreadsheet-safe cells."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from channels.testing import WebsocketCommunicator
+from django.conf import settings as django_settings
+from django.contrib.auth.models import User
+from django.contrib.sessions.backends.db import SessionStore
+from django.db import InterfaceError, OperationalError
+from django.http import HttpRequest, HttpResponse
+from django.test import Client
+from django.urls import URLPattern, URLResolver, get_resolver, include, path
+
+from imbue.security import UserTextError, clean_user_text, csv_safe
+from simulations.models import Learner
+
+BASE_DIR = Path(__file__).resolve().parents[2]
+
+# --- a urlconf for the error-page tests: the product's routes plus views that fail -------------
+
+
+def _boom(request: HttpRequest) -> HttpResponse:
+    raise RuntimeError("secret detail that must not reach the page")
+
+
+def _database_gone(request: HttpRequest) -> HttpResponse:
+    raise OperationalError("connection to server at 127.0.0.1, port 5432 failed: refused")
+
+
+def _connection_closed(request: HttpRequest) -> HttpResponse:
+    raise InterfaceError("connection already closed")
+
+
+def _touch_session(request: HttpRequest) -> HttpResponse:
+    request.session["touched"] = True
+    return HttpResponse("ok")
+
+
+urlpatterns = [
+    path("boom/", _boom),
+    path("database-gone/", _database_gone),
+    path("connection-closed/", _connection_closed),
+    path("touch-session/", _touch_session),
+    path("", include("imbue.urls")),
+]
+handler400 = "imbue.views.bad_request"
+handler403 = "imbue.views.permission_denied"
+handler404 = "imbue.views.page_not_found"
+handler500 = "imbue.views.server_error"
+
+THIS_URLCONF = __name__
+
+
+# --- headers -----------------------------------------------------------------------------------
+
+
+def _policy(response: HttpResponse) -> dict[str, str]:
+    header = response.headers["Content-Security-Policy"]
+    return {
+        part.split(" ", 1)[0]: part.split(" ", 1)[1] if " " in part else ""
+        for part in (p.strip() for p in header.split(";"))
+    }
+
+
+@pytest.mark.django_db
+def test_pages_send_a_strict_content_security_policy(client: Client) -> None:
+    response = client.get("/practice/")
+    policy = _policy(response)
+    assert policy["script-src"] == "'self'"
+    assert policy["object-src"] == "'none'"
+    assert policy["frame-ancestors"] == "'none'"
+    assert policy["base-uri"] == "'self'"
+    assert policy["form-action"].startswith("'self'")
+    assert policy["default-src"] == "'self'"
+    assert policy["connect-src"] == "'self' ws://testserver wss://testserver"
+    assert "unsafe-eval" not in response.headers["Content-Security-Policy"]
+    assert "'unsafe-inline'" not in policy["script-src"]
+
+
+@pytest.mark.django_db
+def test_pages_send_the_other_protective_headers(client: Client) -> None:
+    response = client.get("/practice/library/")
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Referrer-Policy"] == "same-origin"
+    assert response.headers["Cross-Origin-Opener-Policy"] == "same-origin"
+    assert response.headers["Cross-Origin-Resource-Policy"] == "same-origin"
+    permissions = response.headers["Permissions-Policy"]
+    for feature in ("camera=()", "microphone=()", "geolocation=()", "payment=()"):
+        assert feature in permissions
+
+
+@pytest.mark.django_db
+def test_error_pages_and_admin_carry_the_policy_too(client: Client) -> None:
+    assert "script-src 'self'" in client.get("/no-such-page/").headers["Content-Security-Policy"]
+    assert "script-src 'self'" in client.get("/admin/login/").headers["Content-Security-Policy"]
+
+
+@pytest.mark.asyncio
+async def test_async_stack_adds_the_headers_too() -> None:
+    from django.test import AsyncClient
+
+    response = await AsyncClient().get("/healthz")
+    assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+
+
+def _templates() -> Iterator[Path]:
+    yield from sorted((BASE_DIR / "templates").rglob("*.html"))
+    for app in ("imbue", "simulations", "feedback", "study"):
+        yield from sorted((BASE_DIR / app / "templates").rglob("*.html"))
+
+
+INLINE_SCRIPT = re.compile(r"<script\b(?![^>]*\bsrc=)[^>]*>", re.I)
+HANDLER_ATTRIBUTE = re.compile(r"\s(on[a-z]+|hx-on[:\w-]*)\s*=", re.I)
+
+
+def test_no_template_has_inline_scripts_or_event_handler_attributes() -> None:
+    offenders = []
+    for template in _templates():
+        text = template.read_text()
+        for pattern in (INLINE_SCRIPT, HANDLER_ATTRIBUTE):
+            offenders += [
+                f"{template.relative_to(BASE_DIR)}: {m.group(0)}" for m in pattern.finditer(text)
+            ]
+        if "javascript:" in text.lower():
+            offenders.append(f"{template.relative_to(BASE_DIR)}: javascript: URL")
+        if re.search(r"hx-(?:vals|headers)\s*=\s*['\"]\s*(?:js|javascript):", text):
+            offenders.append(f"{template.relative_to(BASE_DIR)}: evaluated hx- attribute")
+    assert offenders == [], "CSP blocks these; move them to static/js:\n" + "\n".join(offenders)
+
+
+# --- CSRF on every route ----------------------------------------------------------------------
+
+# Routes allowed to take a POST without a CSRF token (none: add one only with a reason).
+CSRF_EXEMPT: set[str] = set()
+SAMPLE = {"int": "1", "str": "x", "slug": "x", "path": "x", "uuid": str(uuid.UUID(int=1))}
+
+
+def _routes(patterns: list, prefix: str = "") -> Iterator[str]:
+    for entry in patterns:
+        route = str(entry.pattern)
+        if route.startswith("^") or "(?P" in route:
+            continue  # regular-expression routes (a few admin ones) need real values; skipped
+        if isinstance(entry, URLResolver):
+            yield from _routes(entry.url_patterns, prefix + route)
+        elif isinstance(entry, URLPattern):
+            yield "/" + re.sub(
+                r"<(?:(\w+):)?\w+>", lambda m: SAMPLE[m.group(1) or "str"], prefix + route
+            )
+
+
+def product_routes() -> list[str]:
+    return sorted(set(_routes(get_resolver().url_patterns)))
+
+
+def test_the_route_walk_sees_every_app() -> None:
+    routes = product_routes()
+    for expected in ("/practice/situations/new/", "/practice/resume/", "/admin/login/"):
+        assert expected in routes
+    assert len(routes) > 40
+
+
+@pytest.mark.django_db
+def test_every_post_route_refuses_a_request_without_csrf_token() -> None:
+    client = Client(enforce_csrf_checks=True)
+    client.get("/practice/")  # a learner session, as a real visitor would have
+    results = {route: client.post(route, {"text": "hello"}) for route in product_routes()}
+    unprotected = {
+        route: response.status_code
+        for route, response in results.items()
+        if response.status_code != 403 and route not in CSRF_EXEMPT
+    }
+    assert unprotected == {}
+    page = results["/practice/situations/new/"].content.decode()
+    assert "This page has expired" in page and "CSRF" not in page
+    print(f"\nCSRF checked on {len(results)} routes")
+
+
+@pytest.mark.django_db
+def test_a_post_with_the_token_is_accepted(client: Client) -> None:
+    csrf_client = Client(enforce_csrf_checks=True)
+    page = csrf_client.get("/practice/resume/")
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.content.decode())
+    assert token
+    response = csrf_client.post(
+        "/practice/resume/", {"code": "NOPE", "csrfmiddlewaretoken": token.group(1)}
+    )
+    assert response.status_code == 400  # the form's own answer: the code is unknown
+
+
+# --- sessions ---------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_binding_a_learner_by_resume_code_rotates_the_session_key(client: Client) -> None:
+    client.get("/practice/")
+    before = client.cookies[django_settings.SESSION_COOKIE_NAME].value
+    other = Learner.objects.create()
+    client.post("/practice/resume/", {"code": other.resume_code})
+    after = client.cookies[django_settings.SESSION_COOKIE_NAME].value
+    assert before != after
+    assert not SessionStore().exists(before)
+    assert SessionStore(session_key=after).get("imbue_learner_id") == other.pk
+
+
+@pytest.mark.django_db
+def test_staff_login_rotates_the_session_key(client: Client) -> None:
+    User.objects.create_user("staff", password="a-long-test-password-1", is_staff=True)
+    client.get("/practice/")
+    before = client.cookies[django_settings.SESSION_COOKIE_NAME].value
+    response = client.post(
+        "/admin/login/?next=/admin/",
+        {"username": "staff", "password": "a-long-test-password-1"},
+    )
+    assert response.status_code == 302
+    assert client.cookies[django_settings.SESSION_COOKIE_NAME].value != before
+
+
+@pytest.mark.django_db
+def test_session_cookie_is_http_only_and_same_site(client: Client) -> None:
+    client.get("/practice/")
+    cookie = client.cookies[django_settings.SESSION_COOKIE_NAME]
+    assert cookie["httponly"] and cookie["samesite"] == "Lax"
+
+
+# --- websocket origins --------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("origin", "accepted"),
+    [
+        (b"http://localhost", True),
+        (b"https://evil.example", False),
+        (b"null", False),
+    ],
+)
+async def test_websockets_from_other_origins_are_refused(origin: bytes, accepted: bool) -> None:
+    from imbue.asgi import application
+
+    socket = WebsocketCommunicator(application, "/ws/ping/", headers=[(b"origin", origin)])
+    connected, _ = await socket.connect()
+    assert connected is accepted
+    await socket.disconnect()
+
+
+# --- error pages --------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_unknown_page_is_a_plain_404(client: Client) -> None:
+    response = client.get("/practice/c/999999/")
+    assert response.status_code == 404
+    page = response.content.decode()
+    assert "We could not find that page" in page
+    assert "Traceback" not in page and "Page not found (404)" not in page
+
+
+@pytest.mark.urls(THIS_URLCONF)
+def test_server_error_is_a_plain_500_without_details() -> None:
+    response = Client(raise_request_exception=False).get("/boom/")
+    assert response.status_code == 500
+    page = response.content.decode()
+    assert "Something went wrong on our side" in page
+    assert "secret detail" not in page and "RuntimeError" not in page
+
+
+@pytest.mark.urls(THIS_URLCONF)
+@pytest.mark.parametrize("route", ["/database-gone/", "/connection-closed/"])
+def test_database_outage_in_a_view_is_a_clear_503(route: str) -> None:
+    response = Client(raise_request_exception=False).get(route)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "10"
+    page = response.content.decode()
+    assert "We couldn't reach our database" in page
+    assert "127.0.0.1" not in page and "5432" not in page
+
+
+@pytest.mark.urls(THIS_URLCONF)
+def test_database_outage_in_a_view_is_a_503_even_with_debug_on(settings) -> None:
+    settings.DEBUG = True
+    response = Client(raise_request_exception=False).get("/database-gone/")
+    assert response.status_code == 503
+    assert "We couldn't reach our database" in response.content.decode()
+
+
+@pytest.mark.urls(THIS_URLCONF)
+@pytest.mark.django_db
+def test_database_outage_while_saving_the_session_is_a_503(monkeypatch) -> None:
+    def refuse(self, must_create: bool = False) -> None:
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(SessionStore, "save", refuse)
+    response = Client(raise_request_exception=False).get("/touch-session/")
+    assert response.status_code == 503
+    assert "We couldn't reach our database" in response.content.decode()
+
+
+def test_error_templates_render_without_a_request_or_database() -> None:
+    from django.template.loader import render_to_string
+
+    for code in (400, 403, 404, 500, 503):
+        page = render_to_string(f"imbue/error_{code}.html")
+        assert "<h1>" in page and "{%" not in page and "IMBUE" in page
+
+
+# --- junk input -----------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_nul_bytes_in_a_form_are_refused_before_the_view(client: Client) -> None:
+    before = Learner.objects.count()
+    response = client.post("/practice/resume/", {"code": "ABC\x00DEF"})
+    assert response.status_code == 400
+    assert "characters we cannot store" in response.content.decode()
+    response = client.get("/practice/library/", {"q\x00": "x"})
+    assert response.status_code == 400
+    assert Learner.objects.count() == before
+
+
+# --- the shared text cleaner ---------------------------------------------------------------
+
+
+def test_clean_user_text_keeps_ordinary_writing() -> None:
+    text = "You never ask.\nI'd like you to ask first — ok? 😀 Ça va, 你好, مرحبا"
+    assert clean_user_text(text, 2000) == text
+
+
+def test_clean_user_text_normalises_line_ends_space_and_unicode() -> None:
+    assert clean_user_text("  one\r\ntwo\rthree\t4  \n\n\n\n\nfive  ", 100) == (
+        "one\ntwo\nthree 4\n\nfive"
+    )
+    assert clean_user_text("cafe\u0301", 100) == "caf\u00e9"
+
+
+def test_clean_user_text_strips_stray_controls_and_bidi_overrides() -> None:
+    assert clean_user_text("hello\x07 there\u202e friend\ufeff", 100) == "hello there friend"
+    assert clean_user_text("family 👨\u200d👩\u200d👧", 100) == "family 👨\u200d👩\u200d👧"
+
+
+@pytest.mark.parametrize(
+    "junk",
+    ["abc\x00def", "\ud800 lone surrogate", "\x01\x02\x03\x04\x05 mostly binary", "\x1b[31m" * 5],
+)
+def test_clean_user_text_refuses_nul_and_binary_junk(junk: str) -> None:
+    with pytest.raises(UserTextError, match="not text"):
+        clean_user_text(junk, 2000)
+
+
+def test_clean_user_text_refuses_too_long_text_with_the_numbers() -> None:
+    with pytest.raises(UserTextError) as error:
+        clean_user_text("a" * 2001, 2000)
+    assert str(error.value) == (
+        "Your message is 2,001 characters long; the limit is 2,000. Please shorten it."
+    )
+    assert clean_user_text("a" * 2000, 2000) == "a" * 2000
+    with pytest.raises(UserTextError, match=r"^Your draft"):
+        clean_user_text("b" * 11, 10, what="draft")
+
+
+def test_clean_user_text_returns_empty_for_blank_input() -> None:
+    assert clean_user_text(" \n\t ", 10) == ""
+
+
+# --- spreadsheet cells ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ('=HYPERLINK("http://x","y")', '\'=HYPERLINK("http://x","y")'),
+        ("+1+1", "'+1+1"),
+        ("-2+3", "'-2+3"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("\t=1", "'\t=1"),
+        ("\r=1", "'\r=1"),
+        ("\uff1d1+1", "'\uff1d1+1"),
+        ("My boss = unfair", "My boss = unfair"),
+        ("", ""),
+        (3, 3),
+        (-2.5, -2.5),
+        (None, None),
+    ],
+)
+def test_csv_safe_defuses_formulas_only(value: object, expected: object) -> None:
+    assert csv_safe(value) == expected
