@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 from urllib.parse import quote
 
+from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
@@ -413,3 +414,33 @@ class WithdrawalReceipt(models.Model):
 
     def __str__(self) -> str:
         return f"withdrawal {self.code} ({self.study_slug})"
+
+
+class StudyStaff(models.Model):
+    """A staff member's rights on one study; superusers have every right on every study.
+
+    Granted by superusers (on the study's admin page); every change is in the audit log.
+    """
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="staff_grants")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="study_grants"
+    )
+    can_view_data = models.BooleanField(
+        default=True, help_text="Dashboard, analysis, participant pages and transcripts."
+    )
+    can_export = models.BooleanField(
+        default=False, help_text="Download exports (recruitment ids only when asked for)."
+    )
+    can_edit_settings = models.BooleanField(
+        default=False, help_text="Change the study, its arms and texts; open and close it."
+    )
+    granted_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "staff access"
+        verbose_name_plural = "staff access"
+        constraints = [models.UniqueConstraint(fields=["study", "user"], name="study_staff_once")]
+
+    def __str__(self) -> str:
+        return f"{self.user} on {self.study}"
