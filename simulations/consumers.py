@@ -86,6 +86,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         await self.accept()
         await self._send_view()
         await services.ensure_partner_reply(conversation_id=self.conversation_id)
+        services.warm_up()
 
     async def disconnect(self, code: int) -> None:
         if hasattr(self, "group"):

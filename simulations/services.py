@@ -32,7 +32,6 @@ import secrets
 import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 import redis
@@ -42,14 +41,15 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Max, Sum
+from django.db.models import Max
 from django.utils import timezone
 
 from feedback.raters.offline import rate_offline
 from feedback.skills import SKILLS, STRATEGIES
-from imbue import llm
-from imbue.models import LLMCall
-from simulations import partner, resistance, suggest
+from imbue import audit, llm, ratelimit
+from imbue.models import AdverseEvent
+from imbue.security import UserTextError, clean_user_text
+from simulations import partner, resistance, safety, suggest
 from simulations.models import Conversation, EmotionCheckin, Learner, Message, Situation
 
 log = logging.getLogger(__name__)
@@ -210,9 +210,17 @@ def _written_brief(conversation: Conversation, fallback: dict[str, Any]) -> dict
 # --------------------------------------------------------------------------- the learner's turn
 
 
-def _clean_text(text: str) -> str:
-    # PostgreSQL text cannot hold NUL; Windows line ends count double against the limit.
-    return str(text).replace("\x00", "").replace("\r\n", "\n").strip()
+_warming: asyncio.Task[Any] | None = None
+
+
+def warm_up() -> None:
+    """Train the offline rater in the background (once per process) while the learner types, so
+    the first message is not held up by it; call from async code such as a socket's connect."""
+    global _warming
+    if _warming is None:
+        from feedback.raters.offline import default_model
+
+        _warming = asyncio.get_running_loop().create_task(asyncio.to_thread(default_model))
 
 
 def _clean_strategies(conversation: Conversation, strategies: Iterable[str] | str) -> list[str]:
@@ -230,38 +238,25 @@ def _clean_strategies(conversation: Conversation, strategies: Iterable[str] | st
     return ordered
 
 
-def _check_rate(conversation: Conversation) -> None:
-    limit = int(settings.IMBUE.get("messages_per_minute", 0) or 0)
-    if not limit:
-        return
-    recent = Message.objects.filter(
-        conversation__learner_id=conversation.learner_id,
-        role=Message.Role.LEARNER,
-        created_at__gte=timezone.now() - timedelta(minutes=1),
-    ).count()
-    if recent >= limit:
-        raise ConversationError(
-            "You are sending messages very quickly. Please wait a minute, then send again."
-        )
-
-
 def record_learner_message(
     *, conversation: Conversation, text: str, strategies: Sequence[str] | str
 ) -> Message:
     """Store what the learner sent (first, on its own), rate it, move the resistance, and queue
-    the partner's reply as a pending message."""
-    text = _clean_text(text)
+    the partner's reply as a pending message.
+
+    A message that suggests the learner may be at risk is stored with an adverse event for the
+    researchers, pauses the conversation, and is never sent to the partner model.
+    """
     with transaction.atomic():
         locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
         if not locked.is_open:
             raise ConversationError("This conversation has ended; start a new one to go on.")
+        try:
+            text = clean_user_text(text, locked.max_message_chars)
+        except UserTextError as error:
+            raise ConversationError(str(error)) from None
         if not text:
             raise ConversationError("Write a message first.")
-        if len(text) > locked.max_message_chars:
-            raise ConversationError(
-                f"Your message is {len(text)} characters long; the limit is "
-                f"{locked.max_message_chars}. Please shorten it."
-            )
         chosen = _clean_strategies(locked, strategies)
         messages = list(locked.messages.order_by("seq"))
         learner_count = sum(m.role == Message.Role.LEARNER for m in messages)
@@ -273,7 +268,9 @@ def record_learner_message(
                 raise ConversationError("Wait for their reply before you send the next message.")
             if last.state == Message.State.FAILED:
                 raise ConversationError("Their last reply did not arrive. Press Try again first.")
-        _check_rate(locked)
+        allowed = ratelimit.check_messages(locked.learner_id)
+        if not allowed:
+            raise ConversationError(allowed.message)
         message = Message.objects.create(
             conversation=locked,
             seq=(last.seq if last else 0) + 1,
@@ -283,6 +280,20 @@ def record_learner_message(
             state=Message.State.COMPLETE,
             completed_at=timezone.now(),
         )
+        risk = safety.assess_risk(text)
+        if risk.at_risk:
+            # In the same transaction, so no crash can leave a risky message waiting for a reply.
+            audit.record_adverse_event(
+                assessment=risk,
+                learner_id=locked.learner_id,
+                conversation_id=locked.pk,
+                message_id=message.pk,
+                source=AdverseEvent.Source.MESSAGE,
+            )
+            locked.status = Conversation.Status.PAUSED
+            locked.ended_at = timezone.now()
+            locked.save(update_fields=["status", "ended_at"])
+            return message
     # The message is committed; a failure from here on must not lose it.
     partner_said = next(
         (
@@ -499,13 +510,6 @@ class _Failed:
     call_id: int | None
 
 
-def _tokens_used(conversation_id: int) -> int:
-    totals = LLMCall.objects.filter(conversation_id=conversation_id).aggregate(
-        used_in=Sum("tokens_in"), used_out=Sum("tokens_out")
-    )
-    return int(totals["used_in"] or 0) + int(totals["used_out"] or 0)
-
-
 def _claim(message_id: int) -> _Job | None:
     """Start a new attempt at this reply (the lease is already held), or None if not needed."""
     conversation_id = (
@@ -530,6 +534,8 @@ def _claim(message_id: int) -> _Job | None:
             Message.State.STREAMING,
         ):
             return None
+        if conversation.status == Conversation.Status.PAUSED:
+            return None  # paused for safety: nothing more goes to the partner model
         message.state = Message.State.STREAMING
         message.attempts += 1
         message.error = ""
@@ -544,7 +550,7 @@ def _claim(message_id: int) -> _Job | None:
         offline = conversation.partner_engine == Conversation.Engine.OFFLINE
         if not offline and not llm.is_configured():
             offline = True
-        if not offline and _tokens_used(conversation.pk) >= conversation.token_budget:
+        if not offline and not ratelimit.budget_left(conversation.pk, conversation.token_budget):
             # The budget is spent: the offline partner finishes the conversation, on the record.
             conversation.partner_engine = Conversation.Engine.OFFLINE
             conversation.partner_brief = {
@@ -786,7 +792,9 @@ def start_partner_reply(*, message_id: int) -> asyncio.Task[None]:
 def _reply_in_flight(conversation_id: int) -> int | None:
     """The reply still to be written, if any; one left missing by a crash is queued now."""
     with transaction.atomic():
-        Conversation.objects.select_for_update().filter(pk=conversation_id).first()
+        conversation = Conversation.objects.select_for_update().filter(pk=conversation_id).first()
+        if conversation is None or conversation.status == Conversation.Status.PAUSED:
+            return None
         last = (
             Message.objects.filter(conversation_id=conversation_id)
             .order_by("-seq")
@@ -1044,6 +1052,10 @@ def chat_context(conversation: Conversation) -> dict[str, Any]:
         ],
         "worksheet": [SKILLS[key] for key in WORKSHEET_ORDER],
         "offline_partner": conversation.partner_engine == Conversation.Engine.OFFLINE,
+        "partner_fallback_reason": conversation.partner_brief.get("partner_fallback_reason", ""),
+        "support_text": (
+            audit.support_resources() if conversation.status == Conversation.Status.PAUSED else ""
+        ),
         "checkin_before_due": is_open and not messages and "before" not in phases,
         "checkin_midway_due": (
             is_open

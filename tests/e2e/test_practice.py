@@ -8,7 +8,7 @@ import time
 import pytest
 from playwright.sync_api import expect
 
-from simulations.models import Conversation, Message
+from simulations.models import Conversation, Message, Situation
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -120,3 +120,38 @@ def test_practise_three_messages_watching_replies_stream_and_refresh_mid_reply(
     requests = [r for r in fake_llm_server.requests() if r["purpose"] == "partner"]
     assert len(requests) == 3  # the refresh did not cause a second reply
     assert page.locator("#message-status").inner_text() == "You have 7 messages left."
+
+
+def test_practise_without_javascript(browser, live_server_url: str, fake_llm_server) -> None:
+    fake_llm_server.reset()
+    context = browser.new_context(base_url=live_server_url, java_script_enabled=False)
+    page = context.new_page()
+    try:
+        situation = Situation.objects.create(
+            slug="e2e-no-js",
+            title="Borrowed car returned empty",
+            category="family",
+            situation="My brother has returned my car with an empty tank twice this month.",
+            goal="Get him to refill the tank before he gives the car back.",
+            difficulty=3,
+        )
+        page.goto("/practice/library/")
+        page.get_by_role("button", name=f"Practise: {situation.title}").click()
+        page.wait_for_url("**/practice/c/*/")
+        page.check("#checkin-before-7")
+        page.click("text=Save how I feel")
+        page.check("#strategy-describe")
+        page.check("#strategy-assert")
+        page.fill("#message-text", MESSAGES[0][1])
+        page.click("#send-button")  # the reply is written before the page comes back
+        page.wait_for_url("**/practice/c/*/#composer")
+        conversation = Conversation.objects.get(situation=situation)
+        learner, reply = conversation.messages.order_by("seq")
+        assert reply.state == "complete"
+        assert bubbles(page, "partner") == [reply.text]
+        assert bubbles(page, "learner") == [learner.text]
+        assert conversation.checkins.get().intensity == 7
+        page.click("text=End the conversation")
+        assert "You ended the conversation" in page.locator("#summary").inner_text()
+    finally:
+        context.close()

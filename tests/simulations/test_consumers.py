@@ -95,6 +95,12 @@ def failed(frame: str, message_id: int) -> bool:
     return f'id="msg-{message_id}" class="msg msg-partner msg-failed"' in frame
 
 
+@pytest.fixture(autouse=True)
+def no_rate_limit(settings) -> None:
+    # Learner ids repeat across runs while Redis keeps the last minute's hits.
+    settings.IMBUE = {**settings.IMBUE, "messages_per_minute": 0}
+
+
 @database_sync_to_async
 def start(learner: Learner | None = None, **options: object) -> Conversation:
     learner = learner or Learner.objects.create()
@@ -387,4 +393,18 @@ async def test_checkins_and_suggestions_over_the_socket(no_llm: None) -> None:
     assert "<strong>Describe</strong>" in frame
     checkin = await conversation.checkins.aget()
     assert (checkin.phase, checkin.intensity, checkin.after_seq) == ("before", 6, 0)
+    await view.communicator.disconnect()
+
+
+async def test_a_message_suggesting_risk_pauses_the_chat_and_shows_support(fake_llm) -> None:
+    conversation = await start()
+    view = await open_view(conversation)
+    await view.send(action="send", text="I want to kill myself.", strategies=["express"])
+    frame = await view.until(lambda f: 'id="summary"' in f)
+    assert "This conversation is paused" in frame and "988" in frame
+    assert view.seen(lambda f: "This conversation is paused." in f)
+    await conversation.arefresh_from_db()
+    assert conversation.status == Conversation.Status.PAUSED
+    assert await Message.objects.filter(conversation=conversation).acount() == 1
+    assert not partner_requests(fake_llm)
     await view.communicator.disconnect()

@@ -12,7 +12,8 @@ import pytest
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 
-from imbue.models import LLMCall
+from imbue import ratelimit
+from imbue.models import AdverseEvent, LLMCall
 from simulations import services
 from simulations.models import Conversation, EmotionCheckin, Learner, Message, Situation
 
@@ -36,6 +37,12 @@ STRONG = [
     ),
 ]
 ATTACK = (["assert"], "You always do this, you are so selfish. Just text me, idiot!")
+
+
+@pytest.fixture(autouse=True)
+def no_rate_limit(settings) -> None:
+    # Learner ids repeat across runs while Redis keeps the last minute's hits.
+    settings.IMBUE = {**settings.IMBUE, "messages_per_minute": 0}
 
 
 def make_situation(learner: Learner | None = None, difficulty: int = 5) -> Situation:
@@ -182,10 +189,11 @@ def test_the_message_is_kept_when_the_rater_breaks(no_llm: None, monkeypatch) ->
 def test_messages_per_minute_are_limited(no_llm: None, settings) -> None:
     settings.IMBUE = {**settings.IMBUE, "messages_per_minute": 2}
     conversation = start()
+    ratelimit.reset(f"messages:{conversation.learner_id}")
     for _ in range(2):
         services.record_learner_message(conversation=conversation, text="Hi.", strategies="assert")
         reply_to(conversation)
-    with pytest.raises(services.ConversationError, match="very quickly"):
+    with pytest.raises(services.ConversationError, match="very fast"):
         services.record_learner_message(conversation=conversation, text="Hi.", strategies="assert")
 
 
@@ -346,3 +354,41 @@ async def test_a_reply_lost_before_it_was_queued_is_written_on_the_next_connect(
     await asyncio.wait_for(asyncio.gather(*services._running), 10)
     reply = await Message.objects.aget(pk=reply_id)
     assert reply.seq == message.seq + 1 and reply.state == Message.State.COMPLETE
+
+
+def test_a_message_suggesting_risk_pauses_the_practice_and_never_reaches_the_model(
+    fake_llm,
+) -> None:
+    conversation = start()
+    services.record_learner_message(conversation=conversation, text="Please.", strategies="assert")
+    reply_to(conversation)
+    message = services.record_learner_message(
+        conversation=conversation,
+        text="Honestly I want to kill myself, I can't do this any more.",
+        strategies=["express"],
+    )
+    conversation.refresh_from_db()
+    assert conversation.status == Conversation.Status.PAUSED
+    assert Message.objects.get(pk=message.pk).text.startswith("Honestly")
+    event = AdverseEvent.objects.get()
+    assert (event.conversation_id, event.message_id) == (conversation.pk, message.pk)
+    assert event.learner_id == conversation.learner_id and event.category == "self_harm"
+    assert not conversation.messages.filter(seq__gt=message.seq).exists()
+    assert async_to_sync(services.ensure_partner_reply)(conversation_id=conversation.pk) is None
+    assert not conversation.messages.filter(seq__gt=message.seq).exists()
+    partner_prompts = [r for r in fake_llm.requests() if r["purpose"] == "partner"]
+    assert len(partner_prompts) == 1
+    assert all("kill myself" not in str(r["body"]) for r in fake_llm.requests())
+    context = services.chat_context(conversation)
+    assert "988" in context["support_text"] and not context["can_send"]
+
+
+def test_role_play_anger_does_not_pause_the_practice(no_llm: None) -> None:
+    conversation = start()
+    services.record_learner_message(
+        conversation=conversation,
+        text="This job is killing me and you keep dumping your shifts on me!",
+        strategies=["express"],
+    )
+    conversation.refresh_from_db()
+    assert conversation.is_open and not AdverseEvent.objects.exists()

@@ -15,6 +15,12 @@ from simulations.models import Conversation, EmotionCheckin, Learner, Message, S
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+@pytest.fixture(autouse=True)
+def no_rate_limit(settings) -> None:
+    # Learner ids repeat across runs while Redis keeps the last minute's hits.
+    settings.IMBUE = {**settings.IMBUE, "messages_per_minute": 0}
+
+
 def owner_client(learner: Learner) -> Client:
     client = Client()
     session = client.session
