@@ -133,7 +133,7 @@ def request_feedback(
             strategies=chosen,
             used_rewrite=used_rewrite,
         )
-        link_sent_messages(locked)
+        link_sent_messages(locked, before_turn=turn)
         if not locked.feedback_enabled:
             return FeedbackRequest.objects.create(
                 draft=draft, status=FeedbackRequest.Status.WITHHELD
@@ -322,13 +322,12 @@ def mark_viewed(*, conversation_id: int, request_id: int) -> bool:
 # --------------------------------------------------------------------------- the revision trail
 
 
-def link_sent_messages(conversation: Conversation) -> int:
+def link_sent_messages(conversation: Conversation, *, before_turn: int | None = None) -> int:
     """Point every draft of an already sent turn at the learner message that turn became."""
-    open_turns = set(
-        Draft.objects.filter(conversation=conversation, sent_message__isnull=True).values_list(
-            "turn", flat=True
-        )
-    )
+    unlinked = Draft.objects.filter(conversation=conversation, sent_message__isnull=True)
+    if before_turn is not None:
+        unlinked = unlinked.filter(turn__lt=before_turn)
+    open_turns = set(unlinked.values_list("turn", flat=True))
     if not open_turns:
         return 0
     learner_messages = list(
