@@ -9,6 +9,7 @@ urlpatterns = [
     path("practice/", include("simulations.pages")),
     path("practice/", include("simulations.urls")),
     path("feedback/", include("feedback.urls")),
+    path("s/", include("study.urls")),
     path("admin/", admin.site.urls),
 ]
 
