@@ -1,0 +1,207 @@
+"""Staff screens for studies (a basic version; the researcher side extends it).
+
+The allocation design and the arms are editable while a study is a draft and frozen once it opens
+(its sequence and hash are then on record). Opening and closing are actions, not field edits.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from study import services
+from study.models import (
+    Allocation,
+    Arm,
+    ConsentVersion,
+    Participant,
+    Study,
+    SurveyItem,
+    WithdrawalReceipt,
+)
+
+DESIGN_FIELDS = ("allocation_method", "block_size", "stratify_by", "target_size")
+
+
+class ArmInline(admin.TabularInline):
+    model = Arm
+    extra = 0
+    fields = (
+        "order",
+        "key",
+        "name",
+        "feedback_shown",
+        "suggestion_shown",
+        "worksheet_shown",
+        "adaptive_partner",
+        "weight",
+    )
+
+    def has_add_permission(self, request: HttpRequest, obj: Study | None = None) -> bool:
+        return super().has_add_permission(request, obj) and not (obj and obj.design_frozen)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Study | None = None) -> bool:
+        return super().has_delete_permission(request, obj) and not (obj and obj.design_frozen)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Study | None = None) -> Any:
+        return self.fields if obj and obj.design_frozen else ()
+
+
+class ConsentVersionInline(admin.TabularInline):
+    model = ConsentVersion
+    extra = 0
+    can_delete = False
+    fields = ("version", "created_at", "text")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Study | None = None) -> bool:
+        return False
+
+
+@admin.register(Study)
+class StudyAdmin(admin.ModelAdmin):
+    list_display = ("name", "slug", "status", "participant_count", "target_size", "opened_at")
+    list_filter = ("status",)
+    search_fields = ("name", "slug")
+    prepopulated_fields = {"slug": ("name",)}
+    inlines = [ArmInline, ConsentVersionInline]
+    actions = ["open_studies", "close_studies"]
+    fieldsets = (
+        (None, {"fields": ("name", "slug", "status", "target_size")}),
+        ("Texts", {"fields": ("consent_text", "consent_version", "debrief_text", "support_text")}),
+        (
+            "Allocation",
+            {
+                "fields": (
+                    "allocation_method",
+                    "block_size",
+                    "stratify_by",
+                    "seed",
+                    "sequence_hash",
+                    "opened_at",
+                    "closed_at",
+                )
+            },
+        ),
+        (
+            "Exits (a {code} in a URL is replaced by the code)",
+            {
+                "fields": (
+                    ("completion_code", "completion_url"),
+                    ("screenout_code", "screenout_url"),
+                    ("withdrawal_code", "withdrawal_url"),
+                )
+            },
+        ),
+        (
+            "Situations and chats",
+            {
+                "fields": (
+                    "min_difficulty_gap",
+                    "max_messages",
+                    "training_strategy_mode",
+                    "evaluation_strategy_mode",
+                    "evaluation_worksheet_shown",
+                    "evaluation_adaptive_partner",
+                )
+            },
+        ),
+    )
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Study | None = None) -> Any:
+        fixed = ["status", "consent_version", "seed", "sequence_hash", "opened_at", "closed_at"]
+        if obj and obj.design_frozen:
+            fixed += list(DESIGN_FIELDS)
+        return fixed
+
+    @admin.display(description="Participants")
+    def participant_count(self, obj: Study) -> int:
+        return obj.participants.count()
+
+    def save_model(self, request: HttpRequest, obj: Study, form: Any, change: bool) -> None:
+        services.save_study(study=obj, consent_changed="consent_text" in form.changed_data)
+
+    @admin.action(description="Open the selected studies (records seed, sequence and hash)")
+    def open_studies(self, request: HttpRequest, queryset: QuerySet[Study]) -> None:
+        for study in queryset:
+            try:
+                services.open_study(study=study)
+            except ValueError as error:
+                self.message_user(request, f"{study}: {error}", messages.ERROR)
+            else:
+                self.message_user(request, f"{study} is open.", messages.SUCCESS)
+
+    @admin.action(description="Close the selected studies to new participants")
+    def close_studies(self, request: HttpRequest, queryset: QuerySet[Study]) -> None:
+        for study in queryset:
+            services.close_study(study=study)
+        self.message_user(request, f"Closed {queryset.count()} studies.", messages.SUCCESS)
+
+
+@admin.register(SurveyItem)
+class SurveyItemAdmin(admin.ModelAdmin):
+    list_display = ("key", "version", "construct", "wording", "is_active", "order")
+    list_filter = ("construct", "is_active")
+    search_fields = ("key", "wording")
+    actions = ["make_new_version"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: SurveyItem | None = None) -> Any:
+        # Answers point at the wording they saw: once answered, an item changes by new version.
+        if obj and obj.answers.exists():
+            return ["key", "version", "construct", "wording", "scale_low", "scale_high"]
+        return []
+
+    @admin.action(description="Make a new version of the selected items (to reword them)")
+    def make_new_version(self, request: HttpRequest, queryset: QuerySet[SurveyItem]) -> None:
+        for item in queryset:
+            made = services.new_item_version(item=item)
+            self.message_user(request, f"Created {made}; edit its wording now.", messages.SUCCESS)
+
+
+@admin.register(Participant)
+class ParticipantAdmin(admin.ModelAdmin):
+    list_display = ("code", "study", "status", "step", "arm", "source", "started_at")
+    list_filter = ("study", "status", "step", "arm", "source")
+    search_fields = ("code", "prolific_pid", "label")
+    list_select_related = ("study", "arm")
+    readonly_fields = [field.name for field in Participant._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Participant | None = None) -> bool:
+        return False
+
+
+@admin.register(Allocation)
+class AllocationAdmin(admin.ModelAdmin):
+    list_display = ("study", "stratum", "position", "arm", "participant", "assigned_at")
+    list_filter = ("study", "arm", "stratum")
+    readonly_fields = [field.name for field in Allocation._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Allocation | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Allocation | None = None) -> bool:
+        return False
+
+
+@admin.register(WithdrawalReceipt)
+class WithdrawalReceiptAdmin(admin.ModelAdmin):
+    list_display = ("code", "study_slug", "step", "arm_key", "withdrawn_at")
+    list_filter = ("study_slug",)
+    readonly_fields = ("code", "study_slug", "step", "arm_key", "withdrawn_at")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(
+        self, request: HttpRequest, obj: WithdrawalReceipt | None = None
+    ) -> bool:
+        return False
