@@ -13,9 +13,7 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 
-from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
@@ -25,12 +23,17 @@ from feedback.models import Draft, Engine, FeedbackRequest
 from feedback.raters.offline import rate_offline
 from feedback.raters.rating import Rating
 from feedback.skills import SKILL_KEYS, STRATEGIES, mastery, rated_skills, score
-from imbue import llm
+from imbue import audit, llm, ratelimit
+from imbue.models import AdverseEvent
+from imbue.security import UserTextError, clean_user_text
+from simulations import safety
 from simulations.models import Conversation, Message
 
 log = logging.getLogger(__name__)
 
 NO_MODEL_REASON = "no language model connected"
+BUDGET_REASON = "the conversation's model-token budget was used up"
+SAFETY_REASON = "paused for safety: the draft suggests risk, so no one rated it"
 
 
 class FeedbackInputError(ValueError):
@@ -41,19 +44,16 @@ class FeedbackInputError(ValueError):
 
 
 def clean_draft(
-    *, conversation: Conversation, text: str, strategies: Iterable[str]
+    *, conversation: Conversation, text: str, strategies: Iterable[str] | str
 ) -> tuple[str, list[str]]:
     """The draft text and chosen strategies as they will be stored, or FeedbackInputError."""
-    # As the conversation cleans a sent message: no NUL (PostgreSQL), "\r\n" counts once.
-    text = str(text or "").replace("\x00", "").replace("\r\n", "\n").strip()
+    # The same cleaning and limits as a sent message, so what was rated is what can be sent.
+    try:
+        text = clean_user_text(text, conversation.max_message_chars)
+    except UserTextError as error:
+        raise FeedbackInputError(str(error)) from None
     if not text:
         raise FeedbackInputError("Write your message first, then ask for feedback on it.")
-    limit = conversation.max_message_chars
-    if len(text) > limit:
-        raise FeedbackInputError(
-            f"Your message is {len(text):,} characters long; the limit is {limit:,}. "
-            "Shorten it, then ask again."
-        )
     if isinstance(strategies, str):
         strategies = [strategies]
     chosen = {str(s).strip().lower() for s in strategies if str(s).strip()}
@@ -87,32 +87,19 @@ def _partner_said(conversation: Conversation, turn: int) -> str:
     return replies.order_by("-seq").values_list("text", flat=True).first() or ""
 
 
-def _check_rate_limit(conversation: Conversation) -> None:
-    per_minute = settings.IMBUE.get("feedback_per_minute")
-    if not per_minute:
-        return
-    since = timezone.now() - timedelta(minutes=1)
-    recent = FeedbackRequest.objects.filter(
-        draft__conversation__learner_id=conversation.learner_id, requested_at__gte=since
-    ).count()
-    if recent >= per_minute:
-        raise FeedbackInputError(
-            f"You have asked for feedback {recent} times in the last minute. "
-            "Take a moment with the feedback you have, then ask again."
-        )
-
-
 def request_feedback(
     *,
     conversation: Conversation,
     text: str,
-    strategies: Sequence[str],
+    strategies: Sequence[str] | str,
     used_rewrite: bool = False,
 ) -> FeedbackRequest:
     """Store the draft and a feedback request on it, rate it offline now, and enqueue the model.
 
     In a conversation without feedback (a study's no-feedback arm) the draft is kept and the
-    request recorded as withheld: nothing is computed, nothing is sent.
+    request recorded as withheld: nothing is computed, nothing is sent. A draft that suggests the
+    learner may be at risk is kept too, but rated by no one: it records an adverse event and
+    pauses the practice, as a sent message would.
     """
     with transaction.atomic():
         # The row lock serialises revision numbering between two tabs asking at once.
@@ -120,10 +107,12 @@ def request_feedback(
         if not locked.is_open:
             raise FeedbackInputError("This conversation has ended, so there is nothing to send.")
         clean_text, chosen = clean_draft(conversation=locked, text=text, strategies=strategies)
-        _check_rate_limit(locked)
         turn = current_turn(locked)
         if turn > locked.max_messages:
             raise FeedbackInputError("You have used all the messages of this conversation.")
+        allowed = ratelimit.check_feedback(locked.learner_id)
+        if not allowed:
+            raise FeedbackInputError(allowed.message)
         last = Draft.objects.filter(conversation=locked, turn=turn).aggregate(m=Max("revision"))
         draft = Draft.objects.create(
             conversation=locked,
@@ -134,6 +123,20 @@ def request_feedback(
             used_rewrite=used_rewrite,
         )
         link_sent_messages(locked, before_turn=turn)
+        risk = safety.assess_risk(clean_text)
+        if risk.at_risk:
+            audit.record_adverse_event(
+                assessment=risk,
+                learner_id=locked.learner_id,
+                conversation_id=locked.pk,
+                source=AdverseEvent.Source.DRAFT,
+            )
+            locked.status = Conversation.Status.PAUSED
+            locked.ended_at = timezone.now()
+            locked.save(update_fields=["status", "ended_at"])
+            return FeedbackRequest.objects.create(
+                draft=draft, status=FeedbackRequest.Status.WITHHELD, fallback_reason=SAFETY_REASON
+            )
         if not locked.feedback_enabled:
             return FeedbackRequest.objects.create(
                 draft=draft, status=FeedbackRequest.Status.WITHHELD
@@ -147,7 +150,8 @@ def request_feedback(
             chosen=chosen,
         )
         feedback.offline_result = _result(offline)
-        if llm.is_configured():
+        reason = _why_not_the_model(locked)
+        if not reason:
             feedback.save(update_fields=["offline_result"])
             from feedback.tasks import rate_feedback_request  # tasks.py imports this module
 
@@ -156,7 +160,7 @@ def request_feedback(
             # No model to wait for: the offline rating is the answer, with no worker round trip.
             feedback.status = FeedbackRequest.Status.DONE
             feedback.engine = Engine.OFFLINE
-            feedback.fallback_reason = NO_MODEL_REASON
+            feedback.fallback_reason = reason
             feedback.result = feedback.offline_result
             feedback.computed_at = timezone.now()
             feedback.save(
@@ -166,6 +170,15 @@ def request_feedback(
                 ]
             )  # fmt: skip
     return feedback
+
+
+def _why_not_the_model(conversation: Conversation) -> str:
+    """Why this request is answered offline at once ("" when the model should rate it)."""
+    if not llm.is_configured():
+        return NO_MODEL_REASON
+    if not ratelimit.budget_left(conversation.pk, conversation.token_budget):
+        return BUDGET_REASON
+    return ""
 
 
 def _result(rating: Rating) -> dict:

@@ -14,9 +14,15 @@ from feedback import services
 from feedback.models import Engine, FeedbackRequest
 from feedback.raters.rating import Rating
 from feedback.skills import SKILLS
+from imbue import audit
 from simulations.learners import owned_conversation
 
 PANEL_TEMPLATE = "feedback/_feedback_panel.html"
+OFFLINE_WHY = {
+    services.NO_MODEL_REASON: "no language model is connected",
+    services.BUDGET_REASON: "this conversation has used up its language-model budget",
+}
+OFFLINE_WHY_DEFAULT = "the expert model could not answer this time"
 LEVEL_LABELS = {"strong": "Strong", "weak": "Weak", "none": "None", "yes": "Yes", "no": "No"}
 
 
@@ -60,14 +66,16 @@ def panel_context(feedback: FeedbackRequest, *, oob: bool = False) -> dict[str, 
                 )
             )
     engine = feedback.engine if final else Engine.OFFLINE
+    paused = feedback.fallback_reason == services.SAFETY_REASON
     return {
         "feedback": feedback,
         "state": "final" if final else feedback.status,
         "final": final,
         "engine": engine,
         "by_model": engine == Engine.LLM,
-        "no_model": feedback.fallback_reason == services.NO_MODEL_REASON,
-        "fell_back": final and engine == Engine.OFFLINE and bool(feedback.fallback_reason),
+        "offline_why": OFFLINE_WHY.get(feedback.fallback_reason, OFFLINE_WHY_DEFAULT),
+        "paused": paused,
+        "support_text": audit.support_resources() if paused else "",
         "items": items,
         "mastery": mastery,
         "oob": oob,

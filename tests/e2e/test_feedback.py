@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import pytest
+import redis
 
 from feedback import services
 from feedback.models import Draft, FeedbackRequest
+from imbue import ratelimit
 from simulations.models import Message, Situation
 from tests.conftest import wait_for
+
+
+@pytest.fixture(autouse=True)
+def _fresh_feedback_limits(settings) -> None:
+    """Learner ids restart with every test database; their rate-limit windows must too."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    for key in client.scan_iter(f"{ratelimit.KEY_PREFIX}feedback:*"):
+        client.delete(key)
+
 
 # Weak on purpose, with all five strategies chosen: some skill is sure to get a rewrite.
 DRAFT = "sorry, maybe if it's ok you could kind of help with the dishes sometime?"

@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import redis
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.sessions.backends.db import SessionStore
@@ -17,10 +18,20 @@ from feedback import services
 from feedback.models import Draft, FeedbackRequest
 from feedback.raters.offline import rate_offline
 from feedback.tasks import rate_feedback_request
+from imbue import ratelimit
 from imbue.asgi import application
 from simulations.learners import SESSION_KEY
 from simulations.models import Conversation, Learner, Situation
 from tests.conftest import wait_for
+
+
+@pytest.fixture(autouse=True)
+def _fresh_feedback_limits(settings) -> None:
+    """Learner ids restart with every test database; their rate-limit windows must too."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    for key in client.scan_iter(f"{ratelimit.KEY_PREFIX}feedback:*"):
+        client.delete(key)
+
 
 DRAFT = "The rent was due on the 1st and it's the 9th. I feel anxious. Please pay by Friday."
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pytest
+import redis
 
 from feedback import services
 from feedback.models import Draft, FeedbackRequest
 from feedback.services import FeedbackInputError
+from imbue import ratelimit
 from imbue.llm import Retryable
-from imbue.models import LLMCall
+from imbue.models import AdverseEvent, LLMCall
 from simulations.models import Conversation, Learner, Message, Situation
+
+
+@pytest.fixture(autouse=True)
+def _fresh_feedback_limits(settings) -> None:
+    """Learner ids restart with every test database; their rate-limit windows must too."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    for key in client.scan_iter(f"{ratelimit.KEY_PREFIX}feedback:*"):
+        client.delete(key)
+
 
 DRAFT = "The rent was due on the 1st and it's the 9th. I feel anxious. Please pay by Friday."
 
@@ -142,8 +151,11 @@ def test_single_strategy_mode_and_ended_conversations_are_refused(no_llm):
 
 
 @pytest.mark.django_db
-def test_nul_characters_are_dropped_and_strategies_stored_in_catalogue_order(no_llm):
-    feedback = ask(make_conversation(), text="Please\x00 pay.", strategies=["assert", "describe"])
+def test_drafts_are_cleaned_as_sent_messages_are_and_strategies_kept_in_catalogue_order(no_llm):
+    conversation = make_conversation()
+    with pytest.raises(FeedbackInputError, match="not text"):
+        ask(conversation, text="Please\x00 pay.")
+    feedback = ask(conversation, text="  Please pay.\r\n ", strategies=["Assert", "describe"])
     assert feedback.draft.text == "Please pay."
     assert feedback.draft.strategies == ["describe", "assert"]
 
@@ -154,11 +166,45 @@ def test_feedback_requests_are_rate_limited_per_learner(no_llm, settings):
     conversation = make_conversation()
     ask(conversation)
     ask(conversation)
-    with pytest.raises(FeedbackInputError, match="last minute"):
+    with pytest.raises(FeedbackInputError, match="very fast"):
         ask(conversation)
-    FeedbackRequest.objects.update(requested_at=FeedbackRequest.objects.first().requested_at
-                                   - timedelta(minutes=2))  # fmt: skip
+    assert Draft.objects.count() == 2
+    ratelimit.reset(f"feedback:{conversation.learner_id}")
     ask(conversation)
+
+
+@pytest.mark.django_db
+def test_a_draft_suggesting_risk_pauses_the_practice_and_reaches_no_model(
+    fake_llm, django_capture_on_commit_callbacks
+):
+    conversation = make_conversation()
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        feedback = ask(conversation, text="Honestly I want to kill myself, I can't do this.")
+    assert feedback.status == "withheld" and feedback.fallback_reason == services.SAFETY_REASON
+    assert feedback.offline_result == {} and callbacks == []
+    assert fake_llm.requests() == []
+    conversation.refresh_from_db()
+    assert conversation.status == "paused"
+    event = AdverseEvent.objects.get()
+    assert (event.source, event.conversation_id) == ("draft", conversation.pk)
+    assert Draft.objects.get().text.startswith("Honestly")
+
+
+@pytest.mark.django_db
+def test_a_spent_token_budget_answers_offline_without_the_worker(
+    fake_llm, django_capture_on_commit_callbacks
+):
+    conversation = make_conversation(token_budget=100)
+    LLMCall.objects.create(
+        purpose="partner", prompt_name="p", prompt_version="1", prompt_hash="h",
+        outcome="ok", tokens_in=90, tokens_out=20, conversation_id=conversation.pk,
+    )  # fmt: skip
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        feedback = ask(conversation)
+    assert callbacks == []
+    assert feedback.status == "done" and feedback.engine == "offline"
+    assert feedback.fallback_reason == services.BUDGET_REASON
+    assert fake_llm.requests() == []
 
 
 # --------------------------------------------------------------------------- the worker's part

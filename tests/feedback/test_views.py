@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import pytest
+import redis
 from django.test import Client
 from django.urls import reverse
 
 from feedback.models import Draft, FeedbackRequest
+from imbue import ratelimit
 from simulations.learners import SESSION_KEY
 from simulations.models import Conversation, Learner, Situation
+
+
+@pytest.fixture(autouse=True)
+def _fresh_feedback_limits(settings) -> None:
+    """Learner ids restart with every test database; their rate-limit windows must too."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    for key in client.scan_iter(f"{ratelimit.KEY_PREFIX}feedback:*"):
+        client.delete(key)
+
 
 DRAFT = "The rent was due on the 1st and it's the 9th. I feel anxious. Please pay by Friday."
 
@@ -149,3 +160,13 @@ def test_used_rewrite_is_recorded_on_the_draft(no_llm):
     conversation = make_conversation()
     post(browser(conversation.learner), conversation, used_rewrite="1")
     assert Draft.objects.get().used_rewrite is True
+
+
+@pytest.mark.django_db
+def test_a_draft_suggesting_risk_shows_support_instead_of_feedback(no_llm):
+    conversation = make_conversation()
+    html = post(
+        browser(conversation.learner), conversation, text="I want to kill myself tonight."
+    ).content.decode()
+    assert "This practice is paused" in html and 'class="support-resources"' in html
+    assert "Strong" not in html and "Weak" not in html
