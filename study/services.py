@@ -17,7 +17,8 @@ from django.db.models import Q
 from django.utils import timezone
 
 from feedback.models import Draft, FeedbackRequest
-from imbue.models import LLMCall
+from imbue import audit
+from imbue.models import AdverseEvent, LLMCall
 from simulations import services as chat_services
 from simulations.models import Conversation, Learner, Message, Situation
 from simulations.situations import SituationDraft, create_situation
@@ -566,7 +567,8 @@ def withdraw(*, participant: Participant) -> WithdrawalReceipt:
     """Delete everything the participant gave (answers, situations, transcripts, drafts, feedback,
     model-call records) and keep only a receipt: their code, the study, the step and the time.
 
-    The allocation slot stays, without them, so the sequence keeps no gap.
+    The allocation slot stays, without them, so the sequence keeps no gap; adverse events stay,
+    without words or links, so they can still be counted.
     """
     with transaction.atomic():
         locked = (
@@ -596,6 +598,11 @@ def withdraw(*, participant: Participant) -> WithdrawalReceipt:
             | Q(message_id__in=list(messages.values_list("pk", flat=True)))
             | Q(draft_id__in=list(drafts.values_list("pk", flat=True)))
         ).delete()
+        # The ethics board still counts adverse events; they keep no words and no link to anyone.
+        audit.redact_adverse_events(learner_id=learner_id)
+        AdverseEvent.objects.filter(
+            Q(learner_id=learner_id) | Q(conversation_id__in=conversation_ids)
+        ).update(learner_id=None, conversation_id=None, message_id=None, matched=[])
         Allocation.objects.filter(participant=locked).update(
             participant=None, withdrawn_at=timezone.now()
         )

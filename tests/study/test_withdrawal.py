@@ -13,7 +13,7 @@ from django.urls import reverse
 
 from feedback import services as feedback_services
 from feedback.models import Draft, FeedbackRequest
-from imbue.models import LLMCall
+from imbue.models import AdverseEvent, LLMCall
 from simulations import services as chat_services
 from simulations.models import Conversation, EmotionCheckin, Learner, Message, Situation
 from study import flow, services
@@ -58,7 +58,7 @@ def _survey(key: str) -> dict[str, str]:
     return data
 
 
-def _chat(client: Client, participant: Participant, key: str, mark: str) -> None:
+def _chat(client: Client, participant: Participant, key: str, mark: str, risky: bool) -> None:
     """Talk in the chat step (drafts and feedback too), then end it and go on."""
     conversation = StudyChat.objects.get(participant=participant, step=key).conversation
     chat_services.record_checkin(conversation=conversation, phase="before", intensity=6)
@@ -67,9 +67,12 @@ def _chat(client: Client, participant: Participant, key: str, mark: str) -> None
     )
     if feedback.status == FeedbackRequest.Status.QUEUED:
         feedback_services.rate_request(request_id=feedback.pk)  # what the worker would do
+    text = f"The dishes {mark} have been left every night."
+    if risky:
+        text = f"Honestly I want to kill myself over these dishes {mark}."
     client.post(
         reverse("simulations:send", args=[conversation.pk]),
-        {"text": f"The dishes {mark} have been left every night.", "strategies": "describe"},
+        {"text": text, "strategies": "describe"},
     )
     client.post(reverse("simulations:end", args=[conversation.pk]))
     client.post(reverse("study:step", args=[participant.study.slug, key]), {"step": key})
@@ -93,7 +96,8 @@ def walk(client: Client, study: Study, pid: str, mark: str, until: str = "debrie
         elif kind == flow.SURVEY:
             client.post(url, _survey(key))
         elif kind == flow.CHAT:
-            _chat(client, participant, key, mark)
+            # The leaver's first chat is paused for safety: an adverse event is on record.
+            _chat(client, participant, key, mark, risky=mark == MARK and key == "eval_s1_pre")
         else:
             raise AssertionError(key)
     participant.refresh_from_db()
@@ -186,6 +190,7 @@ def test_withdrawal_leaves_no_content_of_the_participant_in_any_table(fake_llm, 
     if until != "pre_s2":
         assert identity["ids"][Draft] and identity["ids"][LLMCall] and identity["ids"][Message]
         assert EmotionCheckin.objects.filter(conversation__learner=leaver.learner).exists()
+        assert AdverseEvent.objects.filter(learner_id=leaver.learner_id).exists()
 
     page = client.get(reverse("study:withdraw", args=[study.slug]))
     assert "delete" in page.content.decode()
@@ -196,6 +201,9 @@ def test_withdrawal_leaves_no_content_of_the_participant_in_any_table(fake_llm, 
     assert (receipt.code, receipt.study_slug, receipt.step) == (leaver.code, "trial", until)
     html = response.content.decode()
     assert leaver.code in html and "TRIAL-WITHDRAWN" in html
+    if until != "pre_s2":
+        event = AdverseEvent.objects.get()  # still counted, but with no words and no owner
+        assert (event.learner_id, event.conversation_id, event.matched) == (None, None, [])
     # The bystander's data are all still there.
     assert _leftovers(_identity(bystander), "bystanderword")
     assert SurveyAnswer.objects.filter(participant=bystander).count() > 0
