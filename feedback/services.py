@@ -432,3 +432,11 @@ def rate_messages_with_model(conversation: Conversation) -> int:
         )
         upgraded += 1
     return upgraded
+
+
+def rate_messages_with_model_by_id(*, conversation_id: int) -> int:
+    """`rate_messages_with_model` for a task, which knows only the id."""
+    conversation = (
+        Conversation.objects.select_related("situation").filter(pk=conversation_id).first()
+    )
+    return 0 if conversation is None else rate_messages_with_model(conversation)

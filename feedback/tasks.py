@@ -24,3 +24,9 @@ MAX_RETRIES = 2
 def rate_feedback_request(self: Task, request_id: int) -> None:
     """Rate feedback request `request_id` and push the result; safe to run more than once."""
     services.rate_request(request_id=request_id, final_attempt=self.request.retries >= MAX_RETRIES)
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def rate_conversation_messages(conversation_id: int) -> None:
+    """Re-rate a conversation's sent learner messages with the model; safe to run more than once."""
+    services.rate_messages_with_model_by_id(conversation_id=conversation_id)
