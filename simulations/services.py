@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import threading
 import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from feedback.raters.offline import rate_offline
+from feedback.raters.offline import OfflineModel, default_model, rate_offline
 from feedback.skills import SKILLS, STRATEGIES
 from imbue import audit, llm, ratelimit
 from imbue.models import AdverseEvent
@@ -211,6 +212,13 @@ def _written_brief(conversation: Conversation, fallback: dict[str, Any]) -> dict
 
 
 _warming: asyncio.Task[Any] | None = None
+# The offline rater trains on first use (about a second); one thread trains, the others wait.
+_rater_lock = threading.Lock()
+
+
+def _offline_model() -> OfflineModel:
+    with _rater_lock:
+        return default_model()
 
 
 def warm_up() -> None:
@@ -218,9 +226,7 @@ def warm_up() -> None:
     the first message is not held up by it; call from async code such as a socket's connect."""
     global _warming
     if _warming is None:
-        from feedback.raters.offline import default_model
-
-        _warming = asyncio.get_running_loop().create_task(asyncio.to_thread(default_model))
+        _warming = asyncio.get_running_loop().create_task(asyncio.to_thread(_offline_model))
 
 
 def _clean_strategies(conversation: Conversation, strategies: Iterable[str] | str) -> list[str]:
@@ -322,6 +328,7 @@ def _rate_and_queue_reply(
             goal=situation.goal,
             partner_said=partner_said,
             chosen=chosen,
+            model=_offline_model(),
         )
         message.ratings = rating.levels
         message.rating_engine = rating.engine
