@@ -19,7 +19,7 @@ MAX_FRAME = 1024
 
 @database_sync_to_async
 def _latest_panel(conversation: Conversation) -> tuple[int | None, str | None]:
-    feedback = services.latest_request(conversation)
+    feedback = services.latest_request_resumed(conversation)
     if feedback is None:
         return None, None
     done = feedback.status == feedback.Status.DONE

@@ -13,7 +13,9 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
@@ -281,6 +283,29 @@ def latest_request(conversation: Conversation) -> FeedbackRequest | None:
         .order_by("-pk")
         .first()
     )
+
+
+def stale_after() -> timedelta:
+    """How long a request may stay queued before it counts as lost: past the broker's redelivery
+    of an unacknowledged task (a killed worker) with room for the retries."""
+    options = getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", {}) or {}
+    return timedelta(seconds=float(options.get("visibility_timeout", 3600)) + 60)
+
+
+def latest_request_resumed(conversation: Conversation) -> FeedbackRequest | None:
+    """`latest_request`, enqueued again if it has waited past `stale_after` (its task failed
+    for good, e.g. the database was down on every attempt): the panel is never stuck."""
+    feedback = latest_request(conversation)
+    if (
+        feedback is not None
+        and feedback.status == FeedbackRequest.Status.QUEUED
+        and feedback.requested_at < timezone.now() - stale_after()
+    ):
+        from feedback.tasks import rate_feedback_request  # tasks.py imports this module
+
+        log.warning("feedback request %s was stale; enqueued again", feedback.pk)
+        rate_feedback_request.delay_on_commit(feedback.pk)
+    return feedback
 
 
 def deliverable_request(*, conversation_id: int, request_id: int) -> FeedbackRequest | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from celery import Task, shared_task
+from django.db import InterfaceError, OperationalError
 
 from feedback import services
 from imbue.llm import Retryable
@@ -15,7 +16,8 @@ MAX_RETRIES = 2
     bind=True,
     acks_late=True,
     reject_on_worker_lost=True,
-    autoretry_for=(Retryable,),
+    # A model that is busy, or a database that is briefly unreachable, may well answer later.
+    autoretry_for=(Retryable, OperationalError, InterfaceError),
     max_retries=MAX_RETRIES,
     retry_backoff=1,
     retry_backoff_max=8,

@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -176,6 +177,23 @@ async def test_a_pending_request_is_shown_as_the_quick_check_on_reconnect():
     assert 'data-state="queued"' in html and "Quick offline check" in html
     await page.disconnect()
     assert (await reload(feedback)).delivered_at is None
+
+
+async def test_a_request_whose_task_was_lost_is_enqueued_again_when_the_page_opens(
+    celery_worker, fake_llm
+):
+    conversation = await make_conversation()
+    feedback = await queued_request(conversation)
+    long_ago = feedback.requested_at - services.stale_after() - timedelta(seconds=1)
+    await database_sync_to_async(FeedbackRequest.objects.filter(pk=feedback.pk).update)(
+        requested_at=long_ago
+    )
+    page = await open_socket(conversation)
+    assert 'data-state="queued"' in await page.receive_from(timeout=10)
+    html = await page.receive_from(timeout=30)
+    assert f'data-request-id="{feedback.pk}"' in html and 'data-state="final"' in html
+    assert (await reload(feedback)).engine == "llm"
+    await page.disconnect()
 
 
 async def test_feedback_falls_back_offline_when_the_model_fails_every_attempt(

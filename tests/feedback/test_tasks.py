@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import redis
+from django.db import InterfaceError, OperationalError
 
 from feedback import services
 from feedback.models import FeedbackRequest
@@ -47,7 +48,7 @@ def feedback_calls(fake_llm) -> int:
 def test_the_task_is_acknowledged_late_and_retries_a_bounded_number_of_times():
     assert rate_feedback_request.acks_late is True
     assert rate_feedback_request.reject_on_worker_lost is True
-    assert rate_feedback_request.autoretry_for == (Retryable,)
+    assert set(rate_feedback_request.autoretry_for) == {Retryable, OperationalError, InterfaceError}
     assert rate_feedback_request.max_retries == MAX_RETRIES <= 3
     assert rate_feedback_request.retry_backoff and rate_feedback_request.retry_jitter
     assert rate_conversation_messages.acks_late is True
