@@ -50,12 +50,19 @@
   document.addEventListener("htmx:afterSettle", reportViewed);
   document.addEventListener("visibilitychange", reportViewed);
 
-  // A refused request (empty draft, no strategy, too long) answers 422 with a message to show.
   document.addEventListener("htmx:beforeSwap", (event) => {
     const target = event.detail.target;
-    if (event.detail.xhr.status === 422 && target && target.id === PANEL) {
+    if (!target || target.id !== PANEL) return;
+    // A refused request (empty draft, no strategy, too long) answers 422 with a message to show.
+    if (event.detail.xhr.status === 422) {
       event.detail.shouldSwap = true;
       event.detail.isError = false;
+      return;
+    }
+    // A fast expert answer can beat the quick check's HTTP response over the socket: keep it.
+    const incoming = /data-request-id="(\d+)"/.exec(event.detail.serverResponse || "");
+    if (incoming && target.dataset.requestId === incoming[1] && target.dataset.state === "final") {
+      event.detail.shouldSwap = false;
     }
   });
 
