@@ -396,6 +396,9 @@ async def test_checkins_and_suggestions_over_the_socket(no_llm: None) -> None:
     assert "<strong>Describe</strong>" in frame
     checkin = await conversation.checkins.aget()
     assert (checkin.phase, checkin.intensity, checkin.after_seq) == ("before", 6, 0)
+    # Once the conversation starts, the "before" check-in leaves the page.
+    await send_and_wait(view, conversation, "Please text me by ten.")
+    assert view.seen(lambda f: '<div id="checkin-before" hidden hx-swap-oob="true">' in f)
     await view.communicator.disconnect()
 
 
