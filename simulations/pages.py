@@ -14,7 +14,7 @@ from django.urls import path, reverse
 from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from simulations import progress, situations
+from simulations import progress, services, situations
 from simulations.learners import current_learner, owned_conversation, resume_with_code
 from simulations.models import Category, Conversation, Message, Situation
 
@@ -22,8 +22,6 @@ app_name = "practice"
 
 
 def _start(request: HttpRequest, situation: Situation) -> HttpResponse:
-    from simulations import services  # TEMP until services.py lands
-
     learner = current_learner(request)
     conversation = services.start_conversation(learner=learner, situation=situation)
     return redirect("simulations:conversation", conversation_id=conversation.pk)
