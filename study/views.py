@@ -14,12 +14,11 @@ from typing import Any
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.template import TemplateDoesNotExist
-from django.template.loader import get_template
-from django.urls import NoReverseMatch, reverse
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRefresh
 
+from imbue import audit
 from simulations import services as chat_services
 from simulations import situations
 from simulations.learners import SESSION_KEY, attach_learner
@@ -355,21 +354,6 @@ def _survey(request: HttpRequest, participant: Participant, current: flow.Step) 
     )
 
 
-def _chat_page_url(chat: StudyChat) -> str | None:
-    try:
-        return reverse("simulations:conversation", args=[chat.conversation_id])
-    except NoReverseMatch:
-        return None
-
-
-def _has_template(name: str) -> bool:
-    try:
-        get_template(name)
-    except TemplateDoesNotExist:
-        return False
-    return True
-
-
 def _chat(request: HttpRequest, participant: Participant, current: flow.Step) -> HttpResponse:
     if request.method == "POST":
         try:
@@ -379,25 +363,24 @@ def _chat(request: HttpRequest, participant: Participant, current: flow.Step) ->
         return _to_step(participant)
     chat = services.open_chat(participant=participant, step=current.key)
     conversation = chat.conversation
+    study = participant.study
+    live = chat_services.chat_context(conversation)
+    paused = conversation.status == conversation.Status.PAUSED
     context: dict[str, Any] = {
+        # "messages" is also Django's flash messages in base.html; the chat gets its own name.
+        **{key: value for key, value in live.items() if key != "messages"},
+        "chat_messages": live["messages"],
         "chat": chat,
-        "conversation": conversation,
         "finished": services.chat_finished(conversation),
-        "paused": conversation.status == conversation.Status.PAUSED,
+        "paused": paused,
         "slot_name": SLOT_NAMES[current.slot],
         "is_training": current.chat == flow.TRAINING,
         "feedback_arm": bool(participant.arm and participant.arm.feedback_shown),
-        "embedded": _has_template("simulations/_chat.html"),
-        "chat_page_url": _chat_page_url(chat),
-        "status_url": reverse(
-            "study:chat_status", kwargs={"slug": participant.study.slug, "key": current.key}
-        ),
+        "status_url": reverse("study:chat_status", kwargs={"slug": study.slug, "key": current.key}),
     }
-    if context["embedded"]:
-        live = chat_services.chat_context(conversation)
-        # "messages" is also Django's flash messages in base.html; the chat gets its own name.
-        context["chat_messages"] = live.pop("messages")
-        context.update(live)
+    if paused:
+        # The chat's own pause notice shows the study's support text, not the product's.
+        context["support_text"] = audit.support_resources(study.support_text)
     return _page(request, "study/chat.html", participant, current, context)
 
 

@@ -388,3 +388,19 @@ def test_progress_advances_and_every_page_offers_withdrawal(client: Client, stud
     assert 'href="https://app.prolific.com/submissions/complete?cc=TRIAL-DONE"' in html
     finished = client.get(step_url(study, "train_s1"), follow=True)
     assert "already finished" in " ".join(flashes(finished))
+
+
+def test_a_chat_paused_for_safety_shows_the_studys_support_text_and_can_be_left(
+    client: Client, study: Study
+) -> None:
+    participant = walk_to(join(client, study), "eval_s1_pre")
+    client.get(step_url(study, "eval_s1_pre"))
+    conversation = Conversation.objects.get(learner=participant.learner)
+    chat_services.record_learner_message(
+        conversation=conversation, text="I want to kill myself.", strategies=["express"]
+    )
+    html = client.get(step_url(study, "eval_s1_pre")).content.decode()
+    assert "Samaritans 116 123" in html and "findahelpline" not in html  # the study's own text
+    assert not re.search(r'<button type="submit" id="continue" disabled', html)
+    client.post(step_url(study, "eval_s1_pre"), {"step": "eval_s1_pre"})
+    assert current(participant) == "train_s1"
