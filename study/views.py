@@ -73,6 +73,14 @@ def _current(request: HttpRequest, study: Study) -> Participant | None:
     return participant
 
 
+def _same_attempt(request: HttpRequest, participant: Participant, session_id: str) -> bool:
+    """Whether this request may take over the participant: this browser already is them, or the
+    link carries the same Prolific SESSION_ID (a Prolific id alone is not a secret)."""
+    if request.session.get(PARTICIPANTS_KEY, {}).get(str(participant.study_id)) == participant.pk:
+        return True
+    return not participant.prolific_session_id or participant.prolific_session_id == session_id
+
+
 def _receipt(request: HttpRequest, study: Study) -> WithdrawalReceipt | None:
     receipt_id = request.session.get(WITHDRAWN_KEY, {}).get(str(study.pk))
     if receipt_id is None:
@@ -126,6 +134,15 @@ def entry(request: HttpRequest, slug: str) -> HttpResponse:
                 status=400,
             )
         participant = services.find_participant(study=study, prolific_pid=pid, label=label)
+        if participant is not None and not _same_attempt(request, participant, extra[1]):
+            return _notice(
+                request,
+                study,
+                "You have already started this study",
+                "This participant id has already started the study in another session. Please "
+                "continue from the same link you used first, on the device you used first.",
+                status=403,
+            )
         if participant is None:
             if _receipt(request, study) is not None:
                 return redirect("study:withdrawn", slug=study.slug)

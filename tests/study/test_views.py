@@ -82,11 +82,28 @@ def test_the_same_prolific_participant_returns_to_their_place_on_any_device(
 ) -> None:
     participant = walk_to(join(client, study), "pre_s2")
     other_device = Client()
-    response = other_device.get(entry_url(study, PROLIFIC_PID=PID), follow=True)
+    response = other_device.get(
+        entry_url(study, PROLIFIC_PID=PID, STUDY_ID="s1", SESSION_ID="x1"), follow=True
+    )
     assert response.redirect_chain[-1][0] == step_url(study, "pre_s2")
     assert "Welcome back" in response.content.decode()
     assert Participant.objects.filter(study=study).count() == 1
     assert current(participant) == "pre_s2"
+
+
+def test_a_prolific_id_alone_cannot_take_over_someone_elses_session(
+    client: Client, study: Study
+) -> None:
+    participant = walk_to(join(client, study), "pre_s1")
+    stranger = Client()
+    for params in ({"PROLIFIC_PID": PID}, {"PROLIFIC_PID": PID, "SESSION_ID": "guess"}):
+        response = stranger.get(entry_url(study, **params))
+        assert response.status_code == 403
+        assert "already started" in response.content.decode()
+    assert stranger.get(step_url(study, "pre_s1")).url == entry_url(study)
+    # The participant's own browser still comes back without the session id.
+    assert client.get(entry_url(study, PROLIFIC_PID=PID)).url == step_url(study, "pre_s1")
+    assert current(participant) == "pre_s1"
 
 
 def test_generic_participant_label_enrols_once(client: Client, study: Study) -> None:
@@ -347,7 +364,7 @@ def test_resuming_returns_to_the_same_step_situation_and_conversation(
         conversation=conversation, text="I need you to wash up tonight.", strategies=["assert"]
     )
     later = Client()
-    response = later.get(entry_url(study, PROLIFIC_PID=PID), follow=True)
+    response = later.get(entry_url(study, PROLIFIC_PID=PID, SESSION_ID="x1"), follow=True)
     html = response.content.decode()
     assert response.redirect_chain[-1][0] == step_url(study, "eval_s1_post")
     socket = f"/ws/conversations/{conversation.pk}/"
