@@ -113,3 +113,14 @@ def celery_worker(_shared_worker: Worker) -> Worker:
     if not _shared_worker.alive():
         _shared_worker.start()
     return _shared_worker
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_database_pools(django_db_setup: None) -> Iterator[None]:
+    """Close psycopg's pools before the test database is dropped (idle connections block it)."""
+    yield
+    from django.db import connections
+
+    for connection in connections.all(initialized_only=True):
+        if hasattr(connection, "close_pool"):
+            connection.close_pool()
