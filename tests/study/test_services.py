@@ -299,3 +299,19 @@ def test_default_study_is_created_once(db, no_llm) -> None:
     assert again.sequence_hash == first.sequence_hash
     assert [a.key for a in first.arms.all()] == ["simulation", "feedback"]
     assert SurveyItem.objects.filter(is_active=True).count() == 8
+
+
+def test_seed_demo_opens_the_demo_study_and_is_safe_to_run_again(db, no_llm) -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command("seed_demo", stdout=out)
+    call_command("seed_demo", stdout=out)
+    demo = Study.objects.get(slug="demo")
+    assert demo.status == Study.Status.OPEN and demo.design_frozen
+    assert demo.design["method"] == "blocks" and demo.design["block_size"] == 4
+    assert [a.key for a in demo.arms.all()] == ["simulation", "feedback"]
+    assert Study.objects.count() == 1
+    assert "/s/demo/" in out.getvalue()

@@ -421,3 +421,90 @@ def test_a_chat_paused_for_safety_shows_the_studys_support_text_and_can_be_left(
     assert not re.search(r'<button type="submit" id="continue" disabled', html)
     client.post(step_url(study, "eval_s1_pre"), {"step": "eval_s1_pre"})
     assert current(participant) == "train_s1"
+
+
+# --------------------------------------------------------------------------- staff
+
+
+@pytest.fixture
+def staff(client: Client, django_user_model) -> Client:
+    user = django_user_model.objects.create_superuser("staff", "staff@example.org", "pw-123456")
+    client.force_login(user)
+    return client
+
+
+def test_staff_create_a_draft_study_in_the_admin_and_open_it_with_an_action(staff: Client) -> None:
+    data = {
+        "name": "Pilot",
+        "slug": "pilot",
+        "target_size": "40",
+        "consent_text": "Please read this.",
+        "allocation_method": "blocks",
+        "block_size": "2",
+        "stratify_by": "",
+        "completion_code": "P-DONE",
+        "screenout_code": "P-OUT",
+        "withdrawal_code": "P-WD",
+        "min_difficulty_gap": "1",
+        "max_messages": "8",
+        "training_strategy_mode": "single",
+        "evaluation_strategy_mode": "multiple",
+        "evaluation_worksheet_shown": "on",
+        "evaluation_adaptive_partner": "on",
+        "arms-TOTAL_FORMS": "2",
+        "arms-INITIAL_FORMS": "0",
+        "arms-0-order": "0",
+        "arms-0-key": "control",
+        "arms-0-name": "Control",
+        "arms-0-worksheet_shown": "on",
+        "arms-0-weight": "1",
+        "arms-1-order": "1",
+        "arms-1-key": "treatment",
+        "arms-1-name": "Treatment",
+        "arms-1-feedback_shown": "on",
+        "arms-1-worksheet_shown": "on",
+        "arms-1-weight": "1",
+        "consent_versions-TOTAL_FORMS": "0",
+        "consent_versions-INITIAL_FORMS": "0",
+    }
+    response = staff.post(reverse("admin:study_study_add"), data)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    study = Study.objects.get(slug="pilot")
+    assert study.status == Study.Status.DRAFT and not study.design_frozen
+    assert study.consent_versions.get().version == 1
+    staff.post(
+        reverse("admin:study_study_changelist"),
+        {"action": "open_studies", "_selected_action": [study.pk]},
+    )
+    study.refresh_from_db()
+    assert study.status == Study.Status.OPEN and study.design["arms"] == ["control", "treatment"]
+    page = staff.get(reverse("admin:study_study_change", args=[study.pk])).content.decode()
+    assert study.sequence_hash in page
+    assert 'name="arms-0-key"' not in page  # arms are frozen once the sequence is on record
+
+
+def test_an_admin_save_with_a_changed_consent_text_records_a_new_version(
+    study: Study, rf, admin_user
+) -> None:
+    from types import SimpleNamespace
+
+    from django.contrib import admin
+
+    request = rf.post("/")
+    request.user = admin_user
+    study.consent_text = "A clearer consent text."
+    admin.site._registry[Study].save_model(
+        request, study, SimpleNamespace(changed_data=["consent_text"]), change=True
+    )
+    study.refresh_from_db()
+    assert study.consent_version == 2
+    assert study.consent_versions.get(version=2).text == "A clearer consent text."
+
+
+def test_staff_see_participants_with_their_step_and_arm(staff: Client, study: Study) -> None:
+    participant = walk_to(join(Client(), study), "post_s1")
+    page = staff.get(reverse("admin:study_participant_changelist")).content.decode()
+    assert participant.code in page and "post_s1" in page and participant.arm.name in page
+    assert staff.get(reverse("admin:study_surveyitem_changelist")).status_code == 200
+    assert staff.get(reverse("admin:study_allocation_changelist")).status_code == 200
+    assert staff.get(reverse("admin:study_withdrawalreceipt_changelist")).status_code == 200
