@@ -10,6 +10,7 @@ urlpatterns = [
     path("practice/", include("simulations.urls")),
     path("feedback/", include("feedback.urls")),
     path("s/", include("study.urls")),
+    path("research/", include("study.dashboard")),
     path("admin/", admin.site.urls),
 ]
 

@@ -1,0 +1,305 @@
+"""The admin's share of the researcher's side: per-study rights on every study screen, the staff
+access inline (with its own audit entries), export actions, and links to the dashboard and the
+participant page.
+
+`study/admin.py` composes these with its ModelAdmins, mixins first:
+
+    class StudyAdmin(StudyAdminMixin, AuditedAdmin): inlines = [..., StudyStaffInline]
+    class ArmInline(StudyScopedInline, admin.TabularInline): ...
+    class ParticipantAdmin(ParticipantAdminMixin, admin.ModelAdmin): ...
+    class AllocationAdmin(StudyScopedAdmin, admin.ModelAdmin): ...
+    class WithdrawalReceiptAdmin(StudyScopedAdmin, admin.ModelAdmin): study_slug_field = ...
+
+For these screens the per-study grant replaces Django's model permissions: a superuser sees
+everything, other staff see the studies they may view, change those they may edit, and never add or
+delete (a superuser's job). A concrete ModelAdmin can still forbid more than the mixin allows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import Model, QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.urls import reverse
+from django.utils.html import format_html
+
+from imbue import audit
+from study import codebook, exports
+from study.dashboard import stream_download
+from study.models import Study, StudyStaff
+from study.permissions import (
+    Right,
+    has_any_right,
+    has_right,
+    is_all_studies,
+    studies_for,
+)
+
+
+class StudyScopedAdmin:
+    """ModelAdmin mixin: rows, pages and permissions follow the user's rights per study.
+
+    `study_field` is the lookup from the model to its Study ("" for Study itself); a model that
+    names its study by slug sets `study_slug_field` instead.
+    """
+
+    study_field: str = "study"
+    study_slug_field: str = ""
+    change_right: Right = Right.EDIT
+
+    def study_of(self, obj: Any) -> Study | None:
+        """The study a row belongs to."""
+        if obj is None:
+            return None
+        if self.study_slug_field:
+            return Study.objects.filter(slug=getattr(obj, self.study_slug_field)).first()
+        if not self.study_field:
+            return obj
+        for part in self.study_field.split("__"):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                return None
+        return obj
+
+    def scope(self, queryset: QuerySet, studies: QuerySet[Study]) -> QuerySet:
+        """The rows of `queryset` that belong to `studies`."""
+        if self.study_slug_field:
+            return queryset.filter(**{f"{self.study_slug_field}__in": studies.values("slug")})
+        if not self.study_field:
+            return queryset.filter(pk__in=studies.values("pk"))
+        return queryset.filter(**{f"{self.study_field}__in": studies.values("pk")})
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        queryset = super().get_queryset(request)  # type: ignore[misc]
+        if is_all_studies(request.user):
+            return queryset
+        return self.scope(queryset, studies_for(request.user, Right.VIEW))
+
+    def _allowed(self, request: HttpRequest, obj: Any, right: Right) -> bool:
+        if obj is None:
+            return has_any_right(request.user, right)
+        return has_right(request.user, self.study_of(obj), right)
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        if is_all_studies(request.user):
+            return super().has_module_permission(request)  # type: ignore[misc]
+        return has_any_right(request.user, Right.VIEW)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if is_all_studies(request.user):
+            return super().has_view_permission(request, obj)  # type: ignore[misc]
+        return self._allowed(request, obj, Right.VIEW)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if is_all_studies(request.user):
+            return super().has_change_permission(request, obj)  # type: ignore[misc]
+        return self._allowed(request, obj, self.change_right)
+
+    def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
+        if is_all_studies(request.user):
+            return super().has_add_permission(request, *args)  # type: ignore[misc]
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if is_all_studies(request.user):
+            return super().has_delete_permission(request, obj)  # type: ignore[misc]
+        return False
+
+
+class StudyScopedInline:
+    """Inline mixin for rows shown on a study's page (arms, consent versions): viewing needs the
+    view right on that study, adding, changing and deleting the edit right."""
+
+    def _allowed(self, request: HttpRequest, obj: Any, right: Right) -> bool:
+        if is_all_studies(request.user):
+            return True
+        if obj is None:
+            return has_any_right(request.user, right)
+        return has_right(request.user, obj, right)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if is_all_studies(request.user):
+            return super().has_view_permission(request, obj)  # type: ignore[misc]
+        return self._allowed(request, obj, Right.VIEW)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if is_all_studies(request.user):
+            return super().has_change_permission(request, obj)  # type: ignore[misc]
+        return self._allowed(request, obj, Right.EDIT)
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if is_all_studies(request.user):
+            return super().has_add_permission(request, obj)  # type: ignore[misc]
+        return self._allowed(request, obj, Right.EDIT)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if is_all_studies(request.user):
+            return super().has_delete_permission(request, obj)  # type: ignore[misc]
+        return self._allowed(request, obj, Right.EDIT)
+
+
+class StudyStaffInline(admin.TabularInline):
+    """Who may do what on this study; only superusers see and change it."""
+
+    model = StudyStaff
+    extra = 0
+    fields = ("user", "can_view_data", "can_export", "can_edit_settings", "granted_at")
+    readonly_fields = ("granted_at",)
+    autocomplete_fields = ()
+    verbose_name = "staff access"
+    verbose_name_plural = "staff access (superusers have every right without a row here)"
+
+    def _superuser(self, request: HttpRequest) -> bool:
+        return is_all_studies(request.user)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self._superuser(request)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self._superuser(request)
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self._superuser(request)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self._superuser(request)
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "user":
+            # Rights only work for staff accounts; offering others would grant nothing.
+            kwargs["queryset"] = db_field.remote_field.model.objects.filter(
+                is_staff=True, is_active=True, is_superuser=False
+            )
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+
+GRANT_FIELDS = ("can_view_data", "can_export", "can_edit_settings")
+
+
+def record_grants(request: HttpRequest, formset: Any) -> None:
+    """Audit each staff access row a saved formset added, changed or removed."""
+    for grant in formset.new_objects:
+        audit.record_request(
+            request, "study.access.grant", grant.study, user=grant.user.get_username(),
+            **{field: getattr(grant, field) for field in GRANT_FIELDS},
+        )  # fmt: skip
+    for grant, changed in formset.changed_objects:
+        audit.record_request(
+            request, "study.access.change", grant.study, user=grant.user.get_username(),
+            changed=list(changed), **{field: getattr(grant, field) for field in GRANT_FIELDS},
+        )  # fmt: skip
+    for grant in formset.deleted_objects:
+        audit.record_request(
+            request, "study.access.revoke", grant.study, user=grant.user.get_username()
+        )
+
+
+def _restricted(action: Callable[..., Any], right: Right) -> Callable[..., Any]:
+    """An admin action that only touches the selected studies the user holds `right` on."""
+
+    def run(modeladmin: Any, request: HttpRequest, queryset: QuerySet[Study]) -> Any:
+        allowed = queryset.filter(pk__in=studies_for(request.user, right).values("pk"))
+        skipped = queryset.count() - allowed.count()
+        if skipped:
+            modeladmin.message_user(
+                request,
+                f"Skipped {skipped} stud{'y' if skipped == 1 else 'ies'} you may not change.",
+                messages.WARNING,
+            )
+        return action(modeladmin, request, allowed)
+
+    return run
+
+
+class StudyAdminMixin(StudyScopedAdmin):
+    """For the Study admin: scoping, edit-right actions, exports, grant auditing, research links."""
+
+    study_field = ""
+    # The Study admin's own actions that change a study: they need the edit right on each one.
+    edit_actions: tuple[str, ...] = ("open_studies", "close_studies")
+    change_form_template = "research/admin_study_change_form.html"
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        actions = super().get_actions(request)  # type: ignore[misc]
+        for name in self.edit_actions:
+            if name in actions:
+                func, action_name, description = actions[name]
+                actions[name] = (_restricted(func, Right.EDIT), action_name, description)
+        if has_any_right(request.user, Right.EXPORT):
+            for fmt in codebook.FORMATS:
+                name = f"export_{fmt}"
+                description = f"Export the selected study as {fmt.upper()} with its codebook"
+                actions[name] = (_export_action(fmt), name, description)
+        return actions
+
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        super().save_formset(request, form, formset, change)  # type: ignore[misc]
+        if formset.model is StudyStaff:
+            record_grants(request, formset)
+
+    def render_change_form(
+        self, request: HttpRequest, context: dict[str, Any], *args: Any, **kwargs: Any
+    ) -> HttpResponse:
+        obj = kwargs.get("obj")
+        context["research_can_export"] = bool(obj) and has_right(request.user, obj, Right.EXPORT)
+        context["research_can_view"] = bool(obj) and has_right(request.user, obj, Right.VIEW)
+        return super().render_change_form(request, context, *args, **kwargs)  # type: ignore[misc]
+
+
+def _export_action(fmt: str) -> Callable[..., Any]:
+    def export(modeladmin: Any, request: HttpRequest, queryset: QuerySet[Study]) -> Any:
+        studies = list(queryset[:2])
+        if len(studies) != 1:
+            modeladmin.message_user(request, "Select exactly one study to export.", messages.ERROR)
+            return None
+        study = studies[0]
+        if not has_right(request.user, study, Right.EXPORT):
+            modeladmin.message_user(request, "You may not export this study.", messages.ERROR)
+            return None
+        options = codebook.Options()
+        exports.record_export(
+            request.user,
+            study,
+            what=fmt,
+            files=codebook.FORMATS[fmt],
+            options=options,
+            via="admin",
+            ip=audit.client_ip(request),
+        )
+        return stream_download(
+            request,
+            exports.bundle_chunks(study, fmt, options),
+            filename=exports.bundle_name(study, fmt),
+            content_type="application/zip",
+        )
+
+    return export
+
+
+class ParticipantAdminMixin(StudyScopedAdmin):
+    """For the Participant admin: scoping, and the way to the participant's full record."""
+
+    study_field = "study"
+    change_form_template = "research/admin_participant_change_form.html"
+
+    @admin.display(description="Record")
+    def research_record(self, obj: Model) -> str:
+        """A link to the participant's page (transcript, drafts, feedback, answers, calls)."""
+        url = reverse("research:participant", args=[obj.study.slug, obj.code])  # type: ignore[attr-defined]
+        return format_html('<a href="{}">transcript and data</a>', url)
+
+
+class ScopedRelatedFilter(admin.RelatedFieldListFilter):
+    """A list filter on a study (or a row of a study, such as an arm) that offers only the
+    studies the user may view, so a sidebar never names another team's study."""
+
+    def field_choices(self, field: Any, request: HttpRequest, model_admin: Any) -> Any:
+        if is_all_studies(request.user):
+            return super().field_choices(field, request, model_admin)
+        allowed = studies_for(request.user, Right.VIEW).values("pk")
+        related = field.remote_field.model
+        limit = {"pk__in": allowed} if related is Study else {"study__in": allowed}
+        return field.get_choices(include_blank=False, limit_choices_to=limit)
