@@ -32,7 +32,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench.load import LoadConfig, Results, run_load
+from bench.load import LoadConfig, Results, run_load, tag_in
 from bench.stack import (
     BASE_DIR,
     ProcessSampler,
@@ -171,6 +171,18 @@ def summarise(
         "processes": processes,
         "web_cpu_pct": round(sum(v["cpu_pct"] for v in web.values()), 1),
         "web_rss_mb": round(sum(v["rss_peak_mb"] for v in web.values()), 1),
+        # CPU per learner turn (one message and its feedback): less sensitive than latency to
+        # the other work sharing the machine.
+        "cpu_ms_per_turn": {
+            group: _r(
+                sum(v.get("cpu_s", 0) for k, v in processes.items() if k.startswith(group))
+                * 1000
+                / len(turns)
+            )
+            if turns
+            else None
+            for group in ("web", "worker", "fake-model", "postgres")
+        },
         "memory": memory,
         "ws_memory_kb": memory.get("per_socket_kb"),
         "settings": {
@@ -185,6 +197,44 @@ def summarise(
             "read_think_s": list(load.read_think_s),
         },
     }
+
+
+def feedback_stages(
+    database_url: str, results: Results, log: list[dict[str, Any]]
+) -> dict[str, float | None]:
+    """Where a feedback request's time goes, p95 per stage (ms), from the product's own
+    timestamps (FeedbackRequest) joined to the client's and the model's by the draft's tag."""
+    import psycopg
+
+    sql = (
+        "SELECT d.text, extract(epoch FROM r.requested_at), extract(epoch FROM r.computed_at), "
+        "extract(epoch FROM r.delivered_at) FROM feedback_feedbackrequest r "
+        "JOIN feedback_draft d ON d.id = r.draft_id"
+    )
+    try:
+        with psycopg.connect(database_url) as conn:
+            rows = conn.execute(sql).fetchall()
+    except psycopg.Error as exc:
+        return {"error": str(exc)[:100]}  # type: ignore[dict-item]
+    by_tag = {
+        tag_in(text): (float(a or 0), b and float(b), c and float(c)) for text, a, b, c in rows
+    }
+    model = {tag: e for e in log if e["purpose"] == "feedback" and e["first"] for tag in e["tags"]}
+    stages: dict[str, list[float]] = defaultdict(list)
+    for ask in results.asks:
+        if ask.display_ms is None or ask.tag not in by_tag or ask.tag not in model:
+            continue
+        requested, computed, delivered = by_tag[ask.tag]
+        call = model[ask.tag]
+        shown = ask.asked_at + ask.display_ms / 1000
+        stages["post_to_row"].append((requested - ask.asked_at) * 1000)
+        stages["row_to_model"].append((call["received"] - requested) * 1000)
+        if computed:
+            stages["model_to_stored"].append((computed - call["first"]) * 1000)
+            if delivered:
+                stages["stored_to_sent"].append((delivered - computed) * 1000)
+                stages["sent_to_shown"].append((shown - delivered) * 1000)
+    return {name: _r(percentile(values, 95)) for name, values in stages.items()}
 
 
 def warm_up(stack: Stack) -> None:
@@ -229,9 +279,8 @@ def run_one(load: LoadConfig, stack_config: StackConfig) -> dict[str, Any]:
         processes = {k: v for k, v in processes.items() if not k.startswith("postgres-")}
         if pg:
             processes["postgres (bench db)"] = {
-                "cpu_pct": round(
-                    sum(v["cpu_pct"] for v in pg.values() if v["cpu_pct"] == v["cpu_pct"]), 1
-                ),
+                "cpu_pct": round(sum(v["cpu_pct"] for v in pg.values() if v["cpu_pct"] >= 0), 1),
+                "cpu_s": round(sum(v["cpu_s"] for v in pg.values() if v["cpu_s"] >= 0), 2),
                 "rss_peak_mb": round(max(v["rss_peak_mb"] for v in pg.values()), 1),
                 "rss_last_mb": round(max(v["rss_last_mb"] for v in pg.values()), 1),
                 "backends": len(pg),
@@ -244,6 +293,7 @@ def run_one(load: LoadConfig, stack_config: StackConfig) -> dict[str, Any]:
             memory["per_socket_kb"] = round(grown * 1024 / sockets, 1)
         log = stack.fake_log()
         summary = summarise(results, log, load, stack_config, processes, memory)
+        summary["feedback_stages_ms_p95"] = feedback_stages(stack.config.database_url, results, log)
         summary["duration_s"] = round(time.time() - started, 1)
         summary["load_avg_1m"] = {
             "start": round(state.get("load_start", (float("nan"),))[0], 2),
@@ -278,23 +328,33 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GB RAM, {system}"
 
 
-def patched_copy(patches: Path, label: str) -> Path:
-    """This checkout copied to bench/results/src-<label>, with every *.patch in `patches`
-    applied (sorted by name): how proposed changes are measured without touching the tree."""
+def snapshot(label: str, patches: Path | None) -> tuple[Path, str]:
+    """The committed product (HEAD) exported to bench/results/src-<label>, with every *.patch in
+    `patches` applied (sorted by name): the same code each run, whatever is being edited in the
+    working tree meanwhile, and proposed changes measured without touching it."""
     target = RESULTS_DIR / f"src-{label}"
     if target.exists():
         shutil.rmtree(target)
-    shutil.copytree(
-        BASE_DIR, target, symlinks=True,
-        ignore=shutil.ignore_patterns(".git", ".venv", ".local", "results", "node_modules",
-                                      "__pycache__", "test-artifacts", "staticfiles"),
-    )  # fmt: skip
-    files = sorted(patches.glob("*.patch")) if patches.is_dir() else [patches]
+    target.mkdir(parents=True)
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=BASE_DIR, capture_output=True, text=True,
+        check=True,
+    ).stdout.strip()  # fmt: skip
+    archive = subprocess.run(
+        ["git", "archive", "HEAD"], cwd=BASE_DIR, capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    files = (
+        []
+        if patches is None
+        else (sorted(patches.glob("*.patch")) if patches.is_dir() else [patches])
+    )
     for patch in files:
         subprocess.run(
             ["patch", "-p1", "--forward", "--quiet", "-i", str(patch)], cwd=target, check=True
         )
-    return target
+    applied = "+".join(p.stem for p in files)
+    return target, commit + (f"+{applied}" if applied else "")
 
 
 def row(label: str, s: dict[str, Any]) -> str:
@@ -387,6 +447,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--db-pool-max", type=int, default=10)
     parser.add_argument("--think", type=float, default=1.0, help="scale of the think times")
     parser.add_argument("--patches", type=Path, help="a .patch file or a folder of them")
+    parser.add_argument(
+        "--source",
+        choices=["head", "live"],
+        default="head",
+        help="head: a snapshot of the last commit (default); live: this working tree",
+    )
     parser.add_argument("--label", default="")
     parser.add_argument("--profile", action="store_true", help="py-spy record the servers")
     parser.add_argument("--no-readme", action="store_true")
@@ -396,7 +462,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     label = args.label or ("patched" if args.patches else "main")
-    source = patched_copy(args.patches, label) if args.patches else BASE_DIR
+    if args.source == "live":
+        if args.patches:
+            parser.error("--patches needs --source head")
+        source, code = BASE_DIR, "working tree"
+    else:
+        source, code = snapshot(label, args.patches)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     extra_env = dict(item.split("=", 1) for item in args.env)
     summaries = []
@@ -420,6 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         summary = run_one(load, stack_config)
         summary["label"] = label
+        summary["code"] = code
         summary["load_config"] = {k: v for k, v in asdict(load).items()}
         (RESULTS_DIR / f"{label}-{size}.json").write_text(json.dumps(summary, indent=2))
         print_line(label, summary)

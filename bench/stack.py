@@ -415,7 +415,8 @@ class Stack:
         folder.mkdir(parents=True, exist_ok=True)
         for role, process in self.server_processes().items():
             if role.startswith(("web", "worker")):
-                out = folder / f"{role}.svg"
+                # Collapsed stacks per thread (text: easy to grep and to diff before/after).
+                out = folder / f"{role}.txt"
                 self.profilers.append(
                     subprocess.Popen(
                         [
@@ -425,10 +426,12 @@ class Stack:
                             str(process.pid),
                             "--output",
                             str(out),
+                            "--format",
+                            "raw",
                             "--rate",
-                            "97",
+                            "67",
                             "--nonblocking",
-                            "--idle",
+                            "--threads",
                         ],
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL,
@@ -563,11 +566,12 @@ class ProcessSampler:
         for name, track in self.tracks.items():
             try:
                 times = track.process.cpu_times()
-                cpu = (times.user + times.system - track.cpu_start) / wall * 100
+                used = times.user + times.system - track.cpu_start
             except psutil.Error:
-                cpu = float("nan")
+                used = float("nan")
             result[name] = {
-                "cpu_pct": round(cpu, 1),
+                "cpu_pct": round(used / wall * 100, 1),
+                "cpu_s": round(used, 2),
                 "rss_peak_mb": round(track.rss_peak / 2**20, 1),
                 "rss_last_mb": round(track.rss_last / 2**20, 1),
             }

@@ -20,7 +20,7 @@ def test_three_learners_go_through_the_real_stack_and_the_json_line_has_its_keys
         [
             "--sizes", "3", "--messages", "2", "--think", "0.03", "--web-workers", "1",
             "--celery-concurrency", "4", "--database", "imbue_bench_smoke", "--redis-db", "11",
-            "--label", "smoke", "--no-readme",
+            "--label", "smoke", "--no-readme", "--source", "live",
         ]
     )  # fmt: skip
     assert code == 0
