@@ -40,13 +40,13 @@ def render_view(conversation_id: int, learner_id: int) -> Rendered:
     """The whole transcript and the state of the controls (on connect, and when it ends)."""
     context = services.chat_context(_load(conversation_id, learner_id))
     html = render_to_string("simulations/_live.html", {**context, "oob": True, "full": True})
-    return html, context["messages"], context["last_seq"]
+    return html, context["transcript"], context["last_seq"]
 
 
 def render_new_messages(conversation_id: int, learner_id: int, after_seq: int) -> Rendered:
     """Messages after `after_seq`, to append to the transcript, and the controls' state."""
     context = services.chat_context(_load(conversation_id, learner_id))
-    fresh = [m for m in context["messages"] if m.seq > after_seq]
+    fresh = [m for m in context["transcript"] if m.seq > after_seq]
     html = render_to_string("simulations/_live.html", {**context, "oob": True, "fresh": fresh})
     return html, fresh, context["last_seq"]
 
@@ -56,7 +56,7 @@ def render_message(
 ) -> Rendered:
     """One message re-rendered in place (`empty`: a new attempt, shown from nothing)."""
     context = services.chat_context(_load(conversation_id, learner_id))
-    message = next((m for m in context["messages"] if m.pk == message_id), None)
+    message = next((m for m in context["transcript"] if m.pk == message_id), None)
     if message is not None and empty and message.state in IN_FLIGHT:
         message.display_text, message.partial = "", None
     html = render_to_string("simulations/_live.html", {**context, "oob": True, "one": message})

@@ -1014,8 +1014,8 @@ def suggest_skill(*, conversation: Conversation) -> Suggestion:
 
 def chat_context(conversation: Conversation) -> dict[str, Any]:
     """Everything the chat templates need (the study renders the same chat in its own pages)."""
-    messages = list(conversation.messages.order_by("seq"))
-    for message in messages:
+    transcript = list(conversation.messages.order_by("seq"))
+    for message in transcript:
         # A reply being streamed shows what has arrived so far; `partial` lets a socket go on
         # from exactly there.
         message.partial = None
@@ -1023,8 +1023,8 @@ def chat_context(conversation: Conversation) -> dict[str, Any]:
         if message.state == Message.State.STREAMING:
             message.partial = partial_reply_sync(message.pk)
             message.display_text = message.partial.text
-    learner_count = sum(m.role == Message.Role.LEARNER for m in messages)
-    last = messages[-1] if messages else None
+    learner_count = sum(m.role == Message.Role.LEARNER for m in transcript)
+    last = transcript[-1] if transcript else None
     in_flight = (
         last
         if last is not None
@@ -1045,7 +1045,8 @@ def chat_context(conversation: Conversation) -> dict[str, Any]:
     return {
         "conversation": conversation,
         "situation": conversation.situation,
-        "messages": messages,
+        # Not "messages": base.html reads that name as Django's flash messages.
+        "transcript": transcript,
         "last_seq": last.seq if last else 0,
         "learner_count": learner_count,
         "remaining": remaining,
@@ -1063,7 +1064,7 @@ def chat_context(conversation: Conversation) -> dict[str, Any]:
         "support_text": (
             audit.support_resources() if conversation.status == Conversation.Status.PAUSED else ""
         ),
-        "checkin_before_due": is_open and not messages and "before" not in phases,
+        "checkin_before_due": is_open and not transcript and "before" not in phases,
         "checkin_midway_due": (
             is_open
             and learner_count >= max(conversation.max_messages // 2, 1)

@@ -384,9 +384,7 @@ def _chat(request: HttpRequest, participant: Participant, current: flow.Step) ->
     live = chat_services.chat_context(conversation)
     paused = conversation.status == conversation.Status.PAUSED
     context: dict[str, Any] = {
-        # "messages" is also Django's flash messages in base.html; the chat gets its own name.
-        **{key: value for key, value in live.items() if key != "messages"},
-        "chat_messages": live["messages"],
+        **live,
         "chat": chat,
         "finished": services.chat_finished(conversation),
         "paused": paused,

@@ -162,3 +162,14 @@ def test_get_only_and_post_only(no_llm: None) -> None:
     client = owner_client(conversation.learner)
     assert client.post(url("conversation", conversation)).status_code == 405
     assert client.get(url("send", conversation)).status_code == 405
+
+
+def test_the_transcript_never_shows_up_as_flash_messages(no_llm: None) -> None:
+    conversation = start()
+    client = owner_client(conversation.learner)
+    client.post(url("send", conversation), {"text": "Please.", "strategies": ["assert"]})
+    response = client.get(url("conversation", conversation))
+    page = response.content.decode()
+    assert [m.seq for m in response.context["transcript"]] == [1, 2]
+    assert 'class="messages"' not in page and "of conversation" not in page
+    assert "Please." in page
