@@ -159,10 +159,9 @@ def zip_chunks(entries: Iterable[tuple[str, Iterable[bytes]]]) -> Iterator[bytes
 # --------------------------------------------------------------------------- reading the study
 
 
-def _participant_batches(
-    study: Study, size: int = BATCH, only: int | None = None
-) -> Iterator[list[dict[str, Any]]]:
-    """Participants in key order, `size` at a time (keyset pages: no offset, no long cursor)."""
+def _participant_batches(study: Study, only: int | None = None) -> Iterator[list[dict[str, Any]]]:
+    """Participants in key order, BATCH at a time (keyset pages: no offset, no long cursor)."""
+    size = BATCH
     last = 0
     people = Participant.objects.filter(study=study)
     if only is not None:
@@ -203,6 +202,11 @@ class _Batch:
     checkins: dict[Any, list[dict[str, Any]]]
     calls: dict[int, dict[str, Any]]
     calls_by_chat: dict[Any, list[dict[str, Any]]]
+
+    def release(self) -> None:
+        """Drop every row (the batch has been written)."""
+        for name in self.__dataclass_fields__:
+            setattr(self, name, [] if name == "participants" else {})
 
 
 _STEP_ORDER = {step.key: index for index, step in enumerate(flow.STEPS)}
@@ -346,7 +350,11 @@ def _load(participants: list[dict[str, Any]], *, answers: bool, texts: bool, cal
 
 def _batches(study: Study, only: int | None = None, **what: bool) -> Iterator[_Batch]:
     for participants in _participant_batches(study, only=only):
-        yield _load(participants, **what)
+        batch = _load(participants, **what)
+        yield batch
+        # The consumer still holds this batch while asking for the next; empty it first, or two
+        # batches would be alive at once and the peak would double from the second batch on.
+        batch.release()
 
 
 def _ids(participant: dict[str, Any], options: Options) -> list[Any]:

@@ -197,7 +197,7 @@ def _seed_batch(
             p = Participant(
                 study=study,
                 learner=learner,
-                prolific_pid=f"{first + i:024x}",
+                prolific_pid=f"60d{first + i:021x}",
                 prolific_study_id="STUDY0001",
                 prolific_session_id=f"SESSION{first + i:08d}",
                 source=Participant.Source.PROLIFIC,
@@ -512,7 +512,7 @@ def _call(
         provider="openai",
         prompt_name=purpose,
         prompt_version="3",
-        prompt_hash="0" * 64,
+        prompt_hash="5e" * 32,
         params={"temperature": 0.2},
         outcome=outcome,
         attempts=3 if slow else 1,

@@ -1,0 +1,385 @@
+"""Exports: columns exactly as the codebook says, read by pandas with the documented types,
+pseudonymous unless asked, safe in spreadsheets, streamed with flat memory, and audited."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import gc
+import io
+import json
+import tracemalloc
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from django.contrib.auth.models import User
+from django.core.management import call_command
+from django.test import AsyncRequestFactory, Client
+
+from feedback.skills import mastery
+from imbue.models import AuditEntry
+from simulations.models import Message
+from study import codebook, exports
+from study.codebook import CODEBOOK, JSON_FILE, LONG, MESSAGES, WIDE, Options
+from study.dashboard import stream_download
+from study.models import Participant, StudyStaff
+from tests.study.factories import Seeded, seed_study
+
+pytestmark = pytest.mark.django_db
+
+IDS = Options(include_recruitment_ids=True)
+CSV_NAMES = (LONG, WIDE, MESSAGES, codebook.BONUS, CODEBOOK)
+PANDAS = {"integer": "Int64", "number": "float64", "string": "string", "boolean": "boolean"}
+
+
+@pytest.fixture
+def seeded(no_llm: None) -> Seeded:
+    return seed_study(participants=16, screened_out=2, in_progress=2, withdrawn=1)
+
+
+def read_bytes(seeded: Seeded, name: str, options: Options = codebook.PSEUDONYMOUS) -> bytes:
+    return b"".join(exports.file_chunks(seeded.study, name, options))
+
+
+def read_frame(seeded: Seeded, name: str, options: Options = codebook.PSEUDONYMOUS) -> pd.DataFrame:
+    """Read a CSV with exactly the dtypes its codebook rows document."""
+    columns = [c for c in codebook.codebook(seeded.study, options) if c.file == name]
+    dtypes = {c.name: PANDAS[c.type] for c in columns if c.type in PANDAS}
+    dates = [c.name for c in columns if c.type == "datetime"]
+    frame = pd.read_csv(
+        io.BytesIO(read_bytes(seeded, name, options)),
+        dtype=dtypes,
+        keep_default_na=False,
+        na_values=[""],
+    )
+    for name in dates:
+        frame[name] = pd.to_datetime(frame[name], format="ISO8601", utc=True)
+    return frame
+
+
+@pytest.mark.parametrize("options", [codebook.PSEUDONYMOUS, IDS], ids=["pseudonymous", "ids"])
+@pytest.mark.parametrize("name", CSV_NAMES)
+def test_each_csv_header_is_exactly_the_codebook_columns(
+    seeded: Seeded, name: str, options: Options
+) -> None:
+    header = next(csv.reader(io.StringIO(read_bytes(seeded, name, options).decode())))
+    assert header == codebook.columns(seeded.study, name, options)
+    assert len(header) == len(set(header))
+
+
+@pytest.mark.parametrize("name", CSV_NAMES)
+def test_pandas_reads_every_csv_with_the_documented_types(seeded: Seeded, name: str) -> None:
+    frame = read_frame(seeded, name, IDS)
+    assert len(frame) > 0
+    for column in codebook.codebook(seeded.study, IDS):
+        if column.file != name:
+            continue
+        series = frame[column.name]
+        if column.type == "integer":
+            assert str(series.dtype) == "Int64", column.name
+        elif column.type == "number":
+            assert series.dtype == "float64", column.name
+        elif column.type == "boolean":
+            assert str(series.dtype) == "boolean", column.name
+        elif column.type == "datetime":
+            assert str(series.dtype).startswith("datetime64") and "UTC" in str(series.dtype)
+
+
+def json_paths(value: Any, prefix: str = "") -> set[str]:
+    """Every field path of a JSON value, lists marked [], not descending into free-form objects."""
+    found: set[str] = set()
+    if isinstance(value, dict):
+        for key, item in value.items():
+            path = f"{prefix}.{key}" if prefix else key
+            found.add(path)
+            found |= json_paths(item, path)
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, dict):
+                found |= json_paths(item, f"{prefix}[]")
+    return found
+
+
+@pytest.mark.parametrize("options", [codebook.PSEUDONYMOUS, IDS], ids=["pseudonymous", "ids"])
+def test_json_fields_are_exactly_the_codebook_paths(seeded: Seeded, options: Options) -> None:
+    record = json.loads(read_bytes(seeded, JSON_FILE, options))
+    documented = {
+        c.name: c.type for c in codebook.codebook(seeded.study, options) if c.file == JSON_FILE
+    }
+    free_form = {path for path, kind in documented.items() if kind == "object"}
+    found = {
+        path
+        for path in json_paths(record)
+        if not any(
+            path.startswith(f"{parent}.") or path.startswith(f"{parent}[]") for parent in free_form
+        )
+    }
+    assert found == set(documented)
+
+
+def test_codebook_documents_types_allowed_values_and_meanings(seeded: Seeded) -> None:
+    frame = read_frame(seeded, CODEBOOK)
+    assert list(frame.columns) == ["file", "column", "type", "allowed_values", "meaning"]
+    assert set(frame["type"]) <= set(codebook.TYPES)
+    csv_rows = frame[frame["file"] != JSON_FILE]
+    assert (csv_rows["meaning"].str.len() > 0).all()
+    arm = frame[(frame["file"] == LONG) & (frame["column"] == "arm")].iloc[0]
+    assert "simulation = Simulation only" in arm["allowed_values"]
+    assert "feedback = Simulation + feedback" in arm["allowed_values"]
+
+
+def test_exports_are_pseudonymous_unless_recruitment_ids_are_asked_for(seeded: Seeded) -> None:
+    pid = Participant.objects.filter(study=seeded.study).values_list("prolific_pid", flat=True)[0]
+    for name in (*CSV_NAMES, JSON_FILE):
+        assert pid.encode() not in read_bytes(seeded, name), name
+        assert b"SESSION0" not in read_bytes(seeded, name), name
+    for name in (LONG, WIDE, MESSAGES, JSON_FILE):
+        assert pid.encode() in read_bytes(seeded, name, IDS), name
+
+
+def test_text_that_a_spreadsheet_would_run_is_defused_in_csv_but_kept_in_json(
+    seeded: Seeded,
+) -> None:
+    frame = read_frame(seeded, MESSAGES)
+    texts = set(frame["text"].dropna())
+    assert '\'=HYPERLINK("http://example.invalid","click")' in texts
+    assert "'- maybe, sorry, if that's ok?" in texts
+    assert not any(text.startswith(("=", "+", "-", "@")) for text in texts)
+    assert 'I said "no", twice,\nand I meant it.' in texts  # quotes and newlines survive
+    raw = json.loads(read_bytes(seeded, JSON_FILE))
+    said = {m["text"] for p in raw["participants"] for c in p["chats"] for m in c["messages"]}
+    assert '=HYPERLINK("http://example.invalid","click")' in said
+
+
+def test_long_file_has_one_row_per_answer_with_the_values_written(seeded: Seeded) -> None:
+    frame = read_frame(seeded, LONG)
+    truth = {(o.participant, o.situation, o.time, o.item): o.value for o in seeded.observations}
+    assert len(frame) == len(truth)
+    got = {
+        (r.participant, r.situation, r.time, r.item): int(r.value)
+        for r in frame.itertuples(index=False)
+    }
+    assert got == truth
+    first = frame[frame["participant"] == frame["participant"].iloc[0]]
+    # Within a participant: S1 before S2, pre before post, items in survey order.
+    assert list(first["situation"]) == sorted(first["situation"])
+    s1 = first[first["situation"] == "S1"]
+    assert list(s1["time"]) == sorted(s1["time"], key=["pre", "post"].index)
+    assert list(s1["item"])[:3] == ["confident", "worried", "hopeful"]
+
+
+def test_wide_file_has_one_row_per_participant_with_answers_and_chat_mastery(
+    seeded: Seeded,
+) -> None:
+    frame = read_frame(seeded, WIDE).set_index("participant")
+    assert sorted(frame.index) == sorted(seeded.codes)
+    for o in seeded.observations[:200]:
+        assert frame.loc[o.participant, f"{o.situation.lower()}_{o.time}_{o.item}"] == o.value
+    code = next(p for p in seeded.codes if frame.loc[p, "status"] == "completed")
+    messages = Message.objects.filter(
+        conversation__study_chat__participant__code=code,
+        conversation__study_chat__step="eval_s1_post",
+        role=Message.Role.LEARNER,
+    )
+    expected = sum(mastery(m.ratings, m.strategies) for m in messages) / len(messages)
+    assert frame.loc[code, "eval_s1_post_mastery"] == pytest.approx(expected, abs=1e-12)
+    assert frame.loc[code, "eval_s1_post_messages"] == len(messages)
+    screened = frame[frame["status"] == "screened_out"]
+    assert len(screened) == 2 and screened["arm"].isna().all()
+
+
+def test_messages_file_puts_each_turns_drafts_before_the_message_and_its_reply(
+    seeded: Seeded,
+) -> None:
+    frame = read_frame(seeded, MESSAGES)
+    training = frame[frame["step"] == "train_s1"]
+    chat = training[training["conversation_id"] == training["conversation_id"].iloc[0]]
+    kinds = list(zip(chat["turn"], chat["row_type"], chat["role"], strict=True))
+    assert kinds[:4] == [
+        (1, "draft", "learner"),
+        (1, "draft", "learner"),
+        (1, "message", "learner"),
+        (1, "message", "partner"),
+    ]
+    drafts = frame[frame["row_type"] == "draft"]
+    feedback_arm = drafts[drafts["arm"] == "feedback"]
+    assert feedback_arm["feedback_status"].eq("done").all()
+    assert feedback_arm["feedback_computed"].all() and feedback_arm["feedback_viewed"].all()
+    assert feedback_arm["llm_model"].eq("fake-small").all()
+    timed_out = feedback_arm[feedback_arm["llm_outcome"] == "timeout"]
+    assert len(timed_out) and timed_out["feedback_engine"].eq("offline").all()
+    assert timed_out["feedback_fallback_reason"].str.startswith("timeout").all()
+    withheld = drafts[drafts["arm"] == "simulation"]
+    assert withheld["feedback_status"].eq("withheld").all()
+    assert not withheld["feedback_computed"].any() and not withheld["feedback_viewed"].any()
+    learner = frame[(frame["row_type"] == "message") & (frame["role"] == "learner")]
+    assert learner["resistance"].notna().all()
+    assert set(learner["rating_mindful"]) <= {"yes", "no"}
+    sent_training = learner[(learner["step"] == "train_s1") & (learner["arm"] == "simulation")]
+    assert not sent_training["feedback_computed"].any()  # each turn records: never computed
+    partner = frame[frame["role"] == "partner"]
+    assert partner["llm_purpose"].eq("partner").all()
+    assert (partner["llm_retries"] == partner["llm_attempts"] - 1).all()
+    assert partner["llm_total_ms"].notna().all()
+
+
+def test_json_record_nests_drafts_with_feedback_and_every_model_call(seeded: Seeded) -> None:
+    record = json.loads(read_bytes(seeded, JSON_FILE))
+    assert record["study"]["sequence_hash"] == seeded.study.sequence_hash
+    assert len(record["participants"]) == len(seeded.codes)
+    assert record["withdrawals"][0]["participant"] == "WITHDRAWN0000000"
+    person = next(
+        p for p in record["participants"] if p["arm"] == "feedback" and p["status"] == "completed"
+    )
+    training = next(c for c in person["chats"] if c["step"] == "train_s1")
+    draft = training["drafts"][0]
+    assert draft["sent_message_seq"] == 1
+    result = draft["feedback"][0]["result"]
+    assert set(result["skills"]) >= {"mindful", "confident"}
+    assert {"suggestion", "rewrite", "level"} <= set(next(iter(result["skills"].values())))
+    purposes = {call["purpose"] for call in training["model_calls"]}
+    assert purposes == {"persona", "partner", "feedback"}
+    assert [c["phase"] for c in training["checkins"]] == ["before", "after"]
+
+
+def test_a_participant_who_went_through_the_real_flow_is_exported(enrolled: Any) -> None:
+    participant = enrolled("post_s1")
+    study = participant.study
+    answers = [r for r in exports.long_rows(study) if r[0] == participant.code]
+    assert len(answers) == 2 * 8  # pre S1 and pre S2, eight items each
+    wide = [r for r in exports.wide_rows(study) if r[0] == participant.code]
+    assert len(wide) == 1
+    record = exports.participant_record(study, participant.pk)
+    assert [c["step"] for c in record["chats"]] == ["eval_s1_pre", "train_s1"]
+
+
+def test_zip_bundles_hold_every_file_of_their_format(seeded: Seeded) -> None:
+    for fmt, names in codebook.FORMATS.items():
+        data = b"".join(exports.bundle_chunks(seeded.study, fmt))
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            assert archive.testzip() is None
+            assert archive.namelist() == list(names)
+            for name in names:
+                if name == JSON_FILE:  # only the export time differs
+                    zipped, direct = (
+                        json.loads(b) for b in (archive.read(name), read_bytes(seeded, name))
+                    )
+                    assert {**zipped, "exported_at": None} == {**direct, "exported_at": None}
+                else:
+                    assert archive.read(name) == read_bytes(seeded, name)
+
+
+def test_command_writes_the_files_and_logs_the_export(seeded: Seeded, tmp_path: Path) -> None:
+    out = io.StringIO()
+    call_command(
+        "export_study", seeded.study.slug, "--format", "csv", "--out", str(tmp_path), stdout=out
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(codebook.FORMATS["csv"])
+    assert (tmp_path / WIDE).read_bytes() == read_bytes(seeded, WIDE)
+    entry = AuditEntry.objects.get(action="study.export")
+    assert entry.object_id == str(seeded.study.pk) and entry.actor_id is None
+    assert entry.details["via"] == "command" and entry.details["what"] == "csv"
+    assert entry.details["include_recruitment_ids"] is False
+    assert entry.details["files"] == list(codebook.FORMATS["csv"])
+    call_command(
+        "export_study", seeded.study.slug, "--format", "json", "--out", str(tmp_path / "j"),
+        "--include-recruitment-ids", stdout=out,
+    )  # fmt: skip
+    record = json.loads((tmp_path / "j" / JSON_FILE).read_text())
+    assert "recruitment" in record["participants"][0]
+    assert AuditEntry.objects.filter(action="study.export").count() == 2
+    assert AuditEntry.objects.latest("id").details["include_recruitment_ids"] is True
+
+
+def test_command_refuses_an_unknown_study_or_a_user_without_the_export_right(
+    seeded: Seeded, tmp_path: Path
+) -> None:
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match="No study"):
+        call_command("export_study", "nope", "--out", str(tmp_path))
+    User.objects.create_user("viewer", password="x", is_staff=True)
+    with pytest.raises(CommandError, match="may not export"):
+        call_command("export_study", seeded.study.slug, "--out", str(tmp_path), "--user", "viewer")
+    assert not AuditEntry.objects.filter(action="study.export").exists()
+
+
+def test_download_streams_and_records_who_what_and_options(seeded: Seeded) -> None:
+    user = User.objects.create_user("exporter", password="pw-for-tests-1", is_staff=True)
+    StudyStaff.objects.create(study=seeded.study, user=user, can_export=True)
+    client = Client()
+    client.force_login(user)
+    response = client.post(
+        f"/research/{seeded.study.slug}/export/", {"what": "csv", "recruitment_ids": "1"}
+    )
+    assert response.status_code == 200 and response.streaming
+    assert response["Content-Type"] == "application/zip"
+    assert response["Content-Disposition"].startswith('attachment; filename="seeded-csv-')
+    with zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content))) as archive:
+        assert archive.read(WIDE) == read_bytes(seeded, WIDE, IDS)
+    entry = AuditEntry.objects.get(action="study.export")
+    assert (entry.actor_id, entry.actor_username) == (user.pk, "exporter")
+    assert entry.details == {
+        "what": "csv",
+        "files": list(codebook.FORMATS["csv"]),
+        "include_recruitment_ids": True,
+        "via": "dashboard",
+    }
+    assert entry.ip == "127.0.0.1" and entry.at is not None
+    single = client.post(f"/research/{seeded.study.slug}/export/", {"what": "long.csv"})
+    assert single["Content-Type"].startswith("text/csv")
+    assert b"".join(single.streaming_content) == read_bytes(seeded, LONG)
+
+
+def test_under_asgi_the_download_is_pulled_one_chunk_at_a_time() -> None:
+    pulled: list[int] = []
+
+    def chunks() -> Iterator[bytes]:
+        for i in range(3):
+            pulled.append(i)
+            yield b"x" * 10
+
+    request = AsyncRequestFactory().get("/")
+    response = stream_download(request, chunks(), filename="f.csv", content_type="text/csv")
+    assert response.is_async
+
+    async def consume() -> list[tuple[bytes, int]]:
+        seen = []
+        async for chunk in response.streaming_content:
+            seen.append((chunk, len(pulled)))
+        return seen
+
+    seen = asyncio.run(consume())
+    # Each chunk reached the server before the next one was produced.
+    assert [count for _, count in seen] == [1, 2, 3]
+
+
+def peak_export_memory(seeded: Seeded) -> int:
+    gc.collect()
+    tracemalloc.start()
+    try:
+        for name in (*codebook.FORMATS["csv"], JSON_FILE):
+            for _ in exports.file_chunks(seeded.study, name, IDS):
+                pass
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_export_memory_does_not_grow_with_the_number_of_participants(
+    no_llm: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Smaller batches than in production keep the test quick; bench/export_memory.py measures
+    # the real batch size with 1,000 and 10,000 participants.
+    monkeypatch.setattr(exports, "BATCH", 25)
+    small = seed_study(slug="small", participants=25, keep_truth=False)
+    large = seed_study(slug="large", participants=100, keep_truth=False)
+    small_peak = peak_export_memory(small)
+    large_peak = peak_export_memory(large)
+    # Four times the participants; the peak is one batch's rows plus a chunk either way.
+    assert large_peak < 1.2 * small_peak, (small_peak, large_peak)
