@@ -330,9 +330,11 @@ def _rate_and_queue_reply(
             chosen=chosen,
             model=_offline_model(),
         )
-        message.ratings = rating.levels
-        message.rating_engine = rating.engine
-        message.mastery = rating.mastery
+        # Plain str and float: a rater may hand back numpy scalars, which must not leak into
+        # the stored JSON or the resistance rules.
+        message.ratings = {str(skill): str(level) for skill, level in rating.levels.items()}
+        message.rating_engine = str(rating.engine)
+        message.mastery = None if rating.mastery is None else float(rating.mastery)
     except Exception:  # a rater bug must not block the conversation; the message is kept
         log.exception("offline rating failed for message %s", message.pk)
     if conversation.adaptive_enabled:

@@ -7,7 +7,9 @@ these tests use committed data (`transaction=True`).
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
@@ -184,6 +186,26 @@ def test_the_message_is_kept_when_the_rater_breaks(no_llm: None, monkeypatch) ->
     message.refresh_from_db()
     assert message.text == "Please text me by ten." and message.ratings == {}
     assert reply_to(conversation).state == Message.State.COMPLETE
+
+
+def test_ratings_are_stored_as_plain_str_even_when_the_rater_returns_numpy(
+    no_llm: None, monkeypatch
+) -> None:
+    levels = {skill: np.str_("weak") for skill in services.SKILLS}
+
+    def numpy_rater(**kwargs: object) -> SimpleNamespace:
+        return SimpleNamespace(levels=levels, engine=np.str_("offline"), mastery=np.float64(1.0))
+
+    monkeypatch.setattr(services, "rate_offline", numpy_rater)
+    conversation = start()
+    message = services.record_learner_message(
+        conversation=conversation, text="Please text me by ten.", strategies=["assert"]
+    )
+    assert {type(level) for level in message.ratings.values()} == {str}
+    assert all(type(skill) is str for skill in message.ratings)
+    assert type(message.rating_engine) is str and type(message.mastery) is float
+    message.refresh_from_db()
+    assert message.ratings == dict.fromkeys(services.SKILLS, "weak")
 
 
 def test_messages_per_minute_are_limited(no_llm: None, settings) -> None:
