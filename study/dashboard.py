@@ -37,7 +37,7 @@ from django.urls import path
 from django.views.decorators.http import require_GET, require_POST
 
 from feedback.models import Draft, FeedbackRequest
-from feedback.skills import SKILLS
+from feedback.skills import SKILL_KEYS, SKILLS
 from imbue import audit
 from imbue.models import LLMCall
 from simulations.models import Conversation, Message
@@ -277,16 +277,20 @@ def analysis_tables(study: Study) -> dict[str, Any]:
     did = analysis.did_table(
         observations, reference_arm=reference, arms=keys, situations=situations, items=item_keys
     )
-    ratings = exports.skill_ratings(study)
-    own_pre = {r.situation for r in ratings if r.time == "pre"}
-    baseline = {s: "S1" for s in situations if s != "S1" and s not in own_pre}
-    mastery = analysis.mastery_tables(
-        ratings,
-        reference_arm=reference,
-        arms=keys,
-        situations=situations,
-        baseline_from=baseline if "S1" in own_pre else None,
-    )
+    baseline = exports.mastery_baseline()
+    mastery_obs = exports.mastery_observations(study)
+    present = {o.item for o in mastery_obs}
+    skills = [k for k in (*SKILL_KEYS, analysis.OVERALL) if k in present]
+    skills += sorted(present - set(skills))
+    # As analysis.mastery_tables does, on observations gathered batch by batch.
+    mastery = {
+        "prepost": analysis.prepost_table(
+            mastery_obs, arms=keys, situations=situations, items=skills
+        ),
+        "did": analysis.did_table(
+            mastery_obs, reference_arm=reference, arms=keys, situations=situations, items=skills
+        ),
+    }
     item_labels = {item.key: item.label for item in items}
     reverse = {item.key for item in items if item.reverse_scored}
     skill_labels = {key: skill.name for key, skill in SKILLS.items()} | {

@@ -969,39 +969,53 @@ def survey_observations(study: Study) -> list[analysis.Observation]:
     return [analysis.Observation(*row) for row in rows]
 
 
-def skill_ratings(study: Study) -> list[analysis.SkillRating]:
-    """Every rated skill of every sent learner message of the evaluation chats (assigned
-    participants only), as 0-2 scores."""
-    eval_steps = [s.key for s in flow.chat_steps(chat=flow.EVALUATION)]
-    rows = (
-        Message.objects.filter(
-            conversation__study_chat__participant__study=study,
-            conversation__study_chat__participant__arm__isnull=False,
-            conversation__study_chat__step__in=eval_steps,
-            role=Message.Role.LEARNER,
-        )
-        .exclude(ratings={})
-        .values_list(
-            "pk",
-            "conversation__study_chat__participant__code",
-            "conversation__study_chat__participant__arm__key",
-            "conversation__study_chat__slot",
-            "conversation__study_chat__step",
-            "strategies",
-            "ratings",
-        )
-        .iterator(chunk_size=ANSWER_CURSOR_ROWS)
-    )
-    out = []
-    for pk, code, arm, slot, step, strategies, ratings in rows:
-        for skill, value in _scores(ratings, strategies).items():
-            out.append(
-                analysis.SkillRating(code, arm, slot, _chat_time(step), str(pk), skill, value)  # type: ignore[arg-type]
-            )
+def mastery_baseline() -> dict[str, str]:
+    """Situations with no evaluation chat before training, mapped to the one whose first chat
+    serves as their baseline ({"S2": "S1"} in the published design)."""
+    own_pre = {s.slot for s in flow.chat_steps(chat=flow.EVALUATION) if _chat_time(s.key) == "pre"}
+    if not own_pre:
+        return {}
+    first = sorted(own_pre)[0]
+    return {slot: first for slot in Slot.values if slot not in own_pre}
+
+
+def _skill_ratings(batch: _Batch) -> Iterator[analysis.SkillRating]:
+    for p in batch.participants:
+        if p["arm__key"] is None:
+            continue
+        for chat in batch.chats.get(p["pk"], []):
+            if chat["kind"] != flow.EVALUATION:
+                continue
+            time = _chat_time(chat["step"])
+            for m in batch.messages.get(chat["conversation_id"], []):
+                if m["role"] != Message.Role.LEARNER or not m["ratings"]:
+                    continue
+                for skill, value in _scores(m["ratings"], m["strategies"]).items():
+                    yield analysis.SkillRating(
+                        p["code"],
+                        p["arm__key"],
+                        chat["slot"],
+                        time,
+                        str(m["pk"]),
+                        skill,
+                        value,  # type: ignore[arg-type]
+                    )
+
+
+def mastery_observations(study: Study) -> list[analysis.Observation]:
+    """Each assigned participant's mastery (per skill and overall) in each evaluation chat, as
+    `analysis.mastery_observations` defines it, with the baseline of `mastery_baseline()`.
+
+    Computed a batch of participants at a time: memory follows participants, not messages.
+    """
+    baseline = mastery_baseline()
+    out: list[analysis.Observation] = []
+    for batch in _batches(study, answers=False, texts=False, calls=False):
+        out += analysis.mastery_observations(_skill_ratings(batch), baseline_from=baseline)
     return out
 
 
-def post_mastery(study: Study) -> tuple[dict[str, float | None], dict[str, str]]:
+def post_mastery(study: Study) -> tuple[dict[str, float], dict[str, str]]:
     """For the bonus: each completed participant's mean mastery over their evaluation chats after
     training (the mean of each chat's overall mastery), and their arm."""
     completed = set(
@@ -1009,11 +1023,12 @@ def post_mastery(study: Study) -> tuple[dict[str, float | None], dict[str, str]]
             "code", flat=True
         )
     )
-    ratings = [r for r in skill_ratings(study) if r.time == "post" and r.participant in completed]
     by_participant: dict[str, list[float]] = defaultdict(list)
     arms: dict[str, str] = {}
-    for o in analysis.mastery_observations(ratings):
-        if o.item == analysis.OVERALL and o.value is not None:
+    for o in mastery_observations(study):
+        if o.participant not in completed or o.item != analysis.OVERALL or o.time != "post":
+            continue
+        if o.value is not None:
             by_participant[o.participant].append(o.value)
             arms[o.participant] = o.arm
     return {p: statistics.fmean(v) for p, v in by_participant.items()}, arms
