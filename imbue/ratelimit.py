@@ -58,8 +58,8 @@ MESSAGES_TOO_FAST = "You're sending messages very fast. Please wait {wait}."
 FEEDBACK_TOO_FAST = "You're asking for feedback very fast. Please wait {wait}."
 GENERIC_TOO_FAST = "You're doing that very fast. Please wait {wait}."
 BUDGET_USED_UP = (
-    "This conversation has used all the language-model time it is allowed, so the other person "
-    "cannot answer with the model any more. You can end it and start a new one."
+    "This conversation has used all the language-model time it is allowed, so the offline "
+    "partner answers from now on. You can carry on, or end it and start a new one."
 )
 
 

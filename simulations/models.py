@@ -137,6 +137,16 @@ class Conversation(models.Model):
     adaptive_enabled = models.BooleanField(default=True)
     max_message_chars = models.PositiveIntegerField(default=2000)
     token_budget = models.PositiveIntegerField(default=60000)
+    end_enabled = models.BooleanField(
+        default=True, help_text="The learner may end it early (a study turns this off)."
+    )
+    # Set when another page embeds the chat (a study step): the summary leads there, and the
+    # page without JavaScript comes back there; the support text replaces the product's own.
+    return_url = models.CharField(
+        max_length=300, blank=True, help_text="A same-site path, e.g. /s/trial/step/eval_s1_pre/."
+    )
+    return_label = models.CharField(max_length=80, blank=True)
+    support_text = models.TextField(blank=True)
     # The partner.
     partner_engine = models.CharField(max_length=8, choices=Engine.choices, default=Engine.OFFLINE)
     partner_brief = models.JSONField(default=dict, blank=True)

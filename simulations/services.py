@@ -44,6 +44,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
 
 from feedback.raters.offline import OfflineModel, default_model, rate_offline
 from feedback.skills import SKILLS, STRATEGIES
@@ -86,6 +87,7 @@ OPTION_KEYS = frozenset(
         "max_message_chars",
         "token_budget",
         "resistance_start",
+        "end_enabled",
     }
 )
 
@@ -146,15 +148,33 @@ def _conversation_options(options: dict[str, Any] | None) -> dict[str, Any]:
     return values
 
 
+def is_safe_return_url(url: str) -> bool:
+    """Whether `url` is a path on this site (no scheme, no host), safe to send a browser to."""
+    return (
+        url.startswith("/")
+        and not url.startswith("//")
+        and url_has_allowed_host_and_scheme(url, allowed_hosts=None)
+    )
+
+
 def start_conversation(
     *,
     learner: Learner,
     situation: Situation,
     kind: str = Conversation.Kind.PRACTICE,
     options: dict[str, Any] | None = None,
+    return_url: str = "",
+    return_label: str = "",
+    support_text: str = "",
 ) -> Conversation:
-    """Open a conversation with its switches set once, and the partner's brief written."""
+    """Open a conversation with its switches set once, and the partner's brief written.
+
+    A page that embeds the chat (a study step) passes `return_url`, the path its summary leads
+    to and its no-JavaScript forms come back to, and may pass its own safety `support_text`.
+    """
     values = _conversation_options(options)
+    if return_url and not is_safe_return_url(return_url):
+        raise ValueError(f"return_url must be a path on this site, not {return_url!r}")
     override = values.pop("resistance_start", None)
     adaptive = values.get("adaptive_enabled", True)
     fallback = partner.offline_brief(
@@ -171,6 +191,9 @@ def start_conversation(
         resistance_start=(
             resistance.initial_level(situation.difficulty, override) if adaptive else None
         ),
+        return_url=return_url,
+        return_label=return_label,
+        support_text=support_text,
         **values,
     )
     if conversation.partner_engine == Conversation.Engine.LLM:
@@ -867,9 +890,16 @@ def retry_and_wait(*, conversation: Conversation) -> int:
 
 
 def end_conversation(*, conversation: Conversation) -> Conversation:
-    """The learner ends the conversation (a reply in flight is still completed and kept)."""
+    """The learner ends the conversation (a reply in flight is still completed and kept).
+
+    Refused where ending early is switched off (a study's evaluation chat).
+    """
     with transaction.atomic():
         locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
+        if locked.is_open and not locked.end_enabled:
+            raise ConversationError(
+                "This conversation ends when they agree or when you have used all your messages."
+            )
         if locked.is_open:
             locked.status = Conversation.Status.ENDED
             locked.ended_at = timezone.now()
@@ -1063,9 +1093,19 @@ def chat_context(conversation: Conversation) -> dict[str, Any]:
         "worksheet": [SKILLS[key] for key in WORKSHEET_ORDER],
         "offline_partner": conversation.partner_engine == Conversation.Engine.OFFLINE,
         "partner_fallback_reason": conversation.partner_brief.get("partner_fallback_reason", ""),
-        "support_text": (
-            audit.support_resources() if conversation.status == Conversation.Status.PAUSED else ""
+        "budget_note": (
+            ratelimit.BUDGET_USED_UP
+            if conversation.partner_brief.get("partner_fallback_reason")
+            else ""
         ),
+        "support_text": (
+            audit.support_resources(conversation.support_text)
+            if conversation.status == Conversation.Status.PAUSED
+            else ""
+        ),
+        # An embedding page (a study step) is where the summary leads on to.
+        "next_url": conversation.return_url,
+        "next_label": conversation.return_label,
         "checkin_before_due": is_open and not transcript and "before" not in phases,
         "checkin_midway_due": (
             is_open

@@ -1,13 +1,17 @@
 """The conversation page, and the plain form posts that let it work without JavaScript.
 
 With JavaScript the same forms travel over the socket (simulations/consumers.py); these views are
-the fallback: each posts, calls one service, and returns to the page.
+the fallback: each posts, calls one service, and returns to the page. A chat embedded in another
+page (a study step, `Conversation.return_url`) returns there instead, with any refusal as a flash
+message, so the learner never lands on the practice pages.
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
+from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -26,11 +30,30 @@ def _page(
     return render(request, PAGE, {**services.chat_context(conversation), **extra}, status=status)
 
 
+def _embedding_path(conversation: Conversation) -> str:
+    """The path of the page that embeds this chat ("" for the practice page's own chat)."""
+    url = conversation.return_url
+    if not url or not services.is_safe_return_url(url):
+        return ""
+    return urlsplit(url)._replace(fragment="").geturl()
+
+
 def _back(conversation: Conversation, anchor: str = "composer") -> HttpResponse:
-    return redirect(
-        reverse("simulations:conversation", kwargs={"conversation_id": conversation.pk})
-        + f"#{anchor}"
+    path = _embedding_path(conversation) or reverse(
+        "simulations:conversation", kwargs={"conversation_id": conversation.pk}
     )
+    return redirect(f"{path}#{anchor}")
+
+
+def _refused(
+    request: HttpRequest, conversation: Conversation, error: str, **extra: Any
+) -> HttpResponse:
+    """The reason on the page the learner came from: the embedding page, or the chat's own."""
+    path = _embedding_path(conversation)
+    if path:
+        messages.error(request, error)
+        return redirect(path)
+    return _page(request, conversation, 400, error=error, **extra)
 
 
 @require_GET
@@ -48,9 +71,7 @@ def send_message(request: HttpRequest, conversation_id: int) -> HttpResponse:
     try:
         services.send_and_wait(conversation=conversation, text=text, strategies=strategies)
     except services.ConversationError as error:
-        return _page(
-            request, conversation, 400, error=error.user_message, draft=text, chosen=strategies
-        )
+        return _refused(request, conversation, error.user_message, draft=text, chosen=strategies)
     return _back(conversation)
 
 
@@ -61,15 +82,18 @@ def retry_reply(request: HttpRequest, conversation_id: int) -> HttpResponse:
     try:
         services.retry_and_wait(conversation=conversation)
     except services.ConversationError as error:
-        return _page(request, conversation, 400, error=error.user_message)
+        return _refused(request, conversation, error.user_message)
     return _back(conversation)
 
 
 @require_POST
 def end_conversation(request: HttpRequest, conversation_id: int) -> HttpResponse:
-    """The learner ends the conversation."""
+    """The learner ends the conversation (where that is allowed)."""
     conversation = owned_conversation(request, conversation_id)
-    services.end_conversation(conversation=conversation)
+    try:
+        services.end_conversation(conversation=conversation)
+    except services.ConversationError as error:
+        return _refused(request, conversation, error.user_message)
     return _back(conversation, "summary")
 
 
@@ -84,7 +108,7 @@ def checkin(request: HttpRequest, conversation_id: int) -> HttpResponse:
             intensity=request.POST.get("intensity", ""),
         )
     except services.ConversationError as error:
-        return _page(request, conversation, 400, error=error.user_message)
+        return _refused(request, conversation, error.user_message)
     return _back(conversation, "chat")
 
 
@@ -95,5 +119,9 @@ def suggest(request: HttpRequest, conversation_id: int) -> HttpResponse:
     try:
         suggestion = services.suggest_skill(conversation=conversation)
     except services.ConversationError as error:
-        return _page(request, conversation, 400, error=error.user_message)
+        return _refused(request, conversation, error.user_message)
+    path = _embedding_path(conversation)
+    if path:
+        messages.info(request, f"Try {suggestion.name}. {suggestion.reason}")
+        return redirect(path)
     return _page(request, conversation, suggestion=suggestion)

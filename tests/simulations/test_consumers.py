@@ -414,3 +414,63 @@ async def test_a_message_suggesting_risk_pauses_the_chat_and_shows_support(fake_
     assert await Message.objects.filter(conversation=conversation).acount() == 1
     assert not partner_requests(fake_llm)
     await view.communicator.disconnect()
+
+
+@database_sync_to_async
+def start_embedded(**options: object) -> Conversation:
+    """A chat a study step embeds: its own return path, support text and switches."""
+    learner = Learner.objects.create()
+    situation = Situation.objects.create(
+        learner=learner,
+        situation="My flatmate has left the dishes for me every night this week.",
+        goal="Share the washing up.",
+        category="social",
+        difficulty=4,
+    )
+    return services.start_conversation(
+        learner=learner,
+        situation=situation,
+        kind=Conversation.Kind.EVALUATION,
+        options=options or None,
+        return_url="/s/trial/step/eval_s1_pre/#study-continue",
+        return_label="Continue to the next step",
+        support_text="Talk to the study team: 0800 000 000.",
+    )
+
+
+async def test_an_embedded_chats_live_summary_leads_on_to_its_page(fake_llm) -> None:
+    conversation = await start_embedded()
+    view = await open_view(conversation)
+    await send_and_wait(view, conversation, "Could you wash up tonight? #agree")
+    frame = view.seen(lambda f: 'id="summary"' in f)
+    assert frame and "They agreed" in frame
+    assert 'href="/s/trial/step/eval_s1_pre/#study-continue">Continue to the next step<' in frame
+    assert "Back to your practice" not in frame and "start again" not in frame
+    await view.communicator.disconnect()
+
+
+async def test_a_chat_that_may_not_be_ended_early_refuses_end_over_the_socket(no_llm: None) -> None:
+    conversation = await start_embedded(end_enabled=False)
+    view = await open_view(conversation)
+    assert "End the conversation" not in view.frames[0] + "".join(view.frames)
+    await view.send(action="end")
+    frame = await view.until(lambda f: 'id="chat-error"' in f)
+    assert "ends when they agree" in frame
+    await conversation.arefresh_from_db()
+    assert conversation.is_open
+    reply = await send_and_wait(view, conversation, "Please wash up tonight.")
+    assert reply.state == "complete"
+    await view.communicator.disconnect()
+
+
+async def test_a_live_pause_shows_the_support_text_the_chat_was_started_with(
+    no_llm: None,
+) -> None:
+    conversation = await start_embedded()
+    view = await open_view(conversation)
+    await view.send(action="send", text="I want to kill myself.", strategies=["express"])
+    frame = await view.until(lambda f: 'id="summary"' in f)
+    assert "This conversation is paused" in frame
+    assert "0800 000 000" in frame and "988" not in frame
+    assert "Continue to the next step" in frame and "Back to your practice" not in frame
+    await view.communicator.disconnect()

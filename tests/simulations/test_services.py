@@ -120,6 +120,47 @@ def test_options_set_the_switches_and_unknown_options_are_refused(no_llm: None) 
     assert start(resistance_start=0.5).resistance_start == 0.5
 
 
+def test_an_embedding_page_is_remembered_only_as_a_path_on_this_site(no_llm: None) -> None:
+    learner = Learner.objects.create()
+    conversation = services.start_conversation(
+        learner=learner,
+        situation=make_situation(learner),
+        kind=Conversation.Kind.EVALUATION,
+        return_url="/s/trial/step/eval_s1_pre/#study-continue",
+        return_label="Continue to the next step",
+        support_text="Call the study team on 0000.",
+    )
+    conversation.refresh_from_db()
+    assert conversation.return_url == "/s/trial/step/eval_s1_pre/#study-continue"
+    assert conversation.return_label == "Continue to the next step"
+    assert conversation.support_text == "Call the study team on 0000."
+    context = services.chat_context(conversation)
+    assert context["next_url"] == conversation.return_url
+    assert context["next_label"] == "Continue to the next step"
+    for unsafe in ("https://evil.example/", "//evil.example/x", "javascript:alert(1)", "s/x/"):
+        with pytest.raises(ValueError):
+            services.start_conversation(
+                learner=learner, situation=make_situation(learner), return_url=unsafe
+            )
+
+
+def test_a_conversation_that_may_not_be_ended_early_refuses_the_learners_end(
+    no_llm: None,
+) -> None:
+    conversation = start(end_enabled=False)
+    assert not conversation.end_enabled
+    with pytest.raises(services.ConversationError, match="ends when they agree"):
+        services.end_conversation(conversation=conversation)
+    conversation.refresh_from_db()
+    assert conversation.is_open and conversation.ended_at is None
+    # Its natural ends still close it.
+    conversation = start(end_enabled=False, max_messages=1)
+    services.record_learner_message(conversation=conversation, text="Please.", strategies="assert")
+    reply_to(conversation)
+    conversation.refresh_from_db()
+    assert conversation.status == Conversation.Status.LIMIT
+
+
 def test_a_sent_message_is_stored_rated_and_the_reply_queued(no_llm: None) -> None:
     conversation = start()
     strategies, text = STRONG[0]
@@ -301,6 +342,10 @@ def test_a_spent_token_budget_hands_the_conversation_to_the_offline_partner(fake
     assert conversation.partner_engine == Conversation.Engine.OFFLINE
     assert "budget" in conversation.partner_brief["partner_fallback_reason"]
     assert "partner" not in [r["purpose"] for r in fake_llm.requests()]
+    # What the page says matches what happened: the offline partner goes on answering.
+    note = services.chat_context(conversation)["budget_note"]
+    assert note == ratelimit.BUDGET_USED_UP and "offline partner answers" in note
+    assert services.chat_context(start())["budget_note"] == ""
 
 
 def test_the_agreement_marker_ends_the_conversation_and_is_never_stored(fake_llm) -> None:
@@ -403,6 +448,19 @@ def test_a_message_suggesting_risk_pauses_the_practice_and_never_reaches_the_mod
     assert all("kill myself" not in str(r["body"]) for r in fake_llm.requests())
     context = services.chat_context(conversation)
     assert "988" in context["support_text"] and not context["can_send"]
+
+
+def test_a_pause_shows_the_support_text_the_conversation_was_started_with(no_llm: None) -> None:
+    learner = Learner.objects.create()
+    conversation = services.start_conversation(
+        learner=learner, situation=make_situation(learner), support_text="Call the study team."
+    )
+    assert services.chat_context(conversation)["support_text"] == ""
+    services.record_learner_message(
+        conversation=conversation, text="I want to kill myself.", strategies=["express"]
+    )
+    conversation.refresh_from_db()
+    assert services.chat_context(conversation)["support_text"] == "Call the study team."
 
 
 def test_role_play_anger_does_not_pause_the_practice(no_llm: None) -> None:

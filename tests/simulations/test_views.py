@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 
 import pytest
+from django.contrib.messages import get_messages
 from django.test import Client
 from django.urls import reverse
 
+from imbue import ratelimit
 from simulations import services
 from simulations.learners import SESSION_KEY
 from simulations.models import Conversation, EmotionCheckin, Learner, Message, Situation
@@ -173,3 +175,104 @@ def test_the_transcript_never_shows_up_as_flash_messages(no_llm: None) -> None:
     assert [m.seq for m in response.context["transcript"]] == [1, 2]
     assert 'class="messages"' not in page and "of conversation" not in page
     assert "Please." in page
+
+
+def embedded(**options: object) -> Conversation:
+    """A chat another page embeds, as a study step starts it."""
+    learner = Learner.objects.create()
+    situation = Situation.objects.create(
+        learner=learner,
+        situation="My boss has asked me to stay late three evenings this week with no notice.",
+        goal="Agree on at least a day's notice before late shifts.",
+        category="work",
+        difficulty=4,
+    )
+    return services.start_conversation(
+        learner=learner,
+        situation=situation,
+        kind=Conversation.Kind.EVALUATION,
+        options=options or None,
+        return_url="/s/trial/step/eval_s1_pre/#study-continue",
+        return_label="Continue to the next step",
+    )
+
+
+def test_an_embedded_chats_summary_leads_to_its_page_not_the_practice_pages(
+    no_llm: None,
+) -> None:
+    conversation = embedded()
+    client = owner_client(conversation.learner)
+    client.post(url("end", conversation))
+    page = client.get(url("conversation", conversation)).content.decode()
+    summary = page[page.index('id="summary"') :]
+    assert 'href="/s/trial/step/eval_s1_pre/#study-continue">Continue to the next step</a>' in (
+        summary
+    )
+    assert "Back to your practice" not in summary and "start again" not in summary
+    practice = start()
+    client = owner_client(practice.learner)
+    client.post(url("end", practice))
+    page = client.get(url("conversation", practice)).content.decode()
+    assert "Back to your practice" in page and "start again whenever you like" in page
+
+
+def test_without_javascript_an_embedded_chats_forms_return_to_the_embedding_page(
+    no_llm: None,
+) -> None:
+    conversation = embedded()
+    client = owner_client(conversation.learner)
+    back = "/s/trial/step/eval_s1_pre/"
+    checked = client.post(url("checkin", conversation), {"phase": "before", "intensity": "4"})
+    assert checked["Location"] == back + "#chat"
+    sent = client.post(url("send", conversation), {"text": "Please.", "strategies": ["assert"]})
+    assert sent["Location"] == back + "#composer"
+    assert conversation.messages.get(seq=2).state == Message.State.COMPLETE
+    refused = client.post(url("send", conversation), {"text": "Hi.", "strategies": []})
+    assert refused.status_code == 302 and refused["Location"] == back
+    # The reason goes with the learner as a flash message, which the embedding page shows.
+    flashed = " ".join(str(m) for m in get_messages(refused.wsgi_request))
+    assert "Pick at least one skill" in flashed
+    suggested = client.post(url("suggest", conversation))
+    assert suggested["Location"] == back
+    assert client.post(url("end", conversation))["Location"] == back + "#summary"
+
+
+def test_a_return_url_that_is_not_a_path_on_this_site_is_never_followed(no_llm: None) -> None:
+    conversation = start()
+    Conversation.objects.filter(pk=conversation.pk).update(return_url="//evil.example/x")
+    client = owner_client(conversation.learner)
+    sent = client.post(url("send", conversation), {"text": "Please.", "strategies": ["assert"]})
+    assert sent["Location"] == url("conversation", conversation) + "#composer"
+
+
+def test_a_chat_that_may_not_be_ended_early_hides_the_button_and_refuses_the_post(
+    no_llm: None,
+) -> None:
+    conversation = start(end_enabled=False)
+    client = owner_client(conversation.learner)
+    page = client.get(url("conversation", conversation)).content.decode()
+    assert "End the conversation" not in page and url("end", conversation) not in page
+    refused = client.post(url("end", conversation))
+    assert refused.status_code == 400 and "ends when they agree" in refused.content.decode()
+    inside = embedded(end_enabled=False)
+    refused = owner_client(inside.learner).post(url("end", inside))
+    assert refused["Location"] == "/s/trial/step/eval_s1_pre/"
+    for chat in (conversation, inside):
+        chat.refresh_from_db()
+        assert chat.is_open
+
+
+def test_the_page_says_the_offline_partner_answers_once_the_budget_is_spent(
+    no_llm: None,
+) -> None:
+    conversation = start()
+    client = owner_client(conversation.learner)
+    assert 'id="budget-note"' not in client.get(url("conversation", conversation)).content.decode()
+    Conversation.objects.filter(pk=conversation.pk).update(
+        partner_brief={
+            **conversation.partner_brief,
+            "partner_fallback_reason": "the conversation's model-token budget was used up",
+        }
+    )
+    page = client.get(url("conversation", conversation)).content.decode()
+    assert f'<p class="hint" id="budget-note">{ratelimit.BUDGET_USED_UP}</p>' in page
