@@ -325,6 +325,14 @@ def analysis_tables(study: Study) -> dict[str, Any]:
 def _labelled(
     rows: list[dict[str, Any]], arms: dict[str, str], items: dict[str, str], reverse: set[str]
 ) -> list[dict[str, Any]]:
+    """Rows with display names, the arms of one situation and item next to each other."""
+    arm_order, item_order = list(arms), list(items)
+
+    def place(row: dict[str, Any]) -> tuple[str, int, int]:
+        item = row["item"]
+        position = item_order.index(item) if item in item_order else len(item_order)
+        return row["situation"], position, arm_order.index(row["arm"])
+
     return [
         {
             **row,
@@ -332,7 +340,7 @@ def _labelled(
             "item_label": items.get(row["item"], row["item"]),
             "reverse": row["item"] in reverse,
         }
-        for row in rows
+        for row in sorted(rows, key=place)
     ]
 
 

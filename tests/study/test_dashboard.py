@@ -42,8 +42,13 @@ def boss(db: None) -> Client:
     return client
 
 
-def strip(rows: list[dict[str, Any]], keys: set[str]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in row.items() if k in keys} for row in rows]
+def strip(rows: list[dict[str, Any]], keys: set[str]) -> dict[tuple[str, str, str], dict]:
+    """The analysis module's columns of each row, by arm, situation and item (the page orders the
+    rows for reading, the module for computing)."""
+    return {
+        (row["arm"], row["situation"], row["item"]): {k: v for k, v in row.items() if k in keys}
+        for row in rows
+    }
 
 
 def test_survey_tables_are_the_analysis_modules_on_the_answers_written(seeded: Seeded) -> None:
@@ -52,11 +57,17 @@ def test_survey_tables_are_the_analysis_modules_on_the_answers_written(seeded: S
     items = ["confident", "worried", "hopeful", "motivated", "anger", "fear", "sadness", "disgust"]
     truth = seeded.observations
     expected = analysis.prepost_table(truth, arms=arms, situations=["S1", "S2"], items=items)
-    assert strip(shown["prepost"], ANALYSIS_KEYS) == expected
+    assert strip(shown["prepost"], ANALYSIS_KEYS) == strip(expected, ANALYSIS_KEYS)
+    assert len(shown["prepost"]) == len(expected) == 2 * 2 * 8
+    first = shown["prepost"][:2]  # the two arms of one item sit side by side
+    assert [(r["situation"], r["item"], r["arm"]) for r in first] == [
+        ("S1", "confident", "simulation"),
+        ("S1", "confident", "feedback"),
+    ]
     expected_did = analysis.did_table(
         truth, reference_arm="simulation", arms=arms, situations=["S1", "S2"], items=items
     )
-    assert strip(shown["did"], DID_KEYS) == expected_did
+    assert strip(shown["did"], DID_KEYS) == strip(expected_did, DID_KEYS)
 
 
 def test_mastery_tables_are_the_analysis_modules_on_the_ratings_written(seeded: Seeded) -> None:
@@ -68,8 +79,11 @@ def test_mastery_tables_are_the_analysis_modules_on_the_ratings_written(seeded: 
         situations=["S1", "S2"],
         baseline_from={"S2": "S1"},
     )
-    assert strip(shown["mastery_prepost"], ANALYSIS_KEYS) == expected["prepost"]
-    assert strip(shown["mastery_did"], DID_KEYS) == expected["did"]
+    assert strip(shown["mastery_prepost"], ANALYSIS_KEYS) == strip(
+        expected["prepost"], ANALYSIS_KEYS
+    )
+    assert strip(shown["mastery_did"], DID_KEYS) == strip(expected["did"], DID_KEYS)
+    assert len(shown["mastery_prepost"]) == len(expected["prepost"])
     overall = next(
         r
         for r in shown["mastery_prepost"]
