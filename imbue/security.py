@@ -10,10 +10,12 @@ a guard against junk form input, one cleaner for text people type, and spreadshe
   cannot store and which no person types.
 - `clean_user_text` is the one cleaner for messages, drafts and situations.
 - `csv_safe` defuses spreadsheet formulas in exported cells.
+- `parse_frame` reads a websocket frame as a JSON object without ever crashing the consumer.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import unicodedata
@@ -220,3 +222,35 @@ def csv_safe(value: Any) -> Any:
     if isinstance(value, str) and value.startswith(_FORMULA_START):
         return "'" + value
     return value
+
+
+# --- websocket frames -------------------------------------------------------------------------
+
+
+class BadFrame(ValueError):
+    """A websocket frame that is not a JSON object we can use."""
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError("number out of range")
+    return value
+
+
+def _no_constants(name: str) -> float:
+    raise ValueError(f"{name} is not a number")
+
+
+def parse_frame(text_data: str | None, *, max_chars: int = 64_000) -> dict[str, Any]:
+    """The JSON object a consumer received, or `BadFrame`: never a crash on oversized, deeply
+    nested, non-finite (1e400, NaN, Infinity) or non-object input."""
+    if not isinstance(text_data, str) or not text_data or len(text_data) > max_chars:
+        raise BadFrame("frame missing or too long")
+    try:
+        payload = json.loads(text_data, parse_float=_finite_float, parse_constant=_no_constants)
+    except (ValueError, RecursionError) as error:
+        raise BadFrame(str(error)[:100]) from None
+    if not isinstance(payload, dict):
+        raise BadFrame("not an object")
+    return payload

@@ -18,7 +18,7 @@ from django.http import HttpRequest, HttpResponse
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, include, path
 
-from imbue.security import UserTextError, clean_user_text, csv_safe
+from imbue.security import BadFrame, UserTextError, clean_user_text, csv_safe, parse_frame
 from simulations.models import Learner
 
 BASE_DIR = Path(__file__).resolve().parents[2]
@@ -391,3 +391,40 @@ def test_clean_user_text_returns_empty_for_blank_input() -> None:
 )
 def test_csv_safe_defuses_formulas_only(value: object, expected: object) -> None:
     assert csv_safe(value) == expected
+
+
+# --- websocket frames -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        None,
+        "",
+        "x" * 64_001,
+        "not json",
+        "[1, 2]",
+        '"a string"',
+        '{"request_id": 1e400}',
+        '{"request_id": -1e400}',
+        '{"request_id": NaN}',
+        '{"request_id": Infinity}',
+        '{"n": ' + "9" * 5000 + "}",
+        "[" * 5000 + "]" * 5000,
+        '{"a":' * 3000 + "1" + "}" * 3000,
+    ],
+)
+def test_parse_frame_turns_every_bad_frame_into_bad_frame(frame: str | None) -> None:
+    with pytest.raises(BadFrame):
+        parse_frame(frame)
+
+
+def test_parse_frame_returns_the_object() -> None:
+    assert parse_frame('{"action": "send", "text": "hi", "n": 1.5, "ids": [1]}') == {
+        "action": "send",
+        "text": "hi",
+        "n": 1.5,
+        "ids": [1],
+    }
+    with pytest.raises(BadFrame):
+        parse_frame('{"a": 1}', max_chars=5)
