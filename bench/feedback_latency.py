@@ -105,7 +105,7 @@ def pair(asks: list[FeedbackAsk], log: list[dict[str, Any]]) -> list[Measured]:
     return measured
 
 
-def summary(label: str, measured: list[Measured], asked: int, errors: int) -> dict[str, Any]:
+def summary(label: str, measured: list[Measured], asked: int, errors: list[str]) -> dict[str, Any]:
     def stats(values: list[float]) -> dict[str, float]:
         return {
             "p50": round(percentile(values, 0.50), 1),
@@ -117,7 +117,8 @@ def summary(label: str, measured: list[Measured], asked: int, errors: int) -> di
         "run": label,
         "asked": asked,
         "measured": len(measured),
-        "errors": errors,
+        "errors": len(errors),
+        "first_errors": sorted(set(errors))[:3],
         "display_ms": stats([m.display_ms for m in measured]),
         "model_ms": stats([m.model_ms for m in measured]),
         "overhead_ms": stats([m.overhead_ms for m in measured]),
@@ -177,7 +178,7 @@ def main() -> None:
             stack.clear_fake_log()
             results, asked = asyncio.run(ask_many(stack, learners, args.asks, args.seed))
             measured = pair(results.asks, stack.fake_log())
-            rows.append(summary(f"{learners} learner(s)", measured, asked, len(results.errors)))
+            rows.append(summary(f"{learners} learner(s)", measured, asked, results.errors))
     print_table(rows)
     print(
         json.dumps(

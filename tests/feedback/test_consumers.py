@@ -81,6 +81,16 @@ def reload(feedback: FeedbackRequest) -> FeedbackRequest:
     return FeedbackRequest.objects.get(pk=feedback.pk)
 
 
+async def eventually(feedback: FeedbackRequest, field: str, timeout: float = 5) -> FeedbackRequest:
+    """The request once `field` is set (delivery is recorded just after the panel is sent)."""
+    deadline = time.monotonic() + timeout
+    current = await reload(feedback)
+    while getattr(current, field) is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+        current = await reload(feedback)
+    return current
+
+
 async def wait_done(feedback: FeedbackRequest, timeout: float = 30) -> FeedbackRequest:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -109,7 +119,7 @@ async def test_each_request_costs_one_model_call_and_reaches_the_owners_socket(
         assert f'data-request-id="{feedback.pk}"' in html
         assert 'data-state="final"' in html and "expert model" in html
         assert 'hx-swap-oob="true"' in html
-        feedback = await reload(feedback)
+        feedback = await eventually(feedback, "delivered_at")
         assert feedback.engine == "llm", feedback.fallback_reason
         assert feedback.delivered_at is not None
         assert len(feedback_calls(fake_llm)) == revision
@@ -148,11 +158,7 @@ async def test_a_refreshed_page_gets_the_latest_panel_and_reports_when_it_was_se
     html = await page.receive_from(timeout=10)
     assert f'data-request-id="{feedback.pk}"' in html and 'data-state="final"' in html
     await page.send_to(text_data=json.dumps({"action": "viewed", "request_id": feedback.pk}))
-    for _ in range(100):
-        feedback = await reload(feedback)
-        if feedback.latency_ms is not None:
-            break
-        await asyncio.sleep(0.02)
+    feedback = await eventually(feedback, "latency_ms")
     assert feedback.delivered_at is not None and feedback.viewed_at is not None
     assert feedback.latency_ms > 0
     await page.disconnect()
