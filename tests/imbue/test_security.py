@@ -428,3 +428,123 @@ def test_parse_frame_returns_the_object() -> None:
     }
     with pytest.raises(BadFrame):
         parse_frame('{"a": 1}', max_chars=5)
+
+
+# --- access: a learner reaches only their own objects; staff pages need staff --------------------
+
+# Route keywords that name a learner's object, and how to make one for a learner.
+OWNED_KWARGS = ("conversation_id", "situation_id")
+
+
+def _route_templates() -> Iterator[str]:
+    def walk(patterns: list, prefix: str) -> Iterator[str]:
+        for entry in patterns:
+            route = str(entry.pattern)
+            if route.startswith("^") or "(?P" in route:
+                continue
+            if isinstance(entry, URLResolver):
+                yield from walk(entry.url_patterns, prefix + route)
+            else:
+                yield "/" + prefix + route
+
+    yield from walk(get_resolver().url_patterns, "")
+
+
+def _fill(template: str, values: dict[str, str]) -> str:
+    return re.sub(r"<(?:\w+:)?(\w+)>", lambda m: values.get(m.group(1), "x"), template)
+
+
+def _learner_with_objects(client: Client) -> dict[str, str]:
+    from simulations.models import Conversation, Situation
+
+    client.get("/practice/")
+    learner = Learner.objects.get(pk=client.session["imbue_learner_id"])
+    situation = Situation.objects.create(
+        learner=learner, situation="My roommate leaves the dishes.", goal="Agree a rota.",
+        category="social", difficulty=4,
+    )  # fmt: skip
+    conversation = Conversation.objects.create(learner=learner, situation=situation)
+    return {"conversation_id": str(conversation.pk), "situation_id": str(situation.pk)}
+
+
+# Some owner requests (send, suggest) finish on another thread: real commits needed.
+@pytest.mark.django_db(transaction=True)
+def test_a_learner_cannot_reach_another_learners_objects_on_any_route() -> None:
+    owner, intruder = Client(), Client()
+    mine = _learner_with_objects(owner)
+    _learner_with_objects(intruder)  # the intruder has objects of their own
+    routes = [
+        t for t in _route_templates() if any(f"{k}>" in t for k in OWNED_KWARGS)
+        and not t.startswith("/admin/")
+    ]  # fmt: skip
+    checked = []
+    for template in routes:
+        url = _fill(template, mine)
+        for method in ("get", "post"):
+            theirs = getattr(intruder, method)(url)
+            if theirs.status_code == 405:
+                continue  # the route does not take this method, for anyone
+            assert theirs.status_code == 404, (method, url, theirs.status_code)
+            own = getattr(owner, method)(url)
+            assert own.status_code != 404, ("the owner should reach it", method, url)
+            checked.append(f"{method.upper()} {template}")
+    print(f"\naccess checked with two learners on {len(checked)} route/method pairs:")
+    print("\n".join(sorted(checked)))
+    assert len(checked) >= 8
+
+
+@pytest.mark.django_db
+def test_admin_pages_need_a_staff_account() -> None:
+    learner = Client()
+    learner.get("/practice/")
+    plain = User.objects.create_user("plain", password="a-long-test-password-1")
+    signed_in = Client()
+    signed_in.force_login(plain)
+    admin_routes = [
+        _fill(t, {"object_id": "1", "app_label": "imbue"})
+        for t in _route_templates()
+        if t.startswith("/admin/") and "login" not in t and "logout" not in t
+    ]
+    for client in (learner, signed_in):
+        for url in admin_routes:
+            response = client.get(url)
+            assert response.status_code in (302, 404), (url, response.status_code)
+            if response.status_code == 302:
+                assert response["Location"].startswith("/admin/login/"), url
+    assert len(admin_routes) > 30
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_a_learner_cannot_open_another_learners_sockets() -> None:
+    from asgiref.sync import sync_to_async
+
+    from imbue.asgi import application
+    from imbue.routing import websocket_urlpatterns
+
+    owner, intruder = Client(), Client()
+    mine = await sync_to_async(_learner_with_objects)(owner)
+    await sync_to_async(_learner_with_objects)(intruder)
+    routes = [str(p.pattern) for p in websocket_urlpatterns if "conversation_id" in str(p.pattern)]
+    assert routes
+    for template in routes:
+        path = "/" + _fill(template, mine)
+        for client, expected in ((intruder, False), (owner, True)):
+            key = await sync_to_async(lambda c=client: c.session.session_key)()
+            socket = WebsocketCommunicator(
+                application,
+                path,
+                headers=[
+                    (b"origin", b"http://localhost"),
+                    (b"cookie", f"{django_settings.SESSION_COOKIE_NAME}={key}".encode()),
+                ],
+            )
+            connected, _ = await socket.connect(timeout=10)
+            assert connected is expected, (path, expected)
+            await socket.disconnect()
+        # No session at all is refused too.
+        anonymous = WebsocketCommunicator(
+            application, path, headers=[(b"origin", b"http://localhost")]
+        )
+        assert (await anonymous.connect(timeout=10))[0] is False
+    print(f"\nsocket routes checked with two learners: {routes}")
