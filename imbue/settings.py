@@ -162,7 +162,9 @@ CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
-            "hosts": [REDIS_URL],
+            # redis-py 8 times reads out after 5 s, the same as channels-redis's blocking wait:
+            # a longer read timeout keeps idle consumers from dropping their sockets.
+            "hosts": [{"address": REDIS_URL, "socket_timeout": 15, "socket_connect_timeout": 5}],
             "prefix": "imbue",
             "capacity": 1000,
             "expiry": 60,
