@@ -8,6 +8,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.conf import settings
@@ -116,7 +117,7 @@ def celery_worker(_shared_worker: Worker) -> Worker:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _close_database_pools(django_db_setup: None) -> Iterator[None]:
+def _close_database_pools(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
     """Close psycopg's pools before the test database is dropped (idle connections block it)."""
     yield
     from django.db import connections
@@ -124,3 +125,10 @@ def _close_database_pools(django_db_setup: None) -> Iterator[None]:
     for connection in connections.all(initialized_only=True):
         if hasattr(connection, "close_pool"):
             connection.close_pool()
+    # Connections left by threads that outlived their tests (server threads, the gateway's loop).
+    with django_db_blocker.unblock(), connections["default"].cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    connections["default"].close()
