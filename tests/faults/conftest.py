@@ -230,6 +230,23 @@ class StackWorker(Worker):
         wait_for(self.answers, 60, "Celery worker")
         return self
 
+    def control(self, command: str, **arguments: Any) -> list[Any]:
+        """A remote-control command and its replies, retried while the broker reconnects."""
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                replies = self.app.control.broadcast(
+                    command, arguments=arguments, reply=True, timeout=2, limit=1
+                )
+                if replies:
+                    return replies
+            except Exception:  # a stale broker connection after a Redis restart
+                if time.monotonic() > deadline:
+                    raise
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no worker answered {command}")
+            time.sleep(0.25)
+
 
 @dataclass
 class FaultStack:
@@ -759,7 +776,10 @@ class Page:
 
     def _panel_frame(self, frame: str) -> None:
         for state, request_id, engine in PANEL.findall(frame):
-            self.panels[int(request_id)] = (state, engine, time.time())
+            at = time.time()
+            self.panels[int(request_id)] = (state, engine, at)
+            if state == "final":
+                self.ledger.panel_shown(int(request_id), engine, at)
 
     @property
     def live(self) -> bool:
@@ -928,7 +948,9 @@ class Page:
         if response.status != 200 or panel is None:
             return response.status
         tag = TAG.search(text).group(0)  # type: ignore[union-attr]
-        return self.ledger.asked(int(panel.group(2)), self.conversation_id, tag)
+        asked = self.ledger.asked(int(panel.group(2)), self.conversation_id, tag)
+        self._panel_frame(response.text)  # offline only: the answer itself is the final panel
+        return asked
 
     async def feedback_shown(self, asked: AskedFeedback, timeout: float = 40) -> str:
         """Wait for the final panel of `asked` on the page; its engine."""
@@ -996,13 +1018,18 @@ class Books:
         ):
             for tag in TAG.findall(text):
                 stored[tag] = stored.get(tag, 0) + 1
-        done = dict(
-            FeedbackRequest.objects.filter(pk__in=ids).values_list("pk", "status").iterator()
+        # Every request the database holds counts, also one whose POST showed an error page.
+        rows = FeedbackRequest.objects.exclude(status=FeedbackRequest.Status.WITHHELD).values_list(
+            "pk", "status", "draft__conversation_id", "draft__text"
         )
+        done, orphans = {}, {}
+        for pk, status, conversation_id, text in rows:
+            done[pk] = status == FeedbackRequest.Status.DONE
+            if pk not in self.ledger.feedback:
+                tag = TAG.search(text)
+                orphans[pk] = (conversation_id, tag.group(0) if tag else "")
         problems = self.ledger.reconcile_messages(stored, tags)
-        problems += self.ledger.reconcile_feedback(
-            {pk: status == FeedbackRequest.Status.DONE for pk, status in done.items()}, ids
-        )
+        problems += self.ledger.reconcile_feedback(done, ids, orphans)
         return problems
 
 

@@ -46,6 +46,8 @@ class AskedFeedback:
     shown_at: float | None = None  # the final panel reached the page
     engine: str = ""
     done: bool | None = None  # done in the database at reconciliation
+    # Stored by the server although the learner was shown an error instead of the panel.
+    orphan: bool = False
 
 
 @dataclass
@@ -58,6 +60,7 @@ class Ledger:
     refused: Counter = field(default_factory=Counter)
     recoveries: list[tuple[str, float]] = field(default_factory=list)
     findings: list[str] = field(default_factory=list)
+    finals: dict[int, tuple[str, float]] = field(default_factory=dict)  # panels seen: engine, at
     started: float = field(default_factory=time.monotonic)
 
     # -- while a test runs
@@ -82,6 +85,13 @@ class Ledger:
         self.feedback[request_id] = entry
         return entry
 
+    def panel_shown(self, request_id: int, engine: str, at: float) -> None:
+        """A page showed the final panel of `request_id` (the first time counts)."""
+        self.finals.setdefault(request_id, (engine, at))
+        entry = self.feedback.get(request_id)
+        if entry is not None and entry.shown_at is None:
+            entry.shown_at, entry.engine = at, engine
+
     def refuse(self, what: str) -> None:
         """A request was refused with a clear message (nothing made, nothing lost)."""
         self.refused[what] += 1
@@ -105,10 +115,18 @@ class Ledger:
                 problems.append(f"learner message {tag} stored {entry.stored} times")
         return problems
 
-    def reconcile_feedback(self, done_by_id: dict[int, bool], ids: list[int]) -> list[str]:
-        """Set done flags for `ids`; return a problem line per unanswered request."""
+    def reconcile_feedback(
+        self, done_by_id: dict[int, bool], ids: list[int], orphans: dict[int, tuple[int, str]]
+    ) -> list[str]:
+        """Set done flags for `ids` and for `orphans` (stored requests the learner never got a
+        panel for: id -> conversation, tag); return a problem line per unanswered request."""
         problems = []
-        for request_id in ids:
+        for request_id, (conversation_id, tag) in orphans.items():
+            entry = AskedFeedback(request_id, conversation_id, tag, time.time(), orphan=True)
+            self.feedback[request_id] = entry
+            if request_id in self.finals:
+                entry.engine, entry.shown_at = self.finals[request_id]
+        for request_id in [*ids, *orphans]:
             entry = self.feedback[request_id]
             entry.done = done_by_id.get(request_id, False)
             if not entry.done:
@@ -143,11 +161,13 @@ class Ledger:
         kind, seconds = self.slowest()
         stored = sum(1 for m in self.messages.values() if m.stored == 1)
         answered = sum(1 for f in self.feedback.values() if f.done and f.shown_at)
+        orphans = sum(f.orphan for f in self.feedback.values())
         return (
             f"faults: {sum(self.injections.values())} injections, "
             f"learner messages {stored}/{len(self.messages)} stored "
             f"(lost {self.lost_messages}), feedback {answered}/{len(self.feedback)} answered "
-            f"(lost {self.lost_feedback}), slowest recovery {seconds:.1f}s ({kind})"
+            f"(lost {self.lost_feedback}; {orphans} stored after an error page), "
+            f"slowest recovery {seconds:.1f}s ({kind})"
         )
 
     def to_dict(self) -> dict[str, Any]:
