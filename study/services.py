@@ -14,6 +14,7 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.db.models import Q
+from django.urls import reverse
 from django.utils import timezone
 
 from feedback.models import Draft, FeedbackRequest
@@ -38,6 +39,8 @@ from study.models import (
     SurveyItem,
     WithdrawalReceipt,
 )
+
+CHAT_RETURN_LABEL = "Continue to the next step"
 
 
 class StaleStep(Exception):
@@ -461,11 +464,16 @@ def open_chat(*, participant: Participant, step: str) -> StudyChat:
             study=study_settings(locked.study),
             arm=arm_switches(locked.arm) if locked.arm else None,
         )
+        page = reverse("study:step", kwargs={"slug": locked.study.slug, "key": step})
         conversation = chat_services.start_conversation(
             learner=locked.learner,
             situation=situation.situation,
             kind=current.chat,
             options=options,
+            # The summary points at the step's own Continue button (templates/study/chat.html).
+            return_url=f"{page}#study-continue",
+            return_label=CHAT_RETURN_LABEL,
+            support_text=locked.study.support_text,
         )
         return StudyChat.objects.create(
             participant=locked,

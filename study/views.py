@@ -18,7 +18,6 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRefresh
 
-from imbue import audit
 from simulations import services as chat_services
 from simulations import situations
 from simulations.learners import SESSION_KEY, attach_learner
@@ -393,9 +392,6 @@ def _chat(request: HttpRequest, participant: Participant, current: flow.Step) ->
         "feedback_arm": bool(participant.arm and participant.arm.feedback_shown),
         "status_url": reverse("study:chat_status", kwargs={"slug": study.slug, "key": current.key}),
     }
-    if paused:
-        # The chat's own pause notice shows the study's support text, not the product's.
-        context["support_text"] = audit.support_resources(study.support_text)
     return _page(request, "study/chat.html", participant, current, context)
 
 
