@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -10,6 +9,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from feedback import notify, services
 from feedback.views import render_panel
+from imbue.security import BadFrame, parse_frame
 from simulations.learners import aowned_conversation
 from simulations.models import Conversation
 
@@ -58,12 +58,12 @@ class FeedbackConsumer(AsyncWebsocketConsumer):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if self.conversation is None or not text_data or len(text_data) > MAX_FRAME:
+        if self.conversation is None:
             return
         try:
-            payload = json.loads(text_data)
+            payload = parse_frame(text_data, max_chars=MAX_FRAME)
             request_id = int(payload["request_id"])
-        except (ValueError, TypeError, KeyError):
+        except (BadFrame, ValueError, TypeError, KeyError, OverflowError):
             return
         if not 0 < request_id < 2**63:
             return

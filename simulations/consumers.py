@@ -7,7 +7,6 @@ appended exactly once; anything unexpected (a gap, a newer attempt) re-reads the
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -16,6 +15,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.template.loader import render_to_string
 from django.utils.html import escape
 
+from imbue.security import BadFrame, parse_frame
 from simulations import services
 from simulations.learners import aowned_conversation
 from simulations.models import Conversation, Message
@@ -96,12 +96,8 @@ class ConversationConsumer(AsyncWebsocketConsumer):
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         try:
-            if text_data is None or len(text_data) > MAX_FRAME_CHARS:
-                raise ValueError("frame")
-            payload = json.loads(text_data)
-            if not isinstance(payload, dict):
-                raise ValueError("not an object")
-        except ValueError:
+            payload = parse_frame(text_data, max_chars=MAX_FRAME_CHARS)
+        except BadFrame:
             await self.send(text_data=render_error("That message could not be read. Try again."))
             return
         handler = {

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from django.db import transaction
 
+from imbue.security import UserTextError, clean_user_text
 from simulations.models import Category, Learner, Situation
 from simulations.privacy import Finding, find_identifying, redact
 
@@ -35,16 +36,15 @@ class SituationDraft:
 
 def check_situation(*, situation: str, goal: str, category: str, difficulty: str) -> SituationDraft:
     """Validate a learner's situation and look for names, contacts and places in it."""
-    situation = " ".join(situation.split())
-    goal = " ".join(goal.split())
     errors: dict[str, str] = {}
-    if len(situation) < 15:
+    situation, goal = _clean(situation, "situation", errors), _clean(goal, "goal", errors)
+    if "situation" not in errors and len(situation) < 15:
         errors["situation"] = (
             "Describe the situation in a sentence or two (at least 15 characters)."
         )
     elif len(situation) > MAX_SITUATION_CHARS:
         errors["situation"] = f"Keep the situation under {MAX_SITUATION_CHARS} characters."
-    if len(goal) < 5:
+    if "goal" not in errors and len(goal) < 5:
         errors["goal"] = "Say what you want from the conversation."
     elif len(goal) > MAX_GOAL_CHARS:
         errors["goal"] = f"Keep the goal under {MAX_GOAL_CHARS} characters."
@@ -58,6 +58,15 @@ def check_situation(*, situation: str, goal: str, category: str, difficulty: str
         errors["difficulty"] = "Choose how hard it feels, from 1 (easy) to 9 (very hard)."
     findings = find_identifying(situation) + find_identifying(goal) if not errors else []
     return SituationDraft(situation, goal, category, level, findings, errors)
+
+
+def _clean(text: str, field: str, errors: dict[str, str]) -> str:
+    """One line of plain text; control and bidi-override characters never reach the database."""
+    try:
+        return " ".join(clean_user_text(text, 100_000, what=field).split())
+    except UserTextError as error:
+        errors[field] = str(error)
+        return ""
 
 
 def remove_identifying(draft: SituationDraft) -> SituationDraft:

@@ -8,7 +8,6 @@ Run with -s to see the figures: inputs tried per form and server errors (must be
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from collections.abc import Iterator
 from html.parser import HTMLParser
@@ -310,31 +309,6 @@ class SocketCrashed(AssertionError):
     pass
 
 
-def _nests_too_deep(item: str | bytes) -> bool:
-    try:
-        json.loads(item)
-    except RecursionError:
-        return True
-    except ValueError:
-        pass
-    return False
-
-
-def _not_finite(item: str | bytes) -> bool:
-    return isinstance(item, str) and bool(re.search(r"Infinity|NaN|\d[eE]\+?\d{3}", item))
-
-
-# Two input classes crash the consumers today: deep nesting the chat socket (json.loads raises
-# RecursionError) and 1e400 the feedback socket (int() raises OverflowError); neither is caught.
-# The strict-xfail tests below reproduce them. Until the fix (use imbue.security.parse_frame),
-# the general fuzz leaves them out so that it can find others.
-KNOWN_CRASHES = {"chat": [_nests_too_deep], "feedback": [_not_finite]}
-
-
-def _without_known_crashes(frames: list[str | bytes], socket: str) -> list[str | bytes]:
-    return [f for f in frames if not any(check(f) for check in KNOWN_CRASHES[socket])]
-
-
 @pytest.mark.asyncio
 @pytest.mark.django_db(transaction=True)
 @settings(
@@ -354,8 +328,8 @@ async def test_fuzz_websocket_frames(
     cookie = f"sessionid={session_key}".encode()
     caplog.clear()
     chat = f"/ws/conversations/{conversation.pk}/"
-    for path, socket in ((chat, "chat"), (chat + "feedback/", "feedback")):
-        sent = _without_known_crashes(frames, socket)
+    for path in (chat, chat + "feedback/"):
+        sent = frames
         try:
             received = await _fuzz_socket(path, cookie, sent)
         except SocketCrashed as crash:
@@ -373,13 +347,6 @@ async def test_fuzz_websocket_frames(
 
 @pytest.mark.asyncio
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.xfail(
-    strict=True,
-    raises=SocketCrashed,
-    reason="simulations/consumers.py catches only ValueError from json.loads, feedback/consumers.py"
-    " not OverflowError from int(); switch both to imbue.security.parse_frame, then drop this mark"
-    " and KNOWN_CRASHES",
-)
 @pytest.mark.parametrize(
     ("socket", "frame"),
     [
