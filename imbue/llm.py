@@ -29,7 +29,6 @@ import json
 import logging
 import random
 import re
-import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -39,6 +38,7 @@ from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import openai
+from asgiref.sync import async_to_sync
 from django.conf import settings
 
 from imbue.models import LLMCall
@@ -230,7 +230,7 @@ def _purpose_settings(purpose: str) -> dict[str, Any]:
 
 
 # One client per event loop and configuration: an httpx connection pool cannot cross loops, and
-# sync callers share one long-lived loop (`_run_sync`).
+# Celery tasks (through async_to_sync) run each call on a fresh loop.
 _clients: dict[tuple[int, _Config], tuple[weakref.ref[asyncio.AbstractEventLoop], Any, Any]] = {}
 
 
@@ -925,31 +925,12 @@ def schema_errors(
 # --- for synchronous callers (Celery tasks, management commands) -------------------------------
 
 
-_sync_loop: asyncio.AbstractEventLoop | None = None
-_sync_loop_lock = threading.Lock()
-
-
-def _run_sync(coroutine: Any) -> Any:
-    """Run a gateway coroutine for synchronous code on one long-lived loop per process.
-
-    A fresh loop per call (async_to_sync) would build a new client and TLS connection every time;
-    on one loop the client and its connection pool are reused across Celery tasks.
-    """
-    global _sync_loop
-    with _sync_loop_lock:
-        if _sync_loop is None or _sync_loop.is_closed():
-            _sync_loop = asyncio.new_event_loop()
-            threading.Thread(target=_sync_loop.run_forever, name="llm-sync", daemon=True).start()
-        loop = _sync_loop
-    return asyncio.run_coroutine_threadsafe(coroutine, loop).result()
-
-
 def complete_text_sync(
     *, purpose: str, messages: Sequence[Message], prompt: Prompt, context: CallContext | None = None
 ) -> Reply:
     """`complete_text` for synchronous code such as Celery tasks."""
-    return _run_sync(
-        complete_text(purpose=purpose, messages=messages, prompt=prompt, context=context)
+    return async_to_sync(complete_text)(
+        purpose=purpose, messages=messages, prompt=prompt, context=context
     )
 
 
@@ -964,14 +945,12 @@ def complete_json_sync(
     validate: Callable[[Any], None] | None = None,
 ) -> Reply:
     """`complete_json` for synchronous code such as Celery tasks."""
-    return _run_sync(
-        complete_json(
-            purpose=purpose,
-            messages=messages,
-            schema=schema,
-            schema_name=schema_name,
-            prompt=prompt,
-            context=context,
-            validate=validate,
-        )
+    return async_to_sync(complete_json)(
+        purpose=purpose,
+        messages=messages,
+        schema=schema,
+        schema_name=schema_name,
+        prompt=prompt,
+        context=context,
+        validate=validate,
     )
