@@ -464,6 +464,9 @@ def open_chat(*, participant: Participant, step: str) -> StudyChat:
             study=study_settings(locked.study),
             arm=arm_switches(locked.arm) if locked.arm else None,
         )
+        if current.chat == flow.EVALUATION:
+            # The measurement runs to agreement or the message limit; nobody leaves it early.
+            options["end_enabled"] = False
         page = reverse("study:step", kwargs={"slug": locked.study.slug, "key": step})
         conversation = chat_services.start_conversation(
             learner=locked.learner,

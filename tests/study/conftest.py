@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from django.utils import timezone
 
-from simulations import services as chat_services
+from simulations.models import Conversation
 from simulations.situations import SituationDraft, check_situation
 from study import flow, services
 from study.models import Participant, Study, StudyChat
@@ -42,6 +43,14 @@ def study(db: None, no_llm: None) -> Study:
     return make_study()
 
 
+def run_out(conversation: Conversation) -> None:
+    """End a chat the way an evaluation chat ends (the learner may not end it): its message
+    limit reached. A chat that has already ended, or is paused, stays as it is."""
+    Conversation.objects.filter(pk=conversation.pk, status=Conversation.Status.ACTIVE).update(
+        status=Conversation.Status.LIMIT, ended_at=timezone.now()
+    )
+
+
 def walk_to(participant: Participant, target: str, *, s1: int = 4, s2: int = 6) -> Participant:
     """Take a participant through every step before `target` the way the pages would."""
     while participant.step != target:
@@ -61,7 +70,7 @@ def walk_to(participant: Participant, target: str, *, s1: int = 4, s2: int = 6) 
             )
         elif step.kind == flow.CHAT:
             chat = services.open_chat(participant=participant, step=step.key)
-            chat_services.end_conversation(conversation=chat.conversation)
+            run_out(chat.conversation)
             participant = services.finish_chat(participant=participant, step=step.key)
         else:
             raise AssertionError(f"cannot walk past {step.key}")

@@ -15,7 +15,15 @@ from study.models import (
     SurveyAnswer,
     SurveyItem,
 )
-from tests.study.conftest import S1_TEXT, S2_TEXT, chat_of, draft, make_study, walk_to
+from tests.study.conftest import (
+    S1_TEXT,
+    S2_TEXT,
+    chat_of,
+    draft,
+    make_study,
+    run_out,
+    walk_to,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -276,9 +284,32 @@ def test_the_live_chat_end_is_what_lets_the_step_continue(enrolled) -> None:
     participant = enrolled("eval_s1_pre")
     chat = services.open_chat(participant=participant, step="eval_s1_pre")
     assert not services.chat_finished(chat.conversation)
-    chat_services.end_conversation(conversation=chat.conversation)
+    run_out(chat.conversation)
     chat.conversation.refresh_from_db()
     assert services.chat_finished(chat.conversation)
+
+
+def test_evaluation_chats_cannot_be_ended_early_but_the_training_chat_can(enrolled) -> None:
+    participant = enrolled("eval_s1_pre")
+    evaluation = services.open_chat(participant=participant, step="eval_s1_pre").conversation
+    assert not evaluation.end_enabled
+    with pytest.raises(chat_services.ConversationError):
+        chat_services.end_conversation(conversation=evaluation)
+    evaluation.refresh_from_db()
+    assert evaluation.is_open
+    run_out(evaluation)
+    participant = services.finish_chat(participant=participant, step="eval_s1_pre")
+    training = services.open_chat(participant=participant, step="train_s1").conversation
+    assert training.end_enabled
+    assert not chat_services.end_conversation(conversation=training).is_open
+
+
+def test_a_chat_step_remembers_its_page_and_the_studys_support_text(enrolled) -> None:
+    participant = enrolled("eval_s1_pre")
+    conversation = services.open_chat(participant=participant, step="eval_s1_pre").conversation
+    assert conversation.return_url == "/s/trial/step/eval_s1_pre/#study-continue"
+    assert conversation.return_label == services.CHAT_RETURN_LABEL
+    assert conversation.support_text == participant.study.support_text
 
 
 def test_exit_links_put_the_code_into_the_url(study: Study) -> None:

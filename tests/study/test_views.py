@@ -12,7 +12,7 @@ from simulations import services as chat_services
 from simulations.models import Conversation, Situation
 from study import flow, services
 from study.models import Participant, Study, StudyChat, SurveyAnswer
-from tests.study.conftest import S1_TEXT, S2_TEXT, walk_to
+from tests.study.conftest import S1_TEXT, S2_TEXT, run_out, walk_to
 
 pytestmark = pytest.mark.django_db
 
@@ -332,12 +332,54 @@ def test_continue_works_only_once_the_conversation_has_ended(client: Client, stu
     polling = client.get(status_url, HTTP_HX_REQUEST="true").content.decode()
     assert 'hx-trigger="every 3s"' in polling and "disabled" in polling
     conversation = Conversation.objects.get(learner=participant.learner)
-    client.post(reverse("simulations:end", args=[conversation.pk]))
+    # An evaluation chat cannot be ended early: the post is refused and leads back to the step.
+    refused = client.post(reverse("simulations:end", args=[conversation.pk]), follow=True)
+    assert refused.redirect_chain[-1][0] == step_url(study, "eval_s1_pre")
+    assert "ends when they agree" in " ".join(flashes(refused))
+    assert Conversation.objects.get(pk=conversation.pk).is_open
+    run_out(conversation)
     ready = client.get(status_url, HTTP_HX_REQUEST="true").content.decode()
     assert "hx-trigger" not in ready and "disabled" not in ready
     client.post(step_url(study, "eval_s1_pre"), {"step": "eval_s1_pre"})
     participant.refresh_from_db()
     assert participant.step == "train_s1" and participant.arm is not None
+
+
+def test_an_ended_chat_step_leads_on_to_its_continue_button_not_the_practice_pages(
+    client: Client, study: Study
+) -> None:
+    participant = walk_to(join(client, study), "eval_s1_pre")
+    html = client.get(step_url(study, "eval_s1_pre")).content.decode()
+    assert "End the conversation" not in html
+    conversation = Conversation.objects.get(learner=participant.learner)
+    run_out(conversation)
+    html = client.get(step_url(study, "eval_s1_pre")).content.decode()
+    summary = html[html.index('id="summary"') : html.index('id="study-continue"')]
+    assert f'href="{step_url(study, "eval_s1_pre")}#study-continue"' in summary
+    assert services.CHAT_RETURN_LABEL in summary
+    assert "Back to your practice" not in summary and "start again" not in summary
+
+
+@pytest.mark.django_db(transaction=True)  # the reply is written on another thread's connection
+def test_without_javascript_the_chats_forms_come_back_to_the_step(
+    client: Client, study: Study
+) -> None:
+    participant = walk_to(join(client, study), "eval_s1_pre")
+    client.get(step_url(study, "eval_s1_pre"))
+    conversation = Conversation.objects.get(learner=participant.learner)
+    sent = client.post(
+        reverse("simulations:send", args=[conversation.pk]),
+        {"text": "Please wash up tonight.", "strategies": ["assert"]},
+    )
+    assert sent.url == step_url(study, "eval_s1_pre") + "#composer"
+    refused = client.post(
+        reverse("simulations:send", args=[conversation.pk]),
+        {"text": "Hi.", "strategies": []},
+        follow=True,
+    )
+    assert refused.redirect_chain[-1][0] == step_url(study, "eval_s1_pre")
+    assert "Pick at least one skill" in " ".join(flashes(refused))
+    assert 'class="messages"' in refused.content.decode()
 
 
 def test_the_training_chat_shows_feedback_only_in_the_feedback_arm(study: Study) -> None:
@@ -396,7 +438,7 @@ def test_progress_advances_and_every_page_offers_withdrawal(client: Client, stud
             client.post(step_url(study, key), survey_data(key))
         else:
             conversation = StudyChat.objects.get(participant=participant, step=key).conversation
-            client.post(reverse("simulations:end", args=[conversation.pk]))
+            run_out(conversation)
             client.post(step_url(study, key), {"step": key})
     assert seen == list(range(1, 12))
     participant.refresh_from_db()

@@ -26,7 +26,7 @@ from study.models import (
     SurveyAnswer,
     WithdrawalReceipt,
 )
-from tests.study.conftest import make_study
+from tests.study.conftest import make_study, run_out
 
 # Real transactions: the partner's reply is written from another thread, as in production.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -74,7 +74,8 @@ def _chat(client: Client, participant: Participant, key: str, mark: str, risky: 
         reverse("simulations:send", args=[conversation.pk]),
         {"text": text, "strategies": "describe"},
     )
-    client.post(reverse("simulations:end", args=[conversation.pk]))
+    client.post(reverse("simulations:end", args=[conversation.pk]))  # refused in evaluations
+    run_out(conversation)
     client.post(reverse("study:step", args=[participant.study.slug, key]), {"step": key})
 
 
