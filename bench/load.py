@@ -380,6 +380,7 @@ class FeedbackAsk:
     display_ms: float | None = None  # request to the final panel on the socket
     direct_ms: float | None = None
     direct_tag: str = ""
+    request_id: int | None = None
     error: str | None = None
 
 
@@ -552,6 +553,7 @@ class Learner:
             if response.status != 200 or not panel:
                 raise RuntimeError(f"feedback HTTP {response.status}")
             request_id = panel.group(2)
+            ask.request_id = int(request_id)
 
             def final(frame: str) -> bool:
                 found = PANEL.search(frame)

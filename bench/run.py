@@ -110,6 +110,14 @@ def summarise(
         overhead.append(a.display_ms - spent)
         fb_before.append((min(e["received"] for e in calls) - a.asked_at) * 1000)
         fb_after.append((a.asked_at + a.display_ms / 1000 - max(e["first"] for e in calls)) * 1000)
+    # Every model call the product made, over every request asked (answered or not): above 1
+    # means duplicates (a redelivered task, a retry).
+    all_feedback_calls = sum(
+        1 for a in results.asks for e in by_tag.get(a.tag, []) if e["purpose"] == "feedback"
+    )
+    all_partner_calls = sum(
+        1 for t in results.turns for e in by_tag.get(t.tag, []) if e["purpose"] == "partner"
+    )
     for a in results.asks:
         for e in by_tag.get(a.direct_tag, []) if a.direct_tag else []:
             if a.direct_ms is not None and e["first"]:
@@ -165,6 +173,12 @@ def summarise(
         "model_calls_per_message": _r(statistics.mean(partner_calls), 2) if partner_calls else None,
         "model_calls_per_feedback": (
             _r(statistics.mean(feedback_calls), 2) if feedback_calls else None
+        ),
+        "model_calls_per_feedback_asked": (
+            _r(all_feedback_calls / len(results.asks), 2) if results.asks else None
+        ),
+        "model_calls_per_message_sent": (
+            _r(all_partner_calls / len(results.turns), 2) if results.turns else None
         ),
         "setup_ms_p95": _r(percentile(results.setups_ms, 95)),
         "client_loop_lag_ms_p99": _r(percentile(results.loop_lag_ms, 99)),
@@ -234,24 +248,43 @@ def feedback_stages(
             if delivered:
                 stages["stored_to_sent"].append((delivered - computed) * 1000)
                 stages["sent_to_shown"].append((shown - delivered) * 1000)
-    return {name: _r(percentile(values, 95)) for name, values in stages.items()}
+    found: dict[str, Any] = {name: _r(percentile(values, 95)) for name, values in stages.items()}
+    # Requests the learner never saw answered: how far each got in the product.
+    lost = [a for a in results.asks if a.error and a.tag in by_tag]
+    found["unanswered"] = [
+        {
+            "request_id": a.request_id,
+            "stored_after_ms": _r((by_tag[a.tag][1] - a.asked_at) * 1000)
+            if by_tag[a.tag][1]
+            else None,
+            "sent_after_ms": _r((by_tag[a.tag][2] - a.asked_at) * 1000)
+            if by_tag[a.tag][2]
+            else None,
+        }
+        for a in lost[:10]
+    ]
+    return found
 
 
-def warm_up(stack: Stack) -> None:
-    """A few learners through one turn, so every process has loaded its code and indexes."""
-    learners = 4 * stack.config.web_workers
+def warm_up(stack: Stack) -> dict[str, float]:
+    """Learners through one turn each, enough that every web process (the kernel spreads the
+    connections) has loaded its code, trained the offline rater and built its indexes; returns
+    the CPU seconds each server process spent on it, so a process left cold shows."""
+    servers = stack.server_processes()
+    sampler = ProcessSampler(servers)
     config = LoadConfig(
-        learners=learners, messages=1, draft_think_s=(0.1, 0.5), read_think_s=(0.1, 0.3),
-        ramp_s=0.5, direct=False, seed=999,
+        learners=8 * stack.config.web_workers, messages=1, draft_think_s=(0.1, 1.0),
+        read_think_s=(0.1, 0.3), ramp_s=1.0, direct=False, seed=999,
     )  # fmt: skip
     asyncio.run(run_load(stack.base_url, stack.fake_url, config))
     stack.clear_fake_log()
+    return {name: v["cpu_s"] for name, v in sampler.stop().items()}
 
 
 def run_one(load: LoadConfig, stack_config: StackConfig) -> dict[str, Any]:
     """One size on a fresh stack: warm-up, set-up (memory sampled), turns (CPU sampled)."""
     with Stack(stack_config) as stack:
-        warm_up(stack)
+        warm_cpu = warm_up(stack)
         servers = stack.server_processes()
         web_names = [n for n in servers if n.startswith("web")]
         baseline = ProcessSampler(servers).sample()
@@ -294,6 +327,7 @@ def run_one(load: LoadConfig, stack_config: StackConfig) -> dict[str, Any]:
         log = stack.fake_log()
         summary = summarise(results, log, load, stack_config, processes, memory)
         summary["feedback_stages_ms_p95"] = feedback_stages(stack.config.database_url, results, log)
+        summary["warm_up_cpu_s"] = warm_cpu
         summary["duration_s"] = round(time.time() - started, 1)
         summary["load_avg_1m"] = {
             "start": round(state.get("load_start", (float("nan"),))[0], 2),
@@ -328,10 +362,11 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GB RAM, {system}"
 
 
-def snapshot(label: str, patches: Path | None) -> tuple[Path, str]:
-    """The committed product (HEAD) exported to bench/results/src-<label>, with every *.patch in
-    `patches` applied (sorted by name): the same code each run, whatever is being edited in the
-    working tree meanwhile, and proposed changes measured without touching it."""
+def snapshot(label: str, patches: Sequence[Path] | None) -> tuple[Path, str]:
+    """The committed product (HEAD) exported to bench/results/src-<label>, with the given patches
+    applied (a folder gives its *.patch files sorted by name): the same code each run, whatever is
+    being edited in the working tree meanwhile, and proposed changes measured without touching it.
+    """
     target = RESULTS_DIR / f"src-{label}"
     if target.exists():
         shutil.rmtree(target)
@@ -344,11 +379,9 @@ def snapshot(label: str, patches: Path | None) -> tuple[Path, str]:
         ["git", "archive", "HEAD"], cwd=BASE_DIR, capture_output=True, check=True
     )
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
-    files = (
-        []
-        if patches is None
-        else (sorted(patches.glob("*.patch")) if patches.is_dir() else [patches])
-    )
+    files: list[Path] = []
+    for path in patches or []:
+        files += sorted(path.glob("*.patch")) if path.is_dir() else [path]
     for patch in files:
         subprocess.run(
             ["patch", "-p1", "--forward", "--quiet", "-i", str(patch)], cwd=target, check=True
@@ -446,7 +479,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--celery-concurrency", type=int, default=16)
     parser.add_argument("--db-pool-max", type=int, default=10)
     parser.add_argument("--think", type=float, default=1.0, help="scale of the think times")
-    parser.add_argument("--patches", type=Path, help="a .patch file or a folder of them")
+    parser.add_argument(
+        "--patches",
+        type=Path,
+        nargs="+",
+        help=".patch files, or folders of them (applied in order)",
+    )
     parser.add_argument(
         "--source",
         choices=["head", "live"],

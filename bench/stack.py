@@ -284,6 +284,10 @@ class Stack:
         self.profilers: list[subprocess.Popen[bytes]] = []
         LOG_DIR.mkdir(parents=True, exist_ok=True)
 
+    def log_path(self, name: str) -> Path:
+        """Where process `name` of this stack writes (unique per stack: several may run)."""
+        return LOG_DIR / f"{self.config.database_name}-{self.web_port}-{name}.log"
+
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.web_port}"
@@ -363,7 +367,7 @@ class Stack:
     # -- processes
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        log = (LOG_DIR / f"{name}.log").open("wb")
+        log = self.log_path(name).open("wb")
         process = subprocess.Popen(
             argv, cwd=self.config.source_dir, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -390,7 +394,11 @@ class Stack:
         )  # fmt: skip
         from imbue.devservices import celery_worker_argv
 
-        self._spawn("worker", celery_worker_argv())
+        argv = celery_worker_argv()
+        # The argv reads the pool settings from this process's environment: set this run's.
+        for flag, value in (("--pool", c.celery_pool), ("--concurrency", c.celery_concurrency)):
+            argv[argv.index(flag) + 1] = str(value)
+        self._spawn("worker", argv)
         wait_until(lambda: http_json(self.fake_url + "/_fake/config"), 30, "fake model server")
         wait_until(self._healthy, 90, "web and worker")
         self._check_alive()
@@ -408,7 +416,7 @@ class Stack:
     def _check_alive(self) -> None:
         for name, process in self.children.items():
             if process.poll() is not None:
-                tail = (LOG_DIR / f"{name}.log").read_text(errors="replace")[-3000:]
+                tail = self.log_path(name).read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"{name} exited with code {process.returncode}:\n{tail}")
 
     def _start_profilers(self, folder: Path) -> None:
@@ -559,7 +567,8 @@ class ProcessSampler:
     def stop(self) -> dict[str, dict[str, float]]:
         """Per process: mean CPU % of one core over the sampling window, peak and last RSS (MB)."""
         self._stop.set()
-        self._thread.join(5)
+        if self._thread.is_alive():
+            self._thread.join(5)
         self.sample()
         wall = max(time.monotonic() - self.started, 1e-6)
         result: dict[str, dict[str, float]] = {}
