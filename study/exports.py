@@ -74,7 +74,7 @@ from study.models import (
     WithdrawalReceipt,
 )
 
-BATCH = 200  # participants read (with all their rows) at a time
+BATCH = 100  # participants read (with all their rows) at a time
 CHUNK = 64 * 1024  # bytes handed on at a time
 ANSWER_CURSOR_ROWS = 2000
 
@@ -266,31 +266,43 @@ def _load(participants: list[dict[str, Any]], *, answers: bool, texts: bool, cal
     conversation_ids = [c["conversation_id"] for c in chats]
     message_fields = MESSAGE_FIELDS if texts else tuple(f for f in MESSAGE_FIELDS if f != "text")
     draft_fields = DRAFT_FIELDS if texts else tuple(f for f in DRAFT_FIELDS if f != "text")
-    messages = Message.objects.filter(conversation_id__in=conversation_ids).order_by(
-        "conversation_id", "seq"
+    # Every query below goes by an indexed key list of this batch: a join or an OR of
+    # subqueries here makes PostgreSQL scan the whole table once per batch (quadratic in all).
+    message_rows = list(
+        Message.objects.filter(conversation_id__in=conversation_ids)
+        .order_by("conversation_id", "seq")
+        .values(*message_fields)
     )
-    drafts = Draft.objects.filter(conversation_id__in=conversation_ids).order_by(
-        "conversation_id", "turn", "revision"
+    draft_rows = list(
+        Draft.objects.filter(conversation_id__in=conversation_ids)
+        .order_by("conversation_id", "turn", "revision")
+        .values(*draft_fields)
     )
-    feedback = FeedbackRequest.objects.filter(draft__conversation_id__in=conversation_ids)
+    draft_ids = [d["pk"] for d in draft_rows]
+    feedback_rows = list(
+        FeedbackRequest.objects.filter(draft_id__in=draft_ids)
+        .order_by("pk")
+        .values(*FEEDBACK_FIELDS)
+    )
     call_rows: list[dict[str, Any]] = []
     if calls:
-        served = (
-            Q(conversation_id__in=conversation_ids)
-            | Q(draft_id__in=drafts.values("pk"))
-            | Q(pk__in=messages.exclude(llm_call_id=None).values("llm_call_id"))
-            | Q(pk__in=feedback.exclude(llm_call_id=None).values("llm_call_id"))
-        )
-        brief_calls = [
+        found: dict[int, dict[str, Any]] = {}
+        for query in (
+            LLMCall.objects.filter(conversation_id__in=conversation_ids),
+            LLMCall.objects.filter(draft_id__in=draft_ids),
+        ):
+            found.update((row["pk"], row) for row in query.values(*CALL_FIELDS))
+        named = {m["llm_call_id"] for m in message_rows} | {f["llm_call_id"] for f in feedback_rows}
+        named |= {
             c["conversation__partner_brief"].get("llm_call_id")
             for c in chats
             if isinstance(c["conversation__partner_brief"], dict)
-        ]
-        served |= Q(pk__in=[pk for pk in brief_calls if isinstance(pk, int)])
-        call_rows = list(LLMCall.objects.filter(served).order_by("pk").values(*CALL_FIELDS))
-    message_rows = list(messages.values(*message_fields))
-    draft_rows = list(drafts.values(*draft_fields))
-    feedback_rows = list(feedback.order_by("pk").values(*FEEDBACK_FIELDS))
+        }
+        missing = [pk for pk in named if isinstance(pk, int) and pk not in found]
+        found.update(
+            (row["pk"], row) for row in LLMCall.objects.filter(pk__in=missing).values(*CALL_FIELDS)
+        )
+        call_rows = sorted(found.values(), key=lambda row: row["pk"])
     # A call belongs to the chat it names, or to the chat of the message or draft it served.
     chat_of_draft = {d["pk"]: d["conversation_id"] for d in draft_rows}
     chat_of_message = {m["pk"]: m["conversation_id"] for m in message_rows}
