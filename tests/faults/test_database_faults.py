@@ -180,7 +180,7 @@ def test_a_reply_finishing_while_postgresql_is_away_is_completed_afterwards(
         await asyncio.sleep(2.5)
         proxy.restore()
         restored = time.monotonic()
-        await page.reply(tag, timeout=12)
+        await page.reply(tag, timeout=8, stuck_after=60)
         books.ledger.recovered("postgresql cut", time.monotonic() - restored)
         await page.close()
         return page

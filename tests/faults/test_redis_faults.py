@@ -51,7 +51,8 @@ def test_sockets_reconnect_and_resume_after_redis_restarts(stack: FaultStack, bo
         return page
 
     page = run(scenario())
-    assert min(page.chat.closes[:3]) >= 1006, page.chat.closes  # each a reconnecting close
+    # The socket either lived through the restarts or was closed with codes htmx reconnects after.
+    assert all(c >= 1006 for c in page.chat.closes), page.chat.closes
     assert transcript_problems(conversation_id, page, stack.model) == []
     assert books.reconcile() == []
 
@@ -136,7 +137,7 @@ def test_feedback_asked_while_redis_is_down_is_refused_cleanly_or_answered(
         await asyncio.get_running_loop().run_in_executor(None, stack.redis.start)
         await page.until(lambda: page.live and page.feedback.open, 30, "sockets back")
         if not isinstance(asked, int):
-            await page.feedback_shown(asked, timeout=30)
+            await page.feedback_shown(asked, timeout=20, stuck_after=None)
             books.ledger.recovered("redis down", time.monotonic() - started)
         await page.close()
         return asked if isinstance(asked, int) else None

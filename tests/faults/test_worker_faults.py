@@ -77,7 +77,7 @@ def test_a_feedback_task_killed_at_the_model_is_redelivered_and_applied_once(
                 await pages[0].feedback.drop(abrupt=True, reopen_after=3.0)
             killed = await _kill_inside_tasks(stack, books, len(learners))
             for page, request in asked:
-                engine = await page.feedback_shown(request, timeout=60)
+                engine = await page.feedback_shown(request, timeout=60, stuck_after=None)
                 assert engine == "llm", "the redelivered task fell back to the offline rater"
                 books.ledger.recovered("worker SIGKILL", time.monotonic() - killed)
                 asked_ids.append(request.request_id)
