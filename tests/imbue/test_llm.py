@@ -94,13 +94,14 @@ def quick(fake_llm: FakeServer, settings: Any) -> FakeServer:
 def test_without_a_model_calls_raise_not_configured_and_the_pages_say_so(no_llm: None) -> None:
     assert not llm.is_configured()
     assert llm.status_label().startswith("No language model is connected")
+    before = LLMCall.objects.order_by("-id").values_list("id", flat=True).first() or 0
     with pytest.raises(llm.NotConfigured) as raised:
         complete_text()
     assert raised.value.user_message == "No language model is connected."
     assert not raised.value.retryable
     with pytest.raises(llm.NotConfigured):
         stream()
-    calls = list(LLMCall.objects.order_by("id"))
+    calls = list(LLMCall.objects.filter(id__gt=before).order_by("id"))
     assert [c.outcome for c in calls] == ["not_configured", "not_configured"]
     assert calls[0].model == "" and calls[0].host == "" and calls[0].prompt_hash == PROMPT.hash
 
