@@ -131,6 +131,7 @@ def survey_items(study: Study) -> list[SurveyItem]:
     """
     answered = set(
         SurveyAnswer.objects.filter(participant__study=study)
+        .order_by()  # the model's ordering would join the DISTINCT and return every answer
         .values_list("item_key", flat=True)
         .distinct()
     )
