@@ -90,8 +90,10 @@ class LoadConfig:
     learners: int = 10
     messages: int = 4  # learner messages per conversation (the product allows 10)
     feedback_per_message: int = 1
-    draft_think_s: tuple[float, float] = (6.0, 18.0)
-    read_think_s: tuple[float, float] = (2.0, 5.0)
+    # A learner reads the reply, thinks and writes about 40 words: 20-60 s here, about twice the
+    # pace of the published study's participants (10 messages in 15-20 minutes).
+    draft_think_s: tuple[float, float] = (20.0, 60.0)
+    read_think_s: tuple[float, float] = (3.0, 8.0)
     ramp_s: float | None = None  # spread of the set-ups; default learners / 50 per second
     wait_timeout_s: float = 90.0
     seed: int = 7
@@ -395,6 +397,7 @@ class Results:
     turns_ended: float | None = None
     loop_lag_ms: list[float] = field(default_factory=list)
     direct_errors: list[str] = field(default_factory=list)
+    client_cpu_s: float = 0.0  # this generator's own CPU during the turns
 
 
 def draft_text(rng: random.Random, chosen: Sequence[str], tag: str) -> str:
@@ -501,8 +504,12 @@ class Learner:
     async def run_turns(self) -> None:
         for turn in range(1, self.config.messages + 1):
             chosen = self._choose()
-            text = ""
-            await self._think(self.config.draft_think_s)
+            if turn == 1:
+                # Learners arrive at different times: the first draft is anywhere between just
+                # started and a whole think time in, so the turns do not all fall at once.
+                await asyncio.sleep(self.rng.uniform(0, self.config.draft_think_s[1]))
+            else:
+                await self._think(self.config.draft_think_s)
             revision = 1
             text = draft_text(self.rng, chosen, self._tag(turn, revision))
             for revision in range(1, self.config.feedback_per_message + 1):
@@ -715,7 +722,9 @@ async def run_load(
             await learner.close()
 
     results.turns_started = time.time()
+    cpu_before = time.process_time()
     await asyncio.gather(*(turns(learner) for learner in ready))
+    results.client_cpu_s = time.process_time() - cpu_before
     results.turns_ended = time.time()
     stop.set()
     await watcher

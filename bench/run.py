@@ -44,11 +44,9 @@ from bench.stack import (
 
 RESULTS_DIR = BASE_DIR / "bench" / "results"
 README = BASE_DIR / "bench" / "README.md"
-TABLE_START = "<!-- bench:table:start -->"
-TABLE_END = "<!-- bench:table:end -->"
 
 # The standard set: learners -> learner messages each (fewer for the big runs, to fit in minutes).
-STANDARD = {10: 6, 100: 4, 500: 2, 1000: 2}
+STANDARD = {10: 5, 100: 3, 500: 2, 1000: 2}
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -144,8 +142,8 @@ def summarise(
         "direct_errors": len(results.direct_errors),
         "messages_per_s": round(len(turns) / span, 2) if span > 0 else None,
         "feedback_per_s": round(len(asks) / span, 2) if span > 0 else None,
-        "first_token_ms": {q: _r(percentile(first, q)) for q in (50, 95, 99)},
-        "model_first_token_ms": {q: _r(percentile(direct_first, q)) for q in (50, 95, 99)},
+        "first_token_ms": {f"p{q}": _r(percentile(first, q)) for q in (50, 95, 99)},
+        "model_first_token_ms": {f"p{q}": _r(percentile(direct_first, q)) for q in (50, 95, 99)},
         "first_token_ratio_p50": _ratio(percentile(first, 50), percentile(direct_first, 50)),
         "first_token_ratio_p95": _ratio(percentile(first, 95), percentile(direct_first, 95)),
         "first_token_ratio_p99": _ratio(percentile(first, 99), percentile(direct_first, 99)),
@@ -159,9 +157,9 @@ def summarise(
             percentile([t.direct_total_ms for t in results.turns if t.direct_total_ms], 95)
         ),
         "feedback_display_ms": {
-            q: _r(percentile([a.display_ms for a in asks], q)) for q in (50, 95)
+            f"p{q}": _r(percentile([a.display_ms for a in asks], q)) for q in (50, 95)
         },
-        "feedback_model_ms": {q: _r(percentile(model_ms, q)) for q in (50, 95)},
+        "feedback_model_ms": {f"p{q}": _r(percentile(model_ms, q)) for q in (50, 95)},
         "feedback_overhead_ms_p50": _r(percentile(overhead, 50)),
         "feedback_overhead_ms_p95": _r(percentile(overhead, 95)),
         "feedback_split_ms_p95": {
@@ -182,6 +180,7 @@ def summarise(
         ),
         "setup_ms_p95": _r(percentile(results.setups_ms, 95)),
         "client_loop_lag_ms_p99": _r(percentile(results.loop_lag_ms, 99)),
+        "client_cpu_pct": round(results.client_cpu_s / span * 100, 1) if span > 0 else None,
         "processes": processes,
         "web_cpu_pct": round(sum(v["cpu_pct"] for v in web.values()), 1),
         "web_rss_mb": round(sum(v["rss_peak_mb"] for v in web.values()), 1),
@@ -266,6 +265,38 @@ def feedback_stages(
     return found
 
 
+def partner_stages(
+    database_url: str, results: Results, log: list[dict[str, Any]]
+) -> dict[str, float | None]:
+    """Where the time to the partner's first token goes, p95 per stage (ms): the socket message
+    to the learner's row, the row to the model's request, the model, its first token to the
+    learner's screen."""
+    import psycopg
+
+    sql = (
+        "SELECT text, extract(epoch FROM created_at) FROM simulations_message "
+        "WHERE role = 'learner'"
+    )
+    try:
+        with psycopg.connect(database_url) as conn:
+            rows = {tag_in(text): float(at) for text, at in conn.execute(sql).fetchall()}
+    except psycopg.Error as exc:
+        return {"error": str(exc)[:100]}  # type: ignore[dict-item]
+    model = {tag: e for e in log if e["purpose"] == "partner" and e["first"] for tag in e["tags"]}
+    stages: dict[str, list[float]] = defaultdict(list)
+    for turn in results.turns:
+        if turn.first_ms is None or turn.tag not in rows or turn.tag not in model:
+            continue
+        call = model[turn.tag]
+        stages["send_to_row"].append((rows[turn.tag] - turn.sent_at) * 1000)
+        stages["row_to_model"].append((call["received"] - rows[turn.tag]) * 1000)
+        stages["model"].append((call["first"] - call["received"]) * 1000)
+        stages["model_to_shown"].append(
+            (turn.sent_at + turn.first_ms / 1000 - call["first"]) * 1000
+        )
+    return {name: _r(percentile(values, 95)) for name, values in stages.items()}
+
+
 def warm_up(stack: Stack) -> dict[str, float]:
     """Learners through one turn each, enough that every web process (the kernel spreads the
     connections) has loaded its code, trained the offline rater and built its indexes; returns
@@ -327,6 +358,7 @@ def run_one(load: LoadConfig, stack_config: StackConfig) -> dict[str, Any]:
         log = stack.fake_log()
         summary = summarise(results, log, load, stack_config, processes, memory)
         summary["feedback_stages_ms_p95"] = feedback_stages(stack.config.database_url, results, log)
+        summary["partner_stages_ms_p95"] = partner_stages(stack.config.database_url, results, log)
         summary["warm_up_cpu_s"] = warm_cpu
         summary["duration_s"] = round(time.time() - started, 1)
         summary["load_avg_1m"] = {
@@ -395,7 +427,7 @@ def row(label: str, s: dict[str, Any]) -> str:
     cells = [
         label, s["sessions"], f"{s['messages_each']}", s["messages"],
         " / ".join(str(s[f"first_token_ratio_p{q}"]) for q in (50, 95, 99)),
-        f"{ft[95]} ({mft[95]})",
+        f"{ft['p95']} ({mft['p95']})",
         f"{s['feedback_overhead_ms_p50']} / {s['feedback_overhead_ms_p95']}",
         f"{s['errors']} ({s['error_rate']})",
         s["messages_per_s"],
@@ -427,19 +459,19 @@ def process_table(label: str, s: dict[str, Any]) -> str:
 
 
 def write_readme(label: str, summaries: list[dict[str, Any]], command: str) -> None:
-    """Replace the figures block of bench/README.md with this run's table."""
-    text = (
-        README.read_text() if README.exists() else f"# Benchmarks\n\n{TABLE_START}\n{TABLE_END}\n"
-    )
-    if TABLE_START not in text:
-        text += f"\n{TABLE_START}\n{TABLE_END}\n"
-    head, rest = text.split(TABLE_START, 1)
-    _, tail = rest.split(TABLE_END, 1)
+    """Put this run's table in bench/README.md, in the block of its label (`main` for
+    `make bench`), creating the block at the end if the README has none yet."""
+    start, end = f"<!-- bench:{label}:start -->", f"<!-- bench:{label}:end -->"
+    text = README.read_text() if README.exists() else "# Benchmarks\n"
+    if start not in text:
+        text = text.rstrip("\n") + f"\n\n{start}\n{end}\n"
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     v = versions()
     s0 = summaries[0]["settings"]
     block = [
-        f"Run `{label}`, {when}. Command: `{command}`.",
+        f"Run `{label}`, {when}, code `{summaries[0].get('code', '?')}`. Command: `{command}`.",
         f"Machine: {machine()}; shared with other work (see the load column).",
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
         f"Stack: uvicorn x {s0['web_workers']} workers, Celery {s0['celery_pool']} pool x "
@@ -452,16 +484,39 @@ def write_readme(label: str, summaries: list[dict[str, Any]], command: str) -> N
         HEADER,
         *[row(label, s) for s in summaries],
         "",
+        STAGES_HEADER,
+        *[stages_row(label, s) for s in summaries],
+        "",
         *[process_table(label, s) + "\n" for s in summaries],
     ]
-    README.write_text(head + TABLE_START + "\n" + "\n".join(block) + "\n" + TABLE_END + tail)
+    README.write_text(head + start + "\n" + "\n".join(block) + "\n" + end + tail)
+
+
+STAGES_HEADER = (
+    "| run | learners | first token p95 ms: send→row / row→model / model→shown "
+    "| feedback p95 ms: post→row / row→model / model→stored / stored→sent / sent→shown "
+    "| CPU ms per turn: web / worker / postgres | client CPU % |\n|---|---|---|---|---|---|"
+)
+
+
+def stages_row(label: str, s: dict[str, Any]) -> str:
+    ft, fb, cpu = s["partner_stages_ms_p95"], s["feedback_stages_ms_p95"], s["cpu_ms_per_turn"]
+    names = ("post_to_row", "row_to_model", "model_to_stored", "stored_to_sent", "sent_to_shown")
+    cells = [
+        label, s["sessions"],
+        " / ".join(str(ft.get(n)) for n in ("send_to_row", "row_to_model", "model_to_shown")),
+        " / ".join(str(fb.get(n)) for n in names),
+        f"{cpu['web']} / {cpu['worker']} / {cpu['postgres']}",
+        s.get("client_cpu_pct"),
+    ]  # fmt: skip
+    return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
 def print_line(label: str, s: dict[str, Any]) -> None:
     print(
         f"[bench] {label} {s['sessions']:>5} learners: first token ÷ model p95 "
-        f"{s['first_token_ratio_p95']} ({s['first_token_ms'][95]} vs "
-        f"{s['model_first_token_ms'][95]} ms), feedback overhead p95 "
+        f"{s['first_token_ratio_p95']} ({s['first_token_ms']['p95']} vs "
+        f"{s['model_first_token_ms']['p95']} ms), feedback overhead p95 "
         f"{s['feedback_overhead_ms_p95']} ms, errors {s['errors']} ({s['error_rate']}), "
         f"{s['messages_per_s']} msgs/s, web CPU {s['web_cpu_pct']}%, "
         f"{s['ws_memory_kb']} KB/socket, load {s['load_avg_1m']}",
