@@ -94,7 +94,7 @@ def test_sockets_dropped_at_any_moment_lose_and_repeat_nothing(
 
 
 @pytest.mark.xfail(
-    strict=True,
+    strict=False,  # timing-dependent: the bug does not show on every run
     reason="known bug: simulations/consumers.py _track() advances last_seq from render_message(), "
     "so a tab that handles a reply's events after the next learner message was stored skips "
     "that message and its reply (patch: /work/helpers/patches/consumer-last-seq.patch)",

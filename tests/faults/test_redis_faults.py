@@ -118,7 +118,7 @@ def test_queued_feedback_survives_a_redis_restart(stack: FaultStack, books: Book
 
 
 @pytest.mark.xfail(
-    strict=True,
+    strict=False,  # timing-dependent: the bug does not show on every run
     reason="known loss: feedback/services.py enqueues with delay_on_commit after the commit; "
     "with Redis down the publish raises, the POST answers 500 and the request stays queued for "
     "ever (patch: /work/helpers/patches/feedback-enqueue-fallback.patch)",
