@@ -316,6 +316,7 @@ def run_one(load: LoadConfig, stack_config: StackConfig) -> dict[str, Any]:
     """One size on a fresh stack: warm-up, set-up (memory sampled), turns (CPU sampled)."""
     with Stack(stack_config) as stack:
         warm_cpu = warm_up(stack)
+        stack.start_profilers()
         servers = stack.server_processes()
         web_names = [n for n in servers if n.startswith("web")]
         baseline = ProcessSampler(servers).sample()
@@ -531,8 +532,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, help="messages per learner (all sizes)")
     parser.add_argument("--web-workers", type=int, default=2)
     parser.add_argument("--celery-pool", default="threads")
-    parser.add_argument("--celery-concurrency", type=int, default=16)
-    parser.add_argument("--db-pool-max", type=int, default=10)
+    # Chosen by measurement (bench/README.md, "Settings"); the product's own defaults are 16, 10.
+    parser.add_argument("--celery-concurrency", type=int, default=64)
+    parser.add_argument("--db-pool-max", type=int, default=20)
     parser.add_argument("--think", type=float, default=1.0, help="scale of the think times")
     parser.add_argument(
         "--patches",
@@ -550,6 +552,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="py-spy record the servers")
     parser.add_argument("--no-readme", action="store_true")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the servers")
+    parser.add_argument(
+        "--uvicorn-arg", action="append", default=[], help="more uvicorn options (repeatable)"
+    )
     parser.add_argument("--database", default="imbue_bench", help="name; must start imbue_bench")
     parser.add_argument("--redis-db", type=int, default=10, help="the bench's own Redis database")
     args = parser.parse_args(argv)
@@ -580,6 +585,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             db_pool_max=args.db_pool_max,
             source_dir=source,
             extra_env=extra_env,
+            uvicorn_args=[a for arg in args.uvicorn_arg for a in arg.split()],
             profile_dir=(RESULTS_DIR / f"profile-{label}-{size}") if args.profile else None,
         )
         summary = run_one(load, stack_config)

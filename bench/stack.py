@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import psutil
 
@@ -233,8 +233,9 @@ def bench_database_url(name: str = "imbue_bench") -> str:
         return with_database(os.environ["DATABASE_URL"], name)
     embedded = _embedded()
     if embedded.get("pg_socket_dir"):
-        port = f"&port={embedded['pg_port']}" if embedded.get("pg_port") else ""
-        return f"postgresql://postgres@/{name}?host={embedded['pg_socket_dir']}{port}"
+        # The socket's folder as a percent-encoded host: both libpq and dj-database-url read it.
+        port = f":{embedded['pg_port']}" if embedded.get("pg_port") else ""
+        return f"postgresql://postgres@{quote(embedded['pg_socket_dir'], safe='')}{port}/{name}"
     return with_database(DEFAULT_DATABASE_URL, name)
 
 
@@ -265,6 +266,8 @@ class StackConfig:
     profile_dir: Path | None = None
     # The product's source: this checkout, or a copy with proposed patches applied.
     source_dir: Path = BASE_DIR
+    # More uvicorn options, e.g. ["--ws-per-message-deflate", "false"].
+    uvicorn_args: list[str] = field(default_factory=list)
 
     @property
     def database_name(self) -> str:
@@ -390,7 +393,8 @@ class Stack:
             "web",
             [PY, "-m", "uvicorn", "imbue.asgi:application", "--host", "127.0.0.1",
              "--port", str(self.web_port), "--workers", str(c.web_workers), "--no-access-log",
-             "--log-level", "warning", "--timeout-graceful-shutdown", "3", "--backlog", "4096"],
+             "--log-level", "warning", "--timeout-graceful-shutdown", "3", "--backlog", "4096",
+             *c.uvicorn_args],
         )  # fmt: skip
         from imbue.devservices import celery_worker_argv
 
@@ -402,8 +406,6 @@ class Stack:
         wait_until(lambda: http_json(self.fake_url + "/_fake/config"), 30, "fake model server")
         wait_until(self._healthy, 90, "web and worker")
         self._check_alive()
-        if c.profile_dir is not None:
-            self._start_profilers(c.profile_dir)
         return self
 
     def _healthy(self) -> bool:
@@ -419,7 +421,11 @@ class Stack:
                 tail = self.log_path(name).read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"{name} exited with code {process.returncode}:\n{tail}")
 
-    def _start_profilers(self, folder: Path) -> None:
+    def start_profilers(self) -> None:
+        """py-spy on the web and worker processes from now on, if the config asks for it."""
+        folder = self.config.profile_dir
+        if folder is None:
+            return
         folder.mkdir(parents=True, exist_ok=True)
         for role, process in self.server_processes().items():
             if role.startswith(("web", "worker")):
