@@ -1,7 +1,14 @@
-"""Staff screens for studies (a basic version; the researcher side extends it).
+"""Staff screens for studies.
+
+Every screen of study data follows the per-study grants (study.permissions, through the mixins of
+study.admin_research): a superuser sees and changes everything; other staff see only the studies
+they hold the view right on (their participants, allocations and withdrawal receipts too), change a
+study's settings only with the edit right, and never add or delete. Only superusers see and give
+the staff access of a study. Changes go to the audit log (AuditedAdmin).
 
 The allocation design and the arms are editable while a study is a draft and frozen once it opens
-(its sequence and hash are then on record). Opening and closing are actions, not field edits.
+(its sequence and hash are then on record); so is the slug, which the participants' link carries.
+Opening and closing are actions, not field edits.
 """
 
 from __future__ import annotations
@@ -12,7 +19,16 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from imbue.audit import AuditedAdmin
 from study import services
+from study.admin_research import (
+    ParticipantAdminMixin,
+    ScopedRelatedFilter,
+    StudyAdminMixin,
+    StudyScopedAdmin,
+    StudyScopedInline,
+    StudyStaffInline,
+)
 from study.models import (
     Allocation,
     Arm,
@@ -26,7 +42,7 @@ from study.models import (
 DESIGN_FIELDS = ("allocation_method", "block_size", "stratify_by", "target_size")
 
 
-class ArmInline(admin.TabularInline):
+class ArmInline(StudyScopedInline, admin.TabularInline):
     model = Arm
     extra = 0
     fields = (
@@ -50,7 +66,7 @@ class ArmInline(admin.TabularInline):
         return self.fields if obj and obj.design_frozen else ()
 
 
-class ConsentVersionInline(admin.TabularInline):
+class ConsentVersionInline(StudyScopedInline, admin.TabularInline):
     model = ConsentVersion
     extra = 0
     can_delete = False
@@ -62,12 +78,12 @@ class ConsentVersionInline(admin.TabularInline):
 
 
 @admin.register(Study)
-class StudyAdmin(admin.ModelAdmin):
+class StudyAdmin(StudyAdminMixin, AuditedAdmin):
     list_display = ("name", "slug", "status", "participant_count", "target_size", "opened_at")
     list_filter = ("status",)
     search_fields = ("name", "slug")
     prepopulated_fields = {"slug": ("name",)}
-    inlines = [ArmInline, ConsentVersionInline]
+    inlines = [ArmInline, ConsentVersionInline, StudyStaffInline]
     actions = ["open_studies", "close_studies"]
     fieldsets = (
         (None, {"fields": ("name", "slug", "status", "target_size")}),
@@ -114,8 +130,14 @@ class StudyAdmin(admin.ModelAdmin):
     def get_readonly_fields(self, request: HttpRequest, obj: Study | None = None) -> Any:
         fixed = ["status", "consent_version", "seed", "sequence_hash", "opened_at", "closed_at"]
         if obj and obj.design_frozen:
-            fixed += list(DESIGN_FIELDS)
+            # The slug is in the link participants were given, and receipts name it.
+            fixed += ["slug", *DESIGN_FIELDS]
         return fixed
+
+    def get_prepopulated_fields(self, request: HttpRequest, obj: Study | None = None) -> Any:
+        if obj and obj.design_frozen:
+            return {}
+        return super().get_prepopulated_fields(request, obj)
 
     @admin.display(description="Participants")
     def participant_count(self, obj: Study) -> int:
@@ -142,7 +164,7 @@ class StudyAdmin(admin.ModelAdmin):
 
 
 @admin.register(SurveyItem)
-class SurveyItemAdmin(admin.ModelAdmin):
+class SurveyItemAdmin(AuditedAdmin):
     list_display = ("key", "version", "construct", "wording", "is_active", "order")
     list_filter = ("construct", "is_active")
     search_fields = ("key", "wording")
@@ -162,9 +184,13 @@ class SurveyItemAdmin(admin.ModelAdmin):
 
 
 @admin.register(Participant)
-class ParticipantAdmin(admin.ModelAdmin):
-    list_display = ("code", "study", "status", "step", "arm", "source", "started_at")
-    list_filter = ("study", "status", "step", "arm", "source")
+class ParticipantAdmin(ParticipantAdminMixin, AuditedAdmin):
+    list_display = (
+        "code", "study", "status", "step", "arm", "source", "started_at", "research_record",
+    )  # fmt: skip
+    list_filter = (
+        ("study", ScopedRelatedFilter), "status", "step", ("arm", ScopedRelatedFilter), "source",
+    )  # fmt: skip
     search_fields = ("code", "prolific_pid", "label")
     list_select_related = ("study", "arm")
     readonly_fields = [field.name for field in Participant._meta.fields]
@@ -177,9 +203,10 @@ class ParticipantAdmin(admin.ModelAdmin):
 
 
 @admin.register(Allocation)
-class AllocationAdmin(admin.ModelAdmin):
+class AllocationAdmin(StudyScopedAdmin, AuditedAdmin):
     list_display = ("study", "stratum", "position", "arm", "participant", "assigned_at")
-    list_filter = ("study", "arm", "stratum")
+    list_filter = (("study", ScopedRelatedFilter), ("arm", ScopedRelatedFilter), "stratum")
+    list_select_related = ("study", "arm", "participant")
     readonly_fields = [field.name for field in Allocation._meta.fields]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -193,8 +220,10 @@ class AllocationAdmin(admin.ModelAdmin):
 
 
 @admin.register(WithdrawalReceipt)
-class WithdrawalReceiptAdmin(admin.ModelAdmin):
+class WithdrawalReceiptAdmin(StudyScopedAdmin, AuditedAdmin):
+    study_slug_field = "study_slug"
     list_display = ("code", "study_slug", "step", "arm_key", "withdrawn_at")
+    # Offers the slugs of the rows the user may see (the filter reads the scoped queryset).
     list_filter = ("study_slug",)
     readonly_fields = ("code", "study_slug", "step", "arm_key", "withdrawn_at")
 
