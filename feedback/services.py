@@ -17,7 +17,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import F, Max
 from django.utils import timezone
 
 from feedback import notify
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 NO_MODEL_REASON = "no language model connected"
 BUDGET_REASON = "the conversation's model-token budget was used up"
+QUEUE_DOWN_REASON = "the rating queue could not be reached"
 SAFETY_REASON = "paused for safety: the draft suggests risk, so no one rated it"
 
 
@@ -155,9 +156,8 @@ def request_feedback(
         reason = _why_not_the_model(locked)
         if not reason:
             feedback.save(update_fields=["offline_result"])
-            from feedback.tasks import rate_feedback_request  # tasks.py imports this module
-
-            rate_feedback_request.delay_on_commit(feedback.pk)
+            request_id = feedback.pk
+            transaction.on_commit(lambda: _enqueue(request_id))
         else:
             # No model to wait for: the offline rating is the answer, with no worker round trip.
             feedback.status = FeedbackRequest.Status.DONE
@@ -171,7 +171,27 @@ def request_feedback(
                     "computed_at",
                 ]
             )  # fmt: skip
+    if feedback.status == FeedbackRequest.Status.QUEUED:
+        feedback.refresh_from_db()  # answered offline at once if the queue could not be reached
     return feedback
+
+
+def _enqueue(request_id: int) -> None:
+    """Hand a stored request to the worker; when the queue cannot be reached (Redis down), the
+    offline rating the learner already sees becomes the answer, so nothing waits for ever."""
+    from feedback.tasks import rate_feedback_request  # tasks.py imports this module
+
+    try:
+        rate_feedback_request.delay(request_id)
+    except Exception:
+        log.exception("feedback request %s could not be queued; answered offline", request_id)
+        FeedbackRequest.objects.filter(pk=request_id, status=FeedbackRequest.Status.QUEUED).update(
+            status=FeedbackRequest.Status.DONE,
+            engine=Engine.OFFLINE,
+            fallback_reason=QUEUE_DOWN_REASON,
+            result=F("offline_result"),
+            computed_at=timezone.now(),
+        )
 
 
 def _why_not_the_model(conversation: Conversation) -> str:

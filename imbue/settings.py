@@ -144,10 +144,19 @@ if os.environ.get("DATABASE_NAME"):
     # Lets a worker or server started by the tests use the test database.
     DATABASES["default"]["NAME"] = os.environ["DATABASE_NAME"]
 DATABASES["default"]["CONN_MAX_AGE"] = 0
+# With the pool, Django then checks each connection as it leaves the pool: one that died with the
+# network (PostgreSQL restarted, a failover) is replaced instead of failing the next request.
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if env_bool("DB_POOL", True):
     # psycopg's pool; one per process (ASGI worker, Celery child). Sized by DB_POOL_MAX.
     DATABASES["default"]["OPTIONS"] = {
-        "pool": {"min_size": 1, "max_size": env_int("DB_POOL_MAX", 10), "timeout": 10}
+        "pool": {
+            "min_size": 1,
+            "max_size": env_int("DB_POOL_MAX", 10),
+            # A request waits this long for a connection before its 503 page; all sync code of a
+            # process shares one thread, so a long wait holds up every other request too.
+            "timeout": env_float("DB_POOL_TIMEOUT", 3.0),
+        }
     }
 DATABASES["default"]["TEST"] = {
     "NAME": "test_" + DATABASES["default"]["NAME"] + os.environ.get("TEST_DB_SUFFIX", "")
@@ -155,6 +164,23 @@ DATABASES["default"]["TEST"] = {
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: channel layer and Celery broker -----------------------------------------------------
+
+
+def redis_retry(*, asynchronous: bool) -> dict:
+    """Connection options that reconnect and retry a command once Redis is back after a restart."""
+    from redis.asyncio.retry import Retry as AsyncRetry
+    from redis.backoff import ExponentialBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from redis.retry import Retry
+
+    backoff = ExponentialBackoff(cap=1.0, base=0.05)
+    return {
+        "retry": AsyncRetry(backoff, 3) if asynchronous else Retry(backoff, 3),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+    }
+
+
 REDIS_URL = os.environ.get("REDIS_URL") or EMBEDDED.get(
     "redis_url", f"redis://127.0.0.1:{env_int('IMBUE_EMBEDDED_REDIS_PORT', 6390)}/0"
 )
@@ -164,7 +190,17 @@ CHANNEL_LAYERS = {
         "CONFIG": {
             # redis-py 8 times reads out after 5 s, the same as channels-redis's blocking wait:
             # a longer read timeout keeps idle consumers from dropping their sockets.
-            "hosts": [{"address": REDIS_URL, "socket_timeout": 15, "socket_connect_timeout": 5}],
+            "hosts": [
+                {
+                    "address": REDIS_URL,
+                    "socket_timeout": 15,
+                    "socket_connect_timeout": 5,
+                    # After a Redis restart every pooled connection is dead, and redis-py's default
+                    # is not to retry: the first command on each would fail (a reply not started,
+                    # a feedback panel not announced). One reconnect-and-retry covers it.
+                    **redis_retry(asynchronous=True),
+                }
+            ],
             "prefix": "imbue",
             "capacity": 1000,
             "expiry": 60,
@@ -182,6 +218,10 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     # An unacknowledged task (worker killed mid-task) is redelivered after this many seconds.
     "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 120),
+    # kombu looks for such tasks every interval x throttle seconds (10 x 10 by default): without
+    # this, a worker restarted within the visibility timeout leaves the task for 100 s more.
+    "unacked_restore_interval": 10,
+    "unacked_restore_throttle": 1,
     "global_keyprefix": os.environ.get("CELERY_KEY_PREFIX", ""),
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False

@@ -60,7 +60,9 @@ def render_message(
     if message is not None and empty and message.state in IN_FLIGHT:
         message.display_text, message.partial = "", None
     html = render_to_string("simulations/_live.html", {**context, "oob": True, "one": message})
-    return html, [message] if message else [], context["last_seq"]
+    # 0, not the conversation's last seq: this swap adds no message to the page, so a message
+    # stored meanwhile must still come with its own "message.created".
+    return html, [message] if message else [], 0
 
 
 def render_error(text: str) -> str:

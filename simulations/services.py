@@ -427,6 +427,21 @@ _async_clients: dict[int, tuple[weakref.ref[asyncio.AbstractEventLoop], aredis.R
 _sync_client: redis.Redis | None = None
 
 
+def _reconnecting(*, asynchronous: bool) -> dict[str, Any]:
+    """Client options that reconnect and retry a command once Redis is back: after a restart every
+    pooled connection is dead, and redis-py does not retry by default (a reply was left unstarted
+    by the first command after a restart)."""
+    from redis.asyncio.retry import Retry as AsyncRetry
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    backoff = ExponentialBackoff(cap=1.0, base=0.05)
+    return {
+        "retry": AsyncRetry(backoff, 3) if asynchronous else Retry(backoff, 3),
+        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+    }
+
+
 def _aredis() -> aredis.Redis:
     # A connection pool belongs to one event loop (tests run one loop per test).
     loop = asyncio.get_running_loop()
@@ -437,7 +452,7 @@ def _aredis() -> aredis.Redis:
         old = ref()
         if old is None or old.is_closed():
             _async_clients.pop(key, None)
-    client = aredis.Redis.from_url(settings.REDIS_URL)
+    client = aredis.Redis.from_url(settings.REDIS_URL, **_reconnecting(asynchronous=True))
     _async_clients[id(loop)] = (weakref.ref(loop), client)
     return client
 
@@ -445,7 +460,7 @@ def _aredis() -> aredis.Redis:
 def _redis() -> redis.Redis:
     global _sync_client
     if _sync_client is None:
-        _sync_client = redis.Redis.from_url(settings.REDIS_URL)
+        _sync_client = redis.Redis.from_url(settings.REDIS_URL, **_reconnecting(asynchronous=False))
     return _sync_client
 
 
@@ -803,6 +818,11 @@ async def generate_partner_reply(*, message_id: int) -> None:
 
 # Background replies; a strong reference keeps each task alive until it ends.
 _running: set[asyncio.Task[None]] = set()
+# Replies this process watches over until they are stored (one watcher per reply).
+_watched: set[int] = set()
+# Pauses between looks at a reply still in flight after its writer stopped (its store met a
+# database outage, or another writer's lease ran out without finishing it): about 30 s in all.
+WATCH_DELAYS_S = (1.0, 2.0, 3.0, 5.0, 8.0, 12.0)
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:
@@ -811,10 +831,36 @@ def _log_crash(task: asyncio.Task[None]) -> None:
         log.error("background reply crashed", exc_info=task.exception())
 
 
-def start_partner_reply(*, message_id: int) -> asyncio.Task[None]:
-    """Run `generate_partner_reply` as a task of this process that outlives the socket."""
+def _still_in_flight(message_id: int) -> bool:
+    return Message.objects.filter(
+        pk=message_id, state__in=[Message.State.PENDING, Message.State.STREAMING]
+    ).exists()
+
+
+async def _write_until_stored(message_id: int) -> None:
+    """`generate_partner_reply`, and again while the reply is still in flight (its lease is
+    held by a live writer, or its writer crashed or could not store it): none is left stuck."""
+    try:
+        for delay in WATCH_DELAYS_S:
+            try:
+                await generate_partner_reply(message_id=message_id)
+                if not await database_sync_to_async(_still_in_flight)(message_id):
+                    return
+            except Exception:  # the database or Redis still away: look again after the pause
+                log.warning("reply %s: could not write it yet", message_id, exc_info=True)
+            await asyncio.sleep(delay)
+    finally:
+        _watched.discard(message_id)
+
+
+def start_partner_reply(*, message_id: int) -> asyncio.Task[None] | None:
+    """Write the reply in a task of this process that outlives the socket, and keep at it until
+    it is stored; None if this process already watches over it."""
+    if message_id in _watched:
+        return None
+    _watched.add(message_id)
     task = asyncio.get_running_loop().create_task(
-        generate_partner_reply(message_id=message_id), name=f"partner-reply-{message_id}"
+        _write_until_stored(message_id), name=f"partner-reply-{message_id}"
     )
     _running.add(task)
     task.add_done_callback(_log_crash)
@@ -850,9 +896,11 @@ def _reply_in_flight(conversation_id: int) -> int | None:
 
 
 async def ensure_partner_reply(*, conversation_id: int) -> int | None:
-    """Start the reply in flight again if nobody is writing it; return its message id, if any."""
+    """Make sure the reply in flight gets written: at once if nobody holds its lease, else when
+    the lease runs out without it being stored (its holder may be dead: a crashed process, or a
+    Redis restart that kept the key). Returns its message id, if any."""
     message_id = await database_sync_to_async(_reply_in_flight)(conversation_id)
-    if message_id is not None and not await lease_alive(message_id):
+    if message_id is not None:
         start_partner_reply(message_id=message_id)
     return message_id
 

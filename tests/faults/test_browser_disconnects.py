@@ -93,12 +93,6 @@ def test_sockets_dropped_at_any_moment_lose_and_repeat_nothing(
     assert books.reconcile() == []
 
 
-@pytest.mark.xfail(
-    strict=False,  # timing-dependent: the bug does not show on every run
-    reason="known bug: simulations/consumers.py _track() advances last_seq from render_message(), "
-    "so a tab that handles a reply's events after the next learner message was stored skips "
-    "that message and its reply (patch: /work/helpers/patches/consumer-last-seq.patch)",
-)
 def test_a_second_tab_that_falls_behind_still_shows_every_message(
     stack: FaultStack, books: Books
 ) -> None:

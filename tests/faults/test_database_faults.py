@@ -153,12 +153,6 @@ def test_postgresql_unreachable_gives_a_clear_503_and_no_partial_writes(
     assert books.reconcile() == []
 
 
-@pytest.mark.xfail(
-    strict=False,  # timing-dependent: the bug does not show on every run
-    reason="known stall: simulations/services.generate_partner_reply cannot store a finished "
-    "reply while PostgreSQL is away; the row stays 'streaming' and nothing takes it up again "
-    "while the page stays connected (patch: /work/helpers/patches/partner-reply-supervisor.patch)",
-)
 def test_a_reply_finishing_while_postgresql_is_away_is_completed_afterwards(
     stack: FaultStack, db_proxy_web: ProxiedWeb, books: Books
 ) -> None:

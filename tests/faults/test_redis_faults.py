@@ -117,12 +117,6 @@ def test_queued_feedback_survives_a_redis_restart(stack: FaultStack, books: Book
     assert books.reconcile() == []
 
 
-@pytest.mark.xfail(
-    strict=False,  # timing-dependent: the bug does not show on every run
-    reason="known loss: feedback/services.py enqueues with delay_on_commit after the commit; "
-    "with Redis down the publish raises, the POST answers 500 and the request stays queued for "
-    "ever (patch: /work/helpers/patches/feedback-enqueue-fallback.patch)",
-)
 def test_feedback_asked_while_redis_is_down_is_refused_cleanly_or_answered(
     stack: FaultStack, books: Books
 ) -> None:
