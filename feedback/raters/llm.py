@@ -38,10 +38,11 @@ def retrieve_pairs(
     *, text: str, partner_said: str, situation: str, chosen: Sequence[str], index: Index
 ) -> list[Pair]:
     """Contrasting pairs nearest to the draft for each rated skill."""
+    ranking = index.ranking(text, partner_said, situation)  # once per draft, not per skill
     pairs: list[Pair] = []
     for key in rated_skills(chosen):
         k = PAIRS_PER_STRATEGY if SKILLS[key].kind == "strategy" else PAIRS_PER_STATE
-        pairs += index.pairs(key, text, partner_said=partner_said, situation=situation, k=k)
+        pairs += ranking.pairs(key, k=k)
     return pairs
 
 

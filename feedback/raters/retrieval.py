@@ -45,24 +45,51 @@ class Index:
         documents = [_document(e.text, e.partner_said, e.situation) for e in self.examples]
         self.matrix = self.vectorizer.fit_transform(documents) if documents else None
 
-    def _similarities(self, text: str, partner_said: str, situation: str) -> np.ndarray:
+    def similarities(self, text: str, partner_said: str = "", situation: str = "") -> np.ndarray:
+        """Cosine similarity of the draft (in its context) to every example, in bank order."""
         if self.matrix is None:
             return np.zeros(0)
         query = self.vectorizer.transform([_document(text, partner_said, situation)])
         return (self.matrix @ query.T).toarray().ravel()
 
+    def ranking(self, text: str, partner_said: str = "", situation: str = "") -> "Ranking":
+        """The examples by similarity to the draft: compute once, then ask for each skill's pairs
+        (the transform is what costs, several ms per draft)."""
+        sims = self.similarities(text, partner_said, situation)
+        # Stable order on ties (by position) keeps prompts reproducible.
+        order = np.lexsort((np.arange(len(sims)), -sims)).tolist()
+        return Ranking(self, sims, order)
+
     def pairs(
         self, skill: str, text: str, *, partner_said: str = "", situation: str = "", k: int = 2
     ) -> list[Pair]:
         """The k most similar examples where `skill` is not at its top level and has a rewrite."""
+        return self.ranking(text, partner_said, situation).pairs(skill, k=k)
+
+    def neighbours(
+        self, text: str, *, partner_said: str = "", situation: str = "", k: int = 3
+    ) -> list[tuple[Example, float]]:
+        """The k most similar labelled examples with their similarity."""
+        ranking = self.ranking(text, partner_said, situation)
+        return [(self.examples[i], float(ranking.sims[i])) for i in ranking.order[:k]]
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """One draft's similarity to every example of an index, most similar first."""
+
+    index: Index
+    sims: np.ndarray
+    order: list[int]
+
+    def pairs(self, skill: str, k: int = 2) -> list[Pair]:
+        """The k most similar examples where `skill` is not at its top level and has a rewrite."""
         top = SKILLS[skill].top_level
-        sims = self._similarities(text, partner_said, situation)
-        # Stable order on ties (by position) keeps prompts reproducible.
-        order = sorted(range(len(sims)), key=lambda i: (-sims[i], i))
+        sims, order = self.sims, self.order
         found: list[Pair] = []
         seen: set[str] = set()
         for i in order:
-            e = self.examples[i]
+            e = self.index.examples[i]
             level = e.labels.get(skill)
             after = e.rewrites.get(skill, "").strip()
             if level in (None, top) or not after or e.text in seen:
@@ -72,14 +99,6 @@ class Index:
             if len(found) == k:
                 break
         return found
-
-    def neighbours(
-        self, text: str, *, partner_said: str = "", situation: str = "", k: int = 3
-    ) -> list[tuple[Example, float]]:
-        """The k most similar labelled examples with their similarity."""
-        sims = self._similarities(text, partner_said, situation)
-        order = sorted(range(len(sims)), key=lambda i: (-sims[i], i))[:k]
-        return [(self.examples[i], float(sims[i])) for i in order]
 
 
 @lru_cache(maxsize=1)
