@@ -244,3 +244,36 @@ class EmotionCheckin(models.Model):
 
     def __str__(self) -> str:
         return f"{self.phase} check-in {self.intensity}/10 (conversation {self.conversation_id})"
+
+
+class SkillSuggestion(models.Model):
+    """A "suggest a skill" answer as the learner saw it, tied to the point of the chat it was asked
+    at (research exports show it next to the messages; it goes with the conversation)."""
+
+    class Engine(models.TextChoices):
+        RULE = "rule", "Fixed rule (the first message)"
+        LLM = "llm", "Language model"
+        OFFLINE = "offline", "Written rules"
+
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="suggestions"
+    )
+    after_seq = models.PositiveIntegerField(
+        default=0, help_text="The last complete message seq when it was asked (0 = before any)."
+    )
+    turn = models.PositiveIntegerField(
+        default=1, help_text="The learner message it was asked for, from 1."
+    )
+    skill = models.CharField(max_length=10, choices=STRATEGY_CHOICES)
+    reason = models.TextField(help_text="The sentence shown with it.")
+    engine = models.CharField(max_length=8, choices=Engine.choices)
+    model = models.CharField(max_length=200, blank=True, help_text="The model, when one answered.")
+    # The model call made for it (imbue.LLMCall; also when it failed and the rules answered).
+    llm_call_id = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["conversation", "created_at", "pk"]
+
+    def __str__(self) -> str:
+        return f"suggested {self.skill} at turn {self.turn} of conversation {self.conversation_id}"

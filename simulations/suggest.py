@@ -10,18 +10,34 @@ Two engines share one answer shape, ``(skill, reason)`` with ``skill`` one of th
 - ``suggestion_prompt`` / ``SUGGESTION_SCHEMA``: the "suggestion" call for the gateway, with
   similar examples retrieved by the caller.
 
-Pure: no Django, no I/O.
+The rules and the prompt are pure (no I/O). The record is not: every suggestion shown is stored as
+a ``SkillSuggestion`` (the point of the chat it was asked at, the skill, the sentence shown, the
+engine and model, the model call) by ``recorded``, which wraps the service that produces them:
+
+    @suggest.recorded
+    async def asuggest_skill(*, conversation: Conversation) -> Suggestion: ...
+
+Research exports read these rows; they belong to the conversation and go with it (withdrawal).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
+
+from channels.db import database_sync_to_async
+from django.db.models import Count, Max, Q
 
 from feedback.skills import SKILLS, STRATEGIES
+from imbue.models import LLMCall
+from simulations.models import Conversation, Message, SkillSuggestion
 from simulations.partner import Messages, delimit, escape_text, strip_agreement
+
+log = logging.getLogger(__name__)
 
 SUGGESTION_PROMPT_NAME = "suggestion"
 SUGGESTION_PROMPT_VERSION = "1"
@@ -271,3 +287,91 @@ def parse_suggestion(data: Any) -> tuple[str, str] | None:
 
 def _json(value: Mapping[str, str]) -> str:
     return json.dumps(value, ensure_ascii=False)
+
+
+# --------------------------------------------------------------------------- the record
+
+
+class Shown(Protocol):
+    """What a suggestion shown to the learner carries (services.Suggestion has it)."""
+
+    skill: str
+    reason: str
+    engine: str
+
+
+S = TypeVar("S", bound=Shown)
+
+
+def chat_point(conversation_id: int) -> dict[str, int]:
+    """Where a chat stands: the last complete message (`after_seq`, 0 before any), the learner
+    message the next one will be (`turn`), and the last suggestion call made so far (`call_mark`,
+    so the one made next can be told from it)."""
+    counts = Message.objects.filter(
+        conversation_id=conversation_id, state=Message.State.COMPLETE
+    ).aggregate(
+        last=Max("seq"),
+        learner=Count("pk", filter=Q(role=Message.Role.LEARNER)),
+    )
+    mark = LLMCall.objects.filter(
+        conversation_id=conversation_id, purpose=LLMCall.Purpose.SUGGESTION
+    ).aggregate(last=Max("pk"))["last"]
+    return {
+        "after_seq": counts["last"] or 0,
+        "turn": (counts["learner"] or 0) + 1,
+        "call_mark": mark or 0,
+    }
+
+
+def record_suggestion(
+    *, conversation: Conversation | int, suggestion: Shown, point: Mapping[str, int] | None = None
+) -> SkillSuggestion:
+    """Store a suggestion the learner was shown. `point` is `chat_point(...)` taken when it was
+    asked (taken now when missing); the suggestion's model call is the one made since then."""
+    conversation_id = conversation if isinstance(conversation, int) else conversation.pk
+    point = point or chat_point(conversation_id)
+    call = (
+        LLMCall.objects.filter(
+            conversation_id=conversation_id,
+            purpose=LLMCall.Purpose.SUGGESTION,
+            pk__gt=point["call_mark"],
+        )
+        .order_by("-pk")
+        .values("pk", "model")
+        .first()
+    )
+    engine = str(suggestion.engine)
+    return SkillSuggestion.objects.create(
+        conversation_id=conversation_id,
+        after_seq=point["after_seq"],
+        turn=point["turn"],
+        skill=suggestion.skill,
+        reason=suggestion.reason,
+        engine=engine,
+        model=call["model"] if call and engine == SkillSuggestion.Engine.LLM else "",
+        llm_call_id=call["pk"] if call else None,
+    )
+
+
+def recorded(
+    produce: Callable[..., Awaitable[S]],
+) -> Callable[..., Awaitable[S]]:
+    """Wrap an async `produce(*, conversation)` so that every suggestion it returns is stored.
+
+    Where the chat stands is read before it runs (a message sent meanwhile does not move it). A
+    failure to store is logged and never keeps the suggestion from the learner.
+    """
+
+    @functools.wraps(produce)
+    async def produce_and_record(*, conversation: Conversation, **kwargs: Any) -> S:
+        point = await database_sync_to_async(chat_point)(conversation.pk)
+        suggestion = await produce(conversation=conversation, **kwargs)
+        try:
+            await database_sync_to_async(record_suggestion)(
+                conversation=conversation.pk, suggestion=suggestion, point=point
+            )
+        except Exception:
+            log.exception("suggestion for conversation %s not recorded", conversation.pk)
+        return suggestion
+
+    return produce_and_record

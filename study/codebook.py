@@ -16,7 +16,7 @@ from django.db.models import Q
 from feedback.models import FeedbackRequest
 from feedback.skills import LEVELS, SKILL_KEYS, STRATEGIES
 from imbue.models import LLMCall
-from simulations.models import Conversation, Message
+from simulations.models import Conversation, Message, SkillSuggestion
 from study import flow
 from study.models import Participant, Slot, Study, SurveyAnswer, SurveyItem, Time
 
@@ -243,19 +243,28 @@ def _message_columns(study: Study, options: Options) -> list[Column]:
                "Evaluation chats never show feedback; the training chat has the arm's switches."),
         Column(f, "situation", "string", _choices(Slot.choices), "The situation of the chat."),
         Column(f, "conversation_id", "integer", "", "Conversation number (joins study.json)."),
-        Column(f, "row_type", "string", "draft; message",
-               "A draft saved when feedback was asked for, or a sent message."),
+        Column(f, "row_type", "string", "draft; message; suggestion",
+               "A draft saved when feedback was asked for, a sent message, or a skill suggested "
+               "('Suggest a skill')."),
         Column(f, "turn", "integer", "1 or more", "Which learner message of the chat the row "
-               "belongs to (a partner reply has the turn it answers)."),
+               "belongs to (a partner reply has the turn it answers; a suggestion the turn it "
+               "was asked for, placed among that turn's drafts by time)."),
         Column(f, "revision", "integer", "1 or more", "Drafts: revision within the turn."),
         Column(f, "seq", "integer", "1 or more", "Messages: position in the transcript."),
-        Column(f, "role", "string", "learner; partner", "Who wrote it (drafts: learner)."),
+        Column(f, "role", "string", "learner; partner",
+               "Who wrote it (drafts: learner; suggestions: empty)."),
         Column(f, "state", "string", _choices(Message.State.choices),
                "Messages: delivery state (failed = the reply never arrived)."),
-        Column(f, "text", "string", "", "What was written." + SAFE_TEXT),
+        Column(f, "text", "string", "", "What was written (suggestions: the sentence shown "
+               "with the skill)." + SAFE_TEXT),
         Column(f, "strategies", "string", STRATEGY_ALLOWED, "Strategies the learner chose."),
         Column(f, "used_rewrite", "boolean", "true; false",
                "Drafts: started from a suggested rewrite."),
+        Column(f, "suggested_skill", "string", "; ".join(STRATEGIES),
+               "Suggestions: the skill suggested for the next message."),
+        Column(f, "suggestion_engine", "string", _choices(SkillSuggestion.Engine.choices),
+               "Suggestions: what chose it (rule = Describe to open the chat; offline = the "
+               "written rules, without a model or after it failed: see llm_outcome)."),
     ]  # fmt: skip
     for skill in SKILL_KEYS:
         columns.append(
@@ -296,7 +305,7 @@ def _message_columns(study: Study, options: Options) -> list[Column]:
         Column(f, "feedback_latency_ms", "number", "", "Drafts: request to display, in ms."),
         Column(f, "feedback_model_ms", "number", "", "Drafts: time in the model call, in ms."),
         Column(f, "llm_call_id", "integer", "", "The model call behind the row (study.json "
-               "model_calls): the partner's reply, or the draft's feedback."),
+               "model_calls): the partner's reply, the draft's feedback, or the suggestion's."),
         Column(f, "llm_purpose", "string", _choices(LLMCall.Purpose.choices), "Its purpose."),
         Column(f, "llm_model", "string", "", "Model name as configured."),
         Column(f, "llm_prompt_name", "string", "", "Prompt template name."),
@@ -309,7 +318,8 @@ def _message_columns(study: Study, options: Options) -> list[Column]:
         Column(f, "llm_tokens_in", "integer", "", "Prompt tokens."),
         Column(f, "llm_tokens_out", "integer", "", "Completion tokens."),
         Column(f, "error", "string", "", "Messages: what went wrong, if anything."),
-        Column(f, "created_at", "datetime", "", "When the draft or message was stored."),
+        Column(f, "created_at", "datetime", "",
+               "When the draft, message or suggestion was stored."),
     ]  # fmt: skip
     return columns
 
@@ -495,6 +505,16 @@ participants[] | list |  | One record per participant (withdrawn ones are gone).
       intensity | integer | 0 to 10 |
       emotion | string |  |
       created_at | datetime |  |
+    suggestions[] | list |  | Each skill suggestion shown ("Suggest a skill"), in order.
+      turn | integer |  | Learner message it was asked for, from 1.
+      after_seq | integer |  | Last message seq when asked (0 = before any).
+      skill | string | describe; express; assert; reinforce; negotiate | The skill suggested.
+      reason | string |  | The sentence shown with it.
+      engine | string | rule; llm; offline | What chose it: rule = Describe to open the chat;
+        offline = the written rules (no model, or it failed).
+      model | string |  | The model, when llm answered.
+      llm_call_id | integer |  | Its model call (model_calls), also one that failed.
+      created_at | datetime |  | When it was shown.
     model_calls[] | list |  | Every model call the chat made.
       id | integer |  | Call number.
       purpose | string | partner; persona; suggestion; feedback |

@@ -2,11 +2,12 @@
 
 - ``long.csv``: one row per answer (participant x situation x time point x survey item).
 - ``wide.csv``: one row per participant: their path, every answer, and each chat's summary.
-- ``messages.csv``: one row per draft and per sent message, in transcript order, with ratings,
-  chosen strategies, resistance, whether feedback was computed, delivered and viewed, and the
-  model call behind each row (model, prompt version, latency, retries).
+- ``messages.csv``: one row per draft, per sent message and per skill suggestion shown, in
+  transcript order, with ratings, chosen strategies, resistance, whether feedback was computed,
+  delivered and viewed, the skill suggested, and the model call behind each row (model, prompt
+  version, latency, retries).
 - ``study.json``: the full nested record (design, survey items, every participant's situations,
-  steps, answers, chats with messages, drafts, feedback, check-ins and model calls).
+  steps, answers, chats with messages, drafts, feedback, check-ins, suggestions and model calls).
 - ``codebook.csv``: every column of every file: its type, allowed values and meaning.
 
 Pseudonymous by default: participants are known by their study code; recruitment ids (Prolific
@@ -42,7 +43,7 @@ from feedback.skills import LEVELS, SKILL_KEYS, rated_skills, score
 from imbue import audit
 from imbue.models import AuditEntry, LLMCall
 from imbue.security import csv_safe
-from simulations.models import EmotionCheckin, Message
+from simulations.models import EmotionCheckin, Message, SkillSuggestion
 from study import analysis, flow
 from study.codebook import (
     BONUS,
@@ -200,6 +201,7 @@ class _Batch:
     drafts: dict[Any, list[dict[str, Any]]]
     feedback: dict[Any, list[dict[str, Any]]]
     checkins: dict[Any, list[dict[str, Any]]]
+    suggestions: dict[Any, list[dict[str, Any]]]
     calls: dict[int, dict[str, Any]]
     calls_by_chat: dict[Any, list[dict[str, Any]]]
 
@@ -224,6 +226,10 @@ FEEDBACK_FIELDS = (
     "pk", "draft_id", "status", "engine", "fallback_reason", "result", "offline_result",
     "llm_call_id", "requested_at", "computed_at", "delivered_at", "viewed_at", "latency_ms",
     "model_ms",
+)  # fmt: skip
+SUGGESTION_FIELDS = (
+    "pk", "conversation_id", "turn", "after_seq", "skill", "reason", "engine", "model",
+    "llm_call_id", "created_at",
 )  # fmt: skip
 CALL_FIELDS = (
     "pk", "purpose", "model", "provider", "prompt_name", "prompt_version", "prompt_hash",
@@ -279,6 +285,15 @@ def _load(participants: list[dict[str, Any]], *, answers: bool, texts: bool, cal
         .values(*draft_fields)
     )
     draft_ids = [d["pk"] for d in draft_rows]
+    suggestion_rows = (
+        list(
+            SkillSuggestion.objects.filter(conversation_id__in=conversation_ids)
+            .order_by("conversation_id", "created_at", "pk")
+            .values(*SUGGESTION_FIELDS)
+        )
+        if texts
+        else []
+    )
     feedback_rows = list(
         FeedbackRequest.objects.filter(draft_id__in=draft_ids)
         .order_by("pk")
@@ -293,6 +308,7 @@ def _load(participants: list[dict[str, Any]], *, answers: bool, texts: bool, cal
         ):
             found.update((row["pk"], row) for row in query.values(*CALL_FIELDS))
         named = {m["llm_call_id"] for m in message_rows} | {f["llm_call_id"] for f in feedback_rows}
+        named |= {s["llm_call_id"] for s in suggestion_rows}
         named |= {
             c["conversation__partner_brief"].get("llm_call_id")
             for c in chats
@@ -310,6 +326,7 @@ def _load(participants: list[dict[str, Any]], *, answers: bool, texts: bool, cal
         f["llm_call_id"]: chat_of_draft.get(f["draft_id"]) for f in feedback_rows
     }
     chat_of_call.update({m["llm_call_id"]: m["conversation_id"] for m in message_rows})
+    chat_of_call.update({s["llm_call_id"]: s["conversation_id"] for s in suggestion_rows})
     for c in chats:
         brief = c["conversation__partner_brief"]
         chat_of_call[brief.get("llm_call_id") if isinstance(brief, dict) else None] = c[
@@ -355,6 +372,7 @@ def _load(participants: list[dict[str, Any]], *, answers: bool, texts: bool, cal
         )
         if texts
         else {},
+        suggestions=_group(suggestion_rows, "conversation_id"),
         calls={c["pk"]: c for c in call_rows},
         calls_by_chat=_group(call_rows, "_chat"),
     )
@@ -572,6 +590,8 @@ def _chat_rows(batch: _Batch, ids: list[Any], chat: dict[str, Any]) -> Iterator[
             m["text"],
             ";".join(m["strategies"] or []),
             None,
+            None,
+            None,
             *_rating_cells(m["ratings"] if is_learner and isinstance(m["ratings"], dict) else {}),
             m["mastery"],
             m["rating_engine"] or None,
@@ -589,8 +609,9 @@ def _chat_rows(batch: _Batch, ids: list[Any], chat: dict[str, Any]) -> Iterator[
             m["error"] or None,
             m["created_at"],
         ]
-        ordered.append(((turn, 1 if is_learner else 2, m["seq"]), row))
+        ordered.append(((turn, 1 if is_learner else 2, m["seq"], 0, 0), row))
     for d in batch.drafts.get(conversation, []):
+        index = drafts_by_turn[d["turn"]].index(d)
         requests = batch.feedback.get(d["pk"], [])
         f = requests[-1] if requests else None
         result = f["result"] if f else {}
@@ -606,6 +627,8 @@ def _chat_rows(batch: _Batch, ids: list[Any], chat: dict[str, Any]) -> Iterator[
             d["text"],
             ";".join(d["strategies"] or []),
             d["used_rewrite"],
+            None,
+            None,
             *_rating_cells(_feedback_levels(result)),
             result.get("mastery") if isinstance(result, dict) else None,
             (f["engine"] or None) if f else None,
@@ -628,7 +651,31 @@ def _chat_rows(batch: _Batch, ids: list[Any], chat: dict[str, Any]) -> Iterator[
             None,
             d["created_at"],
         ]
-        ordered.append(((d["turn"], 0, d["revision"]), row))
+        ordered.append(((d["turn"], 0, index, 1, 0), row))
+    for s in batch.suggestions.get(conversation, []):
+        # Among its turn's drafts by time: after those saved before it was asked.
+        before = sum(
+            1 for d in drafts_by_turn.get(s["turn"], []) if d["created_at"] <= s["created_at"]
+        )
+        row = [
+            *head,
+            "suggestion",
+            s["turn"],
+            None,
+            None,
+            None,
+            None,
+            s["reason"],
+            None,
+            None,
+            s["skill"],
+            s["engine"],
+            *[None] * (len(SKILL_KEYS) + 17),
+            *_call_cells(batch.calls.get(s["llm_call_id"])),
+            None,
+            s["created_at"],
+        ]
+        ordered.append(((s["turn"], 0, before, 0, s["pk"]), row))
     ordered.sort(key=lambda pair: pair[0])
     for _, row in ordered:
         yield row
@@ -815,6 +862,10 @@ def _chat_record(batch: _Batch, chat: dict[str, Any]) -> dict[str, Any]:
         "checkins": [
             {k: v for k, v in c.items() if k != "conversation_id"}
             for c in batch.checkins.get(conversation, [])
+        ],
+        "suggestions": [
+            {k: v for k, v in s.items() if k not in ("pk", "conversation_id")}
+            for s in batch.suggestions.get(conversation, [])
         ],
         "model_calls": [_call_record(c) for c in batch.calls_by_chat.get(conversation, [])],
     }

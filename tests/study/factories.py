@@ -4,10 +4,11 @@
 so that 10,000 participants take a minute rather than an hour, everything a real run leaves:
 learners, participants, allocation slots taken from the study's own sequence, situations, step
 visits, survey answers, the four chats with transcripts, drafts, feedback requests (computed,
-delivered and viewed in the feedback arm, withheld in the other), emotion check-ins and the model
-calls behind replies and feedback. Known effects are built in (the feedback arm gains more on
-'confident' and in mastery), and the values written are returned as `analysis` rows so tests can
-compare what the dashboard shows with what scipy computes from the truth.
+delivered and viewed in the feedback arm, withheld in the other), skill suggestions where the arm
+shows them (one per turn: the opening rule, the model, the written rules), emotion check-ins and the
+model calls behind replies, feedback and suggestions. Known effects are built in (the feedback arm
+gains more on 'confident' and in mastery), and the values written are returned as `analysis` rows
+so tests can compare what the dashboard shows with what scipy computes from the truth.
 """
 
 from __future__ import annotations
@@ -25,7 +26,14 @@ from django.utils import timezone
 from feedback.models import Draft, FeedbackRequest
 from feedback.skills import LEVELS, SKILL_KEYS, STRATEGIES, mastery, rated_skills, score
 from imbue.models import LLMCall
-from simulations.models import Conversation, EmotionCheckin, Learner, Message, Situation
+from simulations.models import (
+    Conversation,
+    EmotionCheckin,
+    Learner,
+    Message,
+    Situation,
+    SkillSuggestion,
+)
 from study import analysis, assignment, flow, services
 from study.models import (
     Allocation,
@@ -105,6 +113,7 @@ TIMED_FIELDS = (
     _field(Draft, "created_at"),
     _field(FeedbackRequest, "requested_at"),
     _field(EmotionCheckin, "created_at"),
+    _field(SkillSuggestion, "created_at"),
     _field(LLMCall, "created_at"),
 )
 
@@ -500,6 +509,53 @@ def _chats(
             ),
         ]
     EmotionCheckin.objects.bulk_create(checkins, batch_size=2000)
+    _suggestions([c for _, _, c in plan], n_messages)
+
+
+SUGGESTION_ENGINES = ("rule", "llm", "offline")
+
+
+def _suggestions(conversations: list[Conversation], n_messages: int) -> None:
+    """One suggestion per turn where they are shown: the rule opens; then the model, then the rules
+    after a failed call, in turn. The second turn's is asked between its two drafts."""
+    shown = [c for c in conversations if c.suggestion_enabled]
+    plan = []  # (conversation, turn, engine, asked at)
+    for c in shown:
+        for turn in range(1, n_messages + 1):
+            sent = c.created_at + timedelta(seconds=30 * turn)
+            asked = sent - timedelta(seconds=18.5 if turn == 2 else 25)
+            plan.append((c, turn, SUGGESTION_ENGINES[min(turn - 1, 2)], asked))
+    calls = LLMCall.objects.bulk_create(
+        [
+            _call(
+                "suggestion",
+                c.pk,
+                asked,
+                outcome=LLMCall.Outcome.OK if engine == "llm" else LLMCall.Outcome.TIMEOUT,
+            )
+            for c, _, engine, asked in plan
+            if engine != "rule"
+        ],
+        batch_size=2000,
+    )
+    call_of = iter(calls)
+    rows = []
+    for c, turn, engine, asked in plan:
+        call = None if engine == "rule" else next(call_of)
+        rows.append(
+            SkillSuggestion(
+                conversation=c,
+                turn=turn,
+                after_seq=2 * (turn - 1),
+                skill=STRATEGIES[(turn - 1) % len(STRATEGIES)],
+                reason=f"Suggested for turn {turn}.",
+                engine=engine,
+                model=call.model if call and engine == "llm" else "",
+                llm_call_id=call.pk if call else None,
+                created_at=asked,
+            )
+        )
+    SkillSuggestion.objects.bulk_create(rows, batch_size=2000)
 
 
 def _call(

@@ -227,6 +227,40 @@ def test_messages_file_puts_each_turns_drafts_before_the_message_and_its_reply(
     assert partner["llm_total_ms"].notna().all()
 
 
+def test_messages_file_has_each_suggestion_shown_among_its_turns_drafts(seeded: Seeded) -> None:
+    frame = read_frame(seeded, MESSAGES)
+    header = codebook.columns(seeded.study, MESSAGES)
+    rows = list(csv.reader(io.StringIO(read_bytes(seeded, MESSAGES).decode())))
+    assert {len(row) for row in rows} == {len(header)}  # every row type fills every column
+    suggestions = frame[frame["row_type"] == "suggestion"]
+    assert len(suggestions) and suggestions["arm"].eq("feedback").all()
+    assert suggestions["step"].eq("train_s1").all()
+    assert suggestions["role"].isna().all() and suggestions["seq"].isna().all()
+    chat = frame[frame["conversation_id"] == suggestions["conversation_id"].iloc[0]]
+    order = list(zip(chat["turn"], chat["row_type"], chat["revision"].astype(object), strict=True))
+    assert order[:9] == [
+        (1, "suggestion", pd.NA),
+        (1, "draft", 1),
+        (1, "draft", 2),
+        (1, "message", pd.NA),
+        (1, "message", pd.NA),
+        (2, "draft", 1),
+        (2, "suggestion", pd.NA),  # asked between the turn's two drafts
+        (2, "draft", 2),
+        (2, "message", pd.NA),
+    ]
+    shown = chat[chat["row_type"] == "suggestion"]
+    assert list(shown["suggested_skill"]) == ["describe", "express", "assert"]
+    assert list(shown["suggestion_engine"]) == ["rule", "llm", "offline"]
+    assert list(shown["text"]) == [f"Suggested for turn {t}." for t in (1, 2, 3)]
+    assert shown["llm_call_id"].iloc[0] is pd.NA
+    assert list(shown["llm_purpose"].iloc[1:]) == ["suggestion", "suggestion"]
+    assert list(shown["llm_model"].iloc[1:]) == ["fake-small", "fake-small"]
+    assert list(shown["llm_outcome"].iloc[1:]) == ["ok", "timeout"]
+    others = frame[frame["row_type"] != "suggestion"]
+    assert others["suggested_skill"].isna().all() and others["suggestion_engine"].isna().all()
+
+
 def test_json_record_nests_drafts_with_feedback_and_every_model_call(seeded: Seeded) -> None:
     record = json.loads(read_bytes(seeded, JSON_FILE))
     assert record["study"]["sequence_hash"] == seeded.study.sequence_hash
@@ -242,8 +276,24 @@ def test_json_record_nests_drafts_with_feedback_and_every_model_call(seeded: See
     assert set(result["skills"]) >= {"mindful", "confident"}
     assert {"suggestion", "rewrite", "level"} <= set(next(iter(result["skills"].values())))
     purposes = {call["purpose"] for call in training["model_calls"]}
-    assert purposes == {"persona", "partner", "feedback"}
+    assert purposes == {"persona", "partner", "feedback", "suggestion"}
     assert [c["phase"] for c in training["checkins"]] == ["before", "after"]
+    suggestions = training["suggestions"]
+    assert [(s["turn"], s["engine"]) for s in suggestions] == [
+        (1, "rule"),
+        (2, "llm"),
+        (3, "offline"),
+    ]
+    assert [s["after_seq"] for s in suggestions] == [0, 2, 4]
+    assert suggestions[1]["model"] == "fake-small" and suggestions[0]["llm_call_id"] is None
+    calls = {call["id"]: call for call in training["model_calls"]}
+    assert calls[suggestions[1]["llm_call_id"]]["purpose"] == "suggestion"
+    assert calls[suggestions[2]["llm_call_id"]]["outcome"] == "timeout"
+    # Evaluation chats and the simulation arm show no suggestions, so none are on record.
+    for p in record["participants"]:
+        for chat in p["chats"]:
+            if chat["suggestions"]:
+                assert chat["step"] == "train_s1" and p["arm"] == "feedback"
 
 
 def test_a_participant_who_went_through_the_real_flow_is_exported(enrolled: Any) -> None:

@@ -15,7 +15,15 @@ from feedback import services as feedback_services
 from feedback.models import Draft, FeedbackRequest
 from imbue.models import AdverseEvent, LLMCall
 from simulations import services as chat_services
-from simulations.models import Conversation, EmotionCheckin, Learner, Message, Situation
+from simulations import suggest
+from simulations.models import (
+    Conversation,
+    EmotionCheckin,
+    Learner,
+    Message,
+    Situation,
+    SkillSuggestion,
+)
 from study import flow, services
 from study.models import (
     Allocation,
@@ -62,6 +70,9 @@ def _chat(client: Client, participant: Participant, key: str, mark: str, risky: 
     """Talk in the chat step (drafts and feedback too), then end it and go on."""
     conversation = StudyChat.objects.get(participant=participant, step=key).conversation
     chat_services.record_checkin(conversation=conversation, phase="before", intensity=6)
+    # A suggestion on record (a model's sentence may repeat the learner's words).
+    shown = chat_services.Suggestion("describe", f"Describe the dishes {mark} first.", "llm")
+    suggest.record_suggestion(conversation=conversation, suggestion=shown)
     feedback = feedback_services.request_feedback(
         conversation=conversation, text=f"Draft {mark} about the dishes.", strategies=["describe"]
     )
@@ -132,6 +143,11 @@ def _identity(participant: Participant) -> dict[str, Any]:
             FeedbackRequest: set(feedback.values_list("pk", flat=True)),
             LLMCall: set(calls.values_list("pk", flat=True)),
             Situation: set(Situation.objects.filter(learner=learner).values_list("pk", flat=True)),
+            SkillSuggestion: set(
+                SkillSuggestion.objects.filter(conversation__in=conversations).values_list(
+                    "pk", flat=True
+                )
+            ),
         },
     }
 
@@ -191,6 +207,7 @@ def test_withdrawal_leaves_no_content_of_the_participant_in_any_table(fake_llm, 
     if until != "pre_s2":
         assert identity["ids"][Draft] and identity["ids"][LLMCall] and identity["ids"][Message]
         assert EmotionCheckin.objects.filter(conversation__learner=leaver.learner).exists()
+        assert SkillSuggestion.objects.filter(conversation__learner=leaver.learner).exists()
         assert AdverseEvent.objects.filter(learner_id=leaver.learner_id).exists()
 
     page = client.get(reverse("study:withdraw", args=[study.slug]))
