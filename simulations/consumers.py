@@ -7,6 +7,7 @@ appended exactly once; anything unexpected (a gap, a newer attempt) re-reads the
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -15,12 +16,29 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.template.loader import render_to_string
 from django.utils.html import escape
 
-from imbue.security import BadFrame, parse_frame
+from imbue.security import BadFrame, is_database_outage, parse_frame
 from simulations import services
 from simulations.learners import aowned_conversation
 from simulations.models import Conversation, Message
 
+try:
+    from uvicorn.protocols.utils import ClientDisconnected
+except ImportError:  # served by another ASGI server, which drops a closed socket's frames
+
+    class ClientDisconnected(OSError):  # type: ignore[no-redef]
+        """Never raised: stands in for uvicorn's."""
+
+
 log = logging.getLogger(__name__)
+
+# Errors the learner reads; each says truthfully what was and was not done.
+SOMETHING_WENT_WRONG = (
+    "Something went wrong on our side. Reload the page to see what was saved, then try again."
+)
+DATABASE_AWAY = (
+    "We couldn't reach our database, so that was not done. Please try again in a moment."
+)
+SUGGESTION_FAILED = "No suggestion could be made just now. Please try again."
 
 # Bigger than any message the page can produce; larger frames are refused unread.
 MAX_FRAME_CHARS = 64_000
@@ -69,8 +87,23 @@ def render_error(text: str) -> str:
     return render_to_string("simulations/_chat_error.html", {"error": text, "oob": True})
 
 
+def client_gone(error: BaseException) -> bool:
+    """The browser left while a frame was being sent to it (uvicorn raises this from `send`):
+    nothing went wrong on our side, and there is nobody left to tell."""
+    return isinstance(error, ClientDisconnected)
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s crashed", task.get_name(), exc_info=task.exception())
+
+
 class ConversationConsumer(AsyncWebsocketConsumer):
     """One practice conversation, live, for the browser that owns it (every tab it has open)."""
+
+    # "Suggest a skill" waits on the model: it runs beside the socket's other events, one at a
+    # time per socket, and ends with the socket.
+    suggesting: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
         self.conversation_id = int(self.scope["url_route"]["kwargs"]["conversation_id"])
@@ -91,6 +124,8 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         services.warm_up()
 
     async def disconnect(self, code: int) -> None:
+        if self.suggesting is not None:
+            self.suggesting.cancel()
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
@@ -114,15 +149,30 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             return
         try:
             await handler(payload)
-        except services.ConversationError as error:
-            await self.send(text_data=render_error(error.user_message))
-        except Exception:
-            log.exception("conversation %s: %s failed", self.conversation_id, payload.get("action"))
-            await self.send(
-                text_data=render_error(
-                    "Something went wrong on our side. Your messages are saved; please try again."
-                )
+        except Exception as error:
+            await self._report(error, str(payload.get("action")))
+
+    async def _report(self, error: Exception, action: str, *, unexpected: str = "") -> None:
+        """Tell the learner what went wrong, in words true of what was and was not done."""
+        if isinstance(error, services.ConversationError):
+            text = error.user_message
+        elif client_gone(error):
+            log.info("conversation %s: the browser left during %s", self.conversation_id, action)
+            return
+        elif is_database_outage(error):
+            log.warning(
+                "conversation %s: %s: database away: %s", self.conversation_id, action, error
             )
+            text = services.NOT_SAVED_DATABASE if action == "send" else DATABASE_AWAY
+        else:
+            log.exception("conversation %s: %s failed", self.conversation_id, action)
+            text = unexpected or SOMETHING_WENT_WRONG
+        try:
+            await self.send(text_data=render_error(text))
+        except Exception as again:
+            if not client_gone(again):
+                raise
+            log.info("conversation %s: the browser left before the error", self.conversation_id)
 
     async def _conversation(self) -> Conversation:
         return await database_sync_to_async(_load)(self.conversation_id, self.learner_id)
@@ -150,13 +200,25 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         await services.aend_conversation(conversation=await self._conversation())
 
     async def _suggest(self, payload: dict[str, Any]) -> None:
-        suggestion = await services.asuggest_skill(conversation=await self._conversation())
-        await self.send(
-            text_data=render_to_string(
-                "simulations/_suggestion.html", {"suggestion": suggestion, "oob": True}
-            )
-            + render_error("")
+        if self.suggesting is not None and not self.suggesting.done():
+            return  # one is on its way: a second press adds nothing (nor a second model call)
+        self.suggesting = asyncio.get_running_loop().create_task(
+            self._suggest_in_background(), name=f"suggest-{self.conversation_id}"
         )
+        self.suggesting.add_done_callback(_log_crash)
+
+    async def _suggest_in_background(self) -> None:
+        """The suggestion, sent when it is ready; the socket handles other events meanwhile."""
+        try:
+            suggestion = await services.asuggest_skill(conversation=await self._conversation())
+            await self.send(
+                # No render_error(""): an error shown meanwhile (a send refused) must stay.
+                text_data=render_to_string(
+                    "simulations/_suggestion.html", {"suggestion": suggestion, "oob": True}
+                )
+            )
+        except Exception as error:  # CancelledError (the socket closed) is not caught
+            await self._report(error, "suggest", unexpected=SUGGESTION_FAILED)
 
     async def _checkin(self, payload: dict[str, Any]) -> None:
         checkin = await database_sync_to_async(services.record_checkin)(

@@ -50,7 +50,7 @@ from feedback.raters.offline import OfflineModel, default_model, rate_offline
 from feedback.skills import SKILLS, STRATEGIES
 from imbue import audit, llm, ratelimit
 from imbue.models import AdverseEvent
-from imbue.security import UserTextError, clean_user_text
+from imbue.security import UserTextError, clean_user_text, is_database_outage
 from simulations import partner, resistance, safety, suggest
 from simulations.models import Conversation, EmotionCheckin, Learner, Message, Situation
 
@@ -119,6 +119,18 @@ class ConversationError(Exception):
     def __init__(self, user_message: str) -> None:
         super().__init__(user_message)
         self.user_message = user_message
+
+
+# What the learner reads when their message could not be stored: it is not saved, and the page
+# keeps it in the box (static/js/chat.js clears the box only once the store is confirmed).
+NOT_SAVED_DATABASE = (
+    "We couldn't reach our database, so your message was not saved. It is still in the box: "
+    "send it again in a moment."
+)
+NOT_SAVED = (
+    "Something went wrong on our side, so your message was not saved. It is still in the box: "
+    "please send it again."
+)
 
 
 def group_name(conversation_id: int) -> str:
@@ -332,7 +344,14 @@ def record_learner_message(
         ),
         "",
     )
-    _rate_and_queue_reply(locked, message, chosen, partner_said, messages)
+    try:
+        _rate_and_queue_reply(locked, message, chosen, partner_said, messages)
+    except Exception as error:
+        if not is_database_outage(error):
+            raise
+        # Stored, but the database went away before its reply was queued: the message is kept
+        # (and reported as saved); `_reply_in_flight` queues the reply once the database is back.
+        log.warning("message %s stored, its reply not queued yet: %s", message.pk, error)
     return message
 
 
@@ -395,12 +414,33 @@ def _rate_and_queue_reply(
 async def send_learner_message(
     *, conversation: Conversation, text: str, strategies: Sequence[str] | str
 ) -> Message:
-    """For sockets: record the message, tell every tab, and start the reply in the background."""
-    message = await database_sync_to_async(record_learner_message)(
-        conversation=conversation, text=text, strategies=strategies
-    )
-    await _group_send(conversation.pk, {"type": "message.created", "seq": message.seq})
-    await ensure_partner_reply(conversation_id=conversation.pk)
+    """For sockets: record the message, tell every tab, and start the reply in the background.
+
+    Raises `ConversationError` when the message was not stored (a refusal, or `NOT_SAVED...` when
+    the store failed); once it is stored, returns it whatever happens next, so the page can say
+    it is saved: a reply that cannot be started now is started by a watcher when it can.
+    """
+    try:
+        message = await database_sync_to_async(record_learner_message)(
+            conversation=conversation, text=text, strategies=strategies
+        )
+    except ConversationError:
+        raise
+    except Exception as error:
+        if is_database_outage(error):
+            log.warning("conversation %s: message not stored, database away", conversation.pk)
+            raise ConversationError(NOT_SAVED_DATABASE) from error
+        log.exception("conversation %s: message not stored", conversation.pk)
+        raise ConversationError(NOT_SAVED) from error
+    try:
+        await _group_send(conversation.pk, {"type": "message.created", "seq": message.seq})
+    except Exception:  # other tabs show it when they reconnect (the channel layer is away)
+        log.warning("message %s stored; other tabs not told", message.pk, exc_info=True)
+    try:
+        await ensure_partner_reply(conversation_id=conversation.pk)
+    except Exception:
+        log.warning("message %s stored; its reply starts later", message.pk, exc_info=True)
+        start_reply_watch(conversation_id=conversation.pk)
     return message
 
 
@@ -893,6 +933,31 @@ def _reply_in_flight(conversation_id: int) -> int | None:
         if state in (Message.State.PENDING, Message.State.STREAMING):
             return pk
     return None
+
+
+async def _ensure_until_started(conversation_id: int) -> None:
+    """`ensure_partner_reply` again after each pause until it gets through (the database or
+    Redis was away when the learner's message was stored)."""
+    for delay in WATCH_DELAYS_S:
+        await asyncio.sleep(delay)
+        try:
+            await ensure_partner_reply(conversation_id=conversation_id)
+            return
+        except Exception:
+            log.warning("conversation %s: reply not started yet", conversation_id, exc_info=True)
+    log.error(
+        "conversation %s: reply not started; it starts when a page reconnects", conversation_id
+    )
+
+
+def start_reply_watch(*, conversation_id: int) -> asyncio.Task[None]:
+    """Start the conversation's reply in the background once it can be (see above)."""
+    task = asyncio.get_running_loop().create_task(
+        _ensure_until_started(conversation_id), name=f"reply-watch-{conversation_id}"
+    )
+    _running.add(task)
+    task.add_done_callback(_log_crash)
+    return task
 
 
 async def ensure_partner_reply(*, conversation_id: int) -> int | None:

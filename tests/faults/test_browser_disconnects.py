@@ -114,8 +114,9 @@ def test_a_second_tab_that_falls_behind_still_shows_every_message(
         await first.send(learner_text(tags[1], 1))
         await second.until(lambda: second.view.learner_bubbles(tags[1]), 10, "the second tab")
         await first.until(lambda: model_saw("partner", tags[1]), 10, "the reply asked for")
-        # The second tab asks for a suggestion from a model that hangs: its socket handles
-        # nothing else until the gateway gives up (LLM_TIMEOUT), while the first tab goes on.
+        # The second tab asks for a suggestion from a model that hangs (until the gateway gives
+        # up, LLM_TIMEOUT) while the first tab goes on: the suggestion runs beside the socket's
+        # other events, which must all still reach the second tab, in order.
         stack.model.faults([{"kind": "hang", "seconds": 30}])
         books.ledger.injected("second tab busy (suggestion at a hanging model)")
         await second.chat.send(json.dumps({"action": "suggest"}))

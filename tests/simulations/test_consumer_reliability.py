@@ -1,0 +1,270 @@
+"""The conversation socket when things go wrong around it: a suggestion that waits on the model,
+a database that goes away while a message is stored, a browser that leaves mid-send.
+
+Over the real stack (the ASGI application, the Redis channel layer, the fake model server), with
+the helpers of test_consumers.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+import time
+
+import pytest
+from django.db import OperationalError
+from uvicorn.protocols.utils import ClientDisconnected
+
+from imbue.models import LLMCall
+from simulations import consumers, services
+from simulations.models import Message
+from tests.simulations.test_consumers import (  # noqa: F401 (autouse fixtures)
+    fresh_channel_layer,
+    no_rate_limit,
+    open_view,
+    reply_of,
+    send_and_wait,
+    start,
+)
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+
+HANG = {"kind": "hang", "seconds": 60}  # longer than the gateway waits for all its attempts
+SUGGESTION = 'id="suggestion"'
+CHECKIN_DONE = 'id="checkin-midway"'
+
+
+def suggestion_requests(fake) -> list[dict]:
+    return [r for r in fake.requests() if r["purpose"] == "suggestion"]
+
+
+async def poll(check, what: str, timeout: float = 15):
+    """What `check()` returns once it is truthy (it may be a coroutine function)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if asyncio.iscoroutine(found):
+            found = await found
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"never: {what}"
+        await asyncio.sleep(0.05)
+
+
+async def conversation_with_a_reply(fake_llm):
+    """A conversation on the model with one exchange, so a suggestion asks the model."""
+    conversation = await start()
+    view = await open_view(conversation)
+    await send_and_wait(view, conversation, "Please text me by ten when you will be late.")
+    fake_llm.reset()
+    return conversation, view
+
+
+# --------------------------------------------------------------------------- suggest a skill
+
+
+async def test_a_suggestion_waiting_on_the_model_does_not_hold_up_the_socket(fake_llm) -> None:
+    _conversation, view = await conversation_with_a_reply(fake_llm)
+    fake_llm.faults([HANG, HANG, HANG])
+    await view.send(action="suggest")
+    await poll(lambda: suggestion_requests(fake_llm), "the model asked for a suggestion")
+    # While the model holds the suggestion, the same socket answers the learner's check-in.
+    await view.send(action="checkin", phase="midway", intensity="4")
+    await view.until(lambda f: CHECKIN_DONE in f or SUGGESTION in f)
+    assert view.seen(lambda f: CHECKIN_DONE in f), "the check-in waited for the suggestion"
+    assert not view.seen(lambda f: SUGGESTION in f)
+    await view.communicator.disconnect()
+
+
+async def test_a_second_press_while_a_suggestion_is_on_its_way_asks_the_model_once(
+    fake_llm,
+) -> None:
+    _conversation, view = await conversation_with_a_reply(fake_llm)
+    fake_llm.faults([HANG, HANG, HANG])
+    await view.send(action="suggest")
+    await poll(lambda: suggestion_requests(fake_llm), "the model asked for a suggestion")
+    await view.send(action="suggest")
+    # Frames are handled in order: once the check-in is answered, the second press was too.
+    await view.send(action="checkin", phase="midway", intensity="4")
+    await view.until(lambda f: CHECKIN_DONE in f)
+    assert len(suggestion_requests(fake_llm)) == 1
+    assert not view.seen(lambda f: '<p class="error">' in f)
+    await view.communicator.disconnect()
+
+
+async def test_closing_the_page_cancels_its_suggestion_at_the_model(fake_llm) -> None:
+    conversation, view = await conversation_with_a_reply(fake_llm)
+    fake_llm.faults([HANG, HANG, HANG])
+    await view.send(action="suggest")
+    await poll(lambda: suggestion_requests(fake_llm), "the model asked for a suggestion")
+    # The browser goes away as a server tells the application (WebsocketCommunicator.disconnect
+    # would also cancel the whole application, which no server does).
+    await view.communicator.send_input({"type": "websocket.disconnect", "code": 1001})
+    # The model call ends with the socket (recorded as cut off), not after the gateway's
+    # timeouts and retries.
+    call = await poll(
+        lambda: (
+            LLMCall.objects.filter(conversation_id=conversation.pk, purpose="suggestion")
+            .filter(outcome=LLMCall.Outcome.CUT)
+            .afirst()
+        ),
+        "the suggestion call cancelled",
+        timeout=4,
+    )
+    assert "cancelled" in call.error
+    assert len(suggestion_requests(fake_llm)) == 1
+    await view.communicator.wait(timeout=5)  # the consumer has stopped
+
+
+async def test_a_suggestion_that_fails_tells_the_learner_and_logs_the_error(
+    fake_llm, monkeypatch, caplog
+) -> None:
+    _conversation, view = await conversation_with_a_reply(fake_llm)
+
+    async def broken(*, conversation):
+        raise RuntimeError("a bug in the suggestion")
+
+    monkeypatch.setattr(services, "asuggest_skill", broken)
+    with caplog.at_level(logging.INFO, logger="simulations.consumers"):
+        await view.send(action="suggest")
+        frame = await view.until(lambda f: 'id="chat-error"' in f)
+    assert consumers.SUGGESTION_FAILED in html.unescape(frame)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors and "a bug in the suggestion" in str(errors[0].exc_info[1])
+    # The socket goes on: the next press works.
+    monkeypatch.undo()
+    await view.send(action="suggest")
+    await view.until(lambda f: SUGGESTION in f)
+    await view.communicator.disconnect()
+
+
+# --------------------------------------------------------------------------- the database away
+
+
+async def test_a_message_the_database_could_not_store_is_reported_as_not_saved(
+    fake_llm, monkeypatch
+) -> None:
+    conversation = await start()
+    view = await open_view(conversation)
+
+    def database_away(**kwargs):
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(services, "record_learner_message", database_away)
+    await view.send(action="send", text="Please text me by ten.", strategies=["assert"])
+    frame = await view.until(lambda f: 'id="chat-error"' in f)
+    assert "was not saved" in frame and "still in the box" in frame
+    assert "are saved" not in frame and "is saved" not in frame
+    assert not view.seen(lambda f: 'id="message-sent"' in f)  # the page keeps the draft
+    assert not await Message.objects.filter(conversation=conversation).aexists()
+    # Once the database is back, sending again works.
+    monkeypatch.undo()
+    reply = await send_and_wait(view, conversation, "Please text me by ten.")
+    assert reply.state == "complete"
+    await view.communicator.disconnect()
+
+
+async def test_a_message_stored_before_the_database_went_away_is_confirmed_and_answered(
+    fake_llm, monkeypatch
+) -> None:
+    conversation = await start()
+    view = await open_view(conversation)
+
+    def database_away(*args, **kwargs):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    # The message is committed; queuing its reply meets the outage.
+    monkeypatch.setattr(services, "_rate_and_queue_reply", database_away)
+    await view.send(action="send", text="Please text me by ten.", strategies=["assert"])
+    frame = await view.until(lambda f: 'id="message-sent"' in f or 'id="chat-error"' in f)
+    assert 'id="message-sent"' in frame and "not saved" not in frame
+    monkeypatch.undo()
+    reply = await poll(lambda: reply_of(conversation, 1), "the reply queued", timeout=10)
+    await view.until_complete(reply.pk)
+    assert await Message.objects.filter(conversation=conversation, role="learner").acount() == 1
+
+
+async def test_a_reply_that_cannot_start_yet_is_started_once_it_can(fake_llm, monkeypatch) -> None:
+    conversation = await start()
+    view = await open_view(conversation)
+    real = services.ensure_partner_reply
+    calls = []
+
+    async def away_once(*, conversation_id):
+        calls.append(conversation_id)
+        if len(calls) == 1:
+            raise OperationalError("connection refused")
+        return await real(conversation_id=conversation_id)
+
+    monkeypatch.setattr(services, "ensure_partner_reply", away_once)
+    await view.send(action="send", text="Please text me by ten.", strategies=["assert"])
+    frame = await view.until(lambda f: 'id="message-sent"' in f or 'id="chat-error"' in f)
+    assert 'id="message-sent"' in frame
+    reply = await reply_of(conversation, 1)
+    await view.until_complete(reply.pk)
+    assert len(calls) == 2
+    await view.communicator.disconnect()
+
+
+async def test_the_database_away_for_another_action_says_it_was_not_done(
+    fake_llm, monkeypatch
+) -> None:
+    conversation = await start()
+    view = await open_view(conversation)
+
+    def database_away(**kwargs):
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(services, "record_checkin", database_away)
+    await view.send(action="checkin", phase="before", intensity="6")
+    frame = await view.until(lambda f: 'id="chat-error"' in f)
+    assert consumers.DATABASE_AWAY in html.unescape(frame) and "saved" not in frame
+    await view.communicator.disconnect()
+
+
+# --------------------------------------------------------------------------- the browser leaves
+
+
+async def test_a_browser_gone_mid_send_is_logged_as_info_not_as_an_error(
+    fake_llm, monkeypatch, caplog
+) -> None:
+    conversation = await start()
+    view = await open_view(conversation)
+    send = consumers.ConversationConsumer.send
+
+    async def gone_at_confirmation(self, text_data=None, bytes_data=None, close=False):
+        if text_data and 'id="message-sent"' in text_data:
+            raise ClientDisconnected()  # what uvicorn raises once the browser has gone
+        await send(self, text_data=text_data, bytes_data=bytes_data, close=close)
+
+    monkeypatch.setattr(consumers.ConversationConsumer, "send", gone_at_confirmation)
+    with caplog.at_level(logging.INFO, logger="simulations.consumers"):
+        await view.send(action="send", text="Please text me by ten.", strategies=["assert"])
+        # Frames are handled in order: the check-in's answer comes after the send's end.
+        await view.send(action="checkin", phase="midway", intensity="3")
+        await view.until(lambda f: CHECKIN_DONE in f)
+    mine = [r for r in caplog.records if r.name == "simulations.consumers"]
+    assert [r.levelno for r in mine] == [logging.INFO], [r.getMessage() for r in mine]
+    assert "browser left" in mine[0].getMessage()
+    await view.communicator.disconnect()
+
+
+async def test_a_real_error_during_an_action_is_still_logged_as_an_error(
+    fake_llm, monkeypatch, caplog
+) -> None:
+    conversation = await start()
+    view = await open_view(conversation)
+
+    def broken(**kwargs):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(services, "record_checkin", broken)
+    with caplog.at_level(logging.INFO, logger="simulations.consumers"):
+        await view.send(action="checkin", phase="before", intensity="6")
+        frame = await view.until(lambda f: 'id="chat-error"' in f)
+    assert consumers.SOMETHING_WENT_WRONG in html.unescape(frame)
+    assert [r.levelno for r in caplog.records if r.name == "simulations.consumers"] == [
+        logging.ERROR
+    ]
+    await view.communicator.disconnect()
