@@ -1,7 +1,11 @@
 """ASGI entry point: HTTP through Django, websockets through Channels."""
 
+import itertools
 import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
+from asgiref.sync import SyncToAsync, ThreadSensitiveContext
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "imbue.settings")
@@ -14,11 +18,47 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 from imbue.routing import websocket_urlpatterns  # noqa: E402
 
+
+class DatabaseThreads:
+    """Spread the sockets' database calls over a few threads instead of one.
+
+    Channels runs every `database_sync_to_async` call of a process on one thread (asgiref's
+    single thread-sensitive executor), so with hundreds of sockets each waits behind all the
+    others' queries. Django's HTTP handler gives each request its own thread; this gives each
+    socket one of `threads` long-lived threads (round robin). A socket's calls stay on one thread,
+    as thread-sensitive code expects, and so do the tasks it starts (a partner reply that outlives
+    the socket keeps its thread, which is never shut down).
+    """
+
+    def __init__(self, app: Any, threads: int) -> None:
+        self.app = app
+        self.executors = [
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"socket-db-{i}")
+            for i in range(max(1, threads))
+        ]
+        self.turn = itertools.count()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> Any:
+        context = ThreadSensitiveContext()
+        # Registered, not entered: an entered context shuts its executor down on exit, or
+        # refuses calls from the tasks that outlive it; this one is dropped (weakly keyed) once
+        # nothing refers to it.
+        SyncToAsync.context_to_thread_executor[context] = self.executors[
+            next(self.turn) % len(self.executors)
+        ]
+        token = SyncToAsync.thread_sensitive_context.set(context)
+        try:
+            return await self.app(scope, receive, send)
+        finally:
+            SyncToAsync.thread_sensitive_context.reset(token)
+
+
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+        "websocket": DatabaseThreads(
+            AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+            threads=int(os.environ.get("SOCKET_DB_THREADS", "8")),
         ),
     }
 )
