@@ -1,0 +1,33 @@
+"""The worker builds the feedback raters' index and offline model when it starts."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from celery.concurrency.prefork import TaskPool as PreforkPool
+from celery.concurrency.thread import TaskPool as ThreadPool
+from celery.signals import worker_process_init, worker_ready
+
+from feedback.raters.offline import default_model
+from feedback.raters.retrieval import default_index
+from imbue import celery as worker
+
+
+def test_a_threads_worker_builds_the_raters_at_start() -> None:
+    default_index.cache_clear()
+    default_model.cache_clear()
+    thread = worker._warm_up_worker(sender=SimpleNamespace(pool=object.__new__(ThreadPool)))
+    assert thread is not None
+    thread.join(120)
+    assert default_index.cache_info().currsize == 1
+    assert default_model.cache_info().currsize == 1
+
+
+def test_a_prefork_parent_leaves_it_to_its_children() -> None:
+    assert worker._warm_up_worker(sender=SimpleNamespace(pool=object.__new__(PreforkPool))) is None
+
+
+def test_the_handlers_are_connected() -> None:
+    ready = [r() for _, r in worker_ready.receivers]
+    child = [r() for _, r in worker_process_init.receivers]
+    assert worker._warm_up_worker in ready and worker._warm_up_child in child
