@@ -29,6 +29,7 @@ from study.admin_research import (
     StudyScopedInline,
     StudyStaffInline,
 )
+from study.codebook import RECRUITMENT_FIELDS
 from study.models import (
     Allocation,
     Arm,
@@ -38,6 +39,7 @@ from study.models import (
     SurveyItem,
     WithdrawalReceipt,
 )
+from study.permissions import Right, has_right, is_all_studies
 
 DESIGN_FIELDS = ("allocation_method", "block_size", "stratify_by", "target_size")
 
@@ -191,9 +193,29 @@ class ParticipantAdmin(ParticipantAdminMixin, AuditedAdmin):
     list_filter = (
         ("study", ScopedRelatedFilter), "status", "step", ("arm", ScopedRelatedFilter), "source",
     )  # fmt: skip
-    search_fields = ("code", "prolific_pid", "label")
+    search_fields = ("code",)
     list_select_related = ("study", "arm")
     readonly_fields = [field.name for field in Participant._meta.fields]
+
+    # Pseudonymous, as the research pages and exports are: recruitment ids (Prolific ids, labels)
+    # only for those who may export them, and the learner (the browser's identity) for superusers.
+    def get_fields(self, request: HttpRequest, obj: Participant | None = None) -> Any:
+        hidden: set[str] = set()
+        if not is_all_studies(request.user):
+            hidden.add("learner")
+            if obj is None or not has_right(request.user, obj.study, Right.EXPORT):
+                hidden.update(RECRUITMENT_FIELDS)
+        return [name for name in self.readonly_fields if name not in hidden]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Participant | None = None) -> Any:
+        return self.get_fields(request, obj)
+
+    def get_search_fields(self, request: HttpRequest) -> Any:
+        # Finding a participant by Prolific id (a support message, a withdrawal by e-mail) links
+        # the id to the code: superusers only.
+        if is_all_studies(request.user):
+            return ("code", "prolific_pid", "label")
+        return self.search_fields
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

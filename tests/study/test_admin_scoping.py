@@ -347,3 +347,22 @@ def test_model_permissions_do_not_widen_a_grant(world: World) -> None:
         assert shows_none(response.content.decode(), world.own(world.beta)), row
     assert "/admin/study/study/add/" not in page(client, "/admin/study/study/")
     assert client.get("/admin/study/study/add/").status_code == 403
+
+
+def test_participant_pages_are_pseudonymous_without_the_export_right(world: World) -> None:
+    person = Participant.objects.filter(study=world.alpha.study).first()
+    ids = [person.prolific_pid, person.prolific_session_id]
+    url = change_url(person)
+    viewer = browser(staff("viewer", (world.alpha.study, VIEW)))
+    html = page(viewer, url)
+    assert person.code in html and shows_none(html, ids)
+    assert "field-prolific_pid" not in html and "field-learner" not in html
+    # Nor can a Prolific id be searched for, to learn its code.
+    found = page(viewer, f"/admin/study/participant/?q={person.prolific_pid}")
+    assert person.code not in found
+    exporter = browser(staff("exporter", (world.alpha.study, {**VIEW, "can_export": True})))
+    assert shows_all(page(exporter, url), ids) and "field-learner" not in page(exporter, url)
+    assert person.code not in page(exporter, f"/admin/study/participant/?q={person.prolific_pid}")
+    superuser = browser(boss())
+    assert shows_all(page(superuser, url), ids)
+    assert person.code in page(superuser, f"/admin/study/participant/?q={person.prolific_pid}")
