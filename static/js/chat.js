@@ -42,12 +42,65 @@
     true,
   );
 
+  // The draft is also kept in this tab's session storage until the server confirms it stored, so
+  // a reload (the database away, a page that stopped answering) does not lose it. Session, not
+  // local, storage: it goes with the tab, and nothing the learner wrote stays on a shared
+  // computer.
+  function draftKey() {
+    const chat = $("chat");
+    const path = chat && chat.getAttribute("ws-connect");
+    return path ? `imbue-draft:${path}` : null;
+  }
+  function storeDraft() {
+    const key = draftKey();
+    const box = $("message-text");
+    if (!key || !box) return;
+    try {
+      if (box.value) sessionStorage.setItem(key, box.value);
+      else sessionStorage.removeItem(key);
+    } catch (error) {
+      // Storage full or switched off: the box itself still holds the draft.
+    }
+  }
+  function forgetDraft() {
+    const key = draftKey();
+    try {
+      if (key) sessionStorage.removeItem(key);
+    } catch (error) {
+      // As above.
+    }
+  }
+  function restoreDraft() {
+    const key = draftKey();
+    const box = $("message-text");
+    if (!key || !box || box.value) return; // the server's own draft (a refused post) wins
+    let kept = null;
+    try {
+      kept = sessionStorage.getItem(key);
+    } catch (error) {
+      return;
+    }
+    if (!kept) return;
+    // Stored after all (the page went before the confirmation came): it is in the transcript.
+    const said = document.querySelectorAll("#transcript .msg-learner .msg-text");
+    const last = said.length ? said[said.length - 1].textContent : "";
+    const plain = (text) => text.replace(/\s+/g, " ").trim();
+    if (last && plain(last) === plain(kept)) {
+      forgetDraft();
+      return;
+    }
+    box.value = kept;
+    updateCounter();
+  }
+
   // Clear the draft only once the server confirms the message is stored.
   function clearIfSaved() {
+    if (!$("message-text")) forgetDraft(); // the conversation ended: nothing more to send
     const sent = $("message-sent");
     const seq = sent && sent.dataset.seq;
     if (!seq || seq === handledSeq) return;
     handledSeq = seq;
+    forgetDraft();
     const box = $("message-text");
     if (box) {
       box.value = "";
@@ -81,7 +134,10 @@
     if (event.target.id === "chat") event.target.dataset.socket = "closed";
   });
   document.addEventListener("input", (event) => {
-    if (event.target && event.target.id === "message-text") updateCounter();
+    if (event.target && event.target.id === "message-text") {
+      updateCounter();
+      storeDraft();
+    }
   });
   // Ctrl+Enter (Cmd+Enter on a Mac) sends; Enter alone makes a new line.
   document.addEventListener("keydown", (event) => {
@@ -93,6 +149,7 @@
   });
   document.addEventListener("DOMContentLoaded", () => {
     handledSeq = ($("message-sent") && $("message-sent").dataset.seq) || null;
+    restoreDraft();
     updateCounter();
     keepScrolled();
     const worksheet = $("worksheet");
