@@ -2,6 +2,7 @@
 
 import itertools
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -18,6 +19,8 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 from imbue.routing import websocket_urlpatterns  # noqa: E402
 
+_CONVERSATION = re.compile(r"/(\d+)(?:/|$)")
+
 
 class DatabaseThreads:
     """Spread the sockets' database calls over a few threads instead of one.
@@ -25,7 +28,9 @@ class DatabaseThreads:
     Channels runs every `database_sync_to_async` call of a process on one thread (asgiref's
     single thread-sensitive executor), so with hundreds of sockets each waits behind all the
     others' queries. Django's HTTP handler gives each request its own thread; this gives each
-    socket one of `threads` long-lived threads (round robin). A socket's calls stay on one thread,
+    socket one of `threads` long-lived threads, chosen by the conversation in its path, so the
+    sockets of one conversation (its tabs, its feedback panel) still take turns on one thread as
+    before, while different conversations run side by side. A socket's calls stay on one thread,
     as thread-sensitive code expects, and so do the tasks it starts (a partner reply that outlives
     the socket keeps its thread, which is never shut down).
     """
@@ -38,14 +43,17 @@ class DatabaseThreads:
         ]
         self.turn = itertools.count()
 
+    def executor_for(self, scope: Any) -> ThreadPoolExecutor:
+        found = _CONVERSATION.search(str(scope.get("path", "")))
+        key = int(found.group(1)) if found else next(self.turn)
+        return self.executors[key % len(self.executors)]
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> Any:
         context = ThreadSensitiveContext()
         # Registered, not entered: an entered context shuts its executor down on exit, or
         # refuses calls from the tasks that outlive it; this one is dropped (weakly keyed) once
         # nothing refers to it.
-        SyncToAsync.context_to_thread_executor[context] = self.executors[
-            next(self.turn) % len(self.executors)
-        ]
+        SyncToAsync.context_to_thread_executor[context] = self.executor_for(scope)
         token = SyncToAsync.thread_sensitive_context.set(context)
         try:
             return await self.app(scope, receive, send)

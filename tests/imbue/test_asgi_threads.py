@@ -15,7 +15,9 @@ def thread_id() -> int:
     return threading.get_ident()
 
 
-def run_sockets(threads: int, sockets: int) -> tuple[list[list[int]], dict[int, int]]:
+def run_sockets(
+    threads: int, sockets: int, paths: list[str] | None = None
+) -> tuple[list[list[int]], dict[int, int]]:
     """Each fake socket makes two thread-sensitive calls and starts a task that makes one more
     after the socket has gone; returns the threads seen per socket and by the late tasks."""
     seen: list[list[int]] = []
@@ -35,8 +37,9 @@ def run_sockets(threads: int, sockets: int) -> tuple[list[list[int]], dict[int, 
     wrapped = DatabaseThreads(socket_app, threads=threads)
 
     async def main() -> None:
-        for _ in range(sockets):
-            await wrapped({"type": "websocket"}, None, None)
+        for n in range(sockets):
+            path = paths[n] if paths else f"/ws/conversations/{n}/"
+            await wrapped({"type": "websocket", "path": path}, None, None)
         await asyncio.gather(*tasks)
 
     asyncio.run(main())
@@ -47,7 +50,7 @@ def test_each_socket_keeps_one_thread_and_sockets_share_a_few() -> None:
     seen, late = run_sockets(threads=2, sockets=4)
     assert all(a == b for a, b in seen)  # thread-sensitive: one socket, one thread
     firsts = [calls[0] for calls in seen]
-    assert len(set(firsts)) == 2  # round robin over the two threads
+    assert len(set(firsts)) == 2  # conversations 0-3 over the two threads
     assert firsts[0] == firsts[2] and firsts[1] == firsts[3]
     # A task that outlives its socket (a partner reply) still runs its calls on that thread.
     assert [late[n] for n in range(4)] == firsts
@@ -64,3 +67,18 @@ def test_not_the_single_thread_every_socket_shared_before() -> None:
 def test_the_application_spreads_its_websockets() -> None:
     assert isinstance(application.application_mapping["websocket"], DatabaseThreads)
     assert len(application.application_mapping["websocket"].executors) >= 2
+
+
+def test_the_sockets_of_one_conversation_share_its_thread() -> None:
+    paths = [
+        "/ws/conversations/7/",
+        "/ws/conversations/7/feedback/",
+        "/ws/conversations/7/",  # a second tab
+        "/ws/conversations/8/",
+    ]
+    seen, _ = run_sockets(threads=4, sockets=4, paths=paths)
+    firsts = [calls[0] for calls in seen]
+    # Their calls take turns, as on the one thread before: two tabs storing a message and
+    # checking for a reply at the same moment do not race each other inside a process.
+    assert firsts[0] == firsts[1] == firsts[2]
+    assert firsts[3] != firsts[0]
