@@ -191,7 +191,7 @@ def test_enrolment_counts_and_time_per_step(seeded: Seeded) -> None:
 def test_model_health_counts_timeouts_and_offline_fallbacks(seeded: Seeded) -> None:
     health = dashboard.model_health(seeded.study)["health"]
     purposes = {row["purpose"]: row for row in health["purposes"]}
-    assert set(purposes) == {"persona", "partner", "feedback"}
+    assert set(purposes) == {"persona", "partner", "feedback", "suggestion"}
     done = [e for e in health["engines"] if e["status"] == "done"]
     # One model call per computed feedback request; every tenth timed out and fell back.
     assert sum(e["n"] for e in done) == purposes["feedback"]["n"] > 0

@@ -508,6 +508,8 @@ def test_staff_create_a_draft_study_in_the_admin_and_open_it_with_an_action(staf
         "arms-1-weight": "1",
         "consent_versions-TOTAL_FORMS": "0",
         "consent_versions-INITIAL_FORMS": "0",
+        "staff_grants-TOTAL_FORMS": "0",  # staff access (superusers see it)
+        "staff_grants-INITIAL_FORMS": "0",
     }
     response = staff.post(reverse("admin:study_study_add"), data)
     assert response.status_code == 302, response.content.decode()[:2000]
