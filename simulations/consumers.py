@@ -104,6 +104,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
     # "Suggest a skill" waits on the model: it runs beside the socket's other events, one at a
     # time per socket, and ends with the socket.
     suggesting: asyncio.Task[None] | None = None
+    gone = False  # the browser left while a frame was on its way
 
     async def connect(self) -> None:
         self.conversation_id = int(self.scope["url_route"]["kwargs"]["conversation_id"])
@@ -122,6 +123,21 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         await self._send_view()
         await services.ensure_partner_reply(conversation_id=self.conversation_id)
         services.warm_up()
+
+    async def send(
+        self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False
+    ) -> None:
+        """Send a frame; a browser that has gone is no error (its disconnect event follows,
+        and `disconnect` tidies up), so it is noted once at INFO instead of raised."""
+        try:
+            await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
+        except ClientDisconnected:
+            if not self.gone:
+                self.gone = True
+                log.info(
+                    "conversation %s: the browser left before a frame reached it",
+                    getattr(self, "conversation_id", "?"),
+                )
 
     async def disconnect(self, code: int) -> None:
         if self.suggesting is not None:

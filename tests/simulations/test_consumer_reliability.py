@@ -13,6 +13,7 @@ import logging
 import time
 
 import pytest
+from channels.generic.websocket import AsyncWebsocketConsumer
 from django.db import OperationalError
 from uvicorn.protocols.utils import ClientDisconnected
 
@@ -231,14 +232,14 @@ async def test_a_browser_gone_mid_send_is_logged_as_info_not_as_an_error(
 ) -> None:
     conversation = await start()
     view = await open_view(conversation)
-    send = consumers.ConversationConsumer.send
+    send = AsyncWebsocketConsumer.send
 
     async def gone_at_confirmation(self, text_data=None, bytes_data=None, close=False):
         if text_data and 'id="message-sent"' in text_data:
             raise ClientDisconnected()  # what uvicorn raises once the browser has gone
         await send(self, text_data=text_data, bytes_data=bytes_data, close=close)
 
-    monkeypatch.setattr(consumers.ConversationConsumer, "send", gone_at_confirmation)
+    monkeypatch.setattr(AsyncWebsocketConsumer, "send", gone_at_confirmation)
     with caplog.at_level(logging.INFO, logger="simulations.consumers"):
         await view.send(action="send", text="Please text me by ten.", strategies=["assert"])
         # Frames are handled in order: the check-in's answer comes after the send's end.
@@ -247,6 +248,8 @@ async def test_a_browser_gone_mid_send_is_logged_as_info_not_as_an_error(
     mine = [r for r in caplog.records if r.name == "simulations.consumers"]
     assert [r.levelno for r in mine] == [logging.INFO], [r.getMessage() for r in mine]
     assert "browser left" in mine[0].getMessage()
+    # The socket goes on (the server's disconnect event would end it): the message was stored.
+    assert await Message.objects.filter(conversation=conversation, role="learner").aexists()
     await view.communicator.disconnect()
 
 
