@@ -709,6 +709,21 @@ async def _group_send(conversation_id: int, event: dict[str, Any]) -> None:
         await layer.group_send(group_name(conversation_id), event)
 
 
+async def _announce(conversation_id: int, event: dict[str, Any]) -> None:
+    """Tell every tab that a reply ended; while Redis is away, again after each pause: a tab
+    that never hears of the end would show the reply in flight until reloaded."""
+    for delay in (0.0, *WATCH_DELAYS_S):
+        await asyncio.sleep(delay)
+        try:
+            await _group_send(conversation_id, event)
+            return
+        except Exception as error:
+            log.warning("conversation %s: %s not announced yet: %s", conversation_id, event, error)
+    log.error(
+        "conversation %s: %s never announced; pages show it on reload", conversation_id, event
+    )
+
+
 class _LeaseLost(Exception):
     """Another writer holds this reply now; stop without writing anything."""
 
@@ -831,11 +846,11 @@ async def generate_partner_reply(*, message_id: int) -> None:
             return
         if isinstance(result, _Written):
             if await database_sync_to_async(_store_reply)(job, result):
-                await _group_send(
+                await _announce(
                     job.conversation_id, {"type": "partner.done", "message_id": message_id}
                 )
         elif await database_sync_to_async(_store_failure)(job, result):
-            await _group_send(
+            await _announce(
                 job.conversation_id, {"type": "partner.failed", "message_id": message_id}
             )
     except _LeaseLost:
@@ -846,7 +861,7 @@ async def generate_partner_reply(*, message_id: int) -> None:
         if job is not None:
             failed = _Failed("Something went wrong while writing the reply.", None)
             if await database_sync_to_async(_store_failure)(job, failed):
-                await _group_send(
+                await _announce(
                     job.conversation_id, {"type": "partner.failed", "message_id": message_id}
                 )
     finally:

@@ -271,3 +271,27 @@ async def test_a_real_error_during_an_action_is_still_logged_as_an_error(
         logging.ERROR
     ]
     await view.communicator.disconnect()
+
+
+# --------------------------------------------------------------------------- Redis away
+
+
+async def test_the_end_of_a_reply_announced_while_redis_is_away_still_reaches_the_page(
+    fake_llm, monkeypatch
+) -> None:
+    conversation = await start()
+    view = await open_view(conversation)
+    real = services._group_send
+    refused = []
+
+    async def away_for_the_first_end(conversation_id, event):
+        if event["type"] == "partner.done" and not refused:
+            refused.append(event)
+            raise ConnectionError("Error 111 connecting to redis. Connection refused.")
+        await real(conversation_id, event)
+
+    monkeypatch.setattr(services, "_group_send", away_for_the_first_end)
+    reply = await send_and_wait(view, conversation, "Please text me by ten.")
+    assert reply.state == "complete" and view.texts[reply.pk] == reply.text
+    assert refused  # the first announcement was lost; the page heard the second
+    await view.communicator.disconnect()
