@@ -222,13 +222,15 @@ def feedback_stages(
     sql = (
         "SELECT d.text, extract(epoch FROM r.requested_at), extract(epoch FROM r.computed_at), "
         "extract(epoch FROM r.delivered_at) FROM feedback_feedbackrequest r "
-        "JOIN feedback_draft d ON d.id = r.draft_id"
+        "JOIN feedback_draft d ON d.id = r.draft_id ORDER BY r.id"
     )
     try:
         with psycopg.connect(database_url) as conn:
             rows = conn.execute(sql).fetchall()
     except psycopg.Error as exc:
         return {"error": str(exc)[:100]}  # type: ignore[dict-item]
+    # The warm-up's learners carry the same tags as the first measured ones (bx0y1z1, ...): in
+    # id order the measured row, written later, is the one kept.
     by_tag = {
         tag_in(text): (float(a or 0), b and float(b), c and float(c)) for text, a, b, c in rows
     }
@@ -275,7 +277,7 @@ def partner_stages(
 
     sql = (
         "SELECT text, extract(epoch FROM created_at) FROM simulations_message "
-        "WHERE role = 'learner'"
+        "WHERE role = 'learner' ORDER BY id"
     )
     try:
         with psycopg.connect(database_url) as conn:
