@@ -40,7 +40,7 @@ from feedback.models import Draft, FeedbackRequest
 from feedback.skills import SKILL_KEYS, SKILLS
 from imbue import audit
 from imbue.models import LLMCall
-from simulations.models import Conversation, Message
+from simulations.models import STRATEGY_CHOICES, Conversation, Message, SkillSuggestion
 from study import analysis, codebook, exports, flow, plots
 from study.models import (
     Allocation,
@@ -522,10 +522,19 @@ def participant(request: HttpRequest, study: Study, code: str) -> HttpResponse:
     )
 
 
+SKILL_LABELS = dict(STRATEGY_CHOICES)
+SUGGESTION_ENGINES = {
+    SkillSuggestion.Engine.RULE: "the fixed rule for the first message",
+    SkillSuggestion.Engine.LLM: "the language model",
+    SkillSuggestion.Engine.OFFLINE: "the written rules",
+}
+
+
 def timeline(chat: dict[str, Any]) -> list[dict[str, Any]]:
     """A chat's events in the order they happened: before each learner message, the drafts of
-    its turn with their feedback; check-ins after the message they followed."""
-    events: list[tuple[tuple[int, int, int], dict[str, Any]]] = []
+    its turn with their feedback and the skill suggestions asked for it (among the drafts, in the
+    order they were made); check-ins after the message they followed."""
+    events: list[tuple[tuple[int, int, float], dict[str, Any]]] = []
     turn = 0
     for message in chat["messages"]:
         if message["role"] == Message.Role.LEARNER:
@@ -548,6 +557,28 @@ def timeline(chat: dict[str, Any]) -> list[dict[str, Any]]:
             (
                 (draft["turn"], 0, draft["revision"]),
                 {"type": "draft", **draft, "feedback": feedback},
+            )
+        )
+    for suggestion in chat.get("suggestions", []):
+        # Among its turn's drafts: after the last one saved before it was asked (as the export).
+        before = [
+            draft["revision"]
+            for draft in chat["drafts"]
+            if draft["turn"] == suggestion["turn"]
+            and draft["created_at"] <= suggestion["created_at"]
+        ]
+        events.append(
+            (
+                (suggestion["turn"], 0, max(before, default=0) + 0.5),
+                {
+                    "type": "suggestion",
+                    **suggestion,
+                    "skill_label": SKILL_LABELS.get(suggestion["skill"], suggestion["skill"]),
+                    "engine_label": SUGGESTION_ENGINES.get(
+                        suggestion["engine"], suggestion["engine"]
+                    ),
+                    "call": calls.get(suggestion["llm_call_id"]),
+                },
             )
         )
     turn_of_seq = {}

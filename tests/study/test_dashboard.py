@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import re
+from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from typing import Any
 
@@ -15,6 +16,7 @@ from django.test import Client
 from scipy import stats
 
 from imbue.models import AuditEntry
+from simulations.models import SkillSuggestion
 from study import analysis, dashboard, exports, flow
 from study.models import Participant
 from tests.study.factories import Seeded, seed_study
@@ -341,3 +343,92 @@ def test_dashboard_of_a_new_study_shows_no_data_yet(no_llm: None, boss: Client) 
     assert "No data yet" in response.content.decode()
     assert flow.STEPS[0].title in response.content.decode()
     assert exports.post_mastery(study) == ({}, {})
+
+
+def test_timeline_places_each_skill_suggestion_among_its_turns_drafts_by_time() -> None:
+    at = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    chat = {
+        "messages": [
+            {"seq": 1, "role": "learner", "llm_call_id": None},
+            {"seq": 2, "role": "partner", "llm_call_id": None},
+            {"seq": 3, "role": "learner", "llm_call_id": None},
+        ],
+        "drafts": [
+            {"turn": 2, "revision": 1, "feedback": [], "created_at": at + timedelta(seconds=40)},
+            {"turn": 2, "revision": 2, "feedback": [], "created_at": at + timedelta(seconds=50)},
+        ],
+        "checkins": [],
+        "suggestions": [
+            {
+                "turn": 2,
+                "after_seq": 2,
+                "skill": "express",
+                "reason": "Say how you feel.",
+                "engine": "llm",
+                "model": "fake-small",
+                "llm_call_id": 9,
+                "created_at": at + timedelta(seconds=45),
+            },
+            {
+                "turn": 1,
+                "after_seq": 0,
+                "skill": "describe",
+                "reason": "Start with the facts.",
+                "engine": "rule",
+                "model": "",
+                "llm_call_id": None,
+                "created_at": at,
+            },
+        ],
+        "model_calls": [{"id": 9, "model": "fake-small", "outcome": "ok"}],
+    }
+    events = dashboard.timeline(chat)
+    assert [(e["type"], e.get("seq", e.get("revision", e.get("skill")))) for e in events] == [
+        ("suggestion", "describe"),
+        ("message", 1),
+        ("message", 2),
+        ("draft", 1),
+        ("suggestion", "express"),
+        ("draft", 2),
+        ("message", 3),
+    ]
+    express = events[4]
+    assert express["call"] == {"id": 9, "model": "fake-small", "outcome": "ok"}
+    assert express["skill_label"] == "Express" and express["engine_label"] == "the language model"
+    assert events[0]["call"] is None
+
+
+def test_participant_page_shows_the_skill_suggestions_before_the_message_they_were_for(
+    seeded: Seeded, boss: Client
+) -> None:
+    suggestion = (
+        SkillSuggestion.objects.filter(
+            conversation__study_chat__participant__study=seeded.study, engine="llm", turn=2
+        )
+        .select_related("conversation__study_chat__participant")
+        .first()
+    )
+    assert suggestion is not None
+    chat = suggestion.conversation.study_chat
+    person = chat.participant
+    html = boss.get(f"/research/{seeded.study.slug}/participants/{person.code}/").content.decode()
+    section = html[html.index(f'id="chat-{chat.step}"') :]
+    section = section[: section.index("</section>")]
+    shown = section.index(f'id="suggestion-{suggestion.conversation_id}-2-')
+    item = section[shown : section.index("</li>", shown)]
+    assert "Skill suggestion for message 2" in item
+    assert f"Suggested skill: <strong>{suggestion.get_skill_display()}</strong>" in item
+    assert suggestion.reason in item
+    assert "from the language model (fake-small)" in item
+    assert "prompt suggestion v3" in item  # its model call
+    # After the learner's first message, before their second.
+    learner_seqs = list(
+        suggestion.conversation.messages.filter(role="learner")
+        .order_by("seq")
+        .values_list("seq", flat=True)
+    )
+    first = section.index(f'id="message-{suggestion.conversation_id}-{learner_seqs[0]}"')
+    second = section.index(f'id="message-{suggestion.conversation_id}-{learner_seqs[1]}"')
+    assert first < shown < second
+    # Every stored suggestion of the chat is on the page.
+    assert section.count('class="suggestion"') == suggestion.conversation.suggestions.count()
