@@ -10,6 +10,9 @@ participant page.
     class AllocationAdmin(StudyScopedAdmin, admin.ModelAdmin): ...
     class WithdrawalReceiptAdmin(StudyScopedAdmin, admin.ModelAdmin): study_slug_field = ...
 
+The learners' content (conversations, drafts, feedback, model calls, adverse events, in their apps'
+admin modules) uses ParticipantContentAdmin, ParticipantContentInline and ParticipantStudyFilter.
+
 For these screens the per-study grant replaces Django's model permissions: a superuser sees
 everything, other staff see the studies they may view, change those they may edit, and never add or
 delete (a superuser's job). A concrete ModelAdmin can still forbid more than the mixin allows.
@@ -29,7 +32,7 @@ from django.utils.html import format_html
 from imbue import audit
 from study import codebook, exports
 from study.dashboard import stream_download
-from study.models import Study, StudyStaff
+from study.models import Participant, Study, StudyStaff
 from study.permissions import (
     Right,
     has_any_right,
@@ -303,3 +306,128 @@ class ScopedRelatedFilter(admin.RelatedFieldListFilter):
         related = field.remote_field.model
         limit = {"pk__in": allowed} if related is Study else {"study__in": allowed}
         return field.get_choices(include_blank=False, limit_choices_to=limit)
+
+
+# --------------------------------------------------------------------------- learners' content
+#
+# Conversations, messages, check-ins, drafts, feedback, learners, their own situations, model calls
+# and adverse events belong to a learner. A superuser sees them all (and Django's model permissions
+# apply to them as before); other staff see those of the participants of the studies they hold the
+# view right on, read-only, and never a free-practice learner's. Django model permissions grant
+# nothing more here: a participant's words are research data, not something staff edit.
+
+
+def visible_learners(user: Any) -> QuerySet:
+    """The pks of the learners whose content the user may read (participants of their studies)."""
+    return Participant.objects.filter(study__in=studies_for(user, Right.VIEW).values("pk")).values(
+        "learner_id"
+    )
+
+
+class ParticipantContentAdmin:
+    """ModelAdmin mixin for rows that belong to a learner: superusers as before; other staff see the
+    rows of their studies' participants only (other rows' pages are not found) and change nothing.
+
+    `learner_field` is the lookup from the model to its Learner's pk ("pk" for Learner itself); a
+    model that reaches its learner another way overrides `scope_content`.
+    """
+
+    learner_field: str = "learner"
+
+    def scope_content(self, queryset: QuerySet, learners: QuerySet) -> QuerySet:
+        """The rows of `queryset` that belong to `learners` (a values query of learner pks)."""
+        return queryset.filter(**{f"{self.learner_field}__in": learners})
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        queryset = super().get_queryset(request)  # type: ignore[misc]
+        if is_all_studies(request.user):
+            return queryset
+        return self.scope_content(queryset, visible_learners(request.user))
+
+    def may_read(self, request: HttpRequest, obj: Any) -> bool:
+        """Whether a non-superuser may read this row."""
+        rows = self.model._default_manager.filter(pk=obj.pk)  # type: ignore[attr-defined]
+        return self.scope_content(rows, visible_learners(request.user)).exists()
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        if is_all_studies(request.user):
+            return super().has_module_permission(request)  # type: ignore[misc]
+        return has_any_right(request.user, Right.VIEW)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if is_all_studies(request.user):
+            return super().has_view_permission(request, obj)  # type: ignore[misc]
+        if obj is None:
+            return has_any_right(request.user, Right.VIEW)
+        return self.may_read(request, obj)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if is_all_studies(request.user):
+            return super().has_change_permission(request, obj)  # type: ignore[misc]
+        return False
+
+    def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
+        if is_all_studies(request.user):
+            return super().has_add_permission(request, *args)  # type: ignore[misc]
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if is_all_studies(request.user):
+            return super().has_delete_permission(request, obj)  # type: ignore[misc]
+        return False
+
+
+class ParticipantContentInline:
+    """Inline mixin for a learner's rows shown on a page the user already may read (a chat's
+    messages, a draft's feedback): visible there, read-only for everyone but superusers."""
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if is_all_studies(request.user):
+            return super().has_view_permission(request, obj)  # type: ignore[misc]
+        return has_any_right(request.user, Right.VIEW)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if is_all_studies(request.user):
+            return super().has_change_permission(request, obj)  # type: ignore[misc]
+        return False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if is_all_studies(request.user):
+            return super().has_add_permission(request, obj)  # type: ignore[misc]
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if is_all_studies(request.user):
+            return super().has_delete_permission(request, obj)  # type: ignore[misc]
+        return False
+
+
+class ParticipantStudyFilter(admin.SimpleListFilter):
+    """The "study" filter of a learner's rows: only the studies the user may view (a superuser
+    also gets free practice). A ModelAdmin names its lookup to the learner in `learner_field`."""
+
+    title = "study"
+    parameter_name = "study"
+    FREE = "free"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        studies = studies_for(request.user, Right.VIEW).order_by("name")
+        choices = [(str(study.pk), study.name) for study in studies]
+        if is_all_studies(request.user):
+            choices.append((self.FREE, "No study (free practice)"))
+        return choices
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        value = self.value()
+        if not value:
+            return queryset
+        field = getattr(self.model_admin_ref, "learner_field", "learner")
+        participants = Participant.objects.values("learner_id")
+        if value == self.FREE:
+            return queryset.exclude(**{f"{field}__in": participants})
+        allowed = studies_for(request.user, Right.VIEW).filter(pk=value if value.isdigit() else 0)
+        return queryset.filter(**{f"{field}__in": participants.filter(study__in=allowed)})
+
+    def __init__(self, request: HttpRequest, params: Any, model: Any, model_admin: Any) -> None:
+        self.model_admin_ref = model_admin
+        super().__init__(request, params, model, model_admin)
