@@ -689,6 +689,7 @@ async def complete_text(
     run = _Run(purpose=purpose, prompt=prompt, context=context or CallContext(), stream=False)
     try:
         run.configure()
+        await _release_callers_connections()
         text = await _complete(run, run.request(messages))
     except Exception as exc:
         error = _classify(exc)
@@ -724,6 +725,7 @@ async def complete_json(
     run = _Run(purpose=purpose, prompt=prompt, context=context or CallContext(), stream=False)
     try:
         run.configure()
+        await _release_callers_connections()
         run.params["schema_name"] = schema_name
         run.params["gateway_text_version"] = GATEWAY_TEXT_VERSION
         data, text = await _json_conversation(run, list(messages), schema, schema_name, validate)
@@ -981,6 +983,15 @@ def _release_database_connections() -> None:
         pooled = (connection.settings_dict.get("OPTIONS") or {}).get("pool")
         if pooled and not connection.in_atomic_block and connection.connection is not None:
             connection.close()
+
+
+async def _release_callers_connections() -> None:
+    """`_release_database_connections` in the thread that holds the caller's connection: a sync
+    caller through async_to_sync (a view writing a partner's brief), or a socket's database
+    thread. Whole replies only: a streamed reply's first token must not wait for the hop."""
+    from asgiref.sync import sync_to_async
+
+    await sync_to_async(_release_database_connections)()
 
 
 def _finish_sync(run: _Run, call: Callable[[], Any]) -> tuple[Any, str, int | None]:

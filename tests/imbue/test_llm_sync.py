@@ -7,7 +7,7 @@ import threading
 from typing import Any
 
 import pytest
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 
 from imbue import llm
 from imbue.models import LLMCall
@@ -105,3 +105,30 @@ def test_a_connection_inside_a_transaction_is_kept(
         held = connection.connection
         ask()
         assert connection.connection is held
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_sync_caller_of_the_async_call_hands_its_connection_back_too(
+    fake_llm: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A view writing a partner's brief through async_to_sync(complete_json) held a pooled
+    connection for the whole model call; a burst of conversation starts emptied the pool."""
+    from asgiref.sync import async_to_sync
+
+    LLMCall.objects.exists()
+    mine = connections["default"]  # this thread's wrapper (the coroutine runs on another thread)
+    assert mine.connection is not None
+    monkeypatch.setitem(connection.settings_dict, "OPTIONS", {"pool": {"max_size": 2}})
+    seen: list[object] = []
+    real = llm._json_conversation
+
+    async def watch(*args: Any, **kwargs: Any) -> Any:
+        seen.append(mine.connection)  # the caller's connection, as the model answers
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(llm, "_json_conversation", watch)
+    reply = async_to_sync(llm.complete_json)(
+        purpose="feedback", messages=MESSAGES, schema=SCHEMA, schema_name="rating", prompt=PROMPT
+    )
+    assert seen == [None]
+    assert LLMCall.objects.filter(pk=reply.call_id).exists()
