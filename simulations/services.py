@@ -1127,6 +1127,7 @@ def _similar_moments(partner_said: str, situation: str, k: int = 3) -> list[dict
     return examples
 
 
+@suggest.recorded
 async def asuggest_skill(*, conversation: Conversation) -> Suggestion:
     """Which strategy to use next: Describe first; then the model with similar examples, or the
     written rules when no model is connected (or it fails)."""

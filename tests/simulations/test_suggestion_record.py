@@ -1,9 +1,8 @@
 """Every "suggest a skill" answer shown is on record (SkillSuggestion): where the chat stood when
 it was asked, the skill, the sentence shown, the engine and model, and the model call behind it.
 
-`suggest.recorded` does the storing around the service that produces suggestions; most tests wrap
-`services.asuggest_skill` with it directly, and the last one checks that the product's own service
-is wrapped (the chat page and the socket both go through it)."""
+`suggest.recorded` does the storing around `services.asuggest_skill`, the service that the chat
+page without JavaScript and the socket both go through."""
 
 from __future__ import annotations
 
@@ -19,7 +18,7 @@ from tests.simulations.test_services import STRONG, reply_to, start
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-ask = async_to_sync(suggest.recorded(services.asuggest_skill))
+ask = async_to_sync(services.asuggest_skill)
 
 
 @pytest.fixture(autouse=True)
