@@ -113,7 +113,10 @@ def request_feedback(
         turn = current_turn(locked)
         if turn > locked.max_messages:
             raise FeedbackInputError("You have used all the messages of this conversation.")
-        allowed = ratelimit.check_feedback(locked.learner_id)
+        allowed = ratelimit.check_feedback(
+            locked.learner_id,
+            per_minute=ratelimit.study_limits(locked.learner_id).feedback_per_minute,
+        )
         if not allowed:
             raise FeedbackInputError(allowed.message)
         last = Draft.objects.filter(conversation=locked, turn=turn).aggregate(m=Max("revision"))

@@ -309,7 +309,10 @@ def record_learner_message(
                 raise ConversationError("Wait for their reply before you send the next message.")
             if last.state == Message.State.FAILED:
                 raise ConversationError("Their last reply did not arrive. Press Try again first.")
-        allowed = ratelimit.check_messages(locked.learner_id)
+        allowed = ratelimit.check_messages(
+            locked.learner_id,
+            per_minute=ratelimit.study_limits(locked.learner_id).messages_per_minute,
+        )
         if not allowed:
             raise ConversationError(allowed.message)
         message = Message.objects.create(

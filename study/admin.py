@@ -127,6 +127,16 @@ class StudyAdmin(StudyAdminMixin, AuditedAdmin):
                 )
             },
         ),
+        (
+            "Limits (blank: the product's defaults)",
+            {
+                "fields": (
+                    ("messages_per_minute", "feedback_per_minute"),
+                    "max_message_chars",
+                    "conversation_token_budget",
+                )
+            },
+        ),
     )
 
     def get_readonly_fields(self, request: HttpRequest, obj: Study | None = None) -> Any:

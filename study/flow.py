@@ -139,12 +139,22 @@ def chat_options(
 
     Evaluation chats are the measurement: identical for every arm, never with feedback or skill
     suggestions. The training chat carries the arm's switches. ``study`` holds max_messages,
-    training_strategy_mode, evaluation_strategy_mode, evaluation_worksheet_shown and
-    evaluation_adaptive_partner; ``arm`` holds feedback_shown, suggestion_shown, worksheet_shown
+    training_strategy_mode, evaluation_strategy_mode, evaluation_worksheet_shown,
+    evaluation_adaptive_partner, and optionally max_message_chars and conversation_token_budget
+    (None: the product's default); ``arm`` holds feedback_shown, suggestion_shown, worksheet_shown
     and adaptive_partner.
     """
     if step.kind != CHAT:
         raise ValueError(f"step {step.key!r} is not a chat")
+    # The study's limits, where it sets them (else the product's defaults apply).
+    limits = {
+        option: study[key]
+        for option, key in (
+            ("max_message_chars", "max_message_chars"),
+            ("token_budget", "conversation_token_budget"),
+        )
+        if study.get(key) is not None
+    }
     if step.chat == EVALUATION:
         return {
             "max_messages": study["max_messages"],
@@ -153,6 +163,7 @@ def chat_options(
             "suggestion_enabled": False,
             "worksheet_enabled": bool(study["evaluation_worksheet_shown"]),
             "adaptive_enabled": bool(study["evaluation_adaptive_partner"]),
+            **limits,
         }
     if arm is None:
         raise ValueError("a training chat needs the participant's arm")
@@ -163,6 +174,7 @@ def chat_options(
         "suggestion_enabled": bool(arm["suggestion_shown"]),
         "worksheet_enabled": bool(arm["worksheet_shown"]),
         "adaptive_enabled": bool(arm["adaptive_partner"]),
+        **limits,
     }
 
 

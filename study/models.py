@@ -113,6 +113,34 @@ class Study(models.Model):
     # Evaluation chats measure; they are the same for every arm and never show feedback.
     evaluation_worksheet_shown = models.BooleanField(default=True)
     evaluation_adaptive_partner = models.BooleanField(default=True)
+    # Abuse and cost limits for this study's participants; blank keeps the product's default
+    # (settings.IMBUE), 0 switches a rate limit off.
+    messages_per_minute = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        help_text="Messages a participant may send per minute (blank: the product's default; "
+        "0: no limit).",
+    )
+    feedback_per_minute = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        help_text="Feedback requests a participant may make per minute (blank: the product's "
+        "default; 0: no limit).",
+    )
+    max_message_chars = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(50), MaxValueValidator(20000)],
+        help_text="Longest message a participant may send, in characters (blank: the "
+        "product's default, 2,000).",
+    )
+    conversation_token_budget = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1000)],
+        help_text="Language-model tokens one chat may use before the offline partner and rater "
+        "take over (blank: the product's default).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

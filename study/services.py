@@ -431,6 +431,8 @@ def study_settings(study: Study) -> dict[str, Any]:
         "evaluation_strategy_mode": study.evaluation_strategy_mode,
         "evaluation_worksheet_shown": study.evaluation_worksheet_shown,
         "evaluation_adaptive_partner": study.evaluation_adaptive_partner,
+        "max_message_chars": study.max_message_chars,
+        "conversation_token_budget": study.conversation_token_budget,
     }
 
 
