@@ -218,7 +218,7 @@ def _written_brief(conversation: Conversation, fallback: dict[str, Any]) -> dict
     """The brief from the "persona" call, or the offline one with the reason it was needed."""
     situation = conversation.situation
     try:
-        reply = async_to_sync(llm.complete_json)(
+        reply = llm.complete_json_sync(
             purpose="persona",
             messages=partner.persona_prompt(
                 situation.situation, situation.goal, situation.category, situation.difficulty
@@ -397,6 +397,10 @@ def _rate_and_queue_reply(
             before, message.ratings, chosen, text=message.text
         )
     with transaction.atomic():
+        # Under the conversation's lock, like `_reply_in_flight`: another tab (or web process) may
+        # have queued this reply already, and the learner's stored message must not then be
+        # reported as "not stored" for a duplicate-key error.
+        Conversation.objects.select_for_update().filter(pk=conversation.pk).first()
         message.save(
             update_fields=[
                 "ratings",
@@ -406,11 +410,10 @@ def _rate_and_queue_reply(
                 "resistance_reasons",
             ]
         )
-        Message.objects.create(
+        Message.objects.get_or_create(
             conversation=conversation,
             seq=message.seq + 1,
-            role=Message.Role.PARTNER,
-            state=Message.State.PENDING,
+            defaults={"role": Message.Role.PARTNER, "state": Message.State.PENDING},
         )
 
 

@@ -472,3 +472,27 @@ def test_role_play_anger_does_not_pause_the_practice(no_llm: None) -> None:
     )
     conversation.refresh_from_db()
     assert conversation.is_open and not AdverseEvent.objects.exists()
+
+
+def test_a_reply_queued_by_another_tab_meanwhile_does_not_unsave_the_message(
+    no_llm: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Between storing the learner's message and queuing its reply, another tab (or web process)
+    # finds the reply missing and queues it. The message is still stored and reported as such,
+    # and there is one reply, not a duplicate-key error.
+    conversation = start()
+    rate = services.rate_offline
+
+    def another_tab_first(**kwargs: object) -> object:
+        services._reply_in_flight(conversation.pk)
+        return rate(**kwargs)
+
+    monkeypatch.setattr(services, "rate_offline", another_tab_first)
+    strategies, text = STRONG[0]
+    message = services.record_learner_message(
+        conversation=conversation, text=text, strategies=strategies
+    )
+    assert Message.objects.get(pk=message.pk).text == text
+    replies = Message.objects.filter(conversation=conversation, seq=message.seq + 1)
+    assert [(m.role, m.state) for m in replies] == [(Message.Role.PARTNER, Message.State.PENDING)]
+    assert Message.objects.get(pk=message.pk).ratings  # the rating is still stored
