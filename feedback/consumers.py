@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -9,17 +11,25 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from feedback import notify, services
 from feedback.views import render_panel
-from imbue.security import BadFrame, parse_frame
+from imbue.security import BadFrame, is_database_outage, parse_frame
 from simulations.learners import aowned_conversation
 from simulations.models import Conversation
 
+log = logging.getLogger(__name__)
+
 # A "viewed" report is a few dozen bytes; anything much larger is not from our page.
 MAX_FRAME = 1024
+# A finished panel waits out a short database outage (about 15 s in all) before the socket is
+# closed with "try again later" (1013), on which the page reconnects and is sent it then.
+OUTAGE_RETRY_SECONDS = (0.5, 1.0, 2.0, 4.0, 8.0)
+TRY_AGAIN_LATER = 1013
 
 
 @database_sync_to_async
 def _latest_panel(conversation: Conversation) -> tuple[int | None, str | None]:
-    feedback = services.latest_request_resumed(conversation)
+    feedback = services.latest_request_resumed(conversation) or services.undelivered_answer(
+        conversation
+    )
     if feedback is None:
         return None, None
     done = feedback.status == feedback.Status.DONE
@@ -46,12 +56,28 @@ class FeedbackConsumer(AsyncWebsocketConsumer):
         self.group = notify.group_name(conversation_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
-        # A refresh or reconnect shows the newest feedback of the draft in progress again.
-        done_id, html = await _latest_panel(self.conversation)
+        # A refresh or reconnect shows the newest feedback of the draft in progress again (or
+        # an answer that came while no page was connected).
+        try:
+            done_id, html = await _latest_panel(self.conversation)
+        except Exception as error:
+            if not is_database_outage(error):
+                raise
+            log.warning("feedback socket %s: database away on connect", self.conversation.pk)
+            await self.close(code=TRY_AGAIN_LATER)
+            return
         if html is not None:
             await self.send(text_data=html)
         if done_id is not None:
-            await database_sync_to_async(services.mark_delivered)(request_id=done_id)
+            await self._delivered(done_id)
+
+    async def _delivered(self, request_id: int) -> None:
+        try:
+            await database_sync_to_async(services.mark_delivered)(request_id=request_id)
+        except Exception as error:  # the panel is on the page; only the timestamp is missing
+            if not is_database_outage(error):
+                raise
+            log.warning("feedback %s: shown, but its delivery time not stored", request_id)
 
     async def disconnect(self, code: int) -> None:
         if self.conversation is not None:
@@ -74,8 +100,20 @@ class FeedbackConsumer(AsyncWebsocketConsumer):
 
     async def feedback_ready(self, event: dict[str, Any]) -> None:
         request_id = int(event["request_id"])
-        html = await _ready_panel(self.conversation.pk, request_id)
+        for wait in (*OUTAGE_RETRY_SECONDS, None):
+            try:
+                html = await _ready_panel(self.conversation.pk, request_id)
+                break
+            except Exception as error:
+                if not is_database_outage(error):
+                    raise
+                if wait is None:
+                    # Still away: the page reconnects, and its new socket is sent the panel.
+                    log.warning("feedback %s: database away; the page will ask again", request_id)
+                    await self.close(code=TRY_AGAIN_LATER)
+                    return
+                await asyncio.sleep(wait)
         if html is None:
             return
         await self.send(text_data=html)
-        await database_sync_to_async(services.mark_delivered)(request_id=request_id)
+        await self._delivered(request_id)

@@ -331,6 +331,21 @@ def latest_request_resumed(conversation: Conversation) -> FeedbackRequest | None
     return feedback
 
 
+def undelivered_answer(conversation: Conversation) -> FeedbackRequest | None:
+    """The conversation's newest request when its answer was finished but reached no browser
+    (it came while none was connected, and the turn has moved on since, so `latest_request` no
+    longer names it): shown on the next connection, so no answer is lost."""
+    newest = (
+        FeedbackRequest.objects.select_related("draft")
+        .filter(draft__conversation=conversation)
+        .exclude(status=FeedbackRequest.Status.WITHHELD)
+        .order_by("-pk")
+        .first()
+    )
+    done = newest is not None and newest.status == FeedbackRequest.Status.DONE
+    return newest if done and newest.delivered_at is None else None
+
+
 def deliverable_request(*, conversation_id: int, request_id: int) -> FeedbackRequest | None:
     """The finished request if it belongs to this conversation and nothing newer replaced it."""
     feedback = (

@@ -266,3 +266,105 @@ async def test_garbage_on_the_socket_is_ignored(fake_llm):
     await page.send_to(text_data=json.dumps({"action": "viewed", "request_id": 1}))
     assert await page.receive_nothing(timeout=0.3)
     await page.disconnect()
+
+
+@database_sync_to_async
+def answered_while_away(conversation: Conversation) -> FeedbackRequest:
+    """A request of turn 1 answered by the worker while no page was connected; then the learner
+    sent their turn-1 message (from another tab), so turn 2 is now being drafted."""
+    from simulations.models import Message
+
+    draft = Draft.objects.create(
+        conversation=conversation, turn=1, text=DRAFT, strategies=["assert"]
+    )
+    offline = rate_offline(text=DRAFT, chosen=["assert"]).to_dict()
+    feedback = FeedbackRequest.objects.create(
+        draft=draft,
+        offline_result=offline,
+        result=offline,
+        status=FeedbackRequest.Status.DONE,
+        engine="offline",
+    )
+    Message.objects.create(conversation=conversation, seq=1, role="learner", text="Sent.")
+    Message.objects.create(conversation=conversation, seq=2, role="partner", text="Fine.")
+    assert (
+        services.current_turn(conversation) == 2 and services.latest_request(conversation) is None
+    )
+    return feedback
+
+
+async def test_an_answer_that_reached_no_page_is_shown_on_the_next_connection_once():
+    conversation = await make_conversation()
+    feedback = await answered_while_away(conversation)
+    page = await open_socket(conversation)
+    html = await page.receive_from(timeout=10)
+    assert f'data-request-id="{feedback.pk}"' in html and 'data-state="final"' in html
+    assert (await eventually(feedback, "delivered_at")).delivered_at is not None
+    await page.disconnect()
+    again = await open_socket(conversation)
+    assert await again.receive_nothing(timeout=0.3)  # delivered: the moved-on turn stays clear
+    await again.disconnect()
+
+
+def flaky(real, failures: int):
+    """`real`, raising a lost-database error on its first `failures` calls."""
+    from django.db import OperationalError
+
+    calls = {"n": 0}
+
+    async def call(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] <= failures:
+            raise OperationalError("connection to server failed")
+        return await real(*args, **kwargs)
+
+    return call, calls
+
+
+async def test_a_finished_panel_waits_out_a_short_database_outage(monkeypatch):
+    from feedback import consumers
+
+    conversation = await make_conversation()
+    page = await open_socket(conversation)
+    feedback = await answered_while_away(conversation)
+    monkeypatch.setattr(consumers, "OUTAGE_RETRY_SECONDS", (0.01, 0.01, 0.01))
+    ready, calls = flaky(consumers._ready_panel, failures=2)
+    monkeypatch.setattr(consumers, "_ready_panel", ready)
+    await page.send_input({"type": "feedback.ready", "request_id": feedback.pk})
+    html = await page.receive_from(timeout=10)
+    assert f'data-request-id="{feedback.pk}"' in html and calls["n"] == 3
+    await page.disconnect()
+
+
+async def test_a_longer_outage_closes_the_socket_for_the_page_to_reconnect(monkeypatch):
+    from feedback import consumers
+
+    conversation = await make_conversation()
+    page = await open_socket(conversation)
+    feedback = await answered_while_away(conversation)
+    monkeypatch.setattr(consumers, "OUTAGE_RETRY_SECONDS", (0.01,))
+    ready, calls = flaky(consumers._ready_panel, failures=99)
+    monkeypatch.setattr(consumers, "_ready_panel", ready)
+    await page.send_input({"type": "feedback.ready", "request_id": feedback.pk})
+    closed = await page.receive_output(timeout=10)
+    assert closed == {"type": "websocket.close", "code": consumers.TRY_AGAIN_LATER}
+    assert calls["n"] == 2
+    # When the database is back, the new socket is sent the panel (no page ever showed it).
+    monkeypatch.undo()
+    page = await open_socket(conversation)
+    assert f'data-request-id="{feedback.pk}"' in await page.receive_from(timeout=10)
+    await page.disconnect()
+
+
+async def test_a_database_outage_on_connect_asks_the_page_to_try_again(monkeypatch):
+    from feedback import consumers
+
+    conversation = await make_conversation()
+    await answered_while_away(conversation)
+    latest, _ = flaky(consumers._latest_panel, failures=1)
+    monkeypatch.setattr(consumers, "_latest_panel", latest)
+    page = await socket(conversation.pk, await session_for(conversation.learner))
+    connected, _ = await page.connect()
+    assert connected  # accepted, then closed with "try again later"
+    closed = await page.receive_output(timeout=10)
+    assert closed == {"type": "websocket.close", "code": consumers.TRY_AGAIN_LATER}
