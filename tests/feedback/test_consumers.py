@@ -306,6 +306,16 @@ async def test_an_answer_that_reached_no_page_is_shown_on_the_next_connection_on
     await again.disconnect()
 
 
+async def connected_and_shown(page: WebsocketCommunicator, feedback: FeedbackRequest) -> None:
+    """Wait until the socket's connect has sent the panel and recorded it, then mark it undelivered
+    again, so that what follows is the only way it can arrive."""
+    assert f'data-request-id="{feedback.pk}"' in await page.receive_from(timeout=10)
+    assert (await eventually(feedback, "delivered_at")).delivered_at is not None
+    await database_sync_to_async(FeedbackRequest.objects.filter(pk=feedback.pk).update)(
+        delivered_at=None
+    )
+
+
 def flaky(real, failures: int):
     """`real`, raising a lost-database error on its first `failures` calls."""
     from django.db import OperationalError
@@ -325,8 +335,9 @@ async def test_a_finished_panel_waits_out_a_short_database_outage(monkeypatch):
     from feedback import consumers
 
     conversation = await make_conversation()
-    page = await open_socket(conversation)
     feedback = await answered_while_away(conversation)
+    page = await open_socket(conversation)
+    await connected_and_shown(page, feedback)
     monkeypatch.setattr(consumers, "OUTAGE_RETRY_SECONDS", (0.01, 0.01, 0.01))
     ready, calls = flaky(consumers._ready_panel, failures=2)
     monkeypatch.setattr(consumers, "_ready_panel", ready)
@@ -340,8 +351,9 @@ async def test_a_longer_outage_closes_the_socket_for_the_page_to_reconnect(monke
     from feedback import consumers
 
     conversation = await make_conversation()
-    page = await open_socket(conversation)
     feedback = await answered_while_away(conversation)
+    page = await open_socket(conversation)
+    await connected_and_shown(page, feedback)
     monkeypatch.setattr(consumers, "OUTAGE_RETRY_SECONDS", (0.01,))
     ready, calls = flaky(consumers._ready_panel, failures=99)
     monkeypatch.setattr(consumers, "_ready_panel", ready)
