@@ -21,7 +21,7 @@ delete (a superuser's job). A concrete ModelAdmin can still forbid more than the
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from django.contrib import admin, messages
 from django.db.models import Model, QuerySet
@@ -41,8 +41,48 @@ from study.permissions import (
     studies_for,
 )
 
+Action = Literal["view", "change", "add", "delete"]
 
-class StudyScopedAdmin:
+
+class SuperuserOrGrant:
+    """ModelAdmin or inline mixin: a superuser gets Django's own answer to every has_*_permission;
+    anyone else gets the answer of `granted`, the class's per-study rule (nothing, unless the class
+    says otherwise). The app shows in the admin index to those holding the view right somewhere.
+    """
+
+    def granted(self, request: HttpRequest, action: Action, obj: Any) -> bool:
+        """Whether a user other than a superuser may `action` this row (None: rows in general;
+        for an inline, the row of the page it sits on)."""
+        return False
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        if is_all_studies(request.user):
+            return super().has_module_permission(request)  # type: ignore[misc]
+        return has_any_right(request.user, Right.VIEW)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if is_all_studies(request.user):
+            return super().has_view_permission(request, obj)  # type: ignore[misc]
+        return self.granted(request, "view", obj)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if is_all_studies(request.user):
+            return super().has_change_permission(request, obj)  # type: ignore[misc]
+        return self.granted(request, "change", obj)
+
+    def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
+        # A ModelAdmin is asked with the request alone, an inline with its page's row too.
+        if is_all_studies(request.user):
+            return super().has_add_permission(request, *args)  # type: ignore[misc]
+        return self.granted(request, "add", args[0] if args else None)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if is_all_studies(request.user):
+            return super().has_delete_permission(request, obj)  # type: ignore[misc]
+        return self.granted(request, "delete", obj)
+
+
+class StudyScopedAdmin(SuperuserOrGrant):
     """ModelAdmin mixin: rows, pages and permissions follow the user's rights per study.
 
     `study_field` is the lookup from the model to its Study ("" for Study itself); a model that
@@ -81,70 +121,28 @@ class StudyScopedAdmin:
             return queryset
         return self.scope(queryset, studies_for(request.user, Right.VIEW))
 
-    def _allowed(self, request: HttpRequest, obj: Any, right: Right) -> bool:
+    def granted(self, request: HttpRequest, action: Action, obj: Any) -> bool:
+        # Adding and deleting are a superuser's job.
+        right = {"view": Right.VIEW, "change": self.change_right}.get(action)
+        if right is None:
+            return False
         if obj is None:
             return has_any_right(request.user, right)
         return has_right(request.user, self.study_of(obj), right)
 
-    def has_module_permission(self, request: HttpRequest) -> bool:
-        if is_all_studies(request.user):
-            return super().has_module_permission(request)  # type: ignore[misc]
-        return has_any_right(request.user, Right.VIEW)
 
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        if is_all_studies(request.user):
-            return super().has_view_permission(request, obj)  # type: ignore[misc]
-        return self._allowed(request, obj, Right.VIEW)
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        if is_all_studies(request.user):
-            return super().has_change_permission(request, obj)  # type: ignore[misc]
-        return self._allowed(request, obj, self.change_right)
-
-    def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
-        if is_all_studies(request.user):
-            return super().has_add_permission(request, *args)  # type: ignore[misc]
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        if is_all_studies(request.user):
-            return super().has_delete_permission(request, obj)  # type: ignore[misc]
-        return False
-
-
-class StudyScopedInline:
+class StudyScopedInline(SuperuserOrGrant):
     """Inline mixin for rows shown on a study's page (arms, consent versions): viewing needs the
     view right on that study, adding, changing and deleting the edit right."""
 
-    def _allowed(self, request: HttpRequest, obj: Any, right: Right) -> bool:
-        if is_all_studies(request.user):
-            return True
+    def granted(self, request: HttpRequest, action: Action, obj: Any) -> bool:
+        right = Right.VIEW if action == "view" else Right.EDIT
         if obj is None:
             return has_any_right(request.user, right)
         return has_right(request.user, obj, right)
 
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        if is_all_studies(request.user):
-            return super().has_view_permission(request, obj)  # type: ignore[misc]
-        return self._allowed(request, obj, Right.VIEW)
 
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        if is_all_studies(request.user):
-            return super().has_change_permission(request, obj)  # type: ignore[misc]
-        return self._allowed(request, obj, Right.EDIT)
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        if is_all_studies(request.user):
-            return super().has_add_permission(request, obj)  # type: ignore[misc]
-        return self._allowed(request, obj, Right.EDIT)
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        if is_all_studies(request.user):
-            return super().has_delete_permission(request, obj)  # type: ignore[misc]
-        return self._allowed(request, obj, Right.EDIT)
-
-
-class StudyStaffInline(admin.TabularInline):
+class StudyStaffInline(SuperuserOrGrant, admin.TabularInline):
     """Who may do what on this study; only superusers see and change it."""
 
     model = StudyStaff
@@ -154,21 +152,6 @@ class StudyStaffInline(admin.TabularInline):
     autocomplete_fields = ()
     verbose_name = "staff access"
     verbose_name_plural = "staff access (superusers have every right without a row here)"
-
-    def _superuser(self, request: HttpRequest) -> bool:
-        return is_all_studies(request.user)
-
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return self._superuser(request)
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return self._superuser(request)
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return self._superuser(request)
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return self._superuser(request)
 
     def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
         if db_field.name == "user":
@@ -324,7 +307,7 @@ def visible_learners(user: Any) -> QuerySet:
     )
 
 
-class ParticipantContentAdmin:
+class ParticipantContentAdmin(SuperuserOrGrant):
     """ModelAdmin mixin for rows that belong to a learner: superusers as before; other staff see the
     rows of their studies' participants only (other rows' pages are not found) and change nothing.
 
@@ -349,57 +332,20 @@ class ParticipantContentAdmin:
         rows = self.model._default_manager.filter(pk=obj.pk)  # type: ignore[attr-defined]
         return self.scope_content(rows, visible_learners(request.user)).exists()
 
-    def has_module_permission(self, request: HttpRequest) -> bool:
-        if is_all_studies(request.user):
-            return super().has_module_permission(request)  # type: ignore[misc]
-        return has_any_right(request.user, Right.VIEW)
-
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        if is_all_studies(request.user):
-            return super().has_view_permission(request, obj)  # type: ignore[misc]
+    def granted(self, request: HttpRequest, action: Action, obj: Any) -> bool:
+        if action != "view":
+            return False
         if obj is None:
             return has_any_right(request.user, Right.VIEW)
         return self.may_read(request, obj)
 
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        if is_all_studies(request.user):
-            return super().has_change_permission(request, obj)  # type: ignore[misc]
-        return False
 
-    def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
-        if is_all_studies(request.user):
-            return super().has_add_permission(request, *args)  # type: ignore[misc]
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        if is_all_studies(request.user):
-            return super().has_delete_permission(request, obj)  # type: ignore[misc]
-        return False
-
-
-class ParticipantContentInline:
+class ParticipantContentInline(SuperuserOrGrant):
     """Inline mixin for a learner's rows shown on a page the user already may read (a chat's
     messages, a draft's feedback): visible there, read-only for everyone but superusers."""
 
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        if is_all_studies(request.user):
-            return super().has_view_permission(request, obj)  # type: ignore[misc]
-        return has_any_right(request.user, Right.VIEW)
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        if is_all_studies(request.user):
-            return super().has_change_permission(request, obj)  # type: ignore[misc]
-        return False
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        if is_all_studies(request.user):
-            return super().has_add_permission(request, obj)  # type: ignore[misc]
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        if is_all_studies(request.user):
-            return super().has_delete_permission(request, obj)  # type: ignore[misc]
-        return False
+    def granted(self, request: HttpRequest, action: Action, obj: Any) -> bool:
+        return action == "view" and has_any_right(request.user, Right.VIEW)
 
 
 class ParticipantStudyFilter(admin.SimpleListFilter):
