@@ -100,6 +100,12 @@ class FeedbackConsumer(AsyncWebsocketConsumer):
 
     async def feedback_ready(self, event: dict[str, Any]) -> None:
         request_id = int(event["request_id"])
+        html = event.get("html")
+        if isinstance(html, str):
+            # Rendered by the worker that stored it (and checked it is still the newest).
+            await self.send(text_data=html)
+            await self._delivered(request_id)
+            return
         for wait in (*OUTAGE_RETRY_SECONDS, None):
             try:
                 html = await _ready_panel(self.conversation.pk, request_id)

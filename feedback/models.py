@@ -27,6 +27,11 @@ class Draft(models.Model):
         models.CharField(max_length=10, choices=STRATEGY_CHOICES), default=list, blank=True
     )
     used_rewrite = models.BooleanField(default=False, help_text="Started from a suggested rewrite.")
+    # Read once under the conversation's lock when the draft is stored, so the worker rating it
+    # needs no look back through the transcript; None on drafts stored before it was kept.
+    partner_said = models.TextField(  # noqa: DJ001 - None (not kept) differs from "" (no words)
+        null=True, blank=True, help_text="The partner's last words when this draft was written."
+    )
     sent_message = models.ForeignKey(
         Message, null=True, blank=True, on_delete=models.SET_NULL, related_name="drafts"
     )

@@ -34,9 +34,12 @@ def _background_loop() -> asyncio.AbstractEventLoop:
         return _loop
 
 
-def feedback_ready(*, conversation_id: int, request_id: int) -> None:
-    """Announce a finished feedback request to the conversation's open feedback sockets."""
-    event = {"type": "feedback.ready", "request_id": request_id}
+def feedback_ready(*, conversation_id: int, request_id: int, html: str | None = None) -> None:
+    """Announce a finished feedback request to the conversation's open feedback sockets; with
+    `html` (its rendered panel) they send it on as it is, without reading the request back."""
+    event: dict[str, object] = {"type": "feedback.ready", "request_id": request_id}
+    if html is not None:
+        event["html"] = html
     try:
         sent = asyncio.run_coroutine_threadsafe(
             get_channel_layer().group_send(group_name(conversation_id), event), _background_loop()

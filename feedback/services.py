@@ -17,7 +17,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Max
+from django.db.models import F
 from django.utils import timezone
 
 from feedback import notify
@@ -77,8 +77,22 @@ def current_turn(conversation: Conversation) -> int:
     return conversation.messages.filter(role=Message.Role.LEARNER).count() + 1
 
 
+def _drafting_context(conversation: Conversation) -> tuple[int, str]:
+    """The turn being drafted now and the partner's last complete words, in one query."""
+    turn, partner_said = 1, ""
+    for role, state, text in conversation.messages.order_by("seq").values_list(
+        "role", "state", "text"
+    ):
+        if role == Message.Role.LEARNER:
+            turn += 1
+        elif state == Message.State.COMPLETE:
+            partner_said = text
+    return turn, partner_said
+
+
 def _partner_said(conversation: Conversation, turn: int) -> str:
-    """The partner's last words before the learner's message number `turn` (rated later too)."""
+    """The partner's last words before the learner's message number `turn` (for drafts stored
+    before `Draft.partner_said` was kept)."""
     replies = conversation.messages.filter(role=Message.Role.PARTNER, state=Message.State.COMPLETE)
     sent = (
         conversation.messages.filter(role=Message.Role.LEARNER)
@@ -90,6 +104,12 @@ def _partner_said(conversation: Conversation, turn: int) -> str:
     return replies.order_by("-seq").values_list("text", flat=True).first() or ""
 
 
+def _draft_partner_said(draft: Draft) -> str:
+    if draft.partner_said is not None:
+        return draft.partner_said
+    return _partner_said(draft.conversation, draft.turn)
+
+
 def request_feedback(
     *,
     conversation: Conversation,
@@ -97,38 +117,46 @@ def request_feedback(
     strategies: Sequence[str] | str,
     used_rewrite: bool = False,
 ) -> FeedbackRequest:
-    """Store the draft and a feedback request on it, rate it offline now, and enqueue the model.
+    """Store the draft and a feedback request on it, enqueue the model, and rate it offline.
 
-    In a conversation without feedback (a study's no-feedback arm) the draft is kept and the
-    request recorded as withheld: nothing is computed, nothing is sent. A draft that suggests the
-    learner may be at risk is kept too, but rated by no one: it records an adverse event and
-    pauses the practice, as a sent message would.
+    The model's request is queued as soon as the draft is committed, and the offline rating (the
+    quick panel the learner sees meanwhile) is made after that, so it adds nothing to the wait
+    for the expert's. In a conversation without feedback (a study's no-feedback arm) the draft is
+    kept and the request recorded as withheld: nothing is computed, nothing is sent. A draft that
+    suggests the learner may be at risk is kept too, but rated by no one: it records an adverse
+    event and pauses the practice, as a sent message would.
     """
     with transaction.atomic():
         # The row lock serialises revision numbering between two tabs asking at once.
-        locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
+        locked = (
+            Conversation.objects.select_for_update(of=("self",))
+            .select_related("situation")
+            .get(pk=conversation.pk)
+        )
         if not locked.is_open:
             raise FeedbackInputError("This conversation has ended, so there is nothing to send.")
         clean_text, chosen = clean_draft(conversation=locked, text=text, strategies=strategies)
-        turn = current_turn(locked)
+        turn, partner_said = _drafting_context(locked)
         if turn > locked.max_messages:
             raise FeedbackInputError("You have used all the messages of this conversation.")
-        allowed = ratelimit.check_feedback(
-            locked.learner_id,
-            per_minute=ratelimit.study_limits(locked.learner_id).feedback_per_minute,
-        )
+        allowed = ratelimit.check_feedback(locked.learner_id, per_minute=locked.feedback_per_minute)
         if not allowed:
             raise FeedbackInputError(allowed.message)
-        last = Draft.objects.filter(conversation=locked, turn=turn).aggregate(m=Max("revision"))
+        last = (
+            Draft.objects.filter(conversation=locked, turn=turn)
+            .order_by("-revision")
+            .values_list("revision", flat=True)
+            .first()
+        )
         draft = Draft.objects.create(
             conversation=locked,
             turn=turn,
-            revision=(last["m"] or 0) + 1,
+            revision=(last or 0) + 1,
             text=clean_text,
             strategies=chosen,
             used_rewrite=used_rewrite,
+            partner_said=partner_said,
         )
-        link_sent_messages(locked, before_turn=turn)
         risk = safety.assess_risk(clean_text)
         if risk.at_risk:
             audit.record_adverse_event(
@@ -147,36 +175,42 @@ def request_feedback(
             return FeedbackRequest.objects.create(
                 draft=draft, status=FeedbackRequest.Status.WITHHELD
             )
-        feedback = FeedbackRequest.objects.create(draft=draft)
-        offline = rate_offline(
-            text=clean_text,
-            situation=locked.situation.situation,
-            goal=locked.situation.goal,
-            partner_said=_partner_said(locked, turn),
-            chosen=chosen,
-        )
-        feedback.offline_result = _result(offline)
         reason = _why_not_the_model(locked)
-        if not reason:
-            feedback.save(update_fields=["offline_result"])
-            request_id = feedback.pk
-            transaction.on_commit(lambda: _enqueue(request_id))
-        else:
+        if reason:
             # No model to wait for: the offline rating is the answer, with no worker round trip.
-            feedback.status = FeedbackRequest.Status.DONE
-            feedback.engine = Engine.OFFLINE
-            feedback.fallback_reason = reason
-            feedback.result = feedback.offline_result
-            feedback.computed_at = timezone.now()
-            feedback.save(
-                update_fields=[
-                    "offline_result", "status", "engine", "fallback_reason", "result",
-                    "computed_at",
-                ]
-            )  # fmt: skip
-    if feedback.status == FeedbackRequest.Status.QUEUED:
-        feedback.refresh_from_db()  # answered offline at once if the queue could not be reached
+            offline = _result(_rate_draft_offline(locked, draft))
+            return FeedbackRequest.objects.create(
+                draft=draft,
+                status=FeedbackRequest.Status.DONE,
+                engine=Engine.OFFLINE,
+                fallback_reason=reason,
+                offline_result=offline,
+                result=offline,
+                computed_at=timezone.now(),
+            )
+        feedback = FeedbackRequest.objects.create(draft=draft)
+        request_id = feedback.pk
+        transaction.on_commit(lambda: _enqueue(request_id))
+    # Committed and queued: the worker is on it while the quick offline rating is made.
+    feedback.offline_result = _result(_rate_draft_offline(locked, draft))
+    still_queued = FeedbackRequest.objects.filter(
+        pk=feedback.pk, status=FeedbackRequest.Status.QUEUED
+    ).update(offline_result=feedback.offline_result)
+    if not still_queued:
+        # Answered already: offline at once because the queue could not be reached, or the
+        # worker was quicker. (Its own fallback rated offline itself.)
+        feedback.refresh_from_db()
     return feedback
+
+
+def _rate_draft_offline(conversation: Conversation, draft: Draft) -> Rating:
+    return rate_offline(
+        text=draft.text,
+        situation=conversation.situation.situation,
+        goal=conversation.situation.goal,
+        partner_said=_draft_partner_said(draft),
+        chosen=draft.strategies,
+    )
 
 
 def _enqueue(request_id: int) -> None:
@@ -249,7 +283,7 @@ def rate_request(*, request_id: int, final_attempt: bool = True) -> None:
                 text=draft.text,
                 situation=conversation.situation.situation,
                 goal=conversation.situation.goal,
-                partner_said=_partner_said(conversation, draft.turn),
+                partner_said=_draft_partner_said(draft),
                 chosen=draft.strategies,
                 draft_id=draft.pk,
             )
@@ -270,28 +304,40 @@ def rate_request(*, request_id: int, final_attempt: bool = True) -> None:
         rating = (
             Rating.from_dict(feedback.offline_result)
             if feedback.offline_result
-            else rate_offline(
-                text=draft.text,
-                situation=conversation.situation.situation,
-                goal=conversation.situation.goal,
-                partner_said=_partner_said(conversation, draft.turn),
-                chosen=draft.strategies,
-            )
+            else _rate_draft_offline(conversation, draft)
         )
+    done = {
+        "status": FeedbackRequest.Status.DONE,
+        "engine": rating.engine,
+        "fallback_reason": reason[:200],
+        "result": _result(rating),
+        "llm_call_id": call_id,
+        "computed_at": timezone.now(),
+        "model_ms": model_ms,
+    }
     # The status condition makes a concurrent or redelivered run a no-op: applied once.
     stored = FeedbackRequest.objects.filter(
         pk=feedback.pk, status=FeedbackRequest.Status.QUEUED
-    ).update(
-        status=FeedbackRequest.Status.DONE,
-        engine=rating.engine,
-        fallback_reason=reason[:200],
-        result=_result(rating),
-        llm_call_id=call_id,
-        computed_at=timezone.now(),
-        model_ms=model_ms,
-    )
+    ).update(**done)
     if stored:
-        notify.feedback_ready(conversation_id=draft.conversation_id, request_id=feedback.pk)
+        for name, value in done.items():
+            setattr(feedback, name, value)
+        _announce_answer(feedback)
+
+
+def _announce_answer(feedback: FeedbackRequest) -> None:
+    """Send the finished panel to the conversation's feedback sockets, rendered here so they
+    can pass it on without reading it back; nothing when a newer request has replaced it."""
+    from feedback.views import render_panel  # views imports this module
+
+    conversation_id = feedback.draft.conversation_id
+    if _replaced(conversation_id=conversation_id, request_id=feedback.pk):
+        return  # a slow answer to an older draft must not overwrite the newer one's panel
+    notify.feedback_ready(
+        conversation_id=conversation_id,
+        request_id=feedback.pk,
+        html=render_panel(feedback, oob=True),
+    )
 
 
 # --------------------------------------------------------------------------- delivery
@@ -357,15 +403,18 @@ def deliverable_request(*, conversation_id: int, request_id: int) -> FeedbackReq
         )
         .first()
     )
-    if feedback is None:
-        return None
-    # A slow expert answer to an older draft must not overwrite the panel of a newer one.
-    newer = FeedbackRequest.objects.filter(
-        draft__conversation_id=conversation_id, pk__gt=request_id
-    ).exclude(status=FeedbackRequest.Status.WITHHELD)
-    if newer.exists():
+    if feedback is None or _replaced(conversation_id=conversation_id, request_id=request_id):
         return None
     return feedback
+
+
+def _replaced(*, conversation_id: int, request_id: int) -> bool:
+    """Whether a newer shown request exists in the conversation (its panel supersedes this)."""
+    return (
+        FeedbackRequest.objects.filter(draft__conversation_id=conversation_id, pk__gt=request_id)
+        .exclude(status=FeedbackRequest.Status.WITHHELD)
+        .exists()
+    )
 
 
 def mark_delivered(*, request_id: int) -> None:
@@ -399,7 +448,10 @@ def mark_viewed(*, conversation_id: int, request_id: int) -> bool:
 
 
 def link_sent_messages(conversation: Conversation, *, before_turn: int | None = None) -> int:
-    """Point every draft of an already sent turn at the learner message that turn became."""
+    """Point every draft of an already sent turn at the learner message that turn became.
+
+    Sending links a turn's drafts itself (`simulations.services`); this repairs a conversation
+    whose drafts were stored otherwise (tests, imported data)."""
     unlinked = Draft.objects.filter(conversation=conversation, sent_message__isnull=True)
     if before_turn is not None:
         unlinked = unlinked.filter(turn__lt=before_turn)

@@ -6,8 +6,8 @@ hit is not counted: someone who waits the time they were told can always send ag
 cannot be reached the limiter lets the hit through and logs it; the chat needs Redis anyway, and a
 limit must never be the reason a participant's message is lost.
 
-    limits = ratelimit.study_limits(learner_id)  # the participant's study, if any
-    decision = ratelimit.check_messages(learner_id, per_minute=limits.messages_per_minute)
+    # A study's own limit travels on the conversation (None: the product's default, 0: off).
+    decision = ratelimit.check_messages(learner_id, per_minute=conversation.messages_per_minute)
     if not decision.allowed:
         raise ConversationError(decision.message)
 
@@ -155,29 +155,6 @@ async def ahit(key: str, limit: int, window: float, *, message: str = GENERIC_TO
 
 
 # --- the product's two limits -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StudyLimits:
-    """A study's own rate limits for its participants; None keeps the product's default."""
-
-    messages_per_minute: int | None = None
-    feedback_per_minute: int | None = None
-
-
-NO_STUDY = StudyLimits()
-
-
-def study_limits(learner_id: int) -> StudyLimits:
-    """The rate limits of the study this learner takes part in (`NO_STUDY` if none)."""
-    from study.models import Participant  # study imports simulations, which imports this
-
-    row = (
-        Participant.objects.filter(learner_id=learner_id)
-        .values_list("study__messages_per_minute", "study__feedback_per_minute")
-        .first()
-    )
-    return NO_STUDY if row is None else StudyLimits(*row)
 
 
 def _per_minute(name: str, override: int | None) -> int:

@@ -198,7 +198,8 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         if not isinstance(strategies, (list, str)):
             strategies = []
         message = await services.send_learner_message(
-            conversation=await self._conversation(),
+            # Its pk and owner are all the service reads (it locks and reloads the row itself).
+            conversation=Conversation(pk=self.conversation_id, learner_id=self.learner_id),
             text=str(payload.get("text", "")),
             strategies=[str(s) for s in strategies] if isinstance(strategies, list) else strategies,
         )

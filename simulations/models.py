@@ -137,6 +137,10 @@ class Conversation(models.Model):
     adaptive_enabled = models.BooleanField(default=True)
     max_message_chars = models.PositiveIntegerField(default=2000)
     token_budget = models.PositiveIntegerField(default=60000)
+    # A study's own rate limits, copied when the chat opens (None: the product's default; 0: off),
+    # so sending and asking for feedback need no look-up of the learner's study.
+    messages_per_minute = models.PositiveSmallIntegerField(null=True, blank=True)
+    feedback_per_minute = models.PositiveSmallIntegerField(null=True, blank=True)
     end_enabled = models.BooleanField(
         default=True, help_text="The learner may end it early (a study turns this off)."
     )

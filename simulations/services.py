@@ -46,6 +46,7 @@ from django.db.models import Max
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 
+from feedback.models import Draft
 from feedback.raters.offline import OfflineModel, default_model, rate_offline
 from feedback.skills import SKILLS, STRATEGIES
 from imbue import audit, llm, ratelimit
@@ -86,6 +87,8 @@ OPTION_KEYS = frozenset(
         "adaptive_enabled",
         "max_message_chars",
         "token_budget",
+        "messages_per_minute",
+        "feedback_per_minute",
         "resistance_start",
         "end_enabled",
     }
@@ -288,8 +291,20 @@ def record_learner_message(
     A message that suggests the learner may be at risk is stored with an adverse event for the
     researchers, pauses the conversation, and is never sent to the partner model.
     """
+    return _record_learner_message(conversation=conversation, text=text, strategies=strategies)[0]
+
+
+def _record_learner_message(
+    *, conversation: Conversation, text: str, strategies: Sequence[str] | str
+) -> tuple[Message, int | None]:
+    """`record_learner_message`, with the id of the reply it queued (None when none was)."""
     with transaction.atomic():
-        locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
+        # Only the pk and the owner are read from `conversation`: a socket passes no more.
+        locked = (
+            Conversation.objects.select_for_update(of=("self",))
+            .select_related("situation")
+            .get(pk=conversation.pk, learner_id=conversation.learner_id)
+        )
         if not locked.is_open:
             raise ConversationError("This conversation has ended; start a new one to go on.")
         try:
@@ -309,10 +324,7 @@ def record_learner_message(
                 raise ConversationError("Wait for their reply before you send the next message.")
             if last.state == Message.State.FAILED:
                 raise ConversationError("Their last reply did not arrive. Press Try again first.")
-        allowed = ratelimit.check_messages(
-            locked.learner_id,
-            per_minute=ratelimit.study_limits(locked.learner_id).messages_per_minute,
-        )
+        allowed = ratelimit.check_messages(locked.learner_id, per_minute=locked.messages_per_minute)
         if not allowed:
             raise ConversationError(allowed.message)
         message = Message.objects.create(
@@ -324,6 +336,10 @@ def record_learner_message(
             state=Message.State.COMPLETE,
             completed_at=timezone.now(),
         )
+        # The drafts the learner asked feedback on for this turn became this message.
+        Draft.objects.filter(
+            conversation=locked, turn=learner_count + 1, sent_message__isnull=True
+        ).update(sent_message=message)
         risk = safety.assess_risk(text)
         if risk.at_risk:
             # In the same transaction, so no crash can leave a risky message waiting for a reply.
@@ -337,7 +353,7 @@ def record_learner_message(
             locked.status = Conversation.Status.PAUSED
             locked.ended_at = timezone.now()
             locked.save(update_fields=["status", "ended_at"])
-            return message
+            return message, None
     # The message is committed; a failure from here on must not lose it.
     partner_said = next(
         (
@@ -348,14 +364,15 @@ def record_learner_message(
         "",
     )
     try:
-        _rate_and_queue_reply(locked, message, chosen, partner_said, messages)
+        reply_id = _rate_and_queue_reply(locked, message, chosen, partner_said, messages)
     except Exception as error:
         if not is_database_outage(error):
             raise
         # Stored, but the database went away before its reply was queued: the message is kept
         # (and reported as saved); `_reply_in_flight` queues the reply once the database is back.
         log.warning("message %s stored, its reply not queued yet: %s", message.pk, error)
-    return message
+        reply_id = None
+    return message, reply_id
 
 
 def _rate_and_queue_reply(
@@ -364,7 +381,9 @@ def _rate_and_queue_reply(
     chosen: list[str],
     partner_said: str,
     earlier: list[Message],
-) -> None:
+) -> int:
+    """Rate the stored message offline, move the resistance, and queue the partner's reply;
+    returns the reply's message id."""
     situation = conversation.situation
     try:
         rating = rate_offline(
@@ -410,11 +429,12 @@ def _rate_and_queue_reply(
                 "resistance_reasons",
             ]
         )
-        Message.objects.get_or_create(
+        reply, _ = Message.objects.get_or_create(
             conversation=conversation,
             seq=message.seq + 1,
             defaults={"role": Message.Role.PARTNER, "state": Message.State.PENDING},
         )
+    return reply.pk
 
 
 async def send_learner_message(
@@ -427,7 +447,7 @@ async def send_learner_message(
     it is saved: a reply that cannot be started now is started by a watcher when it can.
     """
     try:
-        message = await database_sync_to_async(record_learner_message)(
+        message, reply_id = await database_sync_to_async(_record_learner_message)(
             conversation=conversation, text=text, strategies=strategies
         )
     except ConversationError:
@@ -442,6 +462,9 @@ async def send_learner_message(
         await _group_send(conversation.pk, {"type": "message.created", "seq": message.seq})
     except Exception:  # other tabs show it when they reconnect (the channel layer is away)
         log.warning("message %s stored; other tabs not told", message.pk, exc_info=True)
+    if reply_id is not None:
+        start_partner_reply(message_id=reply_id)  # queued just now: no need to look it up
+        return message
     try:
         await ensure_partner_reply(conversation_id=conversation.pk)
     except Exception:
@@ -588,6 +611,9 @@ class _Job:
     learner_text: str
     rating: dict[str, str]
     token: str = field(default_factory=lambda: secrets.token_hex(8))
+    # The attempt's announcement (its partial text reset, "partner.started" sent): it runs while
+    # the model thinks, and the first delta waits for it, so every tab starts from nothing.
+    announced: asyncio.Task[None] | None = None
 
 
 @dataclass(frozen=True)
@@ -738,6 +764,8 @@ async def _push(job: _Job, text: str, lost: asyncio.Event) -> None:
     """Keep the delta in Redis and send it to every tab, with its byte offset."""
     if lost.is_set():
         raise _LeaseLost
+    if job.announced is not None:
+        await job.announced
     length = await _aredis().append(_text_key(job.message_id), text)
     at = int(length) - len(text.encode())
     await _group_send(
@@ -819,6 +847,18 @@ async def _write(job: _Job, lost: asyncio.Event) -> _Written | _Failed:
     return _Written(text, agreed, None)
 
 
+async def _announce_attempt(client: aredis.Redis, job: _Job) -> None:
+    """Reset the attempt's partial text in Redis and tell every tab a new attempt begins."""
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.set(_attempt_key(job.message_id), job.attempt, ex=PARTIAL_TTL_SECONDS)
+        pipe.set(_text_key(job.message_id), "", ex=PARTIAL_TTL_SECONDS)
+        await pipe.execute()
+    await _group_send(
+        job.conversation_id,
+        {"type": "partner.started", "message_id": job.message_id, "attempt": job.attempt},
+    )
+
+
 async def generate_partner_reply(*, message_id: int) -> None:
     """Write the partner's reply to a pending message: stream it to the group, store it once.
 
@@ -834,20 +874,16 @@ async def generate_partner_reply(*, message_id: int) -> None:
         if job is None:
             return
         job.token = token
-        async with client.pipeline(transaction=True) as pipe:
-            pipe.set(_attempt_key(message_id), job.attempt, ex=PARTIAL_TTL_SECONDS)
-            pipe.set(_text_key(message_id), "", ex=PARTIAL_TTL_SECONDS)
-            await pipe.execute()
-        await _group_send(
-            job.conversation_id,
-            {"type": "partner.started", "message_id": message_id, "attempt": job.attempt},
-        )
+        job.announced = asyncio.create_task(_announce_attempt(client, job))
+        job.announced.add_done_callback(lambda t: t.cancelled() or t.exception())  # seen here
         lost = asyncio.Event()
         keeper = asyncio.create_task(_keep_lease(job, lost))
         try:
-            result = await _write(job, lost)
+            result = await _write(job, lost)  # the model is asked at once
+            await job.announced  # (a reply with no delta still announces its attempt)
         finally:
             keeper.cancel()
+            job.announced.cancel()
         if lost.is_set():
             return
         if isinstance(result, _Written):

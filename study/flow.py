@@ -140,9 +140,9 @@ def chat_options(
     Evaluation chats are the measurement: identical for every arm, never with feedback or skill
     suggestions. The training chat carries the arm's switches. ``study`` holds max_messages,
     training_strategy_mode, evaluation_strategy_mode, evaluation_worksheet_shown,
-    evaluation_adaptive_partner, and optionally max_message_chars and conversation_token_budget
-    (None: the product's default); ``arm`` holds feedback_shown, suggestion_shown, worksheet_shown
-    and adaptive_partner.
+    evaluation_adaptive_partner, and optionally max_message_chars, conversation_token_budget,
+    messages_per_minute and feedback_per_minute (None: the product's default); ``arm`` holds
+    feedback_shown, suggestion_shown, worksheet_shown and adaptive_partner.
     """
     if step.kind != CHAT:
         raise ValueError(f"step {step.key!r} is not a chat")
@@ -152,6 +152,8 @@ def chat_options(
         for option, key in (
             ("max_message_chars", "max_message_chars"),
             ("token_budget", "conversation_token_budget"),
+            ("messages_per_minute", "messages_per_minute"),
+            ("feedback_per_minute", "feedback_per_minute"),
         )
         if study.get(key) is not None
     }

@@ -433,6 +433,8 @@ def study_settings(study: Study) -> dict[str, Any]:
         "evaluation_adaptive_partner": study.evaluation_adaptive_partner,
         "max_message_chars": study.max_message_chars,
         "conversation_token_budget": study.conversation_token_budget,
+        "messages_per_minute": study.messages_per_minute,
+        "feedback_per_minute": study.feedback_per_minute,
     }
 
 

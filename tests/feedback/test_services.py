@@ -51,6 +51,17 @@ def add_turn(conversation: Conversation, text: str = DRAFT) -> Message:
     return message
 
 
+def send(conversation: Conversation, text: str = DRAFT) -> Message:
+    """Send a message through the chat's own service, then let the partner answer."""
+    from simulations.services import record_learner_message
+
+    message = record_learner_message(conversation=conversation, text=text, strategies=["assert"])
+    Message.objects.filter(conversation=conversation, seq=message.seq + 1).update(
+        state=Message.State.COMPLETE, text="I get paid late, you know."
+    )
+    return message
+
+
 # --------------------------------------------------------------------------- asking
 
 
@@ -113,11 +124,48 @@ def test_every_draft_and_revision_is_kept_and_linked_to_the_message_it_became(no
         (1, 2, False),
         (1, 3, True),
     ]
-    sent = add_turn(conversation)
+    sent = send(conversation, text=f"{DRAFT} (version 2)")
+    # Linked as it is sent, not only when the next turn asks for feedback (a last turn never
+    # does, and its drafts were once exported as never sent).
+    drafts = list(Draft.objects.order_by("pk").values_list("turn", "revision", "sent_message"))
+    assert drafts == [(1, 1, sent.pk), (1, 2, sent.pk), (1, 3, sent.pk)]
     ask(conversation)
     drafts = list(Draft.objects.order_by("pk").values_list("turn", "revision", "sent_message"))
     assert drafts == [(1, 1, sent.pk), (1, 2, sent.pk), (1, 3, sent.pk), (2, 1, None)]
     assert FeedbackRequest.objects.count() == 4
+    second = send(conversation)
+    assert Draft.objects.get(turn=2).sent_message_id == second.pk
+
+
+@pytest.mark.django_db
+def test_each_draft_keeps_the_partners_words_it_answered(no_llm):
+    conversation = make_conversation()
+    ask(conversation)
+    send(conversation)
+    ask(conversation)
+    assert list(Draft.objects.order_by("pk").values_list("turn", "partner_said")) == [
+        (1, ""),
+        (2, "I get paid late, you know."),
+    ]
+
+
+@pytest.mark.django_db
+def test_the_migration_links_drafts_of_turns_sent_before_sending_linked_them(no_llm):
+    from importlib import import_module
+
+    from django.apps import apps
+
+    backfill = import_module("feedback.migrations.0002_draft_partner_said").link_sent_drafts
+    conversation = make_conversation()
+    ask(conversation)
+    first = add_turn(conversation)  # stored as older code did: the draft left unlinked
+    ask(conversation)
+    last = add_turn(conversation)
+    ask(conversation)  # turn 3: drafted, never sent
+    Draft.objects.update(sent_message=None)
+    backfill(apps, None)
+    drafts = list(Draft.objects.order_by("turn").values_list("turn", "sent_message"))
+    assert drafts == [(1, first.pk), (2, last.pk), (3, None)]
 
 
 @pytest.mark.django_db

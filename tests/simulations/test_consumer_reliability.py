@@ -152,7 +152,7 @@ async def test_a_message_the_database_could_not_store_is_reported_as_not_saved(
     def database_away(**kwargs):
         raise OperationalError("connection refused")
 
-    monkeypatch.setattr(services, "record_learner_message", database_away)
+    monkeypatch.setattr(services, "_record_learner_message", database_away)
     await view.send(action="send", text="Please text me by ten.", strategies=["assert"])
     frame = await view.until(lambda f: 'id="chat-error"' in f)
     assert "was not saved" in frame and "still in the box" in frame
@@ -189,8 +189,35 @@ async def test_a_message_stored_before_the_database_went_away_is_confirmed_and_a
 async def test_a_reply_that_cannot_start_yet_is_started_once_it_can(fake_llm, monkeypatch) -> None:
     conversation = await start()
     view = await open_view(conversation)
+    real = services.generate_partner_reply
+    calls = []
+
+    async def away_once(*, message_id):
+        calls.append(message_id)
+        if len(calls) == 1:
+            raise OperationalError("connection refused")  # claiming it met the outage
+        return await real(message_id=message_id)
+
+    monkeypatch.setattr(services, "generate_partner_reply", away_once)
+    await view.send(action="send", text="Please text me by ten.", strategies=["assert"])
+    frame = await view.until(lambda f: 'id="message-sent"' in f or 'id="chat-error"' in f)
+    assert 'id="message-sent"' in frame
+    reply = await reply_of(conversation, 1)
+    await view.until_complete(reply.pk)
+    assert len(calls) == 2
+    await view.communicator.disconnect()
+
+
+async def test_a_reply_left_unqueued_and_then_unstartable_is_started_once_it_can(
+    fake_llm, monkeypatch
+) -> None:
+    conversation = await start()
+    view = await open_view(conversation)
     real = services.ensure_partner_reply
     calls = []
+
+    def queue_away(*args, **kwargs):
+        raise OperationalError("server closed the connection unexpectedly")
 
     async def away_once(*, conversation_id):
         calls.append(conversation_id)
@@ -198,11 +225,17 @@ async def test_a_reply_that_cannot_start_yet_is_started_once_it_can(fake_llm, mo
             raise OperationalError("connection refused")
         return await real(conversation_id=conversation_id)
 
+    # Stored, but its reply not queued (the outage), and the first look for it fails too.
+    monkeypatch.setattr(services, "_rate_and_queue_reply", queue_away)
     monkeypatch.setattr(services, "ensure_partner_reply", away_once)
     await view.send(action="send", text="Please text me by ten.", strategies=["assert"])
     frame = await view.until(lambda f: 'id="message-sent"' in f or 'id="chat-error"' in f)
     assert 'id="message-sent"' in frame
-    reply = await reply_of(conversation, 1)
+    reply = await poll(
+        lambda: Message.objects.filter(conversation=conversation, seq=2).afirst(),
+        "the reply queued by the watch",
+        timeout=10,
+    )
     await view.until_complete(reply.pk)
     assert len(calls) == 2
     await view.communicator.disconnect()

@@ -70,6 +70,7 @@ def send(conversation: Conversation) -> Message:
 
 def test_a_studys_message_rate_limit_applies_to_its_participants_only(enrolled, study) -> None:
     conversation = training_chat(enrolled, study, messages_per_minute=1)
+    assert conversation.messages_per_minute == 1  # carried by the chat from its opening
     send(conversation)
     with pytest.raises(chat_services.ConversationError) as refused:
         send(conversation)
@@ -119,4 +120,4 @@ def test_blank_study_limits_keep_the_products_defaults(enrolled, study) -> None:
     conversation = training_chat(enrolled, study)
     assert conversation.max_message_chars == settings.IMBUE.get("max_message_chars", 2000)
     assert conversation.token_budget == settings.IMBUE["conversation_token_budget"]
-    assert ratelimit.study_limits(conversation.learner_id) == ratelimit.NO_STUDY
+    assert (conversation.messages_per_minute, conversation.feedback_per_minute) == (None, None)
