@@ -1,44 +1,18 @@
-"""Staff screens for model calls, the audit log and adverse events.
-
-Who sees which rows (the per-study grants of study.permissions):
-- model calls hold prompts built from a learner's words: a superuser sees all; other staff only the
-  calls made for chats of participants of the studies they hold the view right on (never a
-  free-practice learner's, never a call tied to no chat);
-- adverse events quote a learner's words and are the study team's to review: the same rule, and the
-  review action touches only the events the user sees;
-- the audit log records what staff did, across every study and team, including the grants:
-  superusers only (it is the oversight of the researchers, not their data).
-"""
+"""Staff screens for model calls, the audit log and adverse events: what they show, and that no one
+adds, changes or deletes their rows here. Who sees which rows follows the per-study grants, so the
+study app registers these screens with its rights (study/admin.py) and imbue imports no app."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import admin
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from imbue import audit
 from imbue.models import AdverseEvent, AuditEntry, LLMCall
-from study.admin_research import ParticipantContentAdmin
-from study.permissions import is_all_studies
 
 
-def _conversations_of(learners: QuerySet) -> QuerySet:
-    # Imported here: imbue's models name the apps' rows by plain id, and only this screen joins.
-    from simulations.models import Conversation
-
-    return Conversation.objects.filter(learner__in=learners).values("pk")
-
-
-def _drafts_of(learners: QuerySet) -> QuerySet:
-    from feedback.models import Draft
-
-    return Draft.objects.filter(conversation__learner__in=learners).values("pk")
-
-
-@admin.register(LLMCall)
-class LLMCallAdmin(ParticipantContentAdmin, admin.ModelAdmin):
+class LLMCallAdmin(admin.ModelAdmin):
     """Read-only: the call record is research data written by `imbue.llm` alone."""
 
     list_display = [
@@ -48,12 +22,6 @@ class LLMCallAdmin(ParticipantContentAdmin, admin.ModelAdmin):
     list_filter = ["purpose", "outcome", "response_format", "model", "prompt_name"]
     search_fields = ["prompt_name", "prompt_hash", "error"]
     date_hierarchy = "created_at"
-
-    def scope_content(self, queryset: QuerySet, learners: QuerySet) -> QuerySet:
-        return queryset.filter(
-            Q(conversation_id__in=_conversations_of(learners))
-            | Q(draft_id__in=_drafts_of(learners))
-        )
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -65,20 +33,13 @@ class LLMCallAdmin(ParticipantContentAdmin, admin.ModelAdmin):
         return False
 
 
-@admin.register(AuditEntry)
 class AuditEntryAdmin(admin.ModelAdmin):
-    """The audit log: readable by staff, never added to, changed or deleted from here."""
+    """The audit log: never added to, changed or deleted from here."""
 
     list_display = ["at", "actor_username", "action", "object_type", "object_id", "ip"]
     list_filter = ["action", "object_type"]
     search_fields = ["actor_username", "action", "object_type", "object_id"]
     date_hierarchy = "at"
-
-    def has_module_permission(self, request: HttpRequest) -> bool:
-        return is_all_studies(request.user) and super().has_module_permission(request)
-
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return is_all_studies(request.user) and super().has_view_permission(request, obj)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -90,8 +51,7 @@ class AuditEntryAdmin(admin.ModelAdmin):
         return False
 
 
-@admin.register(AdverseEvent)
-class AdverseEventAdmin(ParticipantContentAdmin, admin.ModelAdmin):
+class AdverseEventAdmin(admin.ModelAdmin):
     """Adverse events for the researchers: read them, then mark them reviewed (audited)."""
 
     list_display = [
@@ -101,11 +61,6 @@ class AdverseEventAdmin(ParticipantContentAdmin, admin.ModelAdmin):
     list_filter = ["level", "category", "source", ("reviewed_at", admin.EmptyFieldListFilter)]
     date_hierarchy = "created_at"
     actions = ["mark_reviewed"]
-
-    def scope_content(self, queryset: QuerySet, learners: QuerySet) -> QuerySet:
-        return queryset.filter(
-            Q(learner_id__in=learners) | Q(conversation_id__in=_conversations_of(learners))
-        )
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

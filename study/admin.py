@@ -6,6 +6,14 @@ they hold the view right on (their participants, allocations and withdrawal rece
 study's settings only with the edit right, and never add or delete. Only superusers see and give
 the staff access of a study. Changes go to the audit log (AuditedAdmin).
 
+The screens of imbue's rows are registered here too, with the same rights: model calls (prompts
+built from a learner's words) and adverse events (which quote them, and are the study team's to
+review) as the rest of a learner's content: a superuser sees all; other staff only those of
+participants of the studies they hold the view right on (never a free-practice learner's, never a
+call tied to no chat), and the review action touches only the events the user sees. The audit log
+records what staff did, across every study and team, including the grants: superusers only (it is
+the oversight of the researchers, not their data).
+
 The allocation design and the arms are editable while a study is a draft and frozen once it opens
 (its sequence and hash are then on record); so is the slug, which the participants' link carries.
 Opening and closing are actions, not field edits.
@@ -16,13 +24,18 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 
+from feedback.models import Draft
+from imbue import admin as imbue_admin
 from imbue.audit import AuditedAdmin
+from imbue.models import AdverseEvent, AuditEntry, LLMCall
+from simulations.models import Conversation
 from study import services
 from study.admin_research import (
     ParticipantAdminMixin,
+    ParticipantContentAdmin,
     ScopedRelatedFilter,
     StudyAdminMixin,
     StudyScopedAdmin,
@@ -266,3 +279,41 @@ class WithdrawalReceiptAdmin(StudyScopedAdmin, AuditedAdmin):
         self, request: HttpRequest, obj: WithdrawalReceipt | None = None
     ) -> bool:
         return False
+
+
+# --------------------------------------------------------------------------- imbue's rows
+
+
+def _conversations_of(learners: QuerySet) -> QuerySet:
+    # imbue's models name the apps' rows by plain id, so the scoping joins by id.
+    return Conversation.objects.filter(learner__in=learners).values("pk")
+
+
+def _drafts_of(learners: QuerySet) -> QuerySet:
+    return Draft.objects.filter(conversation__learner__in=learners).values("pk")
+
+
+@admin.register(LLMCall)
+class LLMCallAdmin(ParticipantContentAdmin, imbue_admin.LLMCallAdmin):
+    def scope_content(self, queryset: QuerySet, learners: QuerySet) -> QuerySet:
+        return queryset.filter(
+            Q(conversation_id__in=_conversations_of(learners))
+            | Q(draft_id__in=_drafts_of(learners))
+        )
+
+
+@admin.register(AdverseEvent)
+class AdverseEventAdmin(ParticipantContentAdmin, imbue_admin.AdverseEventAdmin):
+    def scope_content(self, queryset: QuerySet, learners: QuerySet) -> QuerySet:
+        return queryset.filter(
+            Q(learner_id__in=learners) | Q(conversation_id__in=_conversations_of(learners))
+        )
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(imbue_admin.AuditEntryAdmin):
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return is_all_studies(request.user) and super().has_module_permission(request)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return is_all_studies(request.user) and super().has_view_permission(request, obj)

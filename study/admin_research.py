@@ -10,12 +10,14 @@ participant page.
     class AllocationAdmin(StudyScopedAdmin, admin.ModelAdmin): ...
     class WithdrawalReceiptAdmin(StudyScopedAdmin, admin.ModelAdmin): study_slug_field = ...
 
-The learners' content (conversations, drafts, feedback, model calls, adverse events, in their apps'
-admin modules) uses ParticipantContentAdmin, ParticipantContentInline and ParticipantStudyFilter.
+The learners' content (conversations, drafts and feedback in their apps' admin modules; imbue's
+model calls and adverse events in study/admin.py) uses ParticipantContentAdmin,
+ParticipantContentInline and ParticipantStudyFilter.
 
-For these screens the per-study grant replaces Django's model permissions: a superuser sees
-everything, other staff see the studies they may view, change those they may edit, and never add or
-delete (a superuser's job). A concrete ModelAdmin can still forbid more than the mixin allows.
+For these screens the per-study grant replaces Django's model permissions (SuperuserOrGrant): a
+superuser sees everything, other staff see the studies they may view, change those they may edit,
+and never add or delete (a superuser's job). A concrete ModelAdmin can still forbid more than the
+mixin allows.
 """
 
 from __future__ import annotations
