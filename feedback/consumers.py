@@ -12,6 +12,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from feedback import notify, services
 from feedback.views import render_panel
 from imbue.security import BadFrame, is_database_outage, parse_frame
+from simulations.consumers import ClientDisconnected
 from simulations.learners import aowned_conversation
 from simulations.models import Conversation
 
@@ -46,6 +47,9 @@ class FeedbackConsumer(AsyncWebsocketConsumer):
     """`ws/conversations/<id>/feedback/`: owner only; sends panels, hears "viewed" reports."""
 
     conversation: Conversation | None = None
+    # Set once this socket is closing: an answer must then wait for the page's next socket (a
+    # panel "sent" into a closing socket reaches no one, and must not count as delivered).
+    closing = False
 
     async def connect(self) -> None:
         conversation_id = int(self.scope["url_route"]["kwargs"]["conversation_id"])
@@ -64,7 +68,7 @@ class FeedbackConsumer(AsyncWebsocketConsumer):
             if not is_database_outage(error):
                 raise
             log.warning("feedback socket %s: database away on connect", self.conversation.pk)
-            await self.close(code=TRY_AGAIN_LATER)
+            await self._close_for_now()
             return
         if html is not None:
             await self.send(text_data=html)
@@ -72,6 +76,8 @@ class FeedbackConsumer(AsyncWebsocketConsumer):
             await self._delivered(done_id)
 
     async def _delivered(self, request_id: int) -> None:
+        if self.closing:
+            return  # not sent after all: the next connection is sent it
         try:
             await database_sync_to_async(services.mark_delivered)(request_id=request_id)
         except Exception as error:  # the panel is on the page; only the timestamp is missing
@@ -79,7 +85,24 @@ class FeedbackConsumer(AsyncWebsocketConsumer):
                 raise
             log.warning("feedback %s: shown, but its delivery time not stored", request_id)
 
+    async def _close_for_now(self) -> None:
+        """Close with "try again later": the page reconnects and is sent the panel then."""
+        self.closing = True
+        await self.close(code=TRY_AGAIN_LATER)
+
+    async def send(
+        self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False
+    ) -> None:
+        """Send a frame; a browser that has gone is no error (`disconnect` follows), but what
+        was being sent then is not delivered."""
+        try:
+            await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
+        except ClientDisconnected:
+            self.closing = True
+            log.info("feedback socket: the browser left before a panel reached it")
+
     async def disconnect(self, code: int) -> None:
+        self.closing = True
         if self.conversation is not None:
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
@@ -99,6 +122,8 @@ class FeedbackConsumer(AsyncWebsocketConsumer):
             )
 
     async def feedback_ready(self, event: dict[str, Any]) -> None:
+        if self.closing:
+            return  # left undelivered: the page's next socket is sent it on connect
         request_id = int(event["request_id"])
         html = event.get("html")
         if isinstance(html, str):
@@ -116,7 +141,7 @@ class FeedbackConsumer(AsyncWebsocketConsumer):
                 if wait is None:
                     # Still away: the page reconnects, and its new socket is sent the panel.
                     log.warning("feedback %s: database away; the page will ask again", request_id)
-                    await self.close(code=TRY_AGAIN_LATER)
+                    await self._close_for_now()
                     return
                 await asyncio.sleep(wait)
         if html is None:

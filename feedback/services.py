@@ -17,7 +17,6 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 
 from feedback import notify
@@ -222,11 +221,17 @@ def _enqueue(request_id: int) -> None:
         rate_feedback_request.delay(request_id)
     except Exception:
         log.exception("feedback request %s could not be queued; answered offline", request_id)
+        feedback = FeedbackRequest.objects.select_related("draft__conversation__situation").get(
+            pk=request_id
+        )
+        # Rated here: the quick offline rating of the request is made only after this runs.
+        offline = _result(_rate_draft_offline(feedback.draft.conversation, feedback.draft))
         FeedbackRequest.objects.filter(pk=request_id, status=FeedbackRequest.Status.QUEUED).update(
             status=FeedbackRequest.Status.DONE,
             engine=Engine.OFFLINE,
             fallback_reason=QUEUE_DOWN_REASON,
-            result=F("offline_result"),
+            result=offline,
+            offline_result=offline,
             computed_at=timezone.now(),
         )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -163,6 +164,11 @@ DATABASES["default"]["TEST"] = {
     "NAME": "test_" + DATABASES["default"]["NAME"] + os.environ.get("TEST_DB_SUFFIX", "")
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# How long a busy thread keeps the GIL before a waiting one may take it (Python's default: 5 ms).
+# A database thread whose query answered waits for the event loop (or a worker thread) to let go,
+# once per round trip; a shorter interval lets it go on sooner (see bench/README.md, "GIL").
+sys.setswitchinterval(env_float("PYTHON_SWITCH_INTERVAL_MS", 0.5) / 1000)
 
 # --- Redis: channel layer and Celery broker -----------------------------------------------------
 

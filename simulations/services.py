@@ -295,9 +295,14 @@ def record_learner_message(
 
 
 def _record_learner_message(
-    *, conversation: Conversation, text: str, strategies: Sequence[str] | str
-) -> tuple[Message, int | None]:
-    """`record_learner_message`, with the id of the reply it queued (None when none was)."""
+    *,
+    conversation: Conversation,
+    text: str,
+    strategies: Sequence[str] | str,
+    claim: bool = False,
+) -> tuple[Message, Queued]:
+    """`record_learner_message`, with the reply it queued (and with `claim`, its first attempt,
+    which the caller must then write: see `_rate_and_queue_reply`)."""
     with transaction.atomic():
         # Only the pk and the owner are read from `conversation`: a socket passes no more.
         locked = (
@@ -353,7 +358,7 @@ def _record_learner_message(
             locked.status = Conversation.Status.PAUSED
             locked.ended_at = timezone.now()
             locked.save(update_fields=["status", "ended_at"])
-            return message, None
+            return message, Queued(None)
     # The message is committed; a failure from here on must not lose it.
     partner_said = next(
         (
@@ -364,15 +369,15 @@ def _record_learner_message(
         "",
     )
     try:
-        reply_id = _rate_and_queue_reply(locked, message, chosen, partner_said, messages)
+        queued = _rate_and_queue_reply(locked, message, chosen, partner_said, messages, claim=claim)
     except Exception as error:
         if not is_database_outage(error):
             raise
         # Stored, but the database went away before its reply was queued: the message is kept
         # (and reported as saved); `_reply_in_flight` queues the reply once the database is back.
         log.warning("message %s stored, its reply not queued yet: %s", message.pk, error)
-        reply_id = None
-    return message, reply_id
+        queued = Queued(None)
+    return message, queued
 
 
 def _rate_and_queue_reply(
@@ -381,9 +386,14 @@ def _rate_and_queue_reply(
     chosen: list[str],
     partner_said: str,
     earlier: list[Message],
-) -> int:
-    """Rate the stored message offline, move the resistance, and queue the partner's reply;
-    returns the reply's message id."""
+    *,
+    claim: bool = False,
+) -> Queued:
+    """Rate the stored message offline, move the resistance, and queue the partner's reply.
+
+    With `claim`, the caller means to write the reply at once: its first attempt is claimed and
+    leased in the same transaction that creates it (no other writer can see it before), so the
+    model is asked without another round trip to the database."""
     situation = conversation.situation
     try:
         rating = rate_offline(
@@ -419,7 +429,11 @@ def _rate_and_queue_reply(
         # Under the conversation's lock, like `_reply_in_flight`: another tab (or web process) may
         # have queued this reply already, and the learner's stored message must not then be
         # reported as "not stored" for a duplicate-key error.
-        Conversation.objects.select_for_update().filter(pk=conversation.pk).first()
+        locked = (
+            Conversation.objects.select_for_update().filter(pk=conversation.pk).first()
+            or conversation
+        )
+        locked.situation = situation
         message.save(
             update_fields=[
                 "ratings",
@@ -429,12 +443,36 @@ def _rate_and_queue_reply(
                 "resistance_reasons",
             ]
         )
-        reply, _ = Message.objects.get_or_create(
+        reply, created = Message.objects.get_or_create(
             conversation=conversation,
             seq=message.seq + 1,
             defaults={"role": Message.Role.PARTNER, "state": Message.State.PENDING},
         )
-    return reply.pk
+        if not (claim and created and _take_lease_now(reply.pk, token := secrets.token_hex(8))):
+            return Queued(reply.pk)
+        reply.state, reply.attempts = Message.State.STREAMING, 1
+        reply.save(update_fields=["state", "attempts"])
+        earlier = [m for m in (*earlier, message) if m.state != Message.State.FAILED]
+        job = _job_for(locked, reply, earlier)
+        job.token = token
+    return Queued(reply.pk, job)
+
+
+def _take_lease_now(message_id: int, token: str) -> bool:
+    """The reply's lease, from synchronous code; False (never raised) if Redis is away."""
+    try:
+        return bool(_redis().set(_lease_key(message_id), token, nx=True, px=_lease_ms()))
+    except redis.RedisError as error:
+        log.warning("reply %s: not leased at once (%s); it is claimed as usual", message_id, error)
+        return False
+
+
+@dataclass(frozen=True)
+class Queued:
+    """The reply a stored learner message queued, and its first attempt if already claimed."""
+
+    reply_id: int | None
+    job: _Job | None = None
 
 
 async def send_learner_message(
@@ -447,8 +485,8 @@ async def send_learner_message(
     it is saved: a reply that cannot be started now is started by a watcher when it can.
     """
     try:
-        message, reply_id = await database_sync_to_async(_record_learner_message)(
-            conversation=conversation, text=text, strategies=strategies
+        message, queued = await database_sync_to_async(_record_learner_message)(
+            conversation=conversation, text=text, strategies=strategies, claim=True
         )
     except ConversationError:
         raise
@@ -462,8 +500,9 @@ async def send_learner_message(
         await _group_send(conversation.pk, {"type": "message.created", "seq": message.seq})
     except Exception:  # other tabs show it when they reconnect (the channel layer is away)
         log.warning("message %s stored; other tabs not told", message.pk, exc_info=True)
-    if reply_id is not None:
-        start_partner_reply(message_id=reply_id)  # queued just now: no need to look it up
+    if queued.reply_id is not None:
+        # Queued just now (and, usually, claimed too): no need to look it up again.
+        start_partner_reply(message_id=queued.reply_id, claimed=queued.job)
         return message
     try:
         await ensure_partner_reply(conversation_id=conversation.pk)
@@ -477,13 +516,15 @@ def send_and_wait(
     *, conversation: Conversation, text: str, strategies: Sequence[str] | str
 ) -> Message:
     """For the page without JavaScript: record the message and write the reply before returning."""
-    message = record_learner_message(conversation=conversation, text=text, strategies=strategies)
-    reply_id = _reply_in_flight(conversation.pk)
+    message, queued = _record_learner_message(
+        conversation=conversation, text=text, strategies=strategies, claim=True
+    )
+    reply_id = queued.reply_id if queued.job is not None else _reply_in_flight(conversation.pk)
 
     async def notify_and_reply() -> None:
         await _group_send(conversation.pk, {"type": "message.created", "seq": message.seq})
         if reply_id is not None:
-            await generate_partner_reply(message_id=reply_id)
+            await generate_partner_reply(message_id=reply_id, claimed=queued.job)
 
     async_to_sync(notify_and_reply)()
     return message
@@ -665,34 +706,41 @@ def _claim(message_id: int) -> _Job | None:
             .exclude(state=Message.State.FAILED)
             .order_by("seq")
         )
-        learner = earlier[-1] if earlier and earlier[-1].role == Message.Role.LEARNER else None
-        offline = conversation.partner_engine == Conversation.Engine.OFFLINE
-        if not offline and not llm.is_configured():
-            offline = True
-        if not offline and not ratelimit.budget_left(conversation.pk, conversation.token_budget):
-            # The budget is spent: the offline partner finishes the conversation, on the record.
-            conversation.partner_engine = Conversation.Engine.OFFLINE
-            conversation.partner_brief = {
-                **conversation.partner_brief,
-                "partner_fallback_reason": "the conversation's model-token budget was used up",
-            }
-            conversation.save(update_fields=["partner_engine", "partner_brief"])
-            offline = True
-        situation = conversation.situation
-        return _Job(
-            message_id=message.pk,
-            conversation_id=conversation.pk,
-            attempt=message.attempts,
-            offline=offline,
-            brief=dict(conversation.partner_brief),
-            situation=situation.situation,
-            goal=situation.goal,
-            category=situation.category,
-            resistance=(learner.resistance if learner and conversation.adaptive_enabled else None),
-            history=[(m.role, m.text) for m in earlier],
-            learner_text=learner.text if learner else "",
-            rating=dict(learner.ratings) if learner else {},
-        )
+        return _job_for(conversation, message, earlier)
+
+
+def _job_for(conversation: Conversation, reply: Message, earlier: list[Message]) -> _Job:
+    """The attempt's job, read under the conversation's lock; `earlier` are the messages before
+    the reply that were not failures. Falls back to the offline partner when the model is gone
+    or the conversation's token budget is spent (recorded on the conversation)."""
+    learner = earlier[-1] if earlier and earlier[-1].role == Message.Role.LEARNER else None
+    offline = conversation.partner_engine == Conversation.Engine.OFFLINE
+    if not offline and not llm.is_configured():
+        offline = True
+    if not offline and not ratelimit.budget_left(conversation.pk, conversation.token_budget):
+        # The budget is spent: the offline partner finishes the conversation, on the record.
+        conversation.partner_engine = Conversation.Engine.OFFLINE
+        conversation.partner_brief = {
+            **conversation.partner_brief,
+            "partner_fallback_reason": "the conversation's model-token budget was used up",
+        }
+        conversation.save(update_fields=["partner_engine", "partner_brief"])
+        offline = True
+    situation = conversation.situation
+    return _Job(
+        message_id=reply.pk,
+        conversation_id=conversation.pk,
+        attempt=reply.attempts,
+        offline=offline,
+        brief=dict(conversation.partner_brief),
+        situation=situation.situation,
+        goal=situation.goal,
+        category=situation.category,
+        resistance=(learner.resistance if learner and conversation.adaptive_enabled else None),
+        history=[(m.role, m.text) for m in earlier],
+        learner_text=learner.text if learner else "",
+        rating=dict(learner.ratings) if learner else {},
+    )
 
 
 def _store_reply(job: _Job, written: _Written) -> bool:
@@ -859,21 +907,23 @@ async def _announce_attempt(client: aredis.Redis, job: _Job) -> None:
     )
 
 
-async def generate_partner_reply(*, message_id: int) -> None:
+async def generate_partner_reply(*, message_id: int, claimed: _Job | None = None) -> None:
     """Write the partner's reply to a pending message: stream it to the group, store it once.
 
     Does nothing when another writer holds the reply's lease or the reply is already stored.
+    `claimed` is an attempt already claimed and leased for this writer (when it was queued).
     """
-    token = secrets.token_hex(8)
     client = _aredis()
-    if not await client.set(_lease_key(message_id), token, nx=True, px=_lease_ms()):
+    job = claimed
+    token = claimed.token if claimed is not None else secrets.token_hex(8)
+    if job is None and not await client.set(_lease_key(message_id), token, nx=True, px=_lease_ms()):
         return
-    job: _Job | None = None
     try:
-        job = await database_sync_to_async(_claim)(message_id)
         if job is None:
-            return
-        job.token = token
+            job = await database_sync_to_async(_claim)(message_id)
+            if job is None:
+                return
+            job.token = token
         job.announced = asyncio.create_task(_announce_attempt(client, job))
         job.announced.add_done_callback(lambda t: t.cancelled() or t.exception())  # seen here
         lost = asyncio.Event()
@@ -934,13 +984,14 @@ def _still_in_flight(message_id: int) -> bool:
     ).exists()
 
 
-async def _write_until_stored(message_id: int) -> None:
+async def _write_until_stored(message_id: int, claimed: _Job | None = None) -> None:
     """`generate_partner_reply`, and again while the reply is still in flight (its lease is
     held by a live writer, or its writer crashed or could not store it): none is left stuck."""
     try:
         for delay in WATCH_DELAYS_S:
             try:
-                await generate_partner_reply(message_id=message_id)
+                await generate_partner_reply(message_id=message_id, claimed=claimed)
+                claimed = None  # a later look claims a new attempt of its own
                 if not await database_sync_to_async(_still_in_flight)(message_id):
                     return
             except Exception:  # the database or Redis still away: look again after the pause
@@ -950,14 +1001,16 @@ async def _write_until_stored(message_id: int) -> None:
         _watched.discard(message_id)
 
 
-def start_partner_reply(*, message_id: int) -> asyncio.Task[None] | None:
+def start_partner_reply(
+    *, message_id: int, claimed: _Job | None = None
+) -> asyncio.Task[None] | None:
     """Write the reply in a task of this process that outlives the socket, and keep at it until
     it is stored; None if this process already watches over it."""
     if message_id in _watched:
         return None
     _watched.add(message_id)
     task = asyncio.get_running_loop().create_task(
-        _write_until_stored(message_id), name=f"partner-reply-{message_id}"
+        _write_until_stored(message_id, claimed), name=f"partner-reply-{message_id}"
     )
     _running.add(task)
     task.add_done_callback(_log_crash)

@@ -95,6 +95,24 @@ def test_with_a_model_the_request_is_queued_with_the_offline_rating_and_enqueued
     assert fake_llm.requests() == []
 
 
+@pytest.mark.django_db(transaction=True)  # no test transaction: enqueued at the real commit
+def test_when_the_queue_cannot_be_reached_the_offline_rating_is_the_answer(fake_llm, monkeypatch):
+    from feedback.tasks import rate_feedback_request
+
+    def queue_away(*args, **kwargs):
+        raise ConnectionError("Redis is away")
+
+    monkeypatch.setattr(rate_feedback_request, "delay", queue_away)
+    feedback = ask(make_conversation())
+    assert feedback.status == "done"  # the answer the request itself shows
+    feedback.refresh_from_db()
+    assert feedback.status == "done" and feedback.engine == "offline"
+    assert feedback.fallback_reason == services.QUEUE_DOWN_REASON
+    assert feedback.result == feedback.offline_result
+    assert set(feedback.result["skills"]) >= {"describe", "assert", "mindful", "confident"}
+    assert fake_llm.requests() == []
+
+
 @pytest.mark.django_db
 def test_a_no_feedback_arm_keeps_the_draft_but_computes_and_sends_nothing(
     fake_llm, django_capture_on_commit_callbacks

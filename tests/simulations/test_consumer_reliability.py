@@ -192,11 +192,13 @@ async def test_a_reply_that_cannot_start_yet_is_started_once_it_can(fake_llm, mo
     real = services.generate_partner_reply
     calls = []
 
-    async def away_once(*, message_id):
+    async def away_once(*, message_id, claimed=None):
         calls.append(message_id)
         if len(calls) == 1:
-            raise OperationalError("connection refused")  # claiming it met the outage
-        return await real(message_id=message_id)
+            if claimed is not None:  # as the real writer does on any failure: the lease goes
+                await services._aredis().delete(services._lease_key(message_id))
+            raise OperationalError("connection refused")  # writing it met the outage
+        return await real(message_id=message_id, claimed=claimed)
 
     monkeypatch.setattr(services, "generate_partner_reply", away_once)
     await view.send(action="send", text="Please text me by ten.", strategies=["assert"])
