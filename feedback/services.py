@@ -118,6 +118,9 @@ def request_feedback(
 ) -> FeedbackRequest:
     """Store the draft and a feedback request on it, enqueue the model, and rate it offline.
 
+    Only `conversation`'s pk and owner are read: the row is locked and reloaded by both
+    (`Conversation.DoesNotExist` when this learner has no such conversation).
+
     The model's request is queued as soon as the draft is committed, and the offline rating (the
     quick panel the learner sees meanwhile) is made after that, so it adds nothing to the wait
     for the expert's. In a conversation without feedback (a study's no-feedback arm) the draft is
@@ -130,7 +133,7 @@ def request_feedback(
         locked = (
             Conversation.objects.select_for_update(of=("self",))
             .select_related("situation")
-            .get(pk=conversation.pk)
+            .get(pk=conversation.pk, learner_id=conversation.learner_id)
         )
         if not locked.is_open:
             raise FeedbackInputError("This conversation has ended, so there is nothing to send.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.template.loader import render_to_string
 from django.views.decorators.http import require_POST
@@ -15,7 +15,8 @@ from feedback.models import Engine, FeedbackRequest
 from feedback.raters.rating import Rating
 from feedback.skills import SKILLS
 from imbue import audit
-from simulations.learners import owned_conversation
+from simulations.learners import conversation_ref
+from simulations.models import Conversation
 
 PANEL_TEMPLATE = "feedback/_feedback_panel.html"
 OFFLINE_WHY = {
@@ -90,14 +91,16 @@ def render_panel(feedback: FeedbackRequest, *, oob: bool = False) -> str:
 @require_POST
 def request_feedback(request: HttpRequest, conversation_id: int) -> HttpResponse:
     """Rate the chat form's draft: the offline rating now, the expert one over the socket."""
-    conversation = owned_conversation(request, conversation_id)
     try:
         feedback = services.request_feedback(
-            conversation=conversation,
+            # The service locks the row by id and owner: no separate ownership query first.
+            conversation=conversation_ref(request, conversation_id),
             text=request.POST.get("text", ""),
             strategies=request.POST.getlist("strategies"),
             used_rewrite=request.POST.get("used_rewrite") in {"1", "true", "on"},
         )
+    except Conversation.DoesNotExist:
+        raise Http404("No such conversation.") from None
     except services.FeedbackInputError as error:
         return render(request, "feedback/_feedback_panel.html", {"error": str(error)}, status=422)
     if feedback.status == FeedbackRequest.Status.DONE:

@@ -56,6 +56,16 @@ def learner_id_from_scope(scope: dict[str, Any]) -> int | None:
     return session.get(SESSION_KEY)
 
 
+def conversation_ref(request: HttpRequest, conversation_id: int) -> Conversation:
+    """A reference to the conversation, by id and by this browser's learner, without a query:
+    for services that lock and reload the row themselves, filtered by both (so another learner's
+    id finds nothing). 404 when the browser is no learner."""
+    learner_id = request.session.get(SESSION_KEY)
+    if learner_id is None:
+        raise Http404("No such conversation.")
+    return Conversation(pk=conversation_id, learner_id=learner_id)
+
+
 def owned_conversation(request: HttpRequest, conversation_id: int) -> Conversation:
     """The conversation if this browser's learner owns it; 404 otherwise (no existence leak)."""
     learner = current_learner(request, create=False)
