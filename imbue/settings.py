@@ -273,6 +273,9 @@ IMBUE = {
     "messages_per_minute": env_int("IMBUE_MESSAGES_PER_MINUTE", 12),
     "feedback_per_minute": env_int("IMBUE_FEEDBACK_PER_MINUTE", 20),
     "conversation_token_budget": env_int("IMBUE_CONVERSATION_TOKEN_BUDGET", 60000),
+    # A reply's first words go out at once; after that, what the model streams is sent at most
+    # once per this many milliseconds (0: every piece as it comes). See bench/README.md.
+    "stream_flush_ms": env_int("IMBUE_STREAM_FLUSH_MS", 50),
 }
 
 # --- Sessions, security (see imbue/security.py for the headers and README "Deploying") ---------

@@ -828,6 +828,49 @@ async def _push(job: _Job, text: str, lost: asyncio.Event) -> None:
     )
 
 
+class _Pusher:
+    """Sends a reply's text as it streams: the first piece at once, then what has come since at
+    most once per `flush_s`, so a reply is a few dozen frames whatever the model's token rate
+    (each costs a Redis append, a publish and a frame to every tab). The only pusher of its
+    attempt, so the pieces keep their order; an error in a push is raised by the next `add` or
+    by `close`."""
+
+    def __init__(self, job: _Job, lost: asyncio.Event, flush_s: float) -> None:
+        self.job, self.lost, self.flush_s = job, lost, flush_s
+        self.buffer = ""
+        self.ready = asyncio.Event()
+        self.closed = False
+        self.task = asyncio.get_running_loop().create_task(self._run())
+        self.task.add_done_callback(lambda t: t.cancelled() or t.exception())  # raised in add
+
+    def add(self, text: str) -> None:
+        if self.task.done():
+            self.task.result()  # raises what stopped it (a lost lease, Redis away)
+        self.buffer += text
+        self.ready.set()
+
+    async def close(self) -> None:
+        """Send what is left and wait for it."""
+        self.closed = True
+        self.ready.set()
+        await self.task
+
+    def cancel(self) -> None:
+        self.task.cancel()
+
+    async def _run(self) -> None:
+        while True:
+            await self.ready.wait()
+            self.ready.clear()
+            if self.buffer:
+                text, self.buffer = self.buffer, ""
+                await _push(self.job, text, self.lost)
+            if self.closed and not self.buffer:
+                return
+            if self.flush_s > 0 and not self.closed:
+                await asyncio.sleep(self.flush_s)
+
+
 async def _keep_lease(job: _Job, lost: asyncio.Event) -> None:
     client = _aredis()
     while True:
@@ -848,6 +891,7 @@ async def _write(job: _Job, lost: asyncio.Event) -> _Written | _Failed:
     """Produce the reply, streaming what may be shown as it comes."""
     if not job.offline:
         shown = partner.AgreementFilter()
+        pusher = _Pusher(job, lost, settings.IMBUE.get("stream_flush_ms", 50) / 1000)
         try:
             async with llm.stream_text(
                 purpose="partner",
@@ -867,10 +911,11 @@ async def _write(job: _Job, lost: asyncio.Event) -> _Written | _Failed:
                 async for delta in reply:
                     safe = shown.feed(delta)
                     if safe:
-                        await _push(job, safe, lost)
+                        pusher.add(safe)
             tail = shown.finish()
             if tail:
-                await _push(job, tail, lost)
+                pusher.add(tail)
+            await pusher.close()
         except llm.NotConfigured:
             job.offline = True  # the model was disconnected since the conversation started
         except llm.LLMError as error:
@@ -881,6 +926,8 @@ async def _write(job: _Job, lost: asyncio.Event) -> _Written | _Failed:
             if not text:
                 return _Failed(llm.Malformed.user_message, reply.call_id)
             return _Written(text, shown.agreed, reply.call_id)
+        finally:
+            pusher.cancel()  # a failed or cut reply sends nothing more
     text, agreed = partner.offline_reply(
         brief=job.brief,
         situation=job.situation,

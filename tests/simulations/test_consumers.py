@@ -208,7 +208,8 @@ async def test_streamed_deltas_arrive_in_order_soon_after_each_token(
     expected = fake_reply(request["body"]["messages"], max_tokens=request["body"]["max_tokens"])
     streamed = "".join(text for message_id, text, _ in view.deltas if message_id == reply.pk)
     assert streamed == expected == reply.text
-    assert len(view.deltas) >= 20  # word by word, not in one piece
+    # In pieces as it streams (40 tokens a second, sent at most every 50 ms), not in one piece.
+    assert len(view.deltas) >= 10
     first_delta_ms = (view.deltas[0][2] - sent_at) * 1000
     # The server's own clock: request received to first token sent.
     server_ttft_ms = (request["first_token_at"] - request["received_at"]) * 1000
