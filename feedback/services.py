@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -181,15 +182,7 @@ def request_feedback(
         if reason:
             # No model to wait for: the offline rating is the answer, with no worker round trip.
             offline = _result(_rate_draft_offline(locked, draft))
-            return FeedbackRequest.objects.create(
-                draft=draft,
-                status=FeedbackRequest.Status.DONE,
-                engine=Engine.OFFLINE,
-                fallback_reason=reason,
-                offline_result=offline,
-                result=offline,
-                computed_at=timezone.now(),
-            )
+            return FeedbackRequest.objects.create(draft=draft, **_answered_offline(offline, reason))
         feedback = FeedbackRequest.objects.create(draft=draft)
         request_id = feedback.pk
         transaction.on_commit(lambda: _enqueue(request_id))
@@ -215,9 +208,21 @@ def _rate_draft_offline(conversation: Conversation, draft: Draft) -> Rating:
     )
 
 
+def _answered_offline(offline: dict, reason: str) -> dict[str, Any]:
+    """The fields of a request that its offline rating answers for good, and why."""
+    return {
+        "status": FeedbackRequest.Status.DONE,
+        "engine": Engine.OFFLINE,
+        "fallback_reason": reason,
+        "offline_result": offline,
+        "result": offline,
+        "computed_at": timezone.now(),
+    }
+
+
 def _enqueue(request_id: int) -> None:
     """Hand a stored request to the worker; when the queue cannot be reached (Redis down), the
-    offline rating the learner already sees becomes the answer, so nothing waits for ever."""
+    offline rating, made here, becomes the answer, so nothing waits for ever."""
     from feedback.tasks import rate_feedback_request  # tasks.py imports this module
 
     try:
@@ -230,12 +235,7 @@ def _enqueue(request_id: int) -> None:
         # Rated here: the quick offline rating of the request is made only after this runs.
         offline = _result(_rate_draft_offline(feedback.draft.conversation, feedback.draft))
         FeedbackRequest.objects.filter(pk=request_id, status=FeedbackRequest.Status.QUEUED).update(
-            status=FeedbackRequest.Status.DONE,
-            engine=Engine.OFFLINE,
-            fallback_reason=QUEUE_DOWN_REASON,
-            result=offline,
-            offline_result=offline,
-            computed_at=timezone.now(),
+            **_answered_offline(offline, QUEUE_DOWN_REASON)
         )
 
 

@@ -448,7 +448,8 @@ def _rate_and_queue_reply(
             seq=message.seq + 1,
             defaults={"role": Message.Role.PARTNER, "state": Message.State.PENDING},
         )
-        if not (claim and created and _take_lease_now(reply.pk, token := secrets.token_hex(8))):
+        token = secrets.token_hex(8)
+        if not (claim and created and _take_lease_now(reply.pk, token)):
             return Queued(reply.pk)
         reply.state, reply.attempts = Message.State.STREAMING, 1
         reply.save(update_fields=["state", "attempts"])
