@@ -46,8 +46,9 @@ from django.db.models import Max
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 
-from feedback.models import Draft
+from feedback.models import Draft, FeedbackRequest
 from feedback.raters.offline import OfflineModel, default_model, rate_offline
+from feedback.raters.rating import Rating
 from feedback.skills import SKILLS, STRATEGIES
 from imbue import audit, llm, ratelimit
 from imbue.models import AdverseEvent
@@ -285,8 +286,9 @@ def _clean_strategies(conversation: Conversation, strategies: Iterable[str] | st
 def record_learner_message(
     *, conversation: Conversation, text: str, strategies: Sequence[str] | str
 ) -> Message:
-    """Store what the learner sent (first, on its own), rate it, move the resistance, and queue
-    the partner's reply as a pending message.
+    """Store what the learner sent, rated, with the resistance it moves and the partner's reply
+    queued as a pending message: all in one transaction, so a message is never kept without its
+    reply queued, nor a reply queued for a message that was not kept.
 
     A message that suggests the learner may be at risk is stored with an adverse event for the
     researchers, pauses the conversation, and is never sent to the partner model.
@@ -301,10 +303,12 @@ def _record_learner_message(
     strategies: Sequence[str] | str,
     claim: bool = False,
 ) -> tuple[Message, Queued]:
-    """`record_learner_message`, with the reply it queued (and with `claim`, its first attempt,
-    which the caller must then write: see `_rate_and_queue_reply`)."""
+    """`record_learner_message`, with the reply it queued. With `claim`, the caller means to
+    write the reply at once: its first attempt is claimed and leased in the same transaction (no
+    other writer can see the reply before), so the model is asked with no further round trip."""
     with transaction.atomic():
         # Only the pk and the owner are read from `conversation`: a socket passes no more.
+        # Every writer of this conversation's messages takes this lock first.
         locked = (
             Conversation.objects.select_for_update(of=("self",))
             .select_related("situation")
@@ -320,8 +324,8 @@ def _record_learner_message(
             raise ConversationError("Write a message first.")
         chosen = _clean_strategies(locked, strategies)
         messages = list(locked.messages.order_by("seq"))
-        learner_count = sum(m.role == Message.Role.LEARNER for m in messages)
-        if learner_count >= locked.max_messages:
+        turn = sum(m.role == Message.Role.LEARNER for m in messages) + 1
+        if turn > locked.max_messages:
             raise ConversationError("You have used all the messages of this conversation.")
         last = messages[-1] if messages else None
         if last is not None and last.role == Message.Role.PARTNER:
@@ -332,7 +336,7 @@ def _record_learner_message(
         allowed = ratelimit.check_messages(locked.learner_id, per_minute=locked.messages_per_minute)
         if not allowed:
             raise ConversationError(allowed.message)
-        message = Message.objects.create(
+        message = Message(
             conversation=locked,
             seq=(last.seq if last else 0) + 1,
             role=Message.Role.LEARNER,
@@ -341,10 +345,12 @@ def _record_learner_message(
             state=Message.State.COMPLETE,
             completed_at=timezone.now(),
         )
+        _rate(locked, message, chosen, messages, turn)
+        message.save(force_insert=True)
         # The drafts the learner asked feedback on for this turn became this message.
-        Draft.objects.filter(
-            conversation=locked, turn=learner_count + 1, sent_message__isnull=True
-        ).update(sent_message=message)
+        Draft.objects.filter(conversation=locked, turn=turn, sent_message__isnull=True).update(
+            sent_message=message
+        )
         risk = safety.assess_risk(text)
         if risk.at_risk:
             # In the same transaction, so no crash can leave a risky message waiting for a reply.
@@ -359,8 +365,12 @@ def _record_learner_message(
             locked.ended_at = timezone.now()
             locked.save(update_fields=["status", "ended_at"])
             return message, Queued(None)
-    # The message is committed; a failure from here on must not lose it.
-    partner_said = next(
+        return message, _queue_reply(locked, message, messages, claim=claim)
+
+
+def _partner_said(messages: Sequence[Message]) -> str:
+    """The partner's last complete words in `messages` (in order), or ""."""
+    return next(
         (
             m.text
             for m in reversed(messages)
@@ -368,49 +378,40 @@ def _record_learner_message(
         ),
         "",
     )
-    try:
-        queued = _rate_and_queue_reply(locked, message, chosen, partner_said, messages, claim=claim)
-    except Exception as error:
-        if not is_database_outage(error):
-            raise
-        # Stored, but the database went away before its reply was queued: the message is kept
-        # (and reported as saved); `_reply_in_flight` queues the reply once the database is back.
-        log.warning("message %s stored, its reply not queued yet: %s", message.pk, error)
-        queued = Queued(None)
-    return message, queued
 
 
-def _rate_and_queue_reply(
+def _rate(
     conversation: Conversation,
     message: Message,
     chosen: list[str],
-    partner_said: str,
     earlier: list[Message],
-    *,
-    claim: bool = False,
-) -> Queued:
-    """Rate the stored message offline, move the resistance, and queue the partner's reply.
+    turn: int,
+) -> None:
+    """Set the unsaved message's offline rating and the resistance it moves the partner to.
 
-    With `claim`, the caller means to write the reply at once: its first attempt is claimed and
-    leased in the same transaction that creates it (no other writer can see it before), so the
-    model is asked without another round trip to the database."""
+    The offline rater is deterministic: when the learner sends the very draft they asked feedback
+    on (same words, skills and partner's words), the rating made for that draft is the message's.
+    """
     situation = conversation.situation
+    partner_said = _partner_said(earlier)
     try:
-        rating = rate_offline(
-            text=message.text,
-            situation=situation.situation,
-            goal=situation.goal,
-            partner_said=partner_said,
-            chosen=chosen,
-            model=_offline_model(),
-        )
+        rating = _draft_rating(conversation, turn, message.text, chosen, partner_said)
+        if rating is None:
+            rating = rate_offline(
+                text=message.text,
+                situation=situation.situation,
+                goal=situation.goal,
+                partner_said=partner_said,
+                chosen=chosen,
+                model=_offline_model(),
+            )
         # Plain str and float: a rater may hand back numpy scalars, which must not leak into
         # the stored JSON or the resistance rules.
         message.ratings = {str(skill): str(level) for skill, level in rating.levels.items()}
         message.rating_engine = str(rating.engine)
         message.mastery = None if rating.mastery is None else float(rating.mastery)
     except Exception:  # a rater bug must not block the conversation; the message is kept
-        log.exception("offline rating failed for message %s", message.pk)
+        log.exception("offline rating failed for a message of conversation %s", conversation.pk)
     if conversation.adaptive_enabled:
         before = next(
             (
@@ -425,37 +426,52 @@ def _rate_and_queue_reply(
         message.resistance, message.resistance_reasons = resistance.next_level(
             before, message.ratings, chosen, text=message.text
         )
-    with transaction.atomic():
-        # Under the conversation's lock, like `_reply_in_flight`: another tab (or web process) may
-        # have queued this reply already, and the learner's stored message must not then be
-        # reported as "not stored" for a duplicate-key error.
-        locked = (
-            Conversation.objects.select_for_update().filter(pk=conversation.pk).first()
-            or conversation
+
+
+def _draft_rating(
+    conversation: Conversation, turn: int, text: str, chosen: list[str], partner_said: str
+) -> Rating | None:
+    """The offline rating already made for this exact draft, if the learner asked for one."""
+    found = (
+        FeedbackRequest.objects.filter(
+            draft__conversation=conversation,
+            draft__turn=turn,
+            draft__text=text,
+            draft__partner_said=partner_said,
+            offline_result__isnull=False,
         )
-        locked.situation = situation
-        message.save(
-            update_fields=[
-                "ratings",
-                "rating_engine",
-                "mastery",
-                "resistance",
-                "resistance_reasons",
-            ]
-        )
-        reply, created = Message.objects.get_or_create(
-            conversation=conversation,
-            seq=message.seq + 1,
-            defaults={"role": Message.Role.PARTNER, "state": Message.State.PENDING},
-        )
-        token = secrets.token_hex(8)
-        if not (claim and created and _take_lease_now(reply.pk, token)):
-            return Queued(reply.pk)
-        reply.state, reply.attempts = Message.State.STREAMING, 1
+        .order_by("-pk")
+        .values_list("offline_result", "draft__strategies")[:1]
+    )
+    for offline_result, strategies in found:
+        if list(strategies) == chosen and offline_result.get("engine") == "offline":
+            return Rating.from_dict(offline_result)
+    return None
+
+
+def _queue_reply(
+    conversation: Conversation, message: Message, earlier: list[Message], *, claim: bool
+) -> Queued:
+    """Queue the partner's reply to the learner's `message` (just stored under the
+    conversation's lock); with `claim`, also claim and lease its first attempt."""
+    reply = Message.objects.create(
+        conversation=conversation,
+        seq=message.seq + 1,
+        role=Message.Role.PARTNER,
+        state=Message.State.STREAMING if claim else Message.State.PENDING,
+        attempts=1 if claim else 0,
+    )
+    if not claim:
+        return Queued(reply.pk)
+    token = secrets.token_hex(8)
+    if not _take_lease_now(reply.pk, token):
+        # Redis is away: left pending, for the usual claim to take when it can.
+        reply.state, reply.attempts = Message.State.PENDING, 0
         reply.save(update_fields=["state", "attempts"])
-        earlier = [m for m in (*earlier, message) if m.state != Message.State.FAILED]
-        job = _job_for(locked, reply, earlier)
-        job.token = token
+        return Queued(reply.pk)
+    history = [m for m in (*earlier, message) if m.state != Message.State.FAILED]
+    job = _job_for(conversation, reply, history)
+    job.token = token
     return Queued(reply.pk, job)
 
 
@@ -479,7 +495,7 @@ class Queued:
 async def send_learner_message(
     *, conversation: Conversation, text: str, strategies: Sequence[str] | str
 ) -> Message:
-    """For sockets: record the message, tell every tab, and start the reply in the background.
+    """For sockets: record the message, start the reply in the background, and tell every tab.
 
     Raises `ConversationError` when the message was not stored (a refusal, or `NOT_SAVED...` when
     the store failed); once it is stored, returns it whatever happens next, so the page can say
@@ -497,19 +513,14 @@ async def send_learner_message(
             raise ConversationError(NOT_SAVED_DATABASE) from error
         log.exception("conversation %s: message not stored", conversation.pk)
         raise ConversationError(NOT_SAVED) from error
+    if queued.reply_id is not None:
+        # Queued (and, usually, claimed) with the message: the model is asked before anything
+        # else is done, as soon as this coroutine next waits.
+        start_partner_reply(message_id=queued.reply_id, claimed=queued.job)
     try:
         await _group_send(conversation.pk, {"type": "message.created", "seq": message.seq})
     except Exception:  # other tabs show it when they reconnect (the channel layer is away)
         log.warning("message %s stored; other tabs not told", message.pk, exc_info=True)
-    if queued.reply_id is not None:
-        # Queued just now (and, usually, claimed too): no need to look it up again.
-        start_partner_reply(message_id=queued.reply_id, claimed=queued.job)
-        return message
-    try:
-        await ensure_partner_reply(conversation_id=conversation.pk)
-    except Exception:
-        log.warning("message %s stored; its reply starts later", message.pk, exc_info=True)
-        start_reply_watch(conversation_id=conversation.pk)
     return message
 
 
@@ -520,7 +531,7 @@ def send_and_wait(
     message, queued = _record_learner_message(
         conversation=conversation, text=text, strategies=strategies, claim=True
     )
-    reply_id = queued.reply_id if queued.job is not None else _reply_in_flight(conversation.pk)
+    reply_id = queued.reply_id  # None when paused for safety
 
     async def notify_and_reply() -> None:
         await _group_send(conversation.pk, {"type": "message.created", "seq": message.seq})
@@ -1081,7 +1092,8 @@ def _reply_in_flight(conversation_id: int) -> int | None:
             return None
         pk, state, role, seq = last
         if role == Message.Role.LEARNER:
-            # The learner's message was stored but the process died before queuing the reply.
+            # A learner's message without its reply: the two are now stored together, but rows
+            # from before that (or written by hand) may still lack one.
             return Message.objects.create(
                 conversation_id=conversation_id,
                 seq=seq + 1,
@@ -1095,7 +1107,7 @@ def _reply_in_flight(conversation_id: int) -> int | None:
 
 async def _ensure_until_started(conversation_id: int) -> None:
     """`ensure_partner_reply` again after each pause until it gets through (the database or
-    Redis was away when the learner's message was stored)."""
+    Redis was away just after a failed reply was put back in the queue)."""
     for delay in WATCH_DELAYS_S:
         await asyncio.sleep(delay)
         try:
@@ -1146,7 +1158,11 @@ def _reset_failed(conversation: Conversation) -> int:
 async def retry_partner_reply(*, conversation: Conversation) -> int:
     """Try the failed reply again (the learner's message is already stored)."""
     message_id = await database_sync_to_async(_reset_failed)(conversation)
-    await ensure_partner_reply(conversation_id=conversation.pk)
+    try:
+        await ensure_partner_reply(conversation_id=conversation.pk)
+    except Exception:  # it is queued again: a watcher starts it once it can
+        log.warning("reply %s queued again; it starts later", message_id, exc_info=True)
+        start_reply_watch(conversation_id=conversation.pk)
     return message_id
 
 

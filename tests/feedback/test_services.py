@@ -156,6 +156,54 @@ def test_every_draft_and_revision_is_kept_and_linked_to_the_message_it_became(no
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("sent_text", "sent_strategies", "reused"),
+    [
+        (DRAFT, ["describe", "assert"], True),  # the very draft that was rated
+        (DRAFT + " Thanks.", ["describe", "assert"], False),  # other words
+        (DRAFT, ["assert"], False),  # other skills: the mastery differs
+    ],
+)
+def test_a_sent_message_takes_its_drafts_offline_rating_only_when_it_is_that_draft(
+    no_llm, monkeypatch, sent_text, sent_strategies, reused
+):
+    from feedback.raters import offline
+    from simulations import services as chat
+    from simulations.services import record_learner_message
+
+    conversation = make_conversation()
+    ask(conversation)  # turn 1, rated offline
+    send(conversation)
+    ask(conversation)  # turn 2: the partner's words are part of what was rated
+    asked = FeedbackRequest.objects.latest("pk")
+    calls = []
+    real = offline.rate_offline
+
+    def counting(**kwargs):
+        calls.append(kwargs["text"])
+        return real(**kwargs)
+
+    monkeypatch.setattr(chat, "rate_offline", counting)
+    message = record_learner_message(
+        conversation=conversation, text=sent_text, strategies=sent_strategies
+    )
+    expected = real(
+        text=sent_text,
+        situation=conversation.situation.situation,
+        goal=conversation.situation.goal,
+        partner_said="I get paid late, you know.",
+        chosen=sent_strategies,
+    )
+    assert calls == ([] if reused else [sent_text])
+    assert message.ratings == expected.levels and message.rating_engine == "offline"
+    assert message.mastery == pytest.approx(expected.mastery)
+    if reused:
+        assert message.ratings == {k: v["level"] for k, v in asked.offline_result["skills"].items()}
+    message.refresh_from_db()
+    assert message.ratings == expected.levels and message.resistance is not None
+
+
+@pytest.mark.django_db
 def test_each_draft_keeps_the_partners_words_it_answered(no_llm):
     conversation = make_conversation()
     ask(conversation)

@@ -166,7 +166,7 @@ async def test_a_message_the_database_could_not_store_is_reported_as_not_saved(
     await view.communicator.disconnect()
 
 
-async def test_a_message_stored_before_the_database_went_away_is_confirmed_and_answered(
+async def test_a_message_whose_reply_could_not_be_queued_is_not_half_stored(
     fake_llm, monkeypatch
 ) -> None:
     conversation = await start()
@@ -175,15 +175,17 @@ async def test_a_message_stored_before_the_database_went_away_is_confirmed_and_a
     def database_away(*args, **kwargs):
         raise OperationalError("server closed the connection unexpectedly")
 
-    # The message is committed; queuing its reply meets the outage.
-    monkeypatch.setattr(services, "_rate_and_queue_reply", database_away)
+    # The message and its queued reply are one transaction: the outage undoes both.
+    monkeypatch.setattr(services, "_queue_reply", database_away)
     await view.send(action="send", text="Please text me by ten.", strategies=["assert"])
-    frame = await view.until(lambda f: 'id="message-sent"' in f or 'id="chat-error"' in f)
-    assert 'id="message-sent"' in frame and "not saved" not in frame
+    frame = await view.until(lambda f: 'id="chat-error"' in f)
+    assert "was not saved" in frame and "still in the box" in frame
+    assert not view.seen(lambda f: 'id="message-sent"' in f)  # the page keeps the draft
+    assert not await Message.objects.filter(conversation=conversation).aexists()
     monkeypatch.undo()
-    reply = await poll(lambda: reply_of(conversation, 1), "the reply queued", timeout=10)
-    await view.until_complete(reply.pk)
-    assert await Message.objects.filter(conversation=conversation, role="learner").acount() == 1
+    reply = await send_and_wait(view, conversation, "Please text me by ten.")
+    assert reply.state == "complete" and reply.seq == 2
+    await view.communicator.disconnect()
 
 
 async def test_a_reply_that_cannot_start_yet_is_started_once_it_can(fake_llm, monkeypatch) -> None:
@@ -210,16 +212,15 @@ async def test_a_reply_that_cannot_start_yet_is_started_once_it_can(fake_llm, mo
     await view.communicator.disconnect()
 
 
-async def test_a_reply_left_unqueued_and_then_unstartable_is_started_once_it_can(
+async def test_a_failed_reply_tried_again_while_the_database_goes_away_is_started_once_it_can(
     fake_llm, monkeypatch
 ) -> None:
     conversation = await start()
     view = await open_view(conversation)
+    reply = await send_and_wait(view, conversation, "Please text me by ten.")
+    await Message.objects.filter(pk=reply.pk).aupdate(state="failed", error="It did not arrive.")
     real = services.ensure_partner_reply
     calls = []
-
-    def queue_away(*args, **kwargs):
-        raise OperationalError("server closed the connection unexpectedly")
 
     async def away_once(*, conversation_id):
         calls.append(conversation_id)
@@ -227,18 +228,12 @@ async def test_a_reply_left_unqueued_and_then_unstartable_is_started_once_it_can
             raise OperationalError("connection refused")
         return await real(conversation_id=conversation_id)
 
-    # Stored, but its reply not queued (the outage), and the first look for it fails too.
-    monkeypatch.setattr(services, "_rate_and_queue_reply", queue_away)
+    # Put back in the queue, but the first look for it meets the outage: a watcher starts it.
     monkeypatch.setattr(services, "ensure_partner_reply", away_once)
-    await view.send(action="send", text="Please text me by ten.", strategies=["assert"])
-    frame = await view.until(lambda f: 'id="message-sent"' in f or 'id="chat-error"' in f)
-    assert 'id="message-sent"' in frame
-    reply = await poll(
-        lambda: Message.objects.filter(conversation=conversation, seq=2).afirst(),
-        "the reply queued by the watch",
-        timeout=10,
-    )
+    await view.send(action="retry")
     await view.until_complete(reply.pk)
+    await reply.arefresh_from_db()
+    assert reply.state == "complete" and reply.attempts == 2
     assert len(calls) == 2
     await view.communicator.disconnect()
 
