@@ -10,7 +10,8 @@ Each learner does what the conversation page does in Chromium with htmx:
 3. per turn: "writes" a draft (think time), posts it to `POST /feedback/c/<id>/request/` as the
    "Get feedback" button does, waits on the feedback socket for the final panel and reports it
    "viewed"; reads it (think time), then sends the message over the chat socket as the form's
-   `ws-send` does (`{"action": "send", "text": ..., "strategies": [...], ...}`) and reads the
+   `ws-send` does (the draft as it was rated, or, for a share of the turns, changed after reading
+   the feedback) (`{"action": "send", "text": ..., "strategies": [...], ...}`) and reads the
    partner's reply as it streams (first delta, then the completed bubble).
 
 At the same moment as each of these, a direct client sends the matching request straight to the
@@ -90,6 +91,8 @@ class LoadConfig:
     learners: int = 10
     messages: int = 4  # learner messages per conversation (the product allows 10)
     feedback_per_message: int = 1
+    # The share of messages changed after the feedback was read (the rest are sent as rated).
+    edited_after_feedback: float = 0.25
     # A learner reads the reply, thinks and writes about 40 words: 20-60 s here, about twice the
     # pace of the published study's participants (10 messages in 15-20 minutes).
     draft_think_s: tuple[float, float] = (20.0, 60.0)
@@ -518,10 +521,13 @@ class Learner:
                 if ask.error:
                     raise RuntimeError(ask.error)
                 await self._think(self.config.read_think_s)
-            # The message is the last draft (the tag of revision 0 marks the partner's call).
-            sent = await self.send_message(
-                turn, text.replace(self._tag(turn, revision), self._tag(turn, 0)), chosen
-            )
+            # The message is the last draft, as rated or changed after the feedback was read
+            # (then it carries revision 0's tag).
+            # (A generator of its own: the think times stay those of earlier runs.)
+            edit = random.Random(f"{self.config.seed}-{self.index}-{turn}").random()
+            if edit < self.config.edited_after_feedback:
+                text = text.replace(self._tag(turn, revision), self._tag(turn, 0)) + " Thank you."
+            sent = await self.send_message(turn, text, chosen)
             if sent.error:
                 raise RuntimeError(sent.error)
 

@@ -134,6 +134,7 @@ def request_feedback(
         locked = (
             Conversation.objects.select_for_update(of=("self",))
             .select_related("situation")
+            .annotate(tokens_spent=ratelimit.tokens_used_annotation())
             .get(pk=conversation.pk, learner_id=conversation.learner_id)
         )
         if not locked.is_open:
@@ -243,7 +244,8 @@ def _why_not_the_model(conversation: Conversation) -> str:
     """Why this request is answered offline at once ("" when the model should rate it)."""
     if not llm.is_configured():
         return NO_MODEL_REASON
-    if not ratelimit.budget_left(conversation.pk, conversation.token_budget):
+    spent = getattr(conversation, "tokens_spent", None)  # read with the row, where it was
+    if not ratelimit.budget_left(conversation.pk, conversation.token_budget, used=spent):
         return BUDGET_REASON
     return ""
 

@@ -6,17 +6,41 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from asgiref.sync import SyncToAsync, ThreadSensitiveContext
-from django.core.asgi import get_asgi_application
+import django
+from asgiref.sync import SyncToAsync, ThreadSensitiveContext, sync_to_async
+from django.core.handlers.asgi import ASGIHandler
+from django.http import HttpRequest, HttpResponseBase
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "imbue.settings")
+
+
+class OneHopASGIHandler(ASGIHandler):
+    """Django's ASGI handler with its middleware chain and view run the synchronous way, in one
+    thread per request.
+
+    Django runs the chain asynchronously under ASGI, and every middleware written the classic
+    way (sessions, CSRF, authentication, messages...) then hops from the event loop to a thread
+    and back for each of its hooks: about fifteen round trips per request through a loop that is
+    also streaming every socket's replies, each waiting its turn there. All our views and
+    middleware are synchronous, so the request goes to its thread once and stays there.
+    """
+
+    def __init__(self) -> None:  # not ASGIHandler's: it would build the async chain too
+        self.load_middleware(is_async=False)
+
+    async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
+        return await sync_to_async(self.get_response, thread_sensitive=True)(request)
+
+
 # Django must be set up before the routing modules import models.
-django_asgi_app = get_asgi_application()
+django.setup(set_prefix=False)
+django_asgi_app = OneHopASGIHandler()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from imbue.gcfreeze import freeze_long_lived  # noqa: E402
 from imbue.routing import websocket_urlpatterns  # noqa: E402
 
 _CONVERSATION = re.compile(r"/(\d+)(?:/|$)")
@@ -70,3 +94,5 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+freeze_long_lived()  # everything above lives as long as the process

@@ -29,6 +29,10 @@ def warm_up() -> None:
         default_model()
     except Exception:  # a task builds them again on first use
         log.exception("could not warm up the feedback raters")
+        return
+    from imbue.gcfreeze import freeze_long_lived
+
+    freeze_long_lived()  # the index and the model live as long as the process
 
 
 def _in_background() -> threading.Thread:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import redis
 import redis.asyncio as aredis
 from django.conf import settings
-from django.db.models import Sum
+from django.db.models import OuterRef, Subquery, Sum
 from django.db.models.functions import Coalesce
 
 from imbue.models import LLMCall
@@ -211,9 +211,25 @@ async def atokens_used(conversation_id: int) -> int:
     return int((await calls.aaggregate(**_USED))["used"])
 
 
-def budget_left(conversation_id: int, budget: int) -> int:
-    """Tokens this conversation may still spend; 0 when the budget is used up."""
-    return max(0, budget - tokens_used(conversation_id))
+def tokens_used_annotation() -> Coalesce:
+    """`tokens_used` of each row of a conversation query, as an annotation: where the row is
+    read anyway (locked before a model call), it saves a query."""
+    calls = (
+        LLMCall.objects.filter(conversation_id=OuterRef("pk"))
+        .order_by()
+        .values("conversation_id")
+        .annotate(**_USED)
+        .values("used")
+    )
+    return Coalesce(Subquery(calls), 0)
+
+
+def budget_left(conversation_id: int, budget: int, *, used: int | None = None) -> int:
+    """Tokens this conversation may still spend; 0 when the budget is used up. `used`: the
+    tokens already spent, when read with the conversation (see `tokens_used_annotation`)."""
+    if used is None:
+        used = tokens_used(conversation_id)
+    return max(0, budget - used)
 
 
 async def abudget_left(conversation_id: int, budget: int) -> int:

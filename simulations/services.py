@@ -51,6 +51,7 @@ from feedback.raters.offline import OfflineModel, default_model, rate_offline
 from feedback.raters.rating import Rating
 from feedback.skills import SKILLS, STRATEGIES
 from imbue import audit, llm, ratelimit
+from imbue.gcfreeze import freeze_long_lived
 from imbue.models import AdverseEvent
 from imbue.security import UserTextError, clean_user_text, is_database_outage
 from simulations import partner, resistance, safety, suggest
@@ -265,7 +266,12 @@ def warm_up() -> None:
     the first message is not held up by it; call from async code such as a socket's connect."""
     global _warming
     if _warming is None:
-        _warming = asyncio.get_running_loop().create_task(asyncio.to_thread(_offline_model))
+        _warming = asyncio.get_running_loop().create_task(asyncio.to_thread(_warm_rater))
+
+
+def _warm_rater() -> None:
+    _offline_model()
+    freeze_long_lived()  # the model lives as long as the process
 
 
 def _clean_strategies(conversation: Conversation, strategies: Iterable[str] | str) -> list[str]:
@@ -306,12 +312,14 @@ def _record_learner_message(
     """`record_learner_message`, with the reply it queued. With `claim`, the caller means to
     write the reply at once: its first attempt is claimed and leased in the same transaction (no
     other writer can see the reply before), so the model is asked with no further round trip."""
+
     with transaction.atomic():
         # Only the pk and the owner are read from `conversation`: a socket passes no more.
         # Every writer of this conversation's messages takes this lock first.
         locked = (
             Conversation.objects.select_for_update(of=("self",))
             .select_related("situation")
+            .annotate(tokens_spent=ratelimit.tokens_used_annotation())
             .get(pk=conversation.pk, learner_id=conversation.learner_id)
         )
         if not locked.is_open:
@@ -323,7 +331,12 @@ def _record_learner_message(
         if not text:
             raise ConversationError("Write a message first.")
         chosen = _clean_strategies(locked, strategies)
-        messages = list(locked.messages.order_by("seq"))
+        # Only what the rating, the resistance and the partner's prompt read.
+        messages = list(
+            locked.messages.order_by("seq").only(
+                "conversation_id", "seq", "role", "state", "text", "resistance"
+            )
+        )
         turn = sum(m.role == Message.Role.LEARNER for m in messages) + 1
         if turn > locked.max_messages:
             raise ConversationError("You have used all the messages of this conversation.")
@@ -513,6 +526,7 @@ async def send_learner_message(
             raise ConversationError(NOT_SAVED_DATABASE) from error
         log.exception("conversation %s: message not stored", conversation.pk)
         raise ConversationError(NOT_SAVED) from error
+
     if queued.reply_id is not None:
         # Queued (and, usually, claimed) with the message: the model is asked before anything
         # else is done, as soon as this coroutine next waits.
@@ -729,7 +743,10 @@ def _job_for(conversation: Conversation, reply: Message, earlier: list[Message])
     offline = conversation.partner_engine == Conversation.Engine.OFFLINE
     if not offline and not llm.is_configured():
         offline = True
-    if not offline and not ratelimit.budget_left(conversation.pk, conversation.token_budget):
+    spent = getattr(conversation, "tokens_spent", None)  # read with the row, where it was
+    if not offline and not ratelimit.budget_left(
+        conversation.pk, conversation.token_budget, used=spent
+    ):
         # The budget is spent: the offline partner finishes the conversation, on the record.
         conversation.partner_engine = Conversation.Engine.OFFLINE
         conversation.partner_brief = {

@@ -163,3 +163,29 @@ async def test_budget_left_from_async_code() -> None:
     assert await ratelimit.abudget_left(11, 1000) == 600
     assert await ratelimit.abudget_left(11, 100) == 0
     assert "start a new one" in ratelimit.BUDGET_USED_UP
+
+
+@pytest.mark.django_db
+def test_the_tokens_used_annotation_matches_tokens_used_and_works_on_a_locked_row() -> None:
+    from django.db import transaction
+
+    from simulations.models import Conversation, Learner, Situation
+
+    learner = Learner.objects.create()
+    situation = Situation.objects.create(learner=learner, situation="A hard talk.", goal="Agree.")
+    spent, unused = (
+        Conversation.objects.create(learner=learner, situation=situation) for _ in "ab"
+    )
+    _call(spent.pk, 1000, 200)
+    _call(spent.pk, 1500, None)
+    _call(unused.pk + 1000, 9000, 9000)  # another conversation's calls do not count
+    with transaction.atomic():  # as the send and feedback paths read it: with the row locked
+        rows = dict(
+            Conversation.objects.select_for_update(of=("self",))
+            .annotate(spent=ratelimit.tokens_used_annotation())
+            .values_list("pk", "spent")
+        )
+    assert rows == {spent.pk: ratelimit.tokens_used(spent.pk), unused.pk: 0}
+    assert rows[spent.pk] == 2700
+    assert ratelimit.budget_left(spent.pk, 3000, used=rows[spent.pk]) == 300
+    assert ratelimit.budget_left(spent.pk, 2000, used=rows[spent.pk]) == 0
