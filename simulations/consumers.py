@@ -293,6 +293,10 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         if message_id in self.complete or (known is not None and attempt < known[0]):
             return
         # Every delta of this attempt follows this event, so the bubble starts from nothing.
+        if "html" in event:  # rendered by the writer: the same swap, with nothing to read
+            shown = Message(pk=message_id, role=Message.Role.PARTNER, state=Message.State.STREAMING)
+            await self.send(text_data=self._track((event["html"], [shown], 0), attempt=attempt))
+            return
         await self._send_message_again(message_id, attempt=attempt)
 
     async def partner_delta(self, event: dict[str, Any]) -> None:
@@ -315,7 +319,14 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         )
 
     async def partner_done(self, event: dict[str, Any]) -> None:
-        await self._send_message_again(event["message_id"])
+        message_id = event["message_id"]
+        if "html" in event and message_id in self.streams:
+            # Rendered by the writer (the conversation stays open); a tab that never saw the
+            # reply start (it connected since) reads the transcript instead.
+            shown = Message(pk=message_id, role=Message.Role.PARTNER, state=Message.State.COMPLETE)
+            await self.send(text_data=self._track((event["html"], [shown], 0)))
+            return
+        await self._send_message_again(message_id)
 
     async def partner_failed(self, event: dict[str, Any]) -> None:
         await self._send_message_again(event["message_id"])

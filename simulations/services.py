@@ -54,7 +54,7 @@ from imbue import audit, llm, ratelimit
 from imbue.gcfreeze import freeze_long_lived
 from imbue.models import AdverseEvent
 from imbue.security import UserTextError, clean_user_text, is_database_outage
-from simulations import partner, resistance, safety, suggest
+from simulations import fragments, partner, resistance, safety, suggest
 from simulations.models import Conversation, EmotionCheckin, Learner, Message, Situation
 
 log = logging.getLogger(__name__)
@@ -668,6 +668,8 @@ class _Job:
     message_id: int
     conversation_id: int
     attempt: int
+    seq: int
+    is_open: bool  # the conversation, when the attempt was claimed
     offline: bool
     brief: dict[str, Any]
     situation: str
@@ -760,6 +762,8 @@ def _job_for(conversation: Conversation, reply: Message, earlier: list[Message])
         message_id=reply.pk,
         conversation_id=conversation.pk,
         attempt=reply.attempts,
+        seq=reply.seq,
+        is_open=conversation.is_open,
         offline=offline,
         brief=dict(conversation.partner_brief),
         situation=situation.situation,
@@ -772,8 +776,10 @@ def _job_for(conversation: Conversation, reply: Message, earlier: list[Message])
     )
 
 
-def _store_reply(job: _Job, written: _Written) -> bool:
-    """Store the finished reply once (fenced by the attempt) and close the conversation if due."""
+def _store_reply(job: _Job, written: _Written) -> tuple[bool, str | None]:
+    """Store the finished reply once (fenced by the attempt) and close the conversation if due.
+    Returns whether it was stored, and, while the conversation stays open, what every tab shows
+    of it (rendered here once; None: each tab renders it)."""
     with transaction.atomic():
         conversation = Conversation.objects.select_for_update().get(pk=job.conversation_id)
         stored = Message.objects.filter(
@@ -787,17 +793,26 @@ def _store_reply(job: _Job, written: _Written) -> bool:
             error="",
         )
         if not stored:
-            return False
-        if conversation.is_open:
-            learner_count = conversation.messages.filter(role=Message.Role.LEARNER).count()
-            if written.agreed:
-                conversation.status = Conversation.Status.AGREED
-            elif learner_count >= conversation.max_messages:
-                conversation.status = Conversation.Status.LIMIT
-            if not conversation.is_open:
-                conversation.ended_at = timezone.now()
-                conversation.save(update_fields=["status", "ended_at"])
-    return True
+            return False, None
+        if not conversation.is_open:
+            return True, None
+        learner_count = conversation.messages.filter(role=Message.Role.LEARNER).count()
+        if written.agreed:
+            conversation.status = Conversation.Status.AGREED
+        elif learner_count >= conversation.max_messages:
+            conversation.status = Conversation.Status.LIMIT
+        if not conversation.is_open:
+            conversation.ended_at = timezone.now()
+            conversation.save(update_fields=["status", "ended_at"])
+            return True, None
+    return True, fragments.reply_fragment(
+        message_id=job.message_id,
+        conversation_id=job.conversation_id,
+        seq=job.seq,
+        state=Message.State.COMPLETE,
+        text=written.text,
+        remaining=max(conversation.max_messages - learner_count, 0),
+    )
 
 
 def _store_failure(job: _Job, failed: _Failed) -> bool:
@@ -977,10 +992,19 @@ async def _announce_attempt(client: aredis.Redis, job: _Job) -> None:
         pipe.set(_attempt_key(job.message_id), job.attempt, ex=PARTIAL_TTL_SECONDS)
         pipe.set(_text_key(job.message_id), "", ex=PARTIAL_TTL_SECONDS)
         await pipe.execute()
-    await _group_send(
-        job.conversation_id,
-        {"type": "partner.started", "message_id": job.message_id, "attempt": job.attempt},
-    )
+    event: dict[str, Any] = {
+        "type": "partner.started",
+        "message_id": job.message_id,
+        "attempt": job.attempt,
+    }
+    if job.is_open:
+        event["html"] = fragments.reply_fragment(
+            message_id=job.message_id,
+            conversation_id=job.conversation_id,
+            seq=job.seq,
+            state=Message.State.STREAMING,
+        )
+    await _group_send(job.conversation_id, event)
 
 
 async def generate_partner_reply(*, message_id: int, claimed: _Job | None = None) -> None:
@@ -1013,10 +1037,12 @@ async def generate_partner_reply(*, message_id: int, claimed: _Job | None = None
         if lost.is_set():
             return
         if isinstance(result, _Written):
-            if await database_sync_to_async(_store_reply)(job, result):
-                await _announce(
-                    job.conversation_id, {"type": "partner.done", "message_id": message_id}
-                )
+            stored, html = await database_sync_to_async(_store_reply)(job, result)
+            if stored:
+                done: dict[str, Any] = {"type": "partner.done", "message_id": message_id}
+                if html is not None:
+                    done["html"] = html
+                await _announce(job.conversation_id, done)
         elif await database_sync_to_async(_store_failure)(job, result):
             await _announce(
                 job.conversation_id, {"type": "partner.failed", "message_id": message_id}

@@ -68,6 +68,8 @@ async def test_a_request_stays_in_one_thread_and_gets_every_middlewares_work(
     await app.send_input({"type": "http.request", "body": b"", "more_body": False})
     start = await app.receive_output(timeout=10)
     body = await app.receive_output(timeout=10)
+    # The request ends as under a server: the connection goes back to the pool when it closes.
+    await app.wait(timeout=10)
     assert start["status"] == 200 and body["body"] == b"ok"
     headers = {k.decode().lower(): v.decode() for k, v in start["headers"]}
     assert "content-security-policy" in headers  # our security headers middleware ran

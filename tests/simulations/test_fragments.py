@@ -1,0 +1,98 @@
+"""The reply's bubble rendered once by its writer is what each socket would have rendered."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from channels.db import database_sync_to_async
+
+from simulations import consumers, fragments
+from simulations.models import Message
+from tests.simulations.test_consumers import (  # noqa: F401 (autouse fixtures)
+    fresh_channel_layer,
+    no_rate_limit,
+    open_view,
+    reply_of,
+    send_and_wait,
+    start,
+)
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+
+
+async def test_a_reply_streams_and_completes_without_a_socket_reading_the_transcript(
+    fake_llm, monkeypatch
+) -> None:
+    # A model with a real first-token time: the page has its new messages before the reply
+    # streams (with an instant one, a delta may come first, and the page then reads it back).
+    fake_llm.configure(ttft_ms=300, tokens_per_s=40)
+    conversation = await start()
+    view = await open_view(conversation)
+    renders = []
+    real = consumers.render_message
+
+    def counting(*args, **kwargs):
+        renders.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(consumers, "render_message", counting)
+    reply = await send_and_wait(view, conversation, "Please text me by ten when you are late.")
+    assert reply.state == "complete" and view.texts[reply.pk] == reply.text
+    assert renders == []  # partner.started and partner.done came rendered
+    # Both swaps came: the empty streaming bubble, then the complete one.
+    assert view.seen(lambda f: f'id="msg-{reply.pk}" class="msg msg-partner msg-streaming"' in f), [
+        f[:300] for f in view.frames
+    ]
+    await view.communicator.disconnect()
+
+
+async def test_the_writers_fragments_equal_the_sockets_own_render(fake_llm) -> None:
+    conversation = await start()
+    view = await open_view(conversation)
+    reply = await send_and_wait(view, conversation, "Please text me by ten when you are late.")
+    await view.communicator.disconnect()
+    learners = await Message.objects.filter(conversation=conversation, role="learner").acount()
+
+    def own(empty: bool) -> str:
+        return consumers.render_message(
+            conversation.pk, conversation.learner_id, reply.pk, empty=empty
+        )[0]
+
+    done = fragments.reply_fragment(
+        message_id=reply.pk, conversation_id=conversation.pk, seq=reply.seq, state="complete",
+        text=reply.text, remaining=conversation.max_messages - learners,
+    )  # fmt: skip
+    assert done == await database_sync_to_async(own)(False)
+    # A new attempt, as the socket renders it when told one starts.
+    await Message.objects.filter(pk=reply.pk).aupdate(state="streaming", attempts=2, text="")
+    started = fragments.reply_fragment(
+        message_id=reply.pk, conversation_id=conversation.pk, seq=reply.seq, state="streaming"
+    )
+    assert started == await database_sync_to_async(own)(True)
+
+
+async def test_a_reply_that_ends_the_conversation_is_rendered_by_each_socket(
+    fake_llm, monkeypatch
+) -> None:
+    fake_llm.configure(ttft_ms=300, tokens_per_s=40)  # (as above)
+    conversation = await start(max_messages=1)
+    view = await open_view(conversation)
+    renders = []
+    real = consumers.render_message
+
+    def counting(*args, **kwargs):
+        renders.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(consumers, "render_message", counting)
+    reply = await send_and_wait(view, conversation, "Please text me by ten when you are late.")
+    # The conversation closed with this reply: the composer changes, so the socket renders it
+    # (the closing's own full render may come first).
+    for _ in range(100):
+        if renders:
+            break
+        await asyncio.sleep(0.05)
+    assert [args[2] for args in renders] == [reply.pk]
+    assert view.seen(lambda f: "has ended" in f)
+    await view.communicator.disconnect()
