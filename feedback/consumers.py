@@ -10,9 +10,9 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from feedback import notify, services
-from feedback.views import render_panel
+from feedback.panel import render_panel
 from imbue.security import BadFrame, is_database_outage, parse_frame
-from simulations.consumers import ClientDisconnected
+from imbue.sockets import ClientDisconnected
 from simulations.learners import aowned_conversation
 from simulations.models import Conversation
 

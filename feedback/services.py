@@ -338,7 +338,7 @@ def rate_request(*, request_id: int, final_attempt: bool = True) -> None:
 def _announce_answer(feedback: FeedbackRequest) -> None:
     """Send the finished panel to the conversation's feedback sockets, rendered here so they
     can pass it on without reading it back; nothing when a newer request has replaced it."""
-    from feedback.views import render_panel  # views imports this module
+    from feedback.panel import render_panel  # the panel reads this module's reasons
 
     conversation_id = feedback.draft.conversation_id
     if _replaced(conversation_id=conversation_id, request_id=feedback.pk):

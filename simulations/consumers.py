@@ -17,17 +17,10 @@ from django.template.loader import render_to_string
 from django.utils.html import escape
 
 from imbue.security import BadFrame, is_database_outage, parse_frame
+from imbue.sockets import ClientDisconnected, client_gone
 from simulations import services
 from simulations.learners import aowned_conversation
 from simulations.models import Conversation, Message
-
-try:
-    from uvicorn.protocols.utils import ClientDisconnected
-except ImportError:  # served by another ASGI server, which drops a closed socket's frames
-
-    class ClientDisconnected(OSError):  # type: ignore[no-redef]
-        """Never raised: stands in for uvicorn's."""
-
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +78,6 @@ def render_message(
 
 def render_error(text: str) -> str:
     return render_to_string("simulations/_chat_error.html", {"error": text, "oob": True})
-
-
-def client_gone(error: BaseException) -> bool:
-    """The browser left while a frame was being sent to it (uvicorn raises this from `send`):
-    nothing went wrong on our side, and there is nobody left to tell."""
-    return isinstance(error, ClientDisconnected)
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:
