@@ -21,6 +21,19 @@ from tests.simulations.test_consumers import (  # noqa: F401 (autouse fixtures)
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
 
+def count_renders(monkeypatch) -> list[tuple]:
+    """The arguments of every transcript read a socket makes for one message, from now on."""
+    renders: list[tuple] = []
+    real = consumers.render_message
+
+    def counting(*args, **kwargs):
+        renders.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(consumers, "render_message", counting)
+    return renders
+
+
 async def test_a_reply_streams_and_completes_without_a_socket_reading_the_transcript(
     fake_llm, monkeypatch
 ) -> None:
@@ -29,14 +42,7 @@ async def test_a_reply_streams_and_completes_without_a_socket_reading_the_transc
     fake_llm.configure(ttft_ms=300, tokens_per_s=40)
     conversation = await start()
     view = await open_view(conversation)
-    renders = []
-    real = consumers.render_message
-
-    def counting(*args, **kwargs):
-        renders.append(args)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(consumers, "render_message", counting)
+    renders = count_renders(monkeypatch)
     reply = await send_and_wait(view, conversation, "Please text me by ten when you are late.")
     assert reply.state == "complete" and view.texts[reply.pk] == reply.text
     assert renders == []  # partner.started and partner.done came rendered
@@ -78,14 +84,7 @@ async def test_a_reply_that_ends_the_conversation_is_rendered_by_each_socket(
     fake_llm.configure(ttft_ms=300, tokens_per_s=40)  # (as above)
     conversation = await start(max_messages=1)
     view = await open_view(conversation)
-    renders = []
-    real = consumers.render_message
-
-    def counting(*args, **kwargs):
-        renders.append(args)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(consumers, "render_message", counting)
+    renders = count_renders(monkeypatch)
     reply = await send_and_wait(view, conversation, "Please text me by ten when you are late.")
     # The conversation closed with this reply: the composer changes, so the socket renders it
     # (the closing's own full render may come first).
