@@ -90,3 +90,52 @@ def test_ask_for_feedback_use_the_rewrite_ask_again_and_send(page, fake_llm):
         "viewed reports",
     )
     assert len([r for r in fake_llm.requests() if r.get("purpose") == "feedback"]) == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_final_panel_that_beats_the_http_answer_is_kept(page, fake_llm):
+    """The expert's panel can reach the page over the socket before the HTTP answer of its own
+    request (a request held up by a slow network or a database hiccup); the late answer, the
+    quick offline check, must not replace it, since the final panel is never sent again. (Two
+    things keep it: htmx swaps the answer into the element it targeted, which the socket's panel
+    replaced, and static/js/feedback.js refuses it; this test passes with either alone.)"""
+    situation = Situation.objects.create(
+        slug="e2e-late-answer",
+        title="A late answer",
+        category="work",
+        situation="My manager keeps adding tasks to my week without asking what I already have.",
+        goal="Agree with my manager which task can wait.",
+        difficulty=3,
+    )
+    page.goto("/practice/library/")
+    page.get_by_role("button", name=f"Practise: {situation.title}").click()
+    page.wait_for_selector("#chat-form")
+    page.check("#strategy-describe")
+    page.fill("#message-text", DRAFT)
+
+    held: list[str] = []
+
+    def hold_the_answer(route) -> None:
+        """Let the request through, but hand its answer to the page only once the expert's
+        panel for it has been sent over the socket."""
+        response = route.fetch()
+        held.append(response.text())
+        wait_for(
+            lambda: FeedbackRequest.objects.filter(
+                draft__conversation__situation=situation, delivered_at__isnull=False
+            ).exists(),
+            15,
+            "the expert's panel sent over the socket",
+        )
+        route.fulfill(response=response)
+
+    page.route("**/feedback/c/*/request/", hold_the_answer)
+    # The quick check is answered well before the expert (even by a process still warming up).
+    fake_llm.configure(ttft_ms=3000)
+    page.click("#feedback-button")
+    # The button is enabled again once htmx has handled the (late) HTTP answer.
+    page.wait_for_selector("#feedback-button:not([disabled])")
+    assert held and 'data-state="queued"' in held[0], "the HTTP answer was not the quick check"
+    panel = page.locator("#feedback-panel-body")
+    assert panel.get_attribute("data-state") == "final"
+    assert "expert model" in panel.inner_text()

@@ -812,6 +812,15 @@ class Page:
             if state == "final":
                 self.ledger.panel_shown(int(request_id), engine, at)
 
+    def _panel_answer(self, answer: str) -> None:
+        """Swap in the panel a feedback request answered over HTTP, as static/js/feedback.js
+        does: a final panel of the same request that the socket brought first is kept (the
+        expert's answer can beat the HTTP answer of a request held up by an outage)."""
+        found = PANEL.search(answer)
+        if found and self.panels.get(int(found.group(2)), ("",))[0] == "final":
+            return
+        self._panel_frame(answer)
+
     @property
     def live(self) -> bool:
         """The chat socket is open and has shown the transcript since it (re)opened."""
@@ -1028,7 +1037,7 @@ class Page:
             return response.status
         tag = TAG.search(text).group(0)  # type: ignore[union-attr]
         asked = self.ledger.asked(int(panel.group(2)), self.conversation_id, tag)
-        self._panel_frame(response.text)  # offline only: the answer itself is the final panel
+        self._panel_answer(response.text)  # offline: the answer itself is the final panel
         return asked
 
     async def feedback_shown(

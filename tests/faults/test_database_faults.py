@@ -115,9 +115,10 @@ def test_postgresql_unreachable_gives_a_clear_503_and_no_partial_writes(
                     found = PANEL.search(text)
                     assert found, "an accepted feedback request without its panel"
                     books.ledger.asked(int(found.group(2)), conversation_id, feedback_tag)
-                    # Its answer is the panel the page shows: final already when the worker
-                    # finished before the request (held up by the outage) could answer.
-                    page._panel_frame(text)
+                    # Its answer is swapped in as the page does it: final already when the
+                    # worker finished before the request (held up by the outage) could answer,
+                    # and never over a final panel the socket brought first.
+                    page._panel_answer(text)
                 if what == "new conversation" and status == 302:
                     started_conversations.append(turn)
             await _page_back(page, conversation_id, restored)
