@@ -202,7 +202,9 @@ REDIS_URL = os.environ.get("REDIS_URL") or EMBEDDED.get(
 _REDIS_DB = (urlsplit(REDIS_URL).path.strip("/") or "0").split("/")[0]
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        # channels-redis's pub/sub layer, publishing concurrently across conversations
+        # (imbue/channel_layer.py says why).
+        "BACKEND": "imbue.channel_layer.PubSubChannelLayer",
         "CONFIG": {
             "hosts": [
                 {
