@@ -9,7 +9,8 @@ For each size a fresh stack (bench/stack.py: the fake model with 400 ms to the f
 BENCH_REDIS_URL says otherwise) takes a short warm-up, then the learners of bench/load.py: set-up
 (all connected; memory is sampled here), then their turns, with direct clients measuring the
 model's own times alongside. Prints one line per run and, as its last line, one JSON object for
-the 100-learner run (or the only run). Results also go to bench/results/<label>-<size>.json.
+the 100-learner run (or the only run). Results also go to bench/results/<label>-<size>.json,
+with each message's stages in the order sent (`partner_timeline`).
 """
 
 from __future__ import annotations
@@ -268,11 +269,15 @@ def feedback_stages(
 
 
 def partner_stages(
-    database_url: str, results: Results, log: list[dict[str, Any]]
+    database_url: str,
+    results: Results,
+    log: list[dict[str, Any]],
+    timeline: list[dict[str, Any]] | None = None,
 ) -> dict[str, float | None]:
     """Where the time to the partner's first token goes, p95 per stage (ms): the socket message
     to the learner's row, the row to the model's request, the model, its first token to the
-    learner's screen."""
+    learner's screen. Each turn's stages are appended to `timeline` when given (seconds since
+    the first turn, for a look at how they move through a run)."""
     import psycopg
 
     sql = (
@@ -296,6 +301,14 @@ def partner_stages(
         stages["model_to_shown"].append(
             (turn.sent_at + turn.first_ms / 1000 - call["first"]) * 1000
         )
+        if timeline is not None:
+            timeline.append(
+                {
+                    "at_s": round(turn.sent_at - (results.turns_started or turn.sent_at), 3),
+                    "learner": turn.learner,
+                    **{name: round(values[-1], 1) for name, values in stages.items()},
+                }
+            )
     return {name: _r(percentile(values, 95)) for name, values in stages.items()}
 
 
@@ -361,7 +374,11 @@ def run_one(load: LoadConfig, stack_config: StackConfig) -> dict[str, Any]:
         log = stack.fake_log()
         summary = summarise(results, log, load, stack_config, processes, memory)
         summary["feedback_stages_ms_p95"] = feedback_stages(stack.config.database_url, results, log)
-        summary["partner_stages_ms_p95"] = partner_stages(stack.config.database_url, results, log)
+        timeline: list[dict[str, Any]] = []
+        summary["partner_stages_ms_p95"] = partner_stages(
+            stack.config.database_url, results, log, timeline
+        )
+        summary["partner_timeline"] = sorted(timeline, key=lambda t: t["at_s"])
         summary["warm_up_cpu_s"] = warm_cpu
         summary["duration_s"] = round(time.time() - started, 1)
         summary["load_avg_1m"] = {
