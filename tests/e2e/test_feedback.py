@@ -25,9 +25,19 @@ DRAFT = "sorry, maybe if it's ok you could kind of help with the dishes sometime
 FINAL = "#feedback-panel-body[data-state='final']"
 
 
+def practise(page, **fields) -> Situation:
+    """A situation of the test's own, opened as a learner does: "Practise" in the library."""
+    situation = Situation.objects.create(**fields)
+    page.goto("/practice/library/")
+    page.get_by_role("button", name=f"Practise: {situation.title}").click()
+    page.wait_for_selector("#chat-form")
+    return situation
+
+
 @pytest.mark.django_db(transaction=True)
 def test_ask_for_feedback_use_the_rewrite_ask_again_and_send(page, fake_llm):
-    situation = Situation.objects.create(
+    situation = practise(
+        page,
         slug="e2e-dishes",
         title="Dishes left in the sink",
         category="social",
@@ -35,9 +45,6 @@ def test_ask_for_feedback_use_the_rewrite_ask_again_and_send(page, fake_llm):
         goal="Get my flatmate to wash their dishes the same day.",
         difficulty=4,
     )
-    page.goto("/practice/library/")
-    page.get_by_role("button", name=f"Practise: {situation.title}").click()
-    page.wait_for_selector("#chat-form")
 
     for key in ("describe", "express", "assert", "reinforce", "negotiate"):
         page.check(f"#strategy-{key}")
@@ -99,7 +106,8 @@ def test_a_final_panel_that_beats_the_http_answer_is_kept(page, fake_llm):
     quick offline check, must not replace it, since the final panel is never sent again. (Two
     things keep it: htmx swaps the answer into the element it targeted, which the socket's panel
     replaced, and static/js/feedback.js refuses it; this test passes with either alone.)"""
-    situation = Situation.objects.create(
+    practise(
+        page,
         slug="e2e-late-answer",
         title="A late answer",
         category="work",
@@ -107,9 +115,6 @@ def test_a_final_panel_that_beats_the_http_answer_is_kept(page, fake_llm):
         goal="Agree with my manager which task can wait.",
         difficulty=3,
     )
-    page.goto("/practice/library/")
-    page.get_by_role("button", name=f"Practise: {situation.title}").click()
-    page.wait_for_selector("#chat-form")
     page.check("#strategy-describe")
     page.fill("#message-text", DRAFT)
 
@@ -117,16 +122,10 @@ def test_a_final_panel_that_beats_the_http_answer_is_kept(page, fake_llm):
 
     def hold_the_answer(route) -> None:
         """Let the request through, but hand its answer to the page only once the expert's
-        panel for it has been sent over the socket."""
+        panel for it is on the page (it came over the socket)."""
         response = route.fetch()
         held.append(response.text())
-        wait_for(
-            lambda: FeedbackRequest.objects.filter(
-                draft__conversation__situation=situation, delivered_at__isnull=False
-            ).exists(),
-            15,
-            "the expert's panel sent over the socket",
-        )
+        page.wait_for_selector(FINAL)
         route.fulfill(response=response)
 
     page.route("**/feedback/c/*/request/", hold_the_answer)

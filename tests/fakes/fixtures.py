@@ -20,8 +20,9 @@ def fake_llm_server() -> Iterator[FakeServer]:
 
 
 @pytest.fixture
-def fake_llm(fake_llm_server: FakeServer, settings: Any) -> FakeServer:
-    """The fake server, reset, with `settings.LLM` pointing at it and short test timeouts."""
+def fake_llm(fake_llm_server: FakeServer, settings: Any) -> Iterator[FakeServer]:
+    """The fake server, reset, with `settings.LLM` pointing at it and short test timeouts; reset
+    again afterwards, so knobs a test turned (a slow first token) never reach the next one."""
     from imbue import llm
 
     fake_llm_server.reset()
@@ -36,7 +37,8 @@ def fake_llm(fake_llm_server: FakeServer, settings: Any) -> FakeServer:
         backoff_s=0.01,
     )
     settings.LLM = conf
-    return fake_llm_server
+    yield fake_llm_server
+    fake_llm_server.reset()
 
 
 @pytest.fixture
