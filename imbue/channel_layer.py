@@ -10,6 +10,9 @@ publishes to the same channel or group: the messages of one conversation keep th
 were sent in (its tabs rely on it: a reply's start before its first words), while different
 conversations go to Redis side by side on the client's connection pool. Subscribing and
 unsubscribing keep channels-redis's lock.
+
+It subclasses channels-redis 4.3.0's pub/sub internals (pinned in requirements.txt);
+tests/imbue/test_channel_layer.py fails if an upgrade changes what it relies on.
 """
 
 from __future__ import annotations
