@@ -17,7 +17,9 @@ or start it from Python with `start_fake_server()`. Tests steer it through `/_fa
 Fault kinds: any HTTP status as three digits ("429" carries Retry-After, "500", "401", "404"...;
 a fault given as a dict may set "retry_after", "message" and "code"),
 "cut" (connection dropped midway), "hang" (no answer until the client gives up), "malformed"
-(broken JSON content), "bad_body" (a response body that is not JSON at all), "schema_violation"
+(broken JSON content), "bad_body" (a response body that is not JSON at all), "bad_shape" (JSON,
+but not shaped as the protocol says: `choices` not a list, a message that is not an object),
+"schema_violation"
 (valid JSON that breaks the requested schema), "empty", "refuse" (a refusal), "content_filter".
 
 Replies are words from a small vocabulary chosen by a hash of the messages, about as long as the
@@ -56,6 +58,7 @@ FAULT_KINDS = (
     "hang",
     "malformed",
     "bad_body",
+    "bad_shape",
     "schema_violation",
     "empty",
     "refuse",
@@ -538,6 +541,9 @@ class FakeLLMApp:
         if kind == "bad_body":
             await self._pace(0, started)
             await _send_sse(send, '{"id": "broken", "choices": [{"delta": {"content": "x"')
+        if kind == "bad_shape":
+            await self._pace(0, started)
+            await _send_sse(send, json.dumps({**base, "choices": "not a list"}))
         for index, delta in enumerate(content):
             if cut_at is not None and index >= cut_at:
                 raise _Cut
@@ -586,6 +592,8 @@ class FakeLLMApp:
         entry["first_token_at"] = time.time()
         if kind == "bad_body":
             payload = payload[: len(payload) // 2]
+        if kind == "bad_shape":
+            payload = json.dumps({**data, "choices": [{"index": 0, "message": "text"}]}).encode()
         if kind == "cut":
             await send(
                 {

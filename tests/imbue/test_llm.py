@@ -262,6 +262,75 @@ def test_empty_and_unreadable_replies_are_retried(quick: FakeServer) -> None:
 
 
 @pytest.mark.django_db
+def test_answers_shaped_against_the_protocol_are_retried_as_malformed(quick: FakeServer) -> None:
+    """Valid JSON that is not a completion (`choices` not a list, a message that is text): the
+    gateway reads plain JSON, so it checks the shape itself."""
+    quick.faults(["bad_shape"])
+    deltas, reply = stream()
+    assert "".join(deltas) == fake_reply(MESSAGES) and reply.outcome == "retried_ok"
+    quick.faults(["bad_shape", "bad_shape", "bad_shape"])
+    with pytest.raises(llm.Malformed):
+        complete_text()
+    assert last_call().attempts == 3 and last_call().outcome == "malformed"
+
+
+@pytest.mark.django_db
+def test_the_body_goes_as_built_and_the_answer_is_read_as_the_protocol_says(
+    fake_llm: FakeServer,
+) -> None:
+    """The gateway posts its own JSON body (no SDK rewrite) and reads usage, finish reason and
+    text from plain JSON, streamed or whole."""
+    stream()
+    complete_text()
+    streamed, whole = fake_llm.requests()
+    assert streamed["body"] == {
+        "model": "gpt-4o-mini",
+        "messages": MESSAGES,
+        "temperature": 0.8,
+        "max_tokens": 400,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    assert whole["body"] == {
+        "model": "gpt-4o-mini",
+        "messages": MESSAGES,
+        "temperature": 0.8,
+        "max_tokens": 400,
+    }
+    assert whole["headers"]["x-imbue-purpose"] == "partner"
+    call = last_call()
+    words_in = sum(3 + len(m["content"].split()) for m in MESSAGES)
+    assert (call.tokens_in, call.tokens_out) == (words_in, 11)
+    assert call.finish_reason == "stop" and not call.stream
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [None, "text", [], {"choices": "x"}, {"choices": [{"delta": "x"}]}, {"choices": [7]}],
+)
+def test_a_reply_not_shaped_as_the_protocol_is_malformed(reply: Any) -> None:
+    with pytest.raises(llm.Malformed):
+        llm._first_choice(reply, "delta")
+
+
+def test_a_reply_with_no_choice_or_no_delta_is_read_as_empty() -> None:
+    assert llm._first_choice({"choices": [], "usage": {}}, "delta") == (None, {})
+    assert llm._first_choice({}, "delta") == (None, {})
+    choice = {"index": 0, "delta": None, "finish_reason": "stop"}
+    assert llm._first_choice({"choices": [choice]}, "delta") == (choice, {})
+
+
+def test_usage_counts_only_token_numbers() -> None:
+    run_ = llm._Run(purpose="partner", prompt=PROMPT, context=CONTEXT, stream=True)
+    for usage in (None, "x", {"prompt_tokens": None}, {"prompt_tokens": "3"}):
+        run_.add_usage(usage)
+    assert (run_.tokens_in, run_.tokens_out) == (None, None)
+    run_.add_usage({"prompt_tokens": 5, "completion_tokens": 2})
+    run_.add_usage({"completion_tokens": 3})
+    assert (run_.tokens_in, run_.tokens_out) == (5, 5)
+
+
+@pytest.mark.django_db
 @pytest.mark.parametrize("status", ["401", "403", "404"])
 def test_credentials_and_model_errors_are_misconfiguration_and_not_retried(
     quick: FakeServer, status: str
