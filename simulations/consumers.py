@@ -269,6 +269,20 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=self._track(rendered, attempt=attempt))
 
     async def message_created(self, event: dict[str, Any]) -> None:
+        seq = int(event["seq"])
+        if "html" in event and self.last_seq == seq - 1:
+            # Rendered by the sender for a page that shows every earlier message: nothing to read.
+            learner, partner = Message.Role.LEARNER, Message.Role.PARTNER
+            shown = [
+                Message(pk=event["message_id"], role=learner, state=Message.State.COMPLETE),
+                Message(
+                    pk=event["reply_id"], role=partner, state=event["reply_state"],
+                    attempts=int(event["reply_attempts"]),
+                ),
+            ]  # fmt: skip
+            shown[1].partial = None  # its bubble is empty: the reply's deltas all follow
+            await self.send(text_data=self._track((event["html"], shown, seq + 1)))
+            return
         rendered = await database_sync_to_async(render_new_messages)(
             self.conversation_id, self.learner_id, self.last_seq
         )

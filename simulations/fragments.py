@@ -43,3 +43,26 @@ def reply_fragment(
             "can_send": not in_flight and remaining > 0,
         },
     )
+
+
+def turn_fragment(*, message: Message, reply: Message, remaining: int) -> str:
+    """`_live.html` for a learner's `message` just stored and the `reply` queued after it, as a
+    socket that showed every earlier message would render "message.created" (an open
+    conversation; `remaining`: the learner's messages left, counting this one as used)."""
+    for shown in (message, reply):
+        shown.display_text = shown.text
+        shown.partial = None
+    return render_to_string(
+        "simulations/_live.html",
+        {
+            "oob": True,
+            "fresh": [message, reply],
+            "conversation": Conversation(
+                pk=message.conversation_id, status=Conversation.Status.ACTIVE
+            ),
+            "in_flight": reply,
+            "failed": None,
+            "remaining": remaining,
+            "can_send": False,
+        },
+    )

@@ -359,14 +359,11 @@ def _record_learner_message(
             completed_at=timezone.now(),
         )
         _rate(locked, message, chosen, messages, turn)
-        message.save(force_insert=True)
-        # The drafts the learner asked feedback on for this turn became this message.
-        Draft.objects.filter(conversation=locked, turn=turn, sent_message__isnull=True).update(
-            sent_message=message
-        )
         risk = safety.assess_risk(text)
         if risk.at_risk:
             # In the same transaction, so no crash can leave a risky message waiting for a reply.
+            message.save(force_insert=True)
+            _link_drafts(locked, turn, message)
             audit.record_adverse_event(
                 assessment=risk,
                 learner_id=locked.learner_id,
@@ -378,7 +375,16 @@ def _record_learner_message(
             locked.ended_at = timezone.now()
             locked.save(update_fields=["status", "ended_at"])
             return message, Queued(None)
-        return message, _queue_reply(locked, message, messages, claim=claim)
+        queued = _queue_reply(locked, message, messages, claim=claim)
+        _link_drafts(locked, turn, message)
+        return message, queued
+
+
+def _link_drafts(conversation: Conversation, turn: int, message: Message) -> None:
+    """The drafts the learner asked feedback on for this turn became this (stored) message."""
+    Draft.objects.filter(conversation=conversation, turn=turn, sent_message__isnull=True).update(
+        sent_message=message
+    )
 
 
 def _partner_said(messages: Sequence[Message]) -> str:
@@ -465,27 +471,31 @@ def _draft_rating(
 def _queue_reply(
     conversation: Conversation, message: Message, earlier: list[Message], *, claim: bool
 ) -> Queued:
-    """Queue the partner's reply to the learner's `message` (just stored under the
-    conversation's lock); with `claim`, also claim and lease its first attempt."""
-    reply = Message.objects.create(
+    """Store the learner's `message` (not saved yet) with the partner's reply queued after it,
+    under the conversation's lock, in one INSERT; with `claim`, also claim and lease the
+    reply's first attempt."""
+    reply = Message(
         conversation=conversation,
         seq=message.seq + 1,
         role=Message.Role.PARTNER,
         state=Message.State.STREAMING if claim else Message.State.PENDING,
         attempts=1 if claim else 0,
     )
+    Message.objects.bulk_create([message, reply])
+    used = sum(m.role == Message.Role.LEARNER for m in earlier) + 1
+    queued = Queued(reply.pk, reply=reply, remaining=max(conversation.max_messages - used, 0))
     if not claim:
-        return Queued(reply.pk)
+        return queued
     token = secrets.token_hex(8)
     if not _take_lease_now(reply.pk, token):
         # Redis is away: left pending, for the usual claim to take when it can.
         reply.state, reply.attempts = Message.State.PENDING, 0
         reply.save(update_fields=["state", "attempts"])
-        return Queued(reply.pk)
+        return queued
     history = [m for m in (*earlier, message) if m.state != Message.State.FAILED]
-    job = _job_for(conversation, reply, history)
-    job.token = token
-    return Queued(reply.pk, job)
+    queued.job = _job_for(conversation, reply, history)
+    queued.job.token = token
+    return queued
 
 
 def _take_lease_now(message_id: int, token: str) -> bool:
@@ -497,12 +507,36 @@ def _take_lease_now(message_id: int, token: str) -> bool:
         return False
 
 
-@dataclass(frozen=True)
+@dataclass
 class Queued:
-    """The reply a stored learner message queued, and its first attempt if already claimed."""
+    """The reply a stored learner message queued, and its first attempt if already claimed;
+    `remaining`: the learner's messages left after this one."""
 
     reply_id: int | None
     job: _Job | None = None
+    reply: Message | None = None
+    remaining: int = 0
+
+
+def _turn_event(message: Message, queued: Queued) -> dict[str, Any]:
+    """What "message.created" carries so a socket need not read the transcript back: the new
+    turn rendered once (`fragments.turn_fragment`), and what the socket tracks of it. Empty (each
+    socket renders it) if the rendering fails."""
+    reply = queued.reply
+    if reply is None:
+        return {}
+    try:
+        html = fragments.turn_fragment(message=message, reply=reply, remaining=queued.remaining)
+    except Exception:
+        log.exception("message %s: its turn was not rendered; each tab renders it", message.pk)
+        return {}
+    return {
+        "html": html,
+        "message_id": message.pk,
+        "reply_id": reply.pk,
+        "reply_state": reply.state,
+        "reply_attempts": reply.attempts,
+    }
 
 
 async def send_learner_message(
@@ -527,14 +561,22 @@ async def send_learner_message(
         log.exception("conversation %s: message not stored", conversation.pk)
         raise ConversationError(NOT_SAVED) from error
 
-    if queued.reply_id is not None:
-        # Queued (and, usually, claimed) with the message: the model is asked before anything
-        # else is done, as soon as this coroutine next waits.
-        start_partner_reply(message_id=queued.reply_id, claimed=queued.job)
+    event: dict[str, Any] = {"type": "message.created", "seq": message.seq}
+    announced = asyncio.Event()
     try:
-        await _group_send(conversation.pk, {"type": "message.created", "seq": message.seq})
+        if queued.reply_id is not None:
+            # Queued (and, usually, claimed) with the message: the model is asked before
+            # anything else is done (its "partner.started" waits for this message's event).
+            if queued.job is not None:
+                queued.job.after = announced
+            start_partner_reply(message_id=queued.reply_id, claimed=queued.job)
+            await asyncio.sleep(0)  # the reply's task runs first, up to its request
+            event.update(_turn_event(message, queued))
+        await _group_send(conversation.pk, event)
     except Exception:  # other tabs show it when they reconnect (the channel layer is away)
         log.warning("message %s stored; other tabs not told", message.pk, exc_info=True)
+    finally:
+        announced.set()
     return message
 
 
@@ -683,6 +725,9 @@ class _Job:
     # The attempt's announcement (its partial text reset, "partner.started" sent): it runs while
     # the model thinks, and the first delta waits for it, so every tab starts from nothing.
     announced: asyncio.Task[None] | None = None
+    # Set once the learner's message is announced: "partner.started" waits for it, so every tab
+    # hears of the message before its reply (the reply's task may run first).
+    after: asyncio.Event | None = None
 
 
 @dataclass(frozen=True)
@@ -1004,6 +1049,8 @@ async def _announce_attempt(client: aredis.Redis, job: _Job) -> None:
             seq=job.seq,
             state=Message.State.STREAMING,
         )
+    if job.after is not None:
+        await job.after.wait()
     await _group_send(job.conversation_id, event)
 
 
