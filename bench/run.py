@@ -33,6 +33,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from bench.load import LoadConfig, Results, run_load, tag_in
 from bench.stack import (
     BASE_DIR,
@@ -347,6 +349,7 @@ def run_one(load: LoadConfig, stack_config: StackConfig) -> dict[str, Any]:
                 "web_connected_mb": round(sum(now.get(n, 0) for n in web_names) / 2**20, 1),
             }
             state["load_start"] = os.getloadavg()
+            state["cpu_times"] = psutil.cpu_times()
 
         started = time.time()
         results = asyncio.run(
@@ -381,11 +384,22 @@ def run_one(load: LoadConfig, stack_config: StackConfig) -> dict[str, Any]:
         summary["partner_timeline"] = sorted(timeline, key=lambda t: t["at_s"])
         summary["warm_up_cpu_s"] = warm_cpu
         summary["duration_s"] = round(time.time() - started, 1)
+        summary["cpu_steal_pct"] = steal_pct(state.get("cpu_times"))
         summary["load_avg_1m"] = {
             "start": round(state.get("load_start", (float("nan"),))[0], 2),
             "end": round(os.getloadavg()[0], 2),
         }
         return summary
+
+
+def steal_pct(before: Any) -> float | None:
+    """The share of this machine's CPU time the hypervisor gave to others since `before` (a
+    shared machine's noise: a run with much steal is slower for reasons outside the product)."""
+    after = psutil.cpu_times()
+    if before is None or not hasattr(after, "steal"):
+        return None
+    total = sum(after) - sum(before)
+    return round(100 * (after.steal - before.steal) / total, 2) if total > 0 else None
 
 
 def versions() -> dict[str, str]:
@@ -539,7 +553,7 @@ def print_line(label: str, s: dict[str, Any]) -> None:
         f"{s['model_first_token_ms']['p95']} ms), feedback overhead p95 "
         f"{s['feedback_overhead_ms_p95']} ms, errors {s['errors']} ({s['error_rate']}), "
         f"{s['messages_per_s']} msgs/s, web CPU {s['web_cpu_pct']}%, "
-        f"{s['ws_memory_kb']} KB/socket, load {s['load_avg_1m']}",
+        f"{s['ws_memory_kb']} KB/socket, load {s['load_avg_1m']}, steal {s['cpu_steal_pct']}%",
         file=sys.stderr,
         flush=True,
     )
