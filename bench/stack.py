@@ -429,7 +429,8 @@ class Stack:
         folder.mkdir(parents=True, exist_ok=True)
         for role, process in self.server_processes().items():
             if role.startswith(("web", "worker")):
-                # Collapsed stacks per thread (text: easy to grep and to diff before/after).
+                # Collapsed stacks per thread (text: easy to grep and to diff before/after), of
+                # the thread holding the GIL only: where the CPU goes, not where threads wait.
                 out = folder / f"{role}.txt"
                 self.profilers.append(
                     subprocess.Popen(
@@ -446,6 +447,7 @@ class Stack:
                             "67",
                             "--nonblocking",
                             "--threads",
+                            "--gil",
                         ],
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL,
