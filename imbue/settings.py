@@ -150,13 +150,14 @@ DATABASES["default"]["ENGINE"] = "imbue.postgres"
 # network (PostgreSQL restarted, a failover) is replaced instead of failing the next request.
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DATABASES["default"].setdefault("OPTIONS", {})
-if env_int("DB_PREPARE_THRESHOLD", 2) > 0:
+prepare_threshold = env_int("DB_PREPARE_THRESHOLD", 2)
+if prepare_threshold > 0:
     # Parameters bound by PostgreSQL, and a query prepared once a connection has run it this
     # many times: PostgreSQL then skips planning it, which is most of a short query's time (the
     # conversation's locking read: 0.67 ms planning, 0.15 ms running). Behind a pooler in
     # transaction mode that cannot keep prepared statements, set DB_PREPARE_THRESHOLD=0.
     DATABASES["default"]["OPTIONS"].update(
-        server_side_binding=True, prepare_threshold=env_int("DB_PREPARE_THRESHOLD", 2)
+        server_side_binding=True, prepare_threshold=prepare_threshold
     )
 if env_bool("DB_POOL", True):
     # psycopg's pool; one per process (ASGI worker, Celery child). Sized by DB_POOL_MAX.

@@ -374,7 +374,7 @@ def _record_learner_message(
             locked.status = Conversation.Status.PAUSED
             locked.ended_at = timezone.now()
             locked.save(update_fields=["status", "ended_at"])
-            return message, Queued(None)
+            return message, Queued()
         queued = _queue_reply(locked, message, messages, claim=claim)
         _link_drafts(locked, turn, message)
         return message, queued
@@ -483,7 +483,7 @@ def _queue_reply(
     )
     Message.objects.bulk_create([message, reply])
     used = sum(m.role == Message.Role.LEARNER for m in earlier) + 1
-    queued = Queued(reply.pk, reply=reply, remaining=max(conversation.max_messages - used, 0))
+    queued = Queued(reply, remaining=max(conversation.max_messages - used, 0))
     if not claim:
         return queued
     token = secrets.token_hex(8)
@@ -509,24 +509,24 @@ def _take_lease_now(message_id: int, token: str) -> bool:
 
 @dataclass
 class Queued:
-    """The reply a stored learner message queued, and its first attempt if already claimed;
-    `remaining`: the learner's messages left after this one."""
+    """The reply a stored learner message queued (None: paused for safety), and its first
+    attempt if already claimed; `remaining`: the learner's messages left after this one."""
 
-    reply_id: int | None
-    job: _Job | None = None
     reply: Message | None = None
+    job: _Job | None = None
     remaining: int = 0
 
+    @property
+    def reply_id(self) -> int | None:
+        return None if self.reply is None else self.reply.pk
 
-def _turn_event(message: Message, queued: Queued) -> dict[str, Any]:
+
+def _turn_event(message: Message, reply: Message, remaining: int) -> dict[str, Any]:
     """What "message.created" carries so a socket need not read the transcript back: the new
     turn rendered once (`fragments.turn_fragment`), and what the socket tracks of it. Empty (each
     socket renders it) if the rendering fails."""
-    reply = queued.reply
-    if reply is None:
-        return {}
     try:
-        html = fragments.turn_fragment(message=message, reply=reply, remaining=queued.remaining)
+        html = fragments.turn_fragment(message=message, reply=reply, remaining=remaining)
     except Exception:
         log.exception("message %s: its turn was not rendered; each tab renders it", message.pk)
         return {}
@@ -564,14 +564,14 @@ async def send_learner_message(
     event: dict[str, Any] = {"type": "message.created", "seq": message.seq}
     announced = asyncio.Event()
     try:
-        if queued.reply_id is not None:
+        if queued.reply is not None:
             # Queued (and, usually, claimed) with the message: the model is asked before
             # anything else is done (its "partner.started" waits for this message's event).
             if queued.job is not None:
                 queued.job.after = announced
-            start_partner_reply(message_id=queued.reply_id, claimed=queued.job)
+            start_partner_reply(message_id=queued.reply.pk, claimed=queued.job)
             await asyncio.sleep(0)  # the reply's task runs first, up to its request
-            event.update(_turn_event(message, queued))
+            event.update(_turn_event(message, queued.reply, queued.remaining))
         await _group_send(conversation.pk, event)
     except Exception:  # other tabs show it when they reconnect (the channel layer is away)
         log.warning("message %s stored; other tabs not told", message.pk, exc_info=True)

@@ -22,17 +22,18 @@ from tests.simulations.test_consumers import (  # noqa: F401 (autouse fixtures)
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
 
-def count_renders(monkeypatch) -> list[tuple]:
-    """The arguments of every transcript read a socket makes for one message, from now on."""
-    renders: list[tuple] = []
-    real = consumers.render_message
+def count_calls(monkeypatch, name: str) -> list[tuple]:
+    """The arguments of every call a socket makes to `consumers.<name>` (a transcript read),
+    from now on."""
+    calls: list[tuple] = []
+    real = getattr(consumers, name)
 
     def counting(*args, **kwargs):
-        renders.append(args)
+        calls.append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(consumers, "render_message", counting)
-    return renders
+    monkeypatch.setattr(consumers, name, counting)
+    return calls
 
 
 async def test_a_reply_streams_and_completes_without_a_socket_reading_the_transcript(
@@ -43,7 +44,7 @@ async def test_a_reply_streams_and_completes_without_a_socket_reading_the_transc
     fake_llm.configure(ttft_ms=300, tokens_per_s=40)
     conversation = await start()
     view = await open_view(conversation)
-    renders = count_renders(monkeypatch)
+    renders = count_calls(monkeypatch, "render_message")
     reply = await send_and_wait(view, conversation, "Please text me by ten when you are late.")
     assert reply.state == "complete" and view.texts[reply.pk] == reply.text
     assert renders == []  # partner.started and partner.done came rendered
@@ -85,7 +86,7 @@ async def test_a_reply_that_ends_the_conversation_is_rendered_by_each_socket(
     fake_llm.configure(ttft_ms=300, tokens_per_s=40)  # (as above)
     conversation = await start(max_messages=1)
     view = await open_view(conversation)
-    renders = count_renders(monkeypatch)
+    renders = count_calls(monkeypatch, "render_message")
     reply = await send_and_wait(view, conversation, "Please text me by ten when you are late.")
     # The conversation closed with this reply: the composer changes, so the socket renders it
     # (the closing's own full render may come first).
@@ -96,18 +97,6 @@ async def test_a_reply_that_ends_the_conversation_is_rendered_by_each_socket(
     assert [args[2] for args in renders] == [reply.pk]
     assert view.seen(lambda f: "has ended" in f)
     await view.communicator.disconnect()
-
-
-def count_new_message_reads(monkeypatch) -> list[tuple]:
-    reads: list[tuple] = []
-    real = consumers.render_new_messages
-
-    def counting(*args, **kwargs):
-        reads.append(args)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(consumers, "render_new_messages", counting)
-    return reads
 
 
 @pytest.mark.parametrize("claim", [True, False])
@@ -137,7 +126,7 @@ async def test_a_new_turn_reaches_every_tab_without_a_socket_reading_the_transcr
     conversation = await start()
     view = await open_view(conversation)
     other = await open_view(conversation)
-    reads = count_new_message_reads(monkeypatch)
+    reads = count_calls(monkeypatch, "render_new_messages")
     reply = await send_and_wait(view, conversation, "Please text me by ten when you are late.")
     assert reply.state == "complete" and view.texts[reply.pk] == reply.text
     await other.until_complete(reply.pk)
@@ -152,7 +141,7 @@ async def test_a_new_turn_reaches_every_tab_without_a_socket_reading_the_transcr
 async def test_a_tab_that_missed_a_message_reads_the_transcript_instead(monkeypatch) -> None:
     conversation = await start()
     view = await open_view(conversation)
-    reads = count_new_message_reads(monkeypatch)
+    reads = count_calls(monkeypatch, "render_new_messages")
     # An event for seq 3: this tab never showed seq 1 and 2, so the sender's render won't do.
     await get_channel_layer().group_send(
         services.group_name(conversation.pk),
