@@ -11,7 +11,7 @@ kept in memory.
 import math
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -22,6 +22,7 @@ from sklearn.linear_model import LogisticRegression
 from feedback.raters.bank import DATA_DIR, TRAIN_PATH, Example, train_examples
 from feedback.raters.features import Cues, extract, names_for, normalise
 from feedback.raters.rating import Rating, SkillRating
+from feedback.raters.tfidf import TfidfRows
 from feedback.skills import LEVELS, SKILL_KEYS, SKILLS, STRATEGIES
 
 SEED_PATH = DATA_DIR / "seed.jsonl"
@@ -184,13 +185,18 @@ class OfflineModel:
     skills: dict[str, SkillModel]
     n_train: int
     vectorizer: TfidfVectorizer | None = None
+    rows: TfidfRows | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        if self.vectorizer is not None:
+            self.rows = TfidfRows(self.vectorizer)
 
     def predict(self, examples: Sequence[Example]) -> list[dict[str, str]]:
         """Levels for all seven skills for each example."""
         cues = [_cues(e) for e in examples]
         ngrams = None
-        if self.vectorizer is not None:
-            ngrams = self.vectorizer.transform([normalise(e.text) for e in examples])
+        if self.rows is not None:
+            ngrams = self.rows.matrix([normalise(e.text) for e in examples])
         columns = {k: m.predict(ngrams, cues) for k, m in self.skills.items()}
         return [{k: columns[k][i] for k in SKILL_KEYS} for i in range(len(examples))]
 

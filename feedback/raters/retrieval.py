@@ -14,6 +14,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from feedback.raters.bank import TRAIN_PATH, Example, train_examples
 from feedback.raters.features import normalise
+from feedback.raters.tfidf import TfidfRows
 from feedback.skills import SKILLS
 
 
@@ -31,7 +32,8 @@ class Pair:
 
 def _document(text: str, partner_said: str, situation: str) -> str:
     # The draft dominates; context words help find pairs from similar conversations.
-    return f"{normalise(text)} {normalise(text)} {normalise(partner_said)} {normalise(situation)}"
+    draft = normalise(text)
+    return f"{draft} {draft} {normalise(partner_said)} {normalise(situation)}"
 
 
 class Index:
@@ -44,17 +46,17 @@ class Index:
         )
         documents = [_document(e.text, e.partner_said, e.situation) for e in self.examples]
         self.matrix = self.vectorizer.fit_transform(documents) if documents else None
+        self.rows = TfidfRows(self.vectorizer) if documents else None
 
     def similarities(self, text: str, partner_said: str = "", situation: str = "") -> np.ndarray:
         """Cosine similarity of the draft (in its context) to every example, in bank order."""
-        if self.matrix is None:
+        if self.matrix is None or self.rows is None:
             return np.zeros(0)
-        query = self.vectorizer.transform([_document(text, partner_said, situation)])
-        return (self.matrix @ query.T).toarray().ravel()
+        return self.matrix @ self.rows.dense(_document(text, partner_said, situation))
 
     def ranking(self, text: str, partner_said: str = "", situation: str = "") -> "Ranking":
         """The examples by similarity to the draft: compute once, then ask for each skill's pairs
-        (the transform is what costs, several ms per draft)."""
+        (the transform is what costs)."""
         sims = self.similarities(text, partner_said, situation)
         # Stable order on ties (by position) keeps prompts reproducible.
         order = np.lexsort((np.arange(len(sims)), -sims)).tolist()
