@@ -401,6 +401,9 @@ class Results:
     loop_lag_ms: list[float] = field(default_factory=list)
     direct_errors: list[str] = field(default_factory=list)
     client_cpu_s: float = 0.0  # this generator's own CPU during the turns
+    # The extensions the server agreed to on each socket ("" for none): compression's cost
+    # shows in the server's memory per socket and CPU, so a run records which it had.
+    ws_extensions: set[str] = field(default_factory=set)
 
 
 def draft_text(rng: random.Random, chosen: Sequence[str], tag: str) -> str:
@@ -492,6 +495,9 @@ class Learner:
             ping_interval=None,  # browsers do not ping; they answer the server's pings
             max_size=2**22,
         )
+        response = connection.response
+        agreed = response.headers.get("Sec-WebSocket-Extensions", "") if response else ""
+        self.results.ws_extensions.add(agreed)
         return Socket(connection)
 
     def _tag(self, turn: int, revision: int) -> str:

@@ -201,6 +201,7 @@ def summarise(
         },
         "memory": memory,
         "ws_memory_kb": memory.get("per_socket_kb"),
+        "ws_extensions": sorted(results.ws_extensions),
         "settings": {
             "web_workers": stack.web_workers,
             "celery_pool": stack.celery_pool,

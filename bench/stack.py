@@ -389,14 +389,15 @@ class Stack:
              "--ttft-ms", str(c.ttft_ms), "--tokens-per-s", str(c.tokens_per_s),
              "--reply-tokens", str(c.reply_tokens)],
         )  # fmt: skip
+        from imbue.devservices import celery_worker_argv, web_server_argv
+
         self._spawn(
             "web",
-            [PY, "-m", "uvicorn", "imbue.asgi:application", "--host", "127.0.0.1",
-             "--port", str(self.web_port), "--workers", str(c.web_workers), "--no-access-log",
-             "--log-level", "warning", "--timeout-graceful-shutdown", "3", "--backlog", "4096",
-             *c.uvicorn_args],
+            web_server_argv(
+                "127.0.0.1", str(self.web_port), str(c.web_workers), "--log-level", "warning",
+                "--timeout-graceful-shutdown", "3", "--backlog", "4096", *c.uvicorn_args,
+            ),
         )  # fmt: skip
-        from imbue.devservices import celery_worker_argv
 
         argv = celery_worker_argv()
         # The argv reads the pool settings from this process's environment: set this run's.

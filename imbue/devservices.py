@@ -163,12 +163,8 @@ def run() -> int:
         manage("seed_demo")
         services.spawn(
             "web",
-            [
-                PYTHON, "-m", "uvicorn", "imbue.asgi:application", "--host", host,
-                "--port", port, "--workers", web_workers, "--no-access-log",
-                "--timeout-graceful-shutdown", "5",
-            ],
-        )  # fmt: skip
+            web_server_argv(host, port, web_workers, "--timeout-graceful-shutdown", "5"),
+        )
         services.spawn("worker", celery_worker_argv())
         log(f"IMBUE is running at http://{host}:{port}/  (Ctrl-C stops everything)")
         log(f"health: http://{host}:{port}/healthz   admin: http://{host}:{port}/admin/")
@@ -182,6 +178,21 @@ def run() -> int:
     finally:
         log("stopping...")
         services.stop()
+
+
+def web_server_argv(host: str, port: str, workers: str, *more: str) -> list[str]:
+    """The web server command line shared by `make run` and the benchmarks.
+
+    Per-message compression of the sockets is off unless WS_PER_MESSAGE_DEFLATE=true: each
+    compressing socket keeps its own zlib state, which at 1000 learners (2000 sockets) doubled the
+    web processes' memory per socket (62 -> 25 KB without it) for frames that are mostly a few
+    dozen bytes of HTML (bench/README.md, session 7).
+    """
+    deflate = os.environ.get("WS_PER_MESSAGE_DEFLATE", "false")
+    return [
+        PYTHON, "-m", "uvicorn", "imbue.asgi:application", "--host", host, "--port", port,
+        "--workers", workers, "--no-access-log", "--ws-per-message-deflate", deflate, *more,
+    ]  # fmt: skip
 
 
 def celery_worker_argv() -> list[str]:

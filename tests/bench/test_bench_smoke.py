@@ -41,3 +41,6 @@ def test_three_learners_go_through_the_real_stack_and_the_json_line_has_its_keys
     assert summary["first_token_ratio_p95"] is not None
     assert summary["feedback_overhead_ms_p95"] is not None
     assert {"web-1", "worker", "fake-model"} <= set(summary["processes"])
+    # The learners offer compression, as browsers do; the product's server declines it
+    # (WS_PER_MESSAGE_DEFLATE, off unless set).
+    assert summary["ws_extensions"] == [""]

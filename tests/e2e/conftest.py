@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from imbue.devservices import web_server_argv
 from tests.conftest import BASE_DIR, Worker, free_port, process_env, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -71,10 +71,7 @@ def live_server_url(
     )
     log = (artifacts_dir / "e2e-server.log").open("ab")
     process = subprocess.Popen(
-        [
-            sys.executable, "-m", "uvicorn", "imbue.asgi:application",
-            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-        ],
+        web_server_argv("127.0.0.1", str(port), "1", "--log-level", "warning"),
         cwd=BASE_DIR, env=env, stdout=log, stderr=log, start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"

@@ -36,7 +36,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -53,6 +52,7 @@ import websockets
 from django.conf import settings
 
 from bench.load import PAGE_TOKEN, http
+from imbue.devservices import web_server_argv
 from tests.conftest import BASE_DIR, Worker, free_port, process_env, wait_for
 from tests.fakes.llm_server import FakeServer, fake_reply, start_fake_server
 from tests.faults.ledger import LEDGER, AskedFeedback, Ledger
@@ -179,11 +179,10 @@ class WebServer:
     def spawn(self) -> None:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [
-                sys.executable, "-m", "uvicorn", "imbue.asgi:application", "--host", "127.0.0.1",
-                "--port", str(self.port), "--log-level", "warning", "--no-access-log",
+            web_server_argv(
+                "127.0.0.1", str(self.port), "1", "--log-level", "warning",
                 "--timeout-graceful-shutdown", "2",
-            ],
+            ),
             cwd=BASE_DIR, env=self.env, stdout=log, stderr=log, start_new_session=True,
         )  # fmt: skip
         log.close()

@@ -111,3 +111,19 @@ def test_make_run_serves_stops_cleanly_and_keeps_data_on_embedded_servers(tmp_pa
         process.send_signal(signal.SIGINT)
         process.wait(60)
     assert process.returncode == 0
+
+
+def test_the_web_server_declines_socket_compression_unless_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from imbue.devservices import web_server_argv
+
+    def deflate() -> str:
+        argv = web_server_argv("127.0.0.1", "8000", "2", "--log-level", "warning")
+        assert argv[-2:] == ["--log-level", "warning"]  # the caller's own options come last
+        return argv[argv.index("--ws-per-message-deflate") + 1]
+
+    monkeypatch.delenv("WS_PER_MESSAGE_DEFLATE", raising=False)
+    assert deflate() == "false"
+    monkeypatch.setenv("WS_PER_MESSAGE_DEFLATE", "true")
+    assert deflate() == "true"
