@@ -21,6 +21,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -386,11 +387,31 @@ def run_one(load: LoadConfig, stack_config: StackConfig) -> dict[str, Any]:
         summary["warm_up_cpu_s"] = warm_cpu
         summary["duration_s"] = round(time.time() - started, 1)
         summary["cpu_steal_pct"] = steal_pct(state.get("cpu_times"))
+        summary["gc_pauses"] = gc_pauses(stack.log_path("web"))
         summary["load_avg_1m"] = {
             "start": round(state.get("load_start", (float("nan"),))[0], 2),
             "end": round(os.getloadavg()[0], 2),
         }
         return summary
+
+
+GC_PAUSE = re.compile(r"garbage collection of generation (\d) stopped this process for (\d+) ms")
+
+
+def gc_pauses(web_log: Path) -> dict[str, Any]:
+    """The web processes' collections of at least GC_PAUSE_WARN_MS (100) in the whole run
+    (warm-up, set-up and turns), from their log: how many, how many full, the longest."""
+    try:
+        found = GC_PAUSE.findall(web_log.read_text(errors="replace"))
+    except OSError:
+        return {}
+    pauses = [(int(g), int(ms)) for g, ms in found]
+    return {
+        "count": len(pauses),
+        "full": sum(1 for g, _ in pauses if g == 2),
+        "longest_ms": max((ms for _, ms in pauses), default=0),
+        "total_ms": sum(ms for _, ms in pauses),
+    }
 
 
 def steal_pct(before: Any) -> float | None:
@@ -530,12 +551,14 @@ def write_readme(label: str, summaries: list[dict[str, Any]], command: str) -> N
 STAGES_HEADER = (
     "| run | learners | first token p95 ms: send→row / row→model / model→shown "
     "| feedback p95 ms: post→row / row→model / model→stored / stored→sent / sent→shown "
-    "| CPU ms per turn: web / worker / postgres | client CPU % |\n|---|---|---|---|---|---|"
+    "| CPU ms per turn: web / worker / postgres | client CPU % | steal % "
+    "| web GC pauses >= 100 ms: count (full) / longest ms |\n|---|---|---|---|---|---|---|---|"
 )
 
 
 def stages_row(label: str, s: dict[str, Any]) -> str:
     ft, fb, cpu = s["partner_stages_ms_p95"], s["feedback_stages_ms_p95"], s["cpu_ms_per_turn"]
+    gc = s.get("gc_pauses") or {}
     names = ("post_to_row", "row_to_model", "model_to_stored", "stored_to_sent", "sent_to_shown")
     cells = [
         label, s["sessions"],
@@ -543,6 +566,8 @@ def stages_row(label: str, s: dict[str, Any]) -> str:
         " / ".join(str(fb.get(n)) for n in names),
         f"{cpu['web']} / {cpu['worker']} / {cpu['postgres']}",
         s.get("client_cpu_pct"),
+        s.get("cpu_steal_pct"),
+        f"{gc.get('count')} ({gc.get('full')}) / {gc.get('longest_ms')}" if gc else "-",
     ]  # fmt: skip
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
@@ -554,7 +579,9 @@ def print_line(label: str, s: dict[str, Any]) -> None:
         f"{s['model_first_token_ms']['p95']} ms), feedback overhead p95 "
         f"{s['feedback_overhead_ms_p95']} ms, errors {s['errors']} ({s['error_rate']}), "
         f"{s['messages_per_s']} msgs/s, web CPU {s['web_cpu_pct']}%, "
-        f"{s['ws_memory_kb']} KB/socket, load {s['load_avg_1m']}, steal {s['cpu_steal_pct']}%",
+        f"{s['ws_memory_kb']} KB/socket, load {s['load_avg_1m']}, steal {s['cpu_steal_pct']}%, "
+        f"web pauses >= 100 ms for garbage collection {s.get('gc_pauses', {}).get('count', '?')} "
+        f"(longest {s.get('gc_pauses', {}).get('longest_ms', '?')} ms)",
         file=sys.stderr,
         flush=True,
     )

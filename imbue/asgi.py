@@ -40,7 +40,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from imbue.gcfreeze import freeze_long_lived  # noqa: E402
+from imbue.gcfreeze import freeze_long_lived, watch_pauses  # noqa: E402
 from imbue.routing import websocket_urlpatterns  # noqa: E402
 
 _CONVERSATION = re.compile(r"/(\d+)(?:/|$)")
@@ -96,3 +96,4 @@ application = ProtocolTypeRouter(
 )
 
 freeze_long_lived()  # everything above lives as long as the process
+watch_pauses(float(os.environ.get("GC_PAUSE_WARN_MS", "100")))

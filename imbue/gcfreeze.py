@@ -10,6 +10,8 @@ Called once everything long-lived is built: after start-up, and again after a wa
 
 import gc
 import logging
+import sys
+import time
 
 log = logging.getLogger(__name__)
 
@@ -19,3 +21,48 @@ def freeze_long_lived() -> None:
     gc.collect()
     gc.freeze()
     log.debug("%d objects set aside from the collector", gc.get_freeze_count())
+
+
+class PauseWatch:
+    """Logs each collection that stopped this process for at least `min_ms` (a warning: while
+    the collector runs, every socket and request of the process waits).
+
+    Measured in a web process holding 1000 learners' sockets (bench/README.md, session 7): a
+    full collection about every 20 s, of 63-395 ms, growing with the sockets held. The log line
+    says how long and which generation, so a deployment sees its own pauses; the bench counts
+    them per run.
+    """
+
+    def __init__(self, min_ms: float) -> None:
+        self.min_ms = min_ms
+        self.started = 0.0
+        self.longest_ms = 0.0
+        self.count = 0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+            return
+        ms = (time.perf_counter() - self.started) * 1000
+        if ms < self.min_ms or sys.is_finalizing():  # at exit the log may be gone already
+            return
+        self.count += 1
+        self.longest_ms = max(self.longest_ms, ms)
+        log.warning(
+            "garbage collection of generation %d stopped this process for %.0f ms "
+            "(%d objects freed)",
+            info.get("generation", -1), ms, info.get("collected", 0),
+        )  # fmt: skip
+
+
+def watch_pauses(min_ms: float) -> PauseWatch | None:
+    """Start logging collections of at least `min_ms` in this process (none when 0 or less)."""
+    if min_ms <= 0:
+        return None
+    for callback in gc.callbacks:
+        if isinstance(callback, PauseWatch):
+            callback.min_ms = min_ms
+            return callback
+    watch = PauseWatch(min_ms)
+    gc.callbacks.append(watch)
+    return watch

@@ -15,6 +15,11 @@ from django.conf import settings
 
 pytest_plugins = ["tests.fakes.fixtures"]
 
+# The test runner holds far more objects than a server, so its full collections are long; they
+# are not the product's pauses (imbue.asgi, imported by tests, would log each one). Servers the
+# tests start inherit this; tests/imbue/test_gcfreeze.py checks the watcher itself.
+os.environ.setdefault("GC_PAUSE_WARN_MS", "0")
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 

@@ -44,3 +44,5 @@ def test_three_learners_go_through_the_real_stack_and_the_json_line_has_its_keys
     # The learners offer compression, as browsers do; the product's server declines it
     # (WS_PER_MESSAGE_DEFLATE, off unless set).
     assert summary["ws_extensions"] == [""]
+    # The web processes' long collections, read from their log (how many depends on the run).
+    assert set(summary["gc_pauses"]) == {"count", "full", "longest_ms", "total_ms"}

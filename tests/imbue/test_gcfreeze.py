@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import gc
+import logging
 import weakref
 
-from imbue.gcfreeze import freeze_long_lived
+import pytest
+
+from imbue.gcfreeze import PauseWatch, freeze_long_lived, watch_pauses
 
 
 def test_objects_alive_now_are_set_aside_and_garbage_made_later_is_still_collected() -> None:
@@ -27,3 +30,38 @@ def test_objects_alive_now_are_set_aside_and_garbage_made_later_is_still_collect
         assert gone() is None
     finally:
         gc.unfreeze()
+
+
+def test_a_long_collection_is_logged_with_its_generation_and_length(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    others = [c for c in gc.callbacks if not isinstance(c, PauseWatch)]
+    started = [c for c in gc.callbacks if isinstance(c, PauseWatch)]  # imbue.asgi's, if imported
+    watch = watch_pauses(1e-9)  # every collection counts as long
+    try:
+        assert watch is not None
+        assert watch_pauses(1e-9) is watch  # one watcher per process, however often started
+        assert sum(isinstance(c, PauseWatch) for c in gc.callbacks) == 1
+        with caplog.at_level(logging.WARNING, logger="imbue.gcfreeze"):
+            gc.collect()
+        assert watch.count >= 1 and watch.longest_ms > 0
+        assert any(
+            "garbage collection of generation 2 stopped this process for" in r.getMessage()
+            for r in caplog.records
+        )
+        watch.min_ms = 1e9  # nothing is that long: nothing more is logged
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="imbue.gcfreeze"):
+            gc.collect()
+        assert not caplog.records
+    finally:
+        gc.callbacks[:] = others
+        for earlier in started:  # as it was: its threshold back, still watching
+            earlier.min_ms = 100.0
+            gc.callbacks.append(earlier)
+
+
+def test_no_watch_when_switched_off() -> None:
+    before = list(gc.callbacks)  # imbue.asgi, if a test imported it, has started its own
+    assert watch_pauses(0) is None
+    assert gc.callbacks == before
