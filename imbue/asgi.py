@@ -42,6 +42,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 from imbue.gcfreeze import freeze_long_lived, watch_pauses  # noqa: E402
 from imbue.routing import websocket_urlpatterns  # noqa: E402
+from imbue.settings import env_float  # noqa: E402
 
 _CONVERSATION = re.compile(r"/(\d+)(?:/|$)")
 
@@ -96,4 +97,4 @@ application = ProtocolTypeRouter(
 )
 
 freeze_long_lived()  # everything above lives as long as the process
-watch_pauses(float(os.environ.get("GC_PAUSE_WARN_MS", "100")))
+watch_pauses(env_float("GC_PAUSE_WARN_MS", 100.0))  # 0 or less: off
