@@ -573,6 +573,7 @@ def stages_row(label: str, s: dict[str, Any]) -> str:
 
 
 def print_line(label: str, s: dict[str, Any]) -> None:
+    gc = s.get("gc_pauses") or {}
     print(
         f"[bench] {label} {s['sessions']:>5} learners: first token ÷ model p95 "
         f"{s['first_token_ratio_p95']} ({s['first_token_ms']['p95']} vs "
@@ -580,8 +581,8 @@ def print_line(label: str, s: dict[str, Any]) -> None:
         f"{s['feedback_overhead_ms_p95']} ms, errors {s['errors']} ({s['error_rate']}), "
         f"{s['messages_per_s']} msgs/s, web CPU {s['web_cpu_pct']}%, "
         f"{s['ws_memory_kb']} KB/socket, load {s['load_avg_1m']}, steal {s['cpu_steal_pct']}%, "
-        f"web pauses >= 100 ms for garbage collection {s.get('gc_pauses', {}).get('count', '?')} "
-        f"(longest {s.get('gc_pauses', {}).get('longest_ms', '?')} ms)",
+        f"web pauses >= 100 ms for garbage collection {gc.get('count', '?')} "
+        f"(longest {gc.get('longest_ms', '?')} ms)",
         file=sys.stderr,
         flush=True,
     )

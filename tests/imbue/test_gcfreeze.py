@@ -36,7 +36,8 @@ def test_a_long_collection_is_logged_with_its_generation_and_length(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     others = [c for c in gc.callbacks if not isinstance(c, PauseWatch)]
-    started = [c for c in gc.callbacks if isinstance(c, PauseWatch)]  # imbue.asgi's, if imported
+    # imbue.asgi's watcher, if a test imported it, with its threshold (watch_pauses reuses it).
+    started = [(c, c.min_ms) for c in gc.callbacks if isinstance(c, PauseWatch)]
     watch = watch_pauses(1e-9)  # every collection counts as long
     try:
         assert watch is not None
@@ -56,8 +57,8 @@ def test_a_long_collection_is_logged_with_its_generation_and_length(
         assert not caplog.records
     finally:
         gc.callbacks[:] = others
-        for earlier in started:  # as it was: its threshold back, still watching
-            earlier.min_ms = 100.0
+        for earlier, min_ms in started:  # as it was: its threshold back, still watching
+            earlier.min_ms = min_ms
             gc.callbacks.append(earlier)
 
 
