@@ -7,12 +7,11 @@ import logging
 from typing import Any
 
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncWebsocketConsumer
 
 from feedback import notify, services
 from feedback.panel import render_panel
 from imbue.security import BadFrame, is_database_outage, parse_frame
-from imbue.sockets import ClientDisconnected
+from imbue.sockets import ClientDisconnected, SocketConsumer
 from simulations.learners import aowned_conversation
 from simulations.models import Conversation
 
@@ -43,7 +42,7 @@ def _ready_panel(conversation_id: int, request_id: int) -> str | None:
     return None if feedback is None else render_panel(feedback, oob=True)
 
 
-class FeedbackConsumer(AsyncWebsocketConsumer):
+class FeedbackConsumer(SocketConsumer):
     """`ws/conversations/<id>/feedback/`: owner only; sends panels, hears "viewed" reports."""
 
     conversation: Conversation | None = None

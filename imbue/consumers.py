@@ -2,12 +2,11 @@
 
 import json
 
-from channels.generic.websocket import AsyncWebsocketConsumer
-
 from imbue import services
+from imbue.sockets import SocketConsumer
 
 
-class PingConsumer(AsyncWebsocketConsumer):
+class PingConsumer(SocketConsumer):
     async def connect(self) -> None:
         await self.accept()
 

@@ -12,12 +12,11 @@ import logging
 from typing import Any
 
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncWebsocketConsumer
 from django.template.loader import render_to_string
 from django.utils.html import escape
 
 from imbue.security import BadFrame, is_database_outage, parse_frame
-from imbue.sockets import ClientDisconnected, client_gone
+from imbue.sockets import ClientDisconnected, SocketConsumer, client_gone
 from simulations import services
 from simulations.learners import aowned_conversation
 from simulations.models import Conversation, Message
@@ -85,7 +84,7 @@ def _log_crash(task: asyncio.Task[None]) -> None:
         log.error("%s crashed", task.get_name(), exc_info=task.exception())
 
 
-class ConversationConsumer(AsyncWebsocketConsumer):
+class ConversationConsumer(SocketConsumer):
     """One practice conversation, live, for the browser that owns it (every tab it has open)."""
 
     # "Suggest a skill" waits on the model: it runs beside the socket's other events, one at a

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.contrib.sessions.backends.base import SessionBase
 from django.db import transaction
 from django.http import Http404, HttpRequest
@@ -81,9 +81,10 @@ def owned_conversation(request: HttpRequest, conversation_id: int) -> Conversati
     return conversation
 
 
-@sync_to_async
+@database_sync_to_async
 def aowned_conversation(scope: dict[str, Any], conversation_id: int) -> Conversation | None:
-    """For consumers: the conversation if the socket's session owns it, else None."""
+    """For consumers: the conversation if the socket's session owns it, else None (its
+    connection goes back to the pool when it is read, as every socket's database call's does)."""
     learner_id = learner_id_from_scope(scope)
     if learner_id is None:
         return None

@@ -228,6 +228,37 @@ async def test_streamed_deltas_arrive_in_order_soon_after_each_token(
     await view.communicator.disconnect()
 
 
+async def test_streamed_pieces_reach_the_socket_without_a_thread_hop_each(
+    fake_llm, monkeypatch
+) -> None:
+    """Each event a socket handles (every streamed piece) is handled on the event loop: only its
+    database calls go to a thread, not every event (Channels' own dispatch hops to one for each,
+    to run Django's connection clean-up, which our database calls do themselves)."""
+    from asgiref.sync import SyncToAsync
+
+    fake_llm.configure(ttft_ms=50, tokens_per_s=40)
+    conversation = await start()
+    view = await open_view(conversation)
+    await send_and_wait(view, conversation, "Please text me by ten.")  # the rater is trained
+    hops = 0
+    real = SyncToAsync.__call__
+
+    async def counted(self, *args, **kwargs):
+        nonlocal hops
+        hops += 1
+        return await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(SyncToAsync, "__call__", counted)
+    view.deltas.clear()
+    frames_before = len(view.frames)
+    reply = await send_and_wait(view, conversation, LONG)
+    frames = len(view.frames) - frames_before
+    assert view.texts[reply.pk] == reply.text and len(view.deltas) >= 10
+    # Storing the message, the reply and the model call: a handful, however many frames.
+    assert hops <= 8 < frames, (hops, frames)
+    await view.communicator.disconnect()
+
+
 async def test_a_socket_dropped_mid_reply_and_reopened_shows_the_reply_completed_once(
     fake_llm,
 ) -> None:
