@@ -27,9 +27,10 @@ from feedback.raters.rating import Rating
 from feedback.skills import SKILL_KEYS, STRATEGIES, mastery, rated_skills, score
 from imbue import audit, llm, ratelimit
 from imbue.models import AdverseEvent
+from imbue.prepared import PreparedQuery
 from imbue.security import UserTextError, clean_user_text
 from simulations import safety
-from simulations.models import Conversation, Message
+from simulations.models import LOCKED_FOR_A_TURN, Conversation, Message
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +78,30 @@ def current_turn(conversation: Conversation) -> int:
     return conversation.messages.filter(role=Message.Role.LEARNER).count() + 1
 
 
+# Read by every feedback request, compiled once (imbue/prepared.py).
+_TRANSCRIPT = PreparedQuery(
+    lambda conversation_id: (
+        Message.objects.filter(conversation_id=conversation_id)
+        .order_by("seq")
+        .values_list("role", "state", "text")
+    ),
+    conversation_id=int,
+)
+_LAST_REVISION = PreparedQuery(
+    lambda conversation_id, turn: (
+        Draft.objects.filter(conversation_id=conversation_id, turn=turn)
+        .order_by("-revision")
+        .values_list("revision", flat=True)[:1]
+    ),
+    conversation_id=int,
+    turn=int,
+)
+
+
 def _drafting_context(conversation: Conversation) -> tuple[int, str]:
     """The turn being drafted now and the partner's last complete words, in one query."""
     turn, partner_said = 1, ""
-    for role, state, text in conversation.messages.order_by("seq").values_list(
-        "role", "state", "text"
-    ):
+    for role, state, text in _TRANSCRIPT.all(conversation_id=conversation.pk):
         if role == Message.Role.LEARNER:
             turn += 1
         elif state == Message.State.COMPLETE:
@@ -131,12 +150,7 @@ def request_feedback(
     """
     with transaction.atomic():
         # The row lock serialises revision numbering between two tabs asking at once.
-        locked = (
-            Conversation.objects.select_for_update(of=("self",))
-            .select_related("situation")
-            .annotate(tokens_spent=ratelimit.tokens_used_annotation())
-            .get(pk=conversation.pk, learner_id=conversation.learner_id)
-        )
+        locked = LOCKED_FOR_A_TURN.get(pk=conversation.pk, learner_id=conversation.learner_id)
         if not locked.is_open:
             raise FeedbackInputError("This conversation has ended, so there is nothing to send.")
         clean_text, chosen = clean_draft(conversation=locked, text=text, strategies=strategies)
@@ -146,12 +160,7 @@ def request_feedback(
         allowed = ratelimit.check_feedback(locked.learner_id, per_minute=locked.feedback_per_minute)
         if not allowed:
             raise FeedbackInputError(allowed.message)
-        last = (
-            Draft.objects.filter(conversation=locked, turn=turn)
-            .order_by("-revision")
-            .values_list("revision", flat=True)
-            .first()
-        )
+        last = _LAST_REVISION.first(conversation_id=locked.pk, turn=turn)
         draft = Draft.objects.create(
             conversation=locked,
             turn=turn,
@@ -402,17 +411,31 @@ def undelivered_answer(conversation: Conversation) -> FeedbackRequest | None:
     return newest if done and newest.delivered_at is None else None
 
 
+# Read for every panel a browser is sent and reports viewed, compiled once (imbue/prepared.py):
+# the finished request, if it is this conversation's, and whether a newer shown one replaced it.
+_FINISHED = PreparedQuery(
+    lambda request_id, conversation_id: FeedbackRequest.objects.select_related("draft").filter(
+        pk=request_id,
+        draft__conversation_id=conversation_id,
+        status=FeedbackRequest.Status.DONE,
+    ),
+    request_id=int,
+    conversation_id=int,
+)
+_NEWER = PreparedQuery(
+    lambda conversation_id, request_id: (
+        FeedbackRequest.objects.filter(draft__conversation_id=conversation_id, pk__gt=request_id)
+        .exclude(status=FeedbackRequest.Status.WITHHELD)
+        .values_list("pk", flat=True)[:1]
+    ),
+    conversation_id=int,
+    request_id=int,
+)
+
+
 def deliverable_request(*, conversation_id: int, request_id: int) -> FeedbackRequest | None:
     """The finished request if it belongs to this conversation and nothing newer replaced it."""
-    feedback = (
-        FeedbackRequest.objects.select_related("draft")
-        .filter(
-            pk=request_id,
-            draft__conversation_id=conversation_id,
-            status=FeedbackRequest.Status.DONE,
-        )
-        .first()
-    )
+    feedback = _FINISHED.first(request_id=request_id, conversation_id=conversation_id)
     if feedback is None or _replaced(conversation_id=conversation_id, request_id=request_id):
         return None
     return feedback
@@ -420,11 +443,7 @@ def deliverable_request(*, conversation_id: int, request_id: int) -> FeedbackReq
 
 def _replaced(*, conversation_id: int, request_id: int) -> bool:
     """Whether a newer shown request exists in the conversation (its panel supersedes this)."""
-    return (
-        FeedbackRequest.objects.filter(draft__conversation_id=conversation_id, pk__gt=request_id)
-        .exclude(status=FeedbackRequest.Status.WITHHELD)
-        .exists()
-    )
+    return _NEWER.first(conversation_id=conversation_id, request_id=request_id) is not None
 
 
 def mark_delivered(*, request_id: int) -> None:
@@ -436,13 +455,8 @@ def mark_delivered(*, request_id: int) -> None:
 
 def mark_viewed(*, conversation_id: int, request_id: int) -> bool:
     """Record when the browser showed the finished panel, and so the request-to-display time."""
-    feedback = FeedbackRequest.objects.filter(
-        pk=request_id,
-        draft__conversation_id=conversation_id,
-        status=FeedbackRequest.Status.DONE,
-        viewed_at__isnull=True,
-    ).first()
-    if feedback is None:
+    feedback = _FINISHED.first(request_id=request_id, conversation_id=conversation_id)
+    if feedback is None or feedback.viewed_at is not None:
         return False
     now = timezone.now()
     latency_ms = (now - feedback.requested_at).total_seconds() * 1000

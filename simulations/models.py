@@ -10,6 +10,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
+from imbue.prepared import PreparedQuery
+
 STRATEGY_CHOICES = [
     ("describe", "Describe"),
     ("express", "Express"),
@@ -169,6 +171,23 @@ class Conversation(models.Model):
     @property
     def is_open(self) -> bool:
         return self.status == self.Status.ACTIVE
+
+
+def _locked_for_a_turn(pk: int, learner_id: int) -> ConversationQuerySet:
+    from imbue.ratelimit import tokens_used_annotation  # it imports the models
+
+    return (
+        Conversation.objects.select_for_update(of=("self",))
+        .select_related("situation")
+        .annotate(tokens_spent=tokens_used_annotation())
+        .filter(pk=pk, learner_id=learner_id)
+    )
+
+
+# The conversation, row-locked, with its situation and the model tokens it has spent: read first
+# by every message and every feedback request (the lock serialises their numbering), so it is
+# compiled once (imbue/prepared.py). `.get(pk=..., learner_id=...)`, inside a transaction.
+LOCKED_FOR_A_TURN = PreparedQuery(_locked_for_a_turn, pk=int, learner_id=int)
 
 
 class Message(models.Model):

@@ -53,9 +53,17 @@ from feedback.skills import SKILLS, STRATEGIES
 from imbue import audit, llm, ratelimit
 from imbue.gcfreeze import freeze_long_lived
 from imbue.models import AdverseEvent
+from imbue.prepared import PreparedQuery
 from imbue.security import UserTextError, clean_user_text, is_database_outage
 from simulations import fragments, partner, resistance, safety, suggest
-from simulations.models import Conversation, EmotionCheckin, Learner, Message, Situation
+from simulations.models import (
+    LOCKED_FOR_A_TURN,
+    Conversation,
+    EmotionCheckin,
+    Learner,
+    Message,
+    Situation,
+)
 
 log = logging.getLogger(__name__)
 
@@ -302,6 +310,36 @@ def record_learner_message(
     return _record_learner_message(conversation=conversation, text=text, strategies=strategies)[0]
 
 
+# The queries of every message, compiled once (imbue/prepared.py): what the rating, the resistance
+# and the partner's prompt read of the transcript, and the offline rating already made for the
+# very draft sent (see `_draft_rating`).
+_TRANSCRIPT = PreparedQuery(
+    lambda conversation_id: (
+        Message.objects.filter(conversation_id=conversation_id)
+        .order_by("seq")
+        .only("conversation_id", "seq", "role", "state", "text", "resistance")
+    ),
+    conversation_id=int,
+)
+_DRAFT_RATED = PreparedQuery(
+    lambda conversation_id, turn, text, partner_said: (
+        FeedbackRequest.objects.filter(
+            draft__conversation_id=conversation_id,
+            draft__turn=turn,
+            draft__text=text,
+            draft__partner_said=partner_said,
+            offline_result__isnull=False,
+        )
+        .order_by("-pk")
+        .values_list("offline_result", "draft__strategies")[:1]
+    ),
+    conversation_id=int,
+    turn=int,
+    text=str,
+    partner_said=str,
+)
+
+
 def _record_learner_message(
     *,
     conversation: Conversation,
@@ -316,12 +354,7 @@ def _record_learner_message(
     with transaction.atomic():
         # Only the pk and the owner are read from `conversation`: a socket passes no more.
         # Every writer of this conversation's messages takes this lock first.
-        locked = (
-            Conversation.objects.select_for_update(of=("self",))
-            .select_related("situation")
-            .annotate(tokens_spent=ratelimit.tokens_used_annotation())
-            .get(pk=conversation.pk, learner_id=conversation.learner_id)
-        )
+        locked = LOCKED_FOR_A_TURN.get(pk=conversation.pk, learner_id=conversation.learner_id)
         if not locked.is_open:
             raise ConversationError("This conversation has ended; start a new one to go on.")
         try:
@@ -332,11 +365,7 @@ def _record_learner_message(
             raise ConversationError("Write a message first.")
         chosen = _clean_strategies(locked, strategies)
         # Only what the rating, the resistance and the partner's prompt read.
-        messages = list(
-            locked.messages.order_by("seq").only(
-                "conversation_id", "seq", "role", "state", "text", "resistance"
-            )
-        )
+        messages = _TRANSCRIPT.all(conversation_id=locked.pk)
         turn = sum(m.role == Message.Role.LEARNER for m in messages) + 1
         if turn > locked.max_messages:
             raise ConversationError("You have used all the messages of this conversation.")
@@ -451,16 +480,8 @@ def _draft_rating(
     conversation: Conversation, turn: int, text: str, chosen: list[str], partner_said: str
 ) -> Rating | None:
     """The offline rating already made for this exact draft, if the learner asked for one."""
-    found = (
-        FeedbackRequest.objects.filter(
-            draft__conversation=conversation,
-            draft__turn=turn,
-            draft__text=text,
-            draft__partner_said=partner_said,
-            offline_result__isnull=False,
-        )
-        .order_by("-pk")
-        .values_list("offline_result", "draft__strategies")[:1]
+    found = _DRAFT_RATED.all(
+        conversation_id=conversation.pk, turn=turn, text=text, partner_said=partner_said
     )
     for offline_result, strategies in found:
         if list(strategies) == chosen and offline_result.get("engine") == "offline":
