@@ -266,6 +266,15 @@ def _result(rating: Rating) -> dict:
 # --------------------------------------------------------------------------- the worker's part
 
 
+# The worker's read of each request, with its draft, conversation and situation (compiled once).
+_TO_RATE = PreparedQuery(
+    lambda pk: FeedbackRequest.objects.select_related("draft__conversation__situation").filter(
+        pk=pk
+    ),
+    pk=int,
+)
+
+
 def rate_request(*, request_id: int, final_attempt: bool = True) -> None:
     """Rate a queued request with the model (else offline), store the result, tell the browser.
 
@@ -273,11 +282,7 @@ def rate_request(*, request_id: int, final_attempt: bool = True) -> None:
     reached a browser). A retryable model error is raised for the task to retry, unless this is
     the final attempt; then, as for any other model failure, the offline rating is the answer.
     """
-    feedback = (
-        FeedbackRequest.objects.select_related("draft__conversation__situation")
-        .filter(pk=request_id)
-        .first()
-    )
+    feedback = _TO_RATE.first(pk=request_id)
     if feedback is None:
         log.warning("feedback request %s no longer exists", request_id)
         return

@@ -842,12 +842,22 @@ def _job_for(conversation: Conversation, reply: Message, earlier: list[Message])
     )
 
 
+# Read as every reply is stored, compiled once (imbue/prepared.py).
+_LOCKED = PreparedQuery(lambda pk: Conversation.objects.select_for_update().filter(pk=pk), pk=int)
+_LEARNER_SEQS = PreparedQuery(
+    lambda conversation_id: Message.objects.filter(
+        conversation_id=conversation_id, role=Message.Role.LEARNER
+    ).values_list("seq", flat=True),
+    conversation_id=int,
+)
+
+
 def _store_reply(job: _Job, written: _Written) -> tuple[bool, str | None]:
     """Store the finished reply once (fenced by the attempt) and close the conversation if due.
     Returns whether it was stored, and, while the conversation stays open, what every tab shows
     of it (rendered here once; None: each tab renders it)."""
     with transaction.atomic():
-        conversation = Conversation.objects.select_for_update().get(pk=job.conversation_id)
+        conversation = _LOCKED.get(pk=job.conversation_id)
         stored = Message.objects.filter(
             pk=job.message_id, attempts=job.attempt, state=Message.State.STREAMING
         ).update(
@@ -862,7 +872,7 @@ def _store_reply(job: _Job, written: _Written) -> tuple[bool, str | None]:
             return False, None
         if not conversation.is_open:
             return True, None
-        learner_count = conversation.messages.filter(role=Message.Role.LEARNER).count()
+        learner_count = len(_LEARNER_SEQS.all(conversation_id=job.conversation_id))
         if written.agreed:
             conversation.status = Conversation.Status.AGREED
         elif learner_count >= conversation.max_messages:
@@ -1075,22 +1085,24 @@ async def _announce_attempt(client: aredis.Redis, job: _Job) -> None:
     await _group_send(job.conversation_id, event)
 
 
-async def generate_partner_reply(*, message_id: int, claimed: _Job | None = None) -> None:
+async def generate_partner_reply(*, message_id: int, claimed: _Job | None = None) -> bool:
     """Write the partner's reply to a pending message: stream it to the group, store it once.
 
     Does nothing when another writer holds the reply's lease or the reply is already stored.
     `claimed` is an attempt already claimed and leased for this writer (when it was queued).
+    Returns whether this call stored the reply or its failure (settled: nothing left to watch).
     """
     client = _aredis()
     job = claimed
     token = claimed.token if claimed is not None else secrets.token_hex(8)
     if job is None and not await client.set(_lease_key(message_id), token, nx=True, px=_lease_ms()):
-        return
+        return False
+    settled = False
     try:
         if job is None:
             job = await database_sync_to_async(_claim)(message_id)
             if job is None:
-                return
+                return False
             job.token = token
         job.announced = asyncio.create_task(_announce_attempt(client, job))
         job.announced.add_done_callback(lambda t: t.cancelled() or t.exception())  # seen here
@@ -1103,15 +1115,17 @@ async def generate_partner_reply(*, message_id: int, claimed: _Job | None = None
             keeper.cancel()
             job.announced.cancel()
         if lost.is_set():
-            return
+            return False
         if isinstance(result, _Written):
             stored, html = await database_sync_to_async(_store_reply)(job, result)
+            settled = stored
             if stored:
                 done: dict[str, Any] = {"type": "partner.done", "message_id": message_id}
                 if html is not None:
                     done["html"] = html
                 await _announce(job.conversation_id, done)
         elif await database_sync_to_async(_store_failure)(job, result):
+            settled = True
             await _announce(
                 job.conversation_id, {"type": "partner.failed", "message_id": message_id}
             )
@@ -1131,6 +1145,7 @@ async def generate_partner_reply(*, message_id: int, claimed: _Job | None = None
             await client.eval(_RELEASE, 1, _lease_key(message_id), token)
         except redis.RedisError:
             log.warning("could not release the lease of message %s", message_id)
+    return settled
 
 
 # Background replies; a strong reference keeps each task alive until it ends.
@@ -1160,9 +1175,11 @@ async def _write_until_stored(message_id: int, claimed: _Job | None = None) -> N
     try:
         for delay in WATCH_DELAYS_S:
             try:
-                await generate_partner_reply(message_id=message_id, claimed=claimed)
+                settled = await generate_partner_reply(message_id=message_id, claimed=claimed)
                 claimed = None  # a later look claims a new attempt of its own
-                if not await database_sync_to_async(_still_in_flight)(message_id):
+                # Stored by this writer: nothing to look up (one query and two thread hops
+                # fewer per reply). Otherwise another writer has it, or it is still to do.
+                if settled or not await database_sync_to_async(_still_in_flight)(message_id):
                     return
             except Exception:  # the database or Redis still away: look again after the pause
                 log.warning("reply %s: could not write it yet", message_id, exc_info=True)

@@ -259,6 +259,25 @@ async def test_streamed_pieces_reach_the_socket_without_a_thread_hop_each(
     await view.communicator.disconnect()
 
 
+async def test_a_reply_its_writer_stored_is_not_looked_up_again(fake_llm, monkeypatch) -> None:
+    """The writer knows it stored the reply: only a reply it did not settle (another writer
+    has it, or storing failed) is looked up and watched."""
+    looked_up = []
+    real = services._still_in_flight
+
+    def counted(message_id: int) -> bool:
+        looked_up.append(message_id)
+        return real(message_id)
+
+    monkeypatch.setattr(services, "_still_in_flight", counted)
+    conversation = await start()
+    view = await open_view(conversation)
+    reply = await send_and_wait(view, conversation, "Please text me by ten.")
+    await asyncio.sleep(0.3)  # the writer's task ends after the tabs are told
+    assert reply.state == "complete" and looked_up == []
+    await view.communicator.disconnect()
+
+
 async def test_a_socket_dropped_mid_reply_and_reopened_shows_the_reply_completed_once(
     fake_llm,
 ) -> None:
