@@ -120,8 +120,12 @@ class PreparedQuery(Generic[M]):
             )
         params = list(compiled.params)
         for name, positions in compiled.slots.items():
+            value = values[name]
+            if not isinstance(value, self.arguments[name]):
+                # None above all: the ORM would have written `IS NULL`, the SQL here `= NULL`.
+                raise TypeError(f"{name} must be {self.arguments[name].__name__}, not {value!r}")
             for i in positions:
-                params[i] = values[name]
+                params[i] = value
         bound = (compiled.sql, tuple(params))
         # A copy of the compiled compiler (its select list, related-row map and annotation
         # columns are what Django reads rows with), on this thread's connection, answering with

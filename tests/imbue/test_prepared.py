@@ -105,6 +105,8 @@ def test_values_and_text_arguments_arrive_as_values() -> None:
     assert query.all(conversation_id=conversation.pk, text=tricky) == [(1, tricky), (3, tricky)]
     assert query.all(conversation_id=conversation.pk, text="plain") == [(2, "plain")]
     assert query.first(conversation_id=conversation.pk, text="absent") is None
+    with pytest.raises(TypeError):  # the ORM would have matched NULL; this SQL never would
+        query.all(conversation_id=conversation.pk, text=None)
     assert Message.objects.count() == 3
 
 
