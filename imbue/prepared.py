@@ -69,10 +69,15 @@ class PreparedQuery(Generic[M]):
         found = self.all(**values)
         if len(found) == 1:
             return found[0]
-        model = self._queryset(values).model
+        model = self._ready().queryset.model
         if not found:
             raise model.DoesNotExist(f"{model.__name__} matching the query does not exist.")
         raise model.MultipleObjectsReturned(f"get() returned {len(found)} {model.__name__} rows.")
+
+    def _ready(self) -> _Compiled:
+        if self._compiled is None:
+            self._compiled = self._compile()  # two threads at once compile the same: harmless
+        return self._compiled
 
     def _compile(self) -> _Compiled:
         compiles = []
@@ -111,9 +116,7 @@ class PreparedQuery(Generic[M]):
         if values.keys() != self.arguments.keys():
             raise TypeError(f"arguments {sorted(self.arguments)} expected, got {sorted(values)}")
         connection = connections[DEFAULT_DB_ALIAS]  # this thread's
-        if self._compiled is None:
-            self._compiled = self._compile()  # two threads at once compile the same: harmless
-        compiled = self._compiled
+        compiled = self._ready()
         if compiled.queryset.query.select_for_update and connection.get_autocommit():
             raise TransactionManagementError(
                 "select_for_update cannot be used outside of a transaction."
