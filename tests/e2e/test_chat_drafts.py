@@ -43,6 +43,9 @@ def test_a_draft_survives_a_refused_send_and_a_reload_and_goes_once_stored(
     page.reload()
     page.wait_for_selector("#chat[data-socket=open]")
     assert page.input_value("#message-text") == ""  # stored: not offered again
+    # The partner's reply is still being written: let it be stored before the test's database is
+    # emptied (a TRUNCATE racing the reply's transaction can deadlock the teardown).
+    page.wait_for_selector("#transcript .msg-partner.msg-complete", timeout=20_000)
 
 
 def test_a_draft_stored_before_its_confirmation_arrived_is_not_offered_again(
@@ -66,3 +69,6 @@ def test_a_draft_stored_before_its_confirmation_arrived_is_not_offered_again(
     page.reload()
     page.wait_for_selector("#chat[data-socket=open]")
     assert page.input_value("#message-text") == ""
+    # The partner's reply is still being written: let it be stored before the test's database is
+    # emptied (a TRUNCATE racing the reply's transaction can deadlock the teardown).
+    page.wait_for_selector("#transcript .msg-partner.msg-complete", timeout=20_000)

@@ -97,6 +97,9 @@ def test_ask_for_feedback_use_the_rewrite_ask_again_and_send(page, fake_llm):
         "viewed reports",
     )
     assert len([r for r in fake_llm.requests() if r.get("purpose") == "feedback"]) == 2
+    # The partner's reply is still being written: let it be stored before the test's database is
+    # emptied (a TRUNCATE racing the reply's transaction can deadlock the teardown).
+    page.wait_for_selector("#transcript .msg-partner.msg-complete", timeout=20_000)
 
 
 @pytest.mark.django_db(transaction=True)
