@@ -185,6 +185,7 @@ class _Config:
     timeout_s: float
     max_retries: int
     backoff_s: float
+    http_client: str = "aiohttp"
 
     @property
     def host(self) -> str:
@@ -220,7 +221,32 @@ def _config() -> _Config:
         timeout_s=float(conf.get("timeout_s", 30.0)),
         max_retries=max(0, int(conf.get("max_retries", 2))),
         backoff_s=max(0.0, float(conf.get("backoff_s", 0.5))),
+        http_client=_http_client_kind(conf.get("http_client")),
     )
+
+
+HTTP_CLIENTS = ("aiohttp", "httpx")
+
+
+def _http_client_kind(value: Any) -> str:
+    kind = str(value or "aiohttp").strip().lower()
+    if kind not in HTTP_CLIENTS:
+        choices = ", ".join(HTTP_CLIENTS)
+        raise Misconfigured(f"LLM_HTTP_CLIENT must be one of {choices}, not {kind!r}")
+    return kind
+
+
+def _http_client(cfg: _Config) -> Any:
+    """The SDK's own HTTP client, on aiohttp unless configured otherwise.
+
+    Reading a streamed reply is per-chunk work on the event loop that streams every learner's
+    reply: through httpx (h11's pure-Python parser, an anyio cancel scope per read) about 110 us
+    a chunk, through aiohttp (a C parser) about half (bench/README.md, session 9). The SDK offers
+    both (`openai[aiohttp]`); its exceptions, timeouts and retries are the same either way.
+    """
+    if cfg.http_client == "httpx":
+        return openai.DefaultAsyncHttpxClient(timeout=cfg.timeout_s)
+    return openai.DefaultAioHttpClient(timeout=cfg.timeout_s)
 
 
 def _purpose_settings(purpose: str) -> dict[str, Any]:
@@ -252,6 +278,7 @@ async def _client(cfg: _Config) -> openai.AsyncOpenAI:
             api_version=cfg.api_version,
             max_retries=0,
             timeout=cfg.timeout_s,
+            http_client=_http_client(cfg),
         )
     else:
         # Local servers want no key, but the SDK insists on one.
@@ -260,6 +287,7 @@ async def _client(cfg: _Config) -> openai.AsyncOpenAI:
             api_key=cfg.api_key or "no-key",
             max_retries=0,
             timeout=cfg.timeout_s,
+            http_client=_http_client(cfg),
         )
     closer = _close_with_loop(client, key)
     await anext(closer)

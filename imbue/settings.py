@@ -261,6 +261,9 @@ LLM = {
     "timeout_s": env_float("LLM_TIMEOUT", 30.0),
     "max_retries": env_int("LLM_MAX_RETRIES", 2),
     "backoff_s": env_float("LLM_BACKOFF", 0.5),
+    # The SDK's HTTP transport: "aiohttp" (its C parser reads a streamed reply at half the CPU,
+    # bench/README.md session 9) or "httpx" (the SDK's own default).
+    "http_client": os.environ.get("LLM_HTTP_CLIENT", "aiohttp"),
     "purposes": {
         purpose: {
             "model": os.environ.get(f"LLM_{purpose.upper()}_MODEL")

@@ -579,3 +579,62 @@ def test_gateway_adds_at_most_a_few_milliseconds_to_the_first_token(settings: An
         f"gateway's own overhead {gateway_median - raw_median:+.2f} ms"
     )
     assert gateway_median < 10
+
+
+# --- the SDK's HTTP transport -----------------------------------------------------------------
+
+
+def _transport(settings: Any, kind: str | None) -> Any:
+    """The transport under the SDK client the gateway builds for `kind` (None: the default)."""
+    conf = {k: v for k, v in settings.LLM.items() if k != "http_client"}
+    settings.LLM = conf if kind is None else {**conf, "http_client": kind}
+
+    async def go() -> Any:
+        client = await llm._client(llm._config())
+        return client._client._transport
+
+    return run(go)
+
+
+def test_the_sdk_reads_through_aiohttp_unless_told_otherwise(
+    fake_llm: FakeServer, settings: Any
+) -> None:
+    from openai._vendor.httpx_aiohttp.transport import AiohttpTransport
+
+    assert isinstance(_transport(settings, None), AiohttpTransport)
+    assert isinstance(_transport(settings, "aiohttp"), AiohttpTransport)
+    plain = _transport(settings, "httpx")
+    assert not isinstance(plain, AiohttpTransport)
+    assert type(plain).__module__.startswith("httpx2")
+
+
+@pytest.mark.django_db
+def test_an_unknown_transport_is_a_configuration_error(fake_llm: FakeServer, settings: Any) -> None:
+    settings.LLM = {**settings.LLM, "http_client": "carrier-pigeon"}
+    with pytest.raises(llm.Misconfigured, match="LLM_HTTP_CLIENT"):
+        stream()
+    assert fake_llm.requests() == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("kind", llm.HTTP_CLIENTS)
+def test_both_transports_stream_retry_cut_and_time_out_alike(
+    quick: FakeServer, settings: Any, kind: str
+) -> None:
+    settings.LLM = {**settings.LLM, "http_client": kind}
+    deltas, reply = stream()
+    assert deltas == reply_deltas(MESSAGES)[0] and reply.outcome == "ok"
+    quick.faults(["500"])
+    deltas, reply = stream()
+    assert "".join(deltas) == fake_reply(MESSAGES) and reply.outcome == "retried_ok"
+    quick.faults(["cut"])
+    with pytest.raises(llm.StreamCut) as raised:
+        stream()
+    assert raised.value.partial_text == "".join(reply_deltas(MESSAGES)[0][:5])
+    settings.LLM = {**settings.LLM, "max_retries": 0}
+    quick.faults(["hang"])
+    started = time.perf_counter()
+    with pytest.raises(llm.TimedOut):
+        complete_text()
+    assert 0.5 <= time.perf_counter() - started < 2
+    assert last_call().outcome == "timeout"
