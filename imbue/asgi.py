@@ -40,7 +40,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from imbue.gcfreeze import freeze_long_lived, watch_pauses  # noqa: E402
+from imbue.gcfreeze import apply_thresholds, freeze_long_lived, watch_pauses  # noqa: E402
 from imbue.routing import websocket_urlpatterns  # noqa: E402
 from imbue.settings import env_float  # noqa: E402
 
@@ -97,4 +97,5 @@ application = ProtocolTypeRouter(
 )
 
 freeze_long_lived()  # everything above lives as long as the process
+apply_thresholds()  # GC_THRESHOLDS
 watch_pauses(env_float("GC_PAUSE_WARN_MS", 100.0))  # 0 or less: off

@@ -10,6 +10,7 @@ Called once everything long-lived is built: after start-up, and again after a wa
 
 import gc
 import logging
+import os
 import sys
 import time
 
@@ -21,6 +22,34 @@ def freeze_long_lived() -> None:
     gc.collect()
     gc.freeze()
     log.debug("%d objects set aside from the collector", gc.get_freeze_count())
+
+
+# The young generation collected every 5000 net allocations instead of Python's 700: at 1000
+# learners a web process then made no full collection during the bench's turns (twelve of up to
+# 0.4 s each with 700), and spent half the CPU on collecting (bench/README.md, session 9). The
+# other two thresholds are Python's own, so memory per socket stays as it was.
+DEFAULT_THRESHOLDS = "5000,10,10"
+
+
+def apply_thresholds() -> tuple[int, int, int]:
+    """This process's collector thresholds from `GC_THRESHOLDS` (default `DEFAULT_THRESHOLDS`)."""
+    return set_thresholds(os.environ.get("GC_THRESHOLDS", DEFAULT_THRESHOLDS))
+
+
+def set_thresholds(spec: str | None) -> tuple[int, int, int]:
+    """Apply `GC_THRESHOLDS` ("gen0,gen1,gen2", e.g. "700,10,10"; empty: Python's own) and
+    return the thresholds in force. A value that is not three positive integers is refused with
+    a ValueError naming the setting (a web process then does not start)."""
+    if spec and spec.strip():
+        parts = [p.strip() for p in spec.split(",")]
+        try:
+            values = tuple(int(p) for p in parts)
+        except ValueError:
+            values = ()
+        if len(values) != 3 or min(values) < 1:
+            raise ValueError(f"GC_THRESHOLDS must be three positive integers, not {spec!r}")
+        gc.set_threshold(*values)
+    return gc.get_threshold()
 
 
 class PauseWatch:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 from types import SimpleNamespace
 
+import pytest
 from celery.concurrency.prefork import TaskPool as PreforkPool
 from celery.concurrency.thread import TaskPool as ThreadPool
 from celery.signals import worker_process_init, worker_ready
@@ -13,12 +15,18 @@ from feedback.raters.retrieval import default_index
 from imbue import celery as worker
 
 
-def test_a_threads_worker_builds_the_raters_at_start() -> None:
+def test_a_threads_worker_builds_the_raters_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
     default_index.cache_clear()
     default_model.cache_clear()
-    thread = worker._warm_up_worker(sender=SimpleNamespace(pool=object.__new__(ThreadPool)))
-    assert thread is not None
-    thread.join(120)
+    monkeypatch.setenv("GC_THRESHOLDS", "4321,9,8")
+    before = gc.get_threshold()
+    try:
+        thread = worker._warm_up_worker(sender=SimpleNamespace(pool=object.__new__(ThreadPool)))
+        assert thread is not None
+        thread.join(120)
+        assert gc.get_threshold() == (4321, 9, 8)  # the collector set as in the web processes
+    finally:
+        gc.set_threshold(*before)
     assert default_index.cache_info().currsize == 1
     assert default_model.cache_info().currsize == 1
 

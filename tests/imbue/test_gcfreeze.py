@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import subprocess
+import sys
 import weakref
 
 import pytest
 
-from imbue.gcfreeze import PauseWatch, freeze_long_lived, watch_pauses
+from imbue.gcfreeze import (
+    PauseWatch,
+    apply_thresholds,
+    freeze_long_lived,
+    set_thresholds,
+    watch_pauses,
+)
 
 
 def test_objects_alive_now_are_set_aside_and_garbage_made_later_is_still_collected() -> None:
@@ -66,3 +75,43 @@ def test_no_watch_when_switched_off() -> None:
     before = list(gc.callbacks)  # imbue.asgi, if a test imported it, has started its own
     assert watch_pauses(0) is None
     assert gc.callbacks == before
+
+
+def test_thresholds_are_set_from_the_setting_and_a_bad_one_is_refused() -> None:
+    before = gc.get_threshold()
+    try:
+        assert set_thresholds("5000, 20,30") == (5000, 20, 30) == gc.get_threshold()
+        assert set_thresholds("") == (5000, 20, 30)  # empty: left as it is
+        assert set_thresholds(None) == (5000, 20, 30)
+        for bad in ("5000,10", "a,b,c", "0,10,10", "5000,10,10,10", "-1,10,10"):
+            with pytest.raises(ValueError, match="GC_THRESHOLDS"):
+                set_thresholds(bad)
+        assert gc.get_threshold() == (5000, 20, 30)  # a refused value changes nothing
+    finally:
+        gc.set_threshold(*before)
+
+
+def test_a_process_takes_its_thresholds_from_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = gc.get_threshold()
+    try:
+        monkeypatch.delenv("GC_THRESHOLDS", raising=False)
+        assert apply_thresholds() == (5000, 10, 10) == gc.get_threshold()
+        monkeypatch.setenv("GC_THRESHOLDS", "900,11,12")
+        assert apply_thresholds() == (900, 11, 12)
+    finally:
+        gc.set_threshold(*before)
+
+
+def test_a_web_process_sets_its_collector_when_it_starts() -> None:
+    code = "import gc, imbue.asgi; print(*gc.get_threshold())"
+    env = {**os.environ, "GC_THRESHOLDS": "1234,5,6"}
+    ran = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert ran.stdout.split() == ["1234", "5", "6"]
+    env["GC_THRESHOLDS"] = "5000,10"
+    ran = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert ran.returncode != 0 and "GC_THRESHOLDS must be three positive integers" in ran.stderr
