@@ -233,6 +233,10 @@ CHANNEL_LAYERS = {
 
 CELERY_BROKER_URL = REDIS_URL
 CELERY_TASK_IGNORE_RESULT = True
+# No result backend: Celery's stand-in stores nothing, so one instance can serve every thread.
+# Without this Celery builds it again in each new thread, and Django gives every HTTP request
+# its own thread: a quarter of each feedback request's `.delay()` (bench/README.md, session 9).
+CELERY_RESULT_BACKEND_THREAD_SAFE = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import threading
 from types import SimpleNamespace
 
 import pytest
@@ -39,3 +40,15 @@ def test_the_handlers_are_connected() -> None:
     ready = [r() for _, r in worker_ready.receivers]
     child = [r() for _, r in worker_process_init.receivers]
     assert worker._warm_up_worker in ready and worker._warm_up_child in child
+
+
+def test_a_request_thread_publishes_without_building_a_result_backend_of_its_own() -> None:
+    """Django runs each HTTP request in a new thread; the (disabled) result backend every
+    `.delay()` touches is built once per process, not once per thread."""
+    found: list[object] = []
+    threads = [threading.Thread(target=lambda: found.append(worker.app.backend)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+        thread.join(10)
+    assert len(found) == 3 and all(backend is found[0] for backend in found)
+    assert found[0].as_uri() == "disabled://"  # results are never stored: nothing to share
