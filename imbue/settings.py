@@ -292,7 +292,10 @@ IMBUE = {
     "conversation_token_budget": env_int("IMBUE_CONVERSATION_TOKEN_BUDGET", 60000),
     # A reply's first words go out at once; after that, what the model streams is sent at most
     # once per this many milliseconds (0: every piece as it comes). See bench/README.md.
-    "stream_flush_ms": env_int("IMBUE_STREAM_FLUSH_MS", 50),
+    # A reply's first words go at once, the rest at most ten times a second: each piece is a
+    # Redis append, a publish and a frame to every tab; 100 ms took 10-16% of the web CPU off a
+    # turn against 50 ms (bench/README.md, session 9).
+    "stream_flush_ms": env_int("IMBUE_STREAM_FLUSH_MS", 100),
 }
 
 # --- Sessions, security (see imbue/security.py for the headers and README "Deploying") ---------

@@ -959,6 +959,7 @@ class _Pusher:
         self.job, self.lost, self.flush_s = job, lost, flush_s
         self.buffer = ""
         self.ready = asyncio.Event()
+        self.window: asyncio.Future[None] | None = None  # the pause between two pieces
         self.closed = False
         self.task = asyncio.get_running_loop().create_task(self._run())
         self.task.add_done_callback(lambda t: t.cancelled() or t.exception())  # raised in add
@@ -972,6 +973,8 @@ class _Pusher:
     async def close(self) -> None:
         """Send what is left and wait for it."""
         self.closed = True
+        if self.window is not None:
+            _settle(self.window)  # the reply's end is not held back for the rest of a window
         self.ready.set()
         await self.task
 
@@ -988,7 +991,21 @@ class _Pusher:
             if self.closed and not self.buffer:
                 return
             if self.flush_s > 0 and not self.closed:
-                await asyncio.sleep(self.flush_s)
+                await self._pause()
+
+    async def _pause(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.window = loop.create_future()
+        timer = loop.call_later(self.flush_s, _settle, self.window)
+        try:
+            await self.window
+        finally:
+            timer.cancel()
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 async def _keep_lease(job: _Job, lost: asyncio.Event) -> None:
@@ -1011,7 +1028,7 @@ async def _write(job: _Job, lost: asyncio.Event) -> _Written | _Failed:
     """Produce the reply, streaming what may be shown as it comes."""
     if not job.offline:
         shown = partner.AgreementFilter()
-        pusher = _Pusher(job, lost, settings.IMBUE.get("stream_flush_ms", 50) / 1000)
+        pusher = _Pusher(job, lost, settings.IMBUE.get("stream_flush_ms", 100) / 1000)
         try:
             async with llm.stream_text(
                 purpose="partner",

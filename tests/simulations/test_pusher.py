@@ -62,3 +62,24 @@ async def test_a_lost_lease_stops_the_stream_at_the_next_piece(sent) -> None:
     with pytest.raises(services._LeaseLost):
         pusher.add("c")
     assert sent.pieces == ["a"]
+
+
+async def test_the_end_of_a_reply_is_not_held_back_for_the_rest_of_a_window(sent) -> None:
+    pusher = services._Pusher(job=None, lost=asyncio.Event(), flush_s=5.0)
+    pusher.add("Fine, ")
+    await asyncio.sleep(0.02)  # sent at once; the five-second window has begun
+    pusher.add("you win.")
+    started = asyncio.get_running_loop().time()
+    await pusher.close()
+    assert asyncio.get_running_loop().time() - started < 1.0
+    assert sent.pieces == ["Fine, ", "you win."]
+
+
+async def test_a_cancelled_pusher_stops_in_its_window_and_closes_quietly(sent) -> None:
+    pusher = services._Pusher(job=None, lost=asyncio.Event(), flush_s=5.0)
+    pusher.add("a")
+    await asyncio.sleep(0.02)
+    pusher.add("b")
+    pusher.cancel()
+    await asyncio.sleep(0.01)
+    assert pusher.task.cancelled() and sent.pieces == ["a"]  # "b" waited for a window never ended
