@@ -39,6 +39,7 @@ from types import TracebackType
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
+import aiohttp
 import openai
 from django.conf import settings
 
@@ -500,11 +501,28 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
     return None
 
 
+def _connection_failure(exc: BaseException) -> BaseException | None:
+    """The connection error (refused, reset, closed) behind an SDK error, if it was one and not
+    a wait that ran out. The SDK's aiohttp transport maps every aiohttp connection error, a
+    refused connection included, to httpx's `ConnectTimeout`."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, aiohttp.ClientConnectionError) and not isinstance(
+            seen, asyncio.TimeoutError
+        ):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _classify(exc: BaseException) -> LLMError:
     """Turn whatever the SDK raised into one of our typed errors."""
     if isinstance(exc, LLMError):
         return exc
     if isinstance(exc, openai.APITimeoutError):
+        refused = _connection_failure(exc)
+        if refused is not None:  # aiohttp's transport reports a refused connection as a timeout
+            return GaveUp(f"connection failed: {_error_text(refused)}")
         return TimedOut("no answer within the timeout")
     if isinstance(exc, openai.APIConnectionError):
         return GaveUp(f"connection failed: {_error_text(exc.__cause__ or exc)}")

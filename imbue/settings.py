@@ -265,8 +265,8 @@ LLM = {
     "timeout_s": env_float("LLM_TIMEOUT", 30.0),
     "max_retries": env_int("LLM_MAX_RETRIES", 2),
     "backoff_s": env_float("LLM_BACKOFF", 0.5),
-    # The SDK's HTTP transport: "aiohttp" (its C parser reads a streamed reply at half the CPU,
-    # bench/README.md session 9) or "httpx" (the SDK's own default).
+    # The SDK's HTTP transport: "aiohttp" (its C parser reads a streamed reply for about half the
+    # CPU, bench/README.md session 9) or "httpx" (the SDK's own default).
     "http_client": os.environ.get("LLM_HTTP_CLIENT", "aiohttp"),
     "purposes": {
         purpose: {
@@ -291,10 +291,9 @@ IMBUE = {
     "feedback_per_minute": env_int("IMBUE_FEEDBACK_PER_MINUTE", 20),
     "conversation_token_budget": env_int("IMBUE_CONVERSATION_TOKEN_BUDGET", 60000),
     # A reply's first words go out at once; after that, what the model streams is sent at most
-    # once per this many milliseconds (0: every piece as it comes). See bench/README.md.
-    # A reply's first words go at once, the rest at most ten times a second: each piece is a
-    # Redis append, a publish and a frame to every tab; 100 ms took 10-16% of the web CPU off a
-    # turn against 50 ms (bench/README.md, session 9).
+    # once per this many milliseconds (0: every piece as it comes). Each piece is a Redis append,
+    # a publish and a frame to every tab: 100 ms took 10-16% of the web CPU off a turn against
+    # 50 ms (bench/README.md, session 9).
     "stream_flush_ms": env_int("IMBUE_STREAM_FLUSH_MS", 100),
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -638,3 +639,27 @@ def test_both_transports_stream_retry_cut_and_time_out_alike(
         complete_text()
     assert 0.5 <= time.perf_counter() - started < 2
     assert last_call().outcome == "timeout"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("kind", llm.HTTP_CLIENTS)
+def test_a_server_that_is_not_there_is_a_failed_connection_not_a_timeout(
+    settings: Any, kind: str
+) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings.LLM = {
+        **settings.LLM,
+        "base_url": f"http://127.0.0.1:{port}/v1",
+        "http_client": kind,
+        "max_retries": 0,
+        "timeout_s": 5.0,
+    }
+    started = time.perf_counter()
+    with pytest.raises(llm.GaveUp) as raised:
+        complete_text()
+    assert time.perf_counter() - started < 4  # told at once, not after the timeout
+    assert not isinstance(raised.value, llm.TimedOut)
+    assert "connection failed" in str(raised.value)
+    assert last_call().outcome == "gave_up"
