@@ -506,7 +506,9 @@ def _connection_failure(exc: BaseException) -> BaseException | None:
     a wait that ran out. The SDK's aiohttp transport maps every aiohttp connection error, a
     refused connection included, to httpx's `ConnectTimeout`."""
     seen: BaseException | None = exc
-    while seen is not None:
+    walked: set[int] = set()
+    while seen is not None and id(seen) not in walked:  # a chain can loop back on itself
+        walked.add(id(seen))
         if isinstance(seen, aiohttp.ClientConnectionError) and not isinstance(
             seen, asyncio.TimeoutError
         ):

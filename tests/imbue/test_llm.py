@@ -663,3 +663,17 @@ def test_a_server_that_is_not_there_is_a_failed_connection_not_a_timeout(
     assert not isinstance(raised.value, llm.TimedOut)
     assert "connection failed" in str(raised.value)
     assert last_call().outcome == "gave_up"
+
+
+def test_a_connection_error_is_found_behind_the_sdk_error_and_a_looping_chain_ends() -> None:
+    import aiohttp
+
+    refused = aiohttp.ClientConnectionError("refused")
+    wrapped = RuntimeError("wrapped")
+    wrapped.__cause__ = refused
+    assert llm._connection_failure(wrapped) is refused
+    waited = aiohttp.ServerTimeoutError("read timed out")  # a wait that ran out is a timeout
+    assert llm._connection_failure(waited) is None
+    first, second = ValueError("a"), ValueError("b")
+    first.__cause__, second.__cause__ = second, first
+    assert llm._connection_failure(first) is None
