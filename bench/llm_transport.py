@@ -4,10 +4,11 @@
 
 The fake model server (its own process, so its CPU is not counted) streams 40-word replies, one
 word per server-sent event at 40 tokens/s, as in `make bench`. This process reads them through
-the gateway's own request (`imbue.llm._post`, the SDK's `post` with a plain JSON body) on the SDK
-client `imbue.llm` builds for each `LLM_HTTP_CLIENT` value, all replies of a pass at once on one
-event loop (uvloop, as uvicorn runs the web processes). Prints this process's CPU per reply, the
-median over passes, and the ratio; bench/README.md (session 9) has the figures.
+the gateway's own request (`imbue.llm._post`, the SDK's `post` with a plain JSON body) on the
+gateway's own SDK client (`imbue.llm._client`) for each `LLM_HTTP_CLIENT` value, all replies of a
+pass at once on one event loop (uvloop, as uvicorn runs the web processes). Prints this
+process's CPU per reply, the median over passes, and the ratio; bench/README.md (session 9) has
+the figures.
 """
 
 import asyncio
@@ -54,17 +55,11 @@ async def cpu_per_reply_ms(kind: str, base_url: str) -> tuple[float, int]:
         base_url=base_url, api_key="no-key", provider="openai", api_version="",
         timeout_s=30.0, max_retries=0, backoff_s=0.0, http_client=kind,
     )  # fmt: skip
-    client = openai.AsyncOpenAI(
-        base_url=base_url, api_key="no-key", max_retries=0, timeout=30.0,
-        http_client=llm._http_client(cfg),
-    )  # fmt: skip
-    try:
-        await read_reply(client)  # connections opened, code warm
-        started = time.process_time()
-        chunks = await asyncio.gather(*(read_reply(client) for _ in range(REPLIES)))
-        return (time.process_time() - started) * 1000 / REPLIES, chunks[0]
-    finally:
-        await client.close()
+    client = await llm._client(cfg)  # the gateway's own, closed when this loop ends
+    await read_reply(client)  # connections opened, code warm
+    started = time.process_time()
+    chunks = await asyncio.gather(*(read_reply(client) for _ in range(REPLIES)))
+    return (time.process_time() - started) * 1000 / REPLIES, chunks[0]
 
 
 def main() -> None:

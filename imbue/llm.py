@@ -186,7 +186,7 @@ class _Config:
     timeout_s: float
     max_retries: int
     backoff_s: float
-    http_client: str = "aiohttp"
+    http_client: str
 
     @property
     def host(self) -> str:

@@ -27,7 +27,7 @@ class SocketConsumer(AsyncWebsocketConsumer):
     Channels (4.2 on) runs Django's `close_old_connections` in a thread before every event a
     consumer handles, so that handlers calling the ORM through plain `sync_to_async` start on a
     fresh connection. Here every event counts: each streamed piece of a reply, to every tab,
-    would cross to a database thread and back, about twenty-five times a turn per socket,
+    would cross to a database thread and back, a dozen or more times a turn per socket,
     through the event loop that is streaming everyone's replies. Our consumers reach the database
     only through `database_sync_to_async`, which does the same closing before and after each
     call in the thread that runs it, so the hop per event does nothing for them.

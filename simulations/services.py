@@ -950,7 +950,7 @@ async def _push(job: _Job, text: str, lost: asyncio.Event) -> None:
 
 class _Pusher:
     """Sends a reply's text as it streams: the first piece at once, then what has come since at
-    most once per `flush_s`, so a reply is a few dozen frames whatever the model's token rate
+    most once per `flush_s` (ten frames a second by default), whatever the model's token rate
     (each costs a Redis append, a publish and a frame to every tab). The only pusher of its
     attempt, so the pieces keep their order; an error in a push is raised by the next `add` or
     by `close`."""
