@@ -335,7 +335,6 @@ def run_one(load: LoadConfig, stack_config: StackConfig) -> dict[str, Any]:
     """One size on a fresh stack: warm-up, set-up (memory sampled), turns (CPU sampled)."""
     with Stack(stack_config) as stack:
         warm_cpu = warm_up(stack)
-        stack.start_profilers()
         servers = stack.server_processes()
         web_names = [n for n in servers if n.startswith("web")]
         baseline = ProcessSampler(servers).sample()
@@ -352,6 +351,8 @@ def run_one(load: LoadConfig, stack_config: StackConfig) -> dict[str, Any]:
             }
             state["load_start"] = os.getloadavg()
             state["cpu_times"] = psutil.cpu_times()
+            # The turns only, as the CPU figures: the set-up's pages would blur what a turn costs.
+            stack.start_profilers()
 
         started = time.time()
         results = asyncio.run(
@@ -611,7 +612,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="head: a snapshot of the last commit (default); live: this working tree",
     )
     parser.add_argument("--label", default="")
-    parser.add_argument("--profile", action="store_true", help="py-spy record the servers")
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy record the servers during the turns"
+    )
     parser.add_argument("--no-readme", action="store_true")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the servers")
     parser.add_argument(
