@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -27,7 +27,7 @@ from feedback.raters.rating import Rating
 from feedback.skills import SKILL_KEYS, STRATEGIES, mastery, rated_skills, score
 from imbue import audit, llm, ratelimit
 from imbue.models import AdverseEvent
-from imbue.prepared import PreparedQuery
+from imbue.prepared import PreparedQuery, PreparedUpdate
 from imbue.security import UserTextError, clean_user_text
 from simulations import safety
 from simulations.models import LOCKED_FOR_A_TURN, Conversation, Message
@@ -451,11 +451,24 @@ def _replaced(*, conversation_id: int, request_id: int) -> bool:
     return _NEWER.first(conversation_id=conversation_id, request_id=request_id) is not None
 
 
+# Both run for every panel delivered (compiled once, as above).
+_DELIVERED = PreparedUpdate(
+    lambda request_id: FeedbackRequest.objects.filter(
+        pk=request_id, status=FeedbackRequest.Status.DONE, delivered_at__isnull=True
+    ),
+    request_id=int,
+    changes={"delivered_at": datetime},
+)
+_VIEWED = PreparedUpdate(
+    lambda request_id: FeedbackRequest.objects.filter(pk=request_id, viewed_at__isnull=True),
+    request_id=int,
+    changes={"viewed_at": datetime, "latency_ms": float},
+)
+
+
 def mark_delivered(*, request_id: int) -> None:
     """Record when the finished panel was first handed to a browser's socket."""
-    FeedbackRequest.objects.filter(
-        pk=request_id, status=FeedbackRequest.Status.DONE, delivered_at__isnull=True
-    ).update(delivered_at=timezone.now())
+    _DELIVERED.update({"delivered_at": timezone.now()}, request_id=request_id)
 
 
 def mark_viewed(*, conversation_id: int, request_id: int) -> bool:
@@ -466,11 +479,7 @@ def mark_viewed(*, conversation_id: int, request_id: int) -> bool:
     now = timezone.now()
     latency_ms = (now - feedback.requested_at).total_seconds() * 1000
     # Only the first report counts: a second tab or a reconnect re-shows the same panel later.
-    return bool(
-        FeedbackRequest.objects.filter(pk=request_id, viewed_at__isnull=True).update(
-            viewed_at=now, latency_ms=latency_ms
-        )
-    )
+    return bool(_VIEWED.update({"viewed_at": now, "latency_ms": latency_ms}, request_id=request_id))
 
 
 # --------------------------------------------------------------------------- the revision trail

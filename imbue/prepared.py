@@ -10,19 +10,24 @@ annotations, field converters), so it returns what the queryset would.
 
 Only for SELECTs whose arguments reach the SQL unchanged (`pk=`, `learner_id=`, `text=`): an
 argument the ORM transforms (`__icontains`, a list for `__in`) is refused when first compiled.
+`PreparedUpdate` does the same for an UPDATE: the rows it changes are a queryset written as usual,
+and the new values are arguments too.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.models import Model, QuerySet
 from django.db.models.sql.compiler import SQLCompiler
+from django.db.models.sql.subqueries import UpdateQuery
 from django.db.transaction import TransactionManagementError
+from django.utils import timezone
 
 M = TypeVar("M", bound=Model)
 
@@ -32,11 +37,69 @@ def _stand_in(kind: type, version: int, index: int) -> Any:
     tell the arguments' places from constants that happen to equal one of them. Integers stay
     in every integer column's range (a small positive one too: the ORM refuses an out-of-range
     value before any SQL is made)."""
+    if kind is bool:  # the first compile True, the second False (or the other way round)
+        return (version == 1) == (index % 2 == 0)
     if kind is int:
         return 20_000 + 1_000 * version + index
     if kind is str:
         return f"\x00stand-in {version}.{index}\x00"
+    if kind is float:
+        return 20_000.25 + 1_000 * version + index
+    if kind is datetime:
+        return datetime(2000 + version, 1, 1, 0, 0, index % 60, tzinfo=UTC)
     raise TypeError(f"a prepared query's arguments are int or str, not {kind.__name__}")
+
+
+def _placed(
+    kinds: Mapping[str, type], compile_with: Callable[[dict[str, Any]], tuple[str, tuple[Any, ...]]]
+) -> tuple[str, tuple[Any, ...], dict[str, tuple[int, ...]]]:
+    """Compile twice with different stand-ins; the SQL, its first params and each argument's
+    positions in them. Refused (ValueError) unless every argument reaches the params unchanged,
+    in places of its own, and everything else is the same in both compiles."""
+    compiles = []
+    for version in (1, 2):
+        stand_ins = {
+            name: _stand_in(kind, version, i) for i, (name, kind) in enumerate(kinds.items())
+        }
+        sql, params = compile_with(stand_ins)
+        compiles.append((stand_ins, sql, tuple(params)))
+    (first, sql, params), (second, sql_2, params_2) = compiles
+
+    def same(param: Any, stand_in: Any) -> bool:
+        # 1 == True in Python: not here. Django's PostgreSQL backend passes the values of some
+        # integer columns as psycopg's Int2/Int8 (int subclasses): those count as ints.
+        if type(stand_in) is int:
+            return isinstance(param, int) and not isinstance(param, bool) and param == stand_in
+        return type(param) is type(stand_in) and param == stand_in
+
+    slots = {
+        name: tuple(
+            i
+            for i, (p, p_2) in enumerate(zip(params, params_2, strict=True))
+            if same(p, first[name]) and same(p_2, second[name])
+        )
+        for name in kinds
+    }
+    claimed = [i for positions in slots.values() for i in positions]
+    constant = [i for i in range(len(params)) if i not in claimed]
+    if (
+        sql != sql_2
+        or any(not positions for positions in slots.values())
+        or len(claimed) != len(set(claimed))
+        or any(params[i] != params_2[i] for i in constant)
+    ):
+        raise ValueError(
+            f"the arguments {sorted(kinds)} do not all reach the SQL unchanged; "
+            "keep this one a queryset"
+        )
+    return sql, params, slots
+
+
+def _fill(params: list[Any], positions: tuple[int, ...], value: Any) -> None:
+    """Put `value` where a stand-in was, as the ORM passed it (an Int8 stays an Int8)."""
+    for i in positions:
+        kind = type(params[i])
+        params[i] = value if value is None or type(value) is kind else kind(value)
 
 
 @dataclass(frozen=True)
@@ -80,36 +143,20 @@ class PreparedQuery(Generic[M]):
         return self._compiled
 
     def _compile(self) -> _Compiled:
-        compiles = []
-        for version in (1, 2):
-            stand_ins = {
-                name: _stand_in(kind, version, i)
-                for i, (name, kind) in enumerate(self.arguments.items())
-            }
+        for kind in self.arguments.values():
+            if kind not in (int, str):
+                raise TypeError(f"a prepared query's arguments are int or str, not {kind.__name__}")
+        built: list[tuple[QuerySet[M], SQLCompiler]] = []
+
+        def compile_with(stand_ins: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
             queryset = self.build(**stand_ins)
             compiler = queryset.query.get_compiler(using=DEFAULT_DB_ALIAS)
+            built.append((queryset, compiler))
             sql, params = compiler.as_sql()
-            compiles.append((stand_ins, queryset, compiler, sql, tuple(params)))
-        (first, queryset, compiler, sql, params), (second, _, _, sql_2, params_2) = compiles
-        slots = {
-            name: tuple(
-                i
-                for i, (p, p_2) in enumerate(zip(params, params_2, strict=True))
-                if p == first[name] and p_2 == second[name]
-            )
-            for name in self.arguments
-        }
-        placed = {i for positions in slots.values() for i in positions}
-        constant = [i for i in range(len(params)) if i not in placed]
-        if (
-            sql != sql_2
-            or any(not positions for positions in slots.values())
-            or any(params[i] != params_2[i] for i in constant)
-        ):
-            raise ValueError(
-                f"the arguments {sorted(self.arguments)} do not all reach the SQL unchanged; "
-                "keep this one a queryset"
-            )
+            return sql, tuple(params)
+
+        sql, params, slots = _placed(self.arguments, compile_with)
+        queryset, compiler = built[0]
         return _Compiled(queryset, compiler, sql, params, slots)
 
     def _queryset(self, values: dict[str, Any]) -> QuerySet[M]:
@@ -127,8 +174,7 @@ class PreparedQuery(Generic[M]):
             if not isinstance(value, self.arguments[name]):
                 # None above all: the ORM would have written `IS NULL`, the SQL here `= NULL`.
                 raise TypeError(f"{name} must be {self.arguments[name].__name__}, not {value!r}")
-            for i in positions:
-                params[i] = value
+            _fill(params, positions, value)
         bound = (compiled.sql, tuple(params))
         # A copy of the compiled compiler (its select list, related-row map and annotation
         # columns are what Django reads rows with), on this thread's connection, answering with
@@ -139,3 +185,105 @@ class PreparedQuery(Generic[M]):
         queryset = compiled.queryset._chain()
         queryset.query.get_compiler = lambda *args, **kwargs: compiler  # type: ignore[method-assign]
         return queryset
+
+
+@dataclass(frozen=True)
+class _CompiledUpdate:
+    sql: str
+    params: tuple[Any, ...]
+    slots: dict[str, tuple[int, ...]]
+    nullable: frozenset[str]  # the changed fields that take None
+
+
+class PreparedUpdate(Generic[M]):
+    """An UPDATE compiled once. `build(**arguments)` returns the queryset of the rows to change
+    (as for `PreparedQuery`: int or str arguments that reach the SQL unchanged); `changes` names
+    the fields set by every call and the type of their values (int, str, float, bool or an aware
+    datetime; None too where the field is nullable); `fixed` are fields set to the same value
+    every time. `update(changes, **arguments)` returns the number of rows changed, as
+    `QuerySet.update` does. A field whose value Django would convert on the way to the database
+    is refused when first compiled; only the model's own table may change (no related updates).
+    """
+
+    def __init__(
+        self,
+        build: Callable[..., QuerySet[M]],
+        *,
+        changes: Mapping[str, type],
+        fixed: Mapping[str, Any] | None = None,
+        **arguments: type,
+    ) -> None:
+        for kind in arguments.values():
+            if kind not in (int, str):
+                raise TypeError(f"a prepared query's arguments are int or str, not {kind.__name__}")
+        self.build = build
+        self.arguments = arguments
+        self.changes = dict(changes)
+        self.fixed = dict(fixed or {})
+        self._compiled: _CompiledUpdate | None = None
+
+    def update(self, changes: Mapping[str, Any], **arguments: Any) -> int:
+        if arguments.keys() != self.arguments.keys():
+            raise TypeError(f"arguments {sorted(self.arguments)} expected, got {sorted(arguments)}")
+        if changes.keys() != self.changes.keys():
+            raise TypeError(f"changes {sorted(self.changes)} expected, got {sorted(changes)}")
+        compiled = self._ready()
+        params = list(compiled.params)
+        for name, kind in self.arguments.items():
+            value = arguments[name]
+            if not isinstance(value, kind):  # None: the ORM would have written `IS NULL`
+                raise TypeError(f"{name} must be {kind.__name__}, not {value!r}")
+            _fill(params, compiled.slots[f"where {name}"], value)
+        for name, kind in self.changes.items():
+            value = changes[name]
+            if value is None and name not in compiled.nullable:
+                raise TypeError(f"{name} cannot be None")
+            if value is not None and not (
+                isinstance(value, kind) and (kind is not int or not isinstance(value, bool))
+            ):
+                raise TypeError(f"{name} must be {kind.__name__}, not {value!r}")
+            if isinstance(value, datetime) and timezone.is_naive(value):
+                raise TypeError(f"{name} must be an aware datetime, not {value!r}")
+            _fill(params, compiled.slots[f"set {name}"], value)
+        connection = connections[DEFAULT_DB_ALIAS]  # this thread's
+        with (
+            transaction.mark_for_rollback_on_error(DEFAULT_DB_ALIAS),
+            connection.cursor() as cursor,
+        ):
+            cursor.execute(compiled.sql, params)
+            return cursor.rowcount
+
+    def _ready(self) -> _CompiledUpdate:
+        if self._compiled is None:
+            self._compiled = self._compile()  # two threads at once compile the same: harmless
+        return self._compiled
+
+    def _compile(self) -> _CompiledUpdate:
+        kinds = {
+            **{f"where {name}": kind for name, kind in self.arguments.items()},
+            **{f"set {name}": kind for name, kind in self.changes.items()},
+        }
+        model = None
+
+        def compile_with(stand_ins: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
+            nonlocal model
+            queryset = self.build(**{name: stand_ins[f"where {name}"] for name in self.arguments})
+            model = queryset.model
+            if queryset.query.is_sliced:
+                raise TypeError("Cannot update a query once a slice has been taken.")
+            query = queryset.query.chain(UpdateQuery)
+            query.add_update_values(
+                {
+                    **self.fixed,
+                    **{name: stand_ins[f"set {name}"] for name in self.changes},
+                }
+            )
+            if query.related_updates:
+                raise ValueError("a prepared update changes its model's own table only")
+            sql, params = query.get_compiler(using=DEFAULT_DB_ALIAS).as_sql()
+            return sql, tuple(params)
+
+        sql, params, slots = _placed(kinds, compile_with)
+        assert model is not None
+        nullable = frozenset(name for name in self.changes if model._meta.get_field(name).null)
+        return _CompiledUpdate(sql, params, slots, nullable)

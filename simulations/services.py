@@ -33,6 +33,7 @@ import threading
 import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -53,7 +54,7 @@ from feedback.skills import SKILLS, STRATEGIES
 from imbue import audit, llm, ratelimit
 from imbue.gcfreeze import freeze_long_lived
 from imbue.models import AdverseEvent
-from imbue.prepared import PreparedQuery
+from imbue.prepared import PreparedQuery, PreparedUpdate
 from imbue.security import UserTextError, clean_user_text, is_database_outage
 from simulations import fragments, partner, resistance, safety, suggest
 from simulations.models import (
@@ -409,11 +410,19 @@ def _record_learner_message(
         return message, queued
 
 
+_LINK_DRAFTS = PreparedUpdate(
+    lambda conversation_id, turn: Draft.objects.filter(
+        conversation_id=conversation_id, turn=turn, sent_message__isnull=True
+    ),
+    conversation_id=int,
+    turn=int,
+    changes={"sent_message_id": int},
+)
+
+
 def _link_drafts(conversation: Conversation, turn: int, message: Message) -> None:
     """The drafts the learner asked feedback on for this turn became this (stored) message."""
-    Draft.objects.filter(conversation=conversation, turn=turn, sent_message__isnull=True).update(
-        sent_message=message
-    )
+    _LINK_DRAFTS.update({"sent_message_id": message.pk}, conversation_id=conversation.pk, turn=turn)
 
 
 def _partner_said(messages: Sequence[Message]) -> str:
@@ -852,21 +861,33 @@ _LEARNER_SEQS = PreparedQuery(
 )
 
 
+# Run for every reply: the reply stored once, fenced by its attempt (compiled once, as above).
+_STORED = PreparedUpdate(
+    lambda pk, attempts: Message.objects.filter(
+        pk=pk, attempts=attempts, state=Message.State.STREAMING
+    ),
+    pk=int,
+    attempts=int,
+    changes={"text": str, "agreed": bool, "completed_at": datetime, "llm_call_id": int},
+    fixed={"state": Message.State.COMPLETE, "error": ""},
+)
+
+
 def _store_reply(job: _Job, written: _Written) -> tuple[bool, str | None]:
     """Store the finished reply once (fenced by the attempt) and close the conversation if due.
     Returns whether it was stored, and, while the conversation stays open, what every tab shows
     of it (rendered here once; None: each tab renders it)."""
     with transaction.atomic():
         conversation = _LOCKED.get(pk=job.conversation_id)
-        stored = Message.objects.filter(
-            pk=job.message_id, attempts=job.attempt, state=Message.State.STREAMING
-        ).update(
-            text=written.text,
-            state=Message.State.COMPLETE,
-            agreed=written.agreed,
-            completed_at=timezone.now(),
-            llm_call_id=written.call_id,
-            error="",
+        stored = _STORED.update(
+            {
+                "text": written.text,
+                "agreed": written.agreed,
+                "completed_at": timezone.now(),
+                "llm_call_id": written.call_id,
+            },
+            pk=job.message_id,
+            attempts=job.attempt,
         )
         if not stored:
             return False, None

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from unittest import mock
 
 import pytest
 from django.db import OperationalError, connection, connections, transaction
-from django.db.models.sql.compiler import SQLCompiler
+from django.db.models.sql.compiler import SQLCompiler, SQLUpdateCompiler
 from django.db.transaction import TransactionManagementError
 from django.test.utils import CaptureQueriesContext
 
 from imbue import ratelimit
 from imbue.models import LLMCall
-from imbue.prepared import PreparedQuery
+from imbue.prepared import PreparedQuery, PreparedUpdate
 from simulations.models import LOCKED_FOR_A_TURN, Conversation, Learner, Message, Situation
 
 
@@ -173,3 +174,137 @@ def read_in_thread(pk: int, learner_id: int) -> int | OperationalError:
         return error
     finally:
         connections.close_all()
+
+
+# --------------------------------------------------------------------------- updates
+
+STORED = PreparedUpdate(
+    lambda pk, attempts: Message.objects.filter(pk=pk, attempts=attempts, state="streaming"),
+    pk=int,
+    attempts=int,
+    changes={
+        "text": str, "agreed": bool, "completed_at": datetime, "llm_call_id": int,
+        "resistance": float,
+    },
+    fixed={"state": "complete", "error": ""},
+)  # fmt: skip
+
+
+def streaming_reply(conversation: Conversation, seq: int, attempts: int = 1) -> Message:
+    return Message.objects.create(
+        conversation=conversation, seq=seq, role="partner", state="streaming", attempts=attempts,
+        error="before",
+    )  # fmt: skip
+
+
+@pytest.mark.django_db
+def test_an_update_changes_what_the_querysets_update_changes() -> None:
+    learner = Learner.objects.create()
+    conversation = conversation_of(learner)
+    ours, theirs = streaming_reply(conversation, 2), streaming_reply(conversation, 4)
+    prepared_twin, orm_twin = streaming_reply(conversation, 6), streaming_reply(conversation, 8)
+    when = datetime(2026, 12, 6, 18, 0, tzinfo=UTC)
+    tricky = "It's 'fine'; DROP TABLE x; -- \u00e9t\u00e9 %s %(x)s"
+    changes = {
+        "text": tricky, "agreed": True, "completed_at": when, "llm_call_id": None,
+        "resistance": 0.25,
+    }  # fmt: skip
+    assert STORED.update(changes, pk=ours.pk, attempts=1) == 1
+    assert STORED.update(changes, pk=ours.pk, attempts=1) == 0  # no longer streaming
+    assert STORED.update(changes, pk=theirs.pk, attempts=2) == 0  # another attempt's
+    # The same changes the ORM's way, to compare every column.
+    STORED.update({**changes, "llm_call_id": 42}, pk=prepared_twin.pk, attempts=1)
+    Message.objects.filter(pk=orm_twin.pk, attempts=1, state="streaming").update(
+        **{**changes, "llm_call_id": 42}, state="complete", error=""
+    )
+    ours.refresh_from_db()
+    theirs.refresh_from_db()
+    assert (ours.text, ours.agreed, ours.completed_at, ours.llm_call_id, ours.resistance) == (
+        tricky, True, when, None, 0.25,
+    )  # fmt: skip
+    assert (ours.state, ours.error) == ("complete", "")
+    assert (theirs.state, theirs.text, theirs.error) == ("streaming", "", "before")
+
+    def columns(message: Message) -> dict[str, object]:
+        message.refresh_from_db()
+        return {
+            f.attname: getattr(message, f.attname)
+            for f in Message._meta.concrete_fields
+            if f.attname not in {"id", "seq", "created_at"}
+        }
+
+    assert columns(prepared_twin) == columns(orm_twin)
+    # Each call its own values: False this time, and a later time.
+    changes = {**changes, "agreed": False, "completed_at": when + timedelta(hours=1)}
+    assert STORED.update(changes, pk=theirs.pk, attempts=1) == 1
+    theirs.refresh_from_db()
+    assert (theirs.agreed, theirs.completed_at) == (False, when + timedelta(hours=1))
+
+
+@pytest.mark.django_db
+def test_an_updates_sql_is_built_once_however_many_calls() -> None:
+    learner = Learner.objects.create()
+    conversation = conversation_of(learner)
+    replies = [streaming_reply(conversation, seq) for seq in (2, 4, 6)]
+    update = PreparedUpdate(lambda pk: Message.objects.filter(pk=pk), pk=int, changes={"text": str})
+    with (
+        mock.patch.object(
+            SQLUpdateCompiler, "as_sql", autospec=True, side_effect=SQLUpdateCompiler.as_sql
+        ) as compiled,
+        CaptureQueriesContext(connection) as queries,
+    ):
+        update.update({"text": "first"}, pk=replies[0].pk)
+        on_first_use = compiled.call_count
+        for reply in replies * 2:
+            assert update.update({"text": f"reply {reply.seq}"}, pk=reply.pk) == 1
+    assert 1 <= on_first_use == compiled.call_count <= 2
+    assert len(queries) == 7 and all(q["sql"].startswith("UPDATE") for q in queries)
+    assert sorted(Message.objects.values_list("text", flat=True)) == [
+        "reply 2", "reply 4", "reply 6",
+    ]  # fmt: skip
+
+
+@pytest.mark.django_db
+def test_an_update_refuses_what_the_orm_would_change_or_read_otherwise() -> None:
+    learner = Learner.objects.create()
+    reply = streaming_reply(conversation_of(learner), 2)
+    good = {
+        "text": "x", "agreed": False, "completed_at": datetime.now(UTC), "llm_call_id": 1,
+        "resistance": 0.5,
+    }  # fmt: skip
+    for bad in (
+        {"completed_at": datetime(2026, 1, 1)},  # naive: the ORM would guess its zone
+        {"text": None},  # not a nullable field
+        {"llm_call_id": True},  # a bool is not an id
+        {"resistance": "0.5"},
+    ):
+        with pytest.raises(TypeError):
+            STORED.update({**good, **bad}, pk=reply.pk, attempts=1)
+    with pytest.raises(TypeError):
+        STORED.update({"text": "x"}, pk=reply.pk, attempts=1)  # a change left out
+    with pytest.raises(TypeError):
+        STORED.update(good, pk=None, attempts=1)  # the ORM would have matched NULL
+    with pytest.raises(ValueError, match="unchanged"):  # JSON: adapted on the way
+        PreparedUpdate(
+            lambda pk: Message.objects.filter(pk=pk), pk=int, changes={"ratings": str}
+        ).update({"ratings": "{}"}, pk=reply.pk)
+    with pytest.raises(TypeError):
+        PreparedUpdate(lambda when: Message.objects.filter(created_at=when), when=float, changes={})
+    reply.refresh_from_db()
+    assert (reply.state, reply.text) == ("streaming", "")  # nothing was changed by any of it
+
+
+@pytest.mark.django_db(transaction=True)  # (a test's own transaction would hide it)
+def test_an_update_in_a_transaction_is_undone_with_it() -> None:
+    learner = Learner.objects.create()
+    reply = streaming_reply(conversation_of(learner), 2)
+    update = PreparedUpdate(lambda pk: Message.objects.filter(pk=pk), pk=int, changes={"text": str})
+    with pytest.raises(RuntimeError), transaction.atomic():
+        assert update.update({"text": "undone"}, pk=reply.pk) == 1
+        raise RuntimeError
+    reply.refresh_from_db()
+    assert reply.text == ""
+    with transaction.atomic():
+        update.update({"text": "kept"}, pk=reply.pk)
+    reply.refresh_from_db()
+    assert reply.text == "kept"
