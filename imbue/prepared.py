@@ -8,10 +8,10 @@ that change from call to call as arguments; it is compiled on first use with sta
 each call runs that SQL with the real ones through Django's own row-to-object code (related rows,
 annotations, field converters), so it returns what the queryset would.
 
-Only for SELECTs whose arguments reach the SQL unchanged (`pk=`, `learner_id=`, `text=`): an
-argument the ORM transforms (`__icontains`, a list for `__in`) is refused when first compiled.
-`PreparedUpdate` does the same for an UPDATE: the rows it changes are a queryset written as usual,
-and the new values are arguments too.
+Only for SELECTs whose arguments reach the SQL unchanged (`pk=`, `learner_id=`, `text=`,
+`expire_date__gt=`): an argument the ORM transforms (`__icontains`, a list for `__in`) is refused
+when first compiled. `PreparedUpdate` does the same for an UPDATE: the rows it changes are a
+queryset written as usual, and the new values are arguments too.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def _stand_in(kind: type, version: int, index: int) -> Any:
         return 20_000.25 + 1_000 * version + index
     if kind is datetime:
         return datetime(2000 + version, 1, 1, 0, 0, index % 60, tzinfo=UTC)
-    raise TypeError(f"a prepared query's arguments are int or str, not {kind.__name__}")
+    raise TypeError(f"no stand-in for {kind.__name__}")
 
 
 def _placed(
@@ -95,6 +95,28 @@ def _placed(
     return sql, params, slots
 
 
+# What a filter's arguments may be: values the ORM passes to the SQL as they are.
+_ARGUMENT_KINDS = (int, str, datetime)
+
+
+def _check_kinds(arguments: Mapping[str, type]) -> None:
+    for kind in arguments.values():
+        if kind not in _ARGUMENT_KINDS:
+            raise TypeError(
+                f"a prepared query's arguments are int, str or datetime, not {kind.__name__}"
+            )
+
+
+def _checked(name: str, kind: type, value: Any) -> Any:
+    """`value`, if it is what the compiled SQL takes for `name`; TypeError otherwise. None is
+    never one: the ORM writes `IS NULL` for it in a filter, the SQL here would say `= NULL`."""
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise TypeError(f"{name} must be {kind.__name__}, not {value!r}")
+    if isinstance(value, datetime) and timezone.is_naive(value):
+        raise TypeError(f"{name} must be an aware datetime, not {value!r}")  # the ORM guesses
+    return value
+
+
 def _fill(params: list[Any], positions: tuple[int, ...], value: Any) -> None:
     """Put `value` where a stand-in was, as the ORM passed it (an Int8 stays an Int8)."""
     for i in positions:
@@ -112,9 +134,10 @@ class _Compiled:
 
 
 class PreparedQuery(Generic[M]):
-    """`build(**arguments)` returns the queryset; `arguments` name each argument's type (int or
-    str). Call `all`, `first` or `get` with the values; nothing else of the queryset escapes, so
-    nothing can chain onto the compiled SQL and be silently ignored. One database (the default)."""
+    """`build(**arguments)` returns the queryset; `arguments` name each argument's type (int,
+    str or an aware datetime). Call `all`, `first` or `get` with the values; nothing else of the
+    queryset escapes, so nothing can chain onto the compiled SQL and be silently ignored. One
+    database (the default)."""
 
     def __init__(self, build: Callable[..., QuerySet[M]], **arguments: type) -> None:
         self.build = build
@@ -143,9 +166,7 @@ class PreparedQuery(Generic[M]):
         return self._compiled
 
     def _compile(self) -> _Compiled:
-        for kind in self.arguments.values():
-            if kind not in (int, str):
-                raise TypeError(f"a prepared query's arguments are int or str, not {kind.__name__}")
+        _check_kinds(self.arguments)
         built: list[tuple[QuerySet[M], SQLCompiler]] = []
 
         def compile_with(stand_ins: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
@@ -170,11 +191,7 @@ class PreparedQuery(Generic[M]):
             )
         params = list(compiled.params)
         for name, positions in compiled.slots.items():
-            value = values[name]
-            if not isinstance(value, self.arguments[name]):
-                # None above all: the ORM would have written `IS NULL`, the SQL here `= NULL`.
-                raise TypeError(f"{name} must be {self.arguments[name].__name__}, not {value!r}")
-            _fill(params, positions, value)
+            _fill(params, positions, _checked(name, self.arguments[name], values[name]))
         bound = (compiled.sql, tuple(params))
         # A copy of the compiled compiler (its select list, related-row map and annotation
         # columns are what Django reads rows with), on this thread's connection, answering with
@@ -197,12 +214,12 @@ class _CompiledUpdate:
 
 class PreparedUpdate(Generic[M]):
     """An UPDATE compiled once. `build(**arguments)` returns the queryset of the rows to change
-    (as for `PreparedQuery`: int or str arguments that reach the SQL unchanged); `changes` names
-    the fields set by every call and the type of their values (int, str, float, bool or an aware
-    datetime; None too where the field is nullable); `fixed` are fields set to the same value
-    every time. `update(changes, **arguments)` returns the number of rows changed, as
-    `QuerySet.update` does. A field whose value Django would convert on the way to the database
-    is refused when first compiled; only the model's own table may change (no related updates).
+    (arguments as for `PreparedQuery`); `changes` names the fields set by every call and the
+    type of their values (int, str, float, bool or an aware datetime; None too where the field
+    is nullable); `fixed` are fields set to the same value every time. `update(changes,
+    **arguments)` returns the number of rows changed, as `QuerySet.update` does. A field whose
+    value Django would convert on the way to the database is refused when first compiled; only
+    the model's own table may change (no related updates).
     """
 
     def __init__(
@@ -213,9 +230,7 @@ class PreparedUpdate(Generic[M]):
         fixed: Mapping[str, Any] | None = None,
         **arguments: type,
     ) -> None:
-        for kind in arguments.values():
-            if kind not in (int, str):
-                raise TypeError(f"a prepared query's arguments are int or str, not {kind.__name__}")
+        _check_kinds(arguments)
         self.build = build
         self.arguments = arguments
         self.changes = dict(changes)
@@ -230,20 +245,11 @@ class PreparedUpdate(Generic[M]):
         compiled = self._ready()
         params = list(compiled.params)
         for name, kind in self.arguments.items():
-            value = arguments[name]
-            if not isinstance(value, kind):  # None: the ORM would have written `IS NULL`
-                raise TypeError(f"{name} must be {kind.__name__}, not {value!r}")
-            _fill(params, compiled.slots[f"where {name}"], value)
+            _fill(params, compiled.slots[f"where {name}"], _checked(name, kind, arguments[name]))
         for name, kind in self.changes.items():
             value = changes[name]
-            if value is None and name not in compiled.nullable:
-                raise TypeError(f"{name} cannot be None")
-            if value is not None and not (
-                isinstance(value, kind) and (kind is not int or not isinstance(value, bool))
-            ):
-                raise TypeError(f"{name} must be {kind.__name__}, not {value!r}")
-            if isinstance(value, datetime) and timezone.is_naive(value):
-                raise TypeError(f"{name} must be an aware datetime, not {value!r}")
+            if value is not None or name not in compiled.nullable:  # SET x = NULL is fine
+                _checked(name, kind, value)
             _fill(params, compiled.slots[f"set {name}"], value)
         connection = connections[DEFAULT_DB_ALIAS]  # this thread's
         with (

@@ -298,7 +298,8 @@ IMBUE = {
 }
 
 # --- Sessions, security (see imbue/security.py for the headers and README "Deploying") ---------
-SESSION_ENGINE = "django.contrib.sessions.backends.db"
+# Django's database sessions, the read compiled once (imbue/sessions.py).
+SESSION_ENGINE = "imbue.sessions"
 SESSION_COOKIE_AGE = 60 * 60 * 24 * 90
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"

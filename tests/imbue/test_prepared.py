@@ -121,6 +121,10 @@ def test_an_argument_the_orm_rewrites_is_refused_when_compiled(db: None) -> None
         PreparedQuery(lambda when: Message.objects.filter(created_at=when), when=float).all(
             when=1.0
         )
+    before = PreparedQuery(lambda when: Message.objects.filter(created_at__lt=when), when=datetime)
+    assert before.all(when=datetime.now(UTC)) == []
+    with pytest.raises(TypeError):  # naive: the ORM would guess its zone
+        before.all(when=datetime(2026, 1, 1))
 
 
 @pytest.mark.django_db(transaction=True)  # (a test's own transaction would hide it)
