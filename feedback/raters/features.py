@@ -8,7 +8,7 @@ the example bank) so that they carry over to messages the bank never saw.
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Set
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -921,8 +921,29 @@ def _content_words(text: str) -> set[str]:
     return {w for w in _WORD_RE.findall(text) if w not in _STOP and len(w) > 2}
 
 
-def _overlap(a: set[str], b: set[str]) -> float:
+def _overlap(a: set[str], b: Set[str]) -> float:
     return len(a & b) / len(a) if a else 0.0
+
+
+_PARTNER_ATTACK_RE = re.compile(
+    rf"\b(?:{LABELS}|{INSULTS}|{ABSOLUTES})\b|you(?:'re| are) (?:so|always|such)|"
+    r"why (?:do|are|can't) you"
+)
+
+
+# The context's cues, the same for every draft of a turn (the partner's last words) and of a
+# conversation (its goal and situation): worked out once, not for each draft.
+@lru_cache(maxsize=1024)
+def _partner_cues(partner_said: str) -> tuple[frozenset[str], bool]:
+    """The partner's content words, and whether their words attack (labels, insults...)."""
+    said = normalise(partner_said)
+    attack = bool(partner_said) and bool(_PARTNER_ATTACK_RE.search(said))
+    return frozenset(_content_words(said)), attack
+
+
+@lru_cache(maxsize=1024)
+def _aim_words(goal: str, situation: str) -> frozenset[str]:
+    return frozenset(_content_words(normalise(goal + " " + situation)))
 
 
 @dataclass(frozen=True)
@@ -988,22 +1009,13 @@ def _extract(text: str, partner_said: str, goal: str, situation: str) -> Cues:
         }
     )
     mine = _content_words(norm)
-    partner = _content_words(normalise(partner_said))
-    aim = _content_words(normalise(goal + " " + situation))
+    partner, attack = _partner_cues(partner_said)
+    aim = _aim_words(goal, situation)
     values.update(
         {
             "partner_none": float(not partner_said.strip()),
             "partner_overlap": _overlap(mine, partner),
-            "partner_attack": float(
-                bool(partner_said)
-                and bool(
-                    re.search(
-                        rf"\b(?:{LABELS}|{INSULTS}|{ABSOLUTES})\b|you(?:'re| are) (?:so|always|"
-                        r"such)|why (?:do|are|can't) you",
-                        normalise(partner_said),
-                    )
-                )
-            ),
+            "partner_attack": float(attack),
             "goal_overlap": _overlap(mine, aim),
             "goal_offtopic": float(bool(mine) and _overlap(mine, aim) == 0 and bool(aim)),
         }
