@@ -295,6 +295,8 @@ IMBUE = {
     # a publish and a frame to every tab: 100 ms took 10-16% of the web CPU off a turn against
     # 50 ms (bench/README.md, session 9).
     "stream_flush_ms": env_int("IMBUE_STREAM_FLUSH_MS", 100),
+    # Per web process, all replies together (0: no limit); see simulations.services._Pusher.
+    "stream_pieces_per_s": env_float("IMBUE_STREAM_PIECES_PER_S", 100.0),
 }
 
 # --- Sessions, security (see imbue/security.py for the headers and README "Deploying") ---------

@@ -974,16 +974,39 @@ class _Pusher:
     most once per `flush_s` (ten frames a second by default), whatever the model's token rate
     (each costs a Redis append, a publish and a frame to every tab). The only pusher of its
     attempt, so the pieces keep their order; an error in a push is raised by the next `add` or
-    by `close`."""
+    by `close`.
 
-    def __init__(self, job: _Job, lost: asyncio.Event, flush_s: float) -> None:
+    With `pieces_per_s`, the process's replies together send at most that many pieces a second:
+    when more replies stream at once than `pieces_per_s * flush_s`, each one's window widens to
+    `streaming / pieces_per_s` (at a burst's peak the text comes in fewer, longer pieces, and
+    the work per reply falls as the load rises; the first piece still goes at once)."""
+
+    streaming = 0  # the replies streaming in this process now
+
+    def __init__(
+        self, job: _Job, lost: asyncio.Event, flush_s: float, pieces_per_s: float = 0.0
+    ) -> None:
         self.job, self.lost, self.flush_s = job, lost, flush_s
+        self.pieces_per_s = pieces_per_s
         self.buffer = ""
         self.ready = asyncio.Event()
         self.window: asyncio.Future[None] | None = None  # the pause between two pieces
         self.closed = False
         self.task = asyncio.get_running_loop().create_task(self._run())
-        self.task.add_done_callback(lambda t: t.cancelled() or t.exception())  # raised in add
+        _Pusher.streaming += 1
+        self.task.add_done_callback(_Pusher._ended)
+
+    @staticmethod
+    def _ended(task: asyncio.Task[None]) -> None:
+        _Pusher.streaming -= 1
+        if not task.cancelled():
+            task.exception()  # retrieved here; raised by the next `add` or by `close`
+
+    def window_s(self) -> float:
+        """The pause before the next piece."""
+        if self.pieces_per_s > 0 and self.flush_s > 0:
+            return max(self.flush_s, _Pusher.streaming / self.pieces_per_s)
+        return self.flush_s
 
     def add(self, text: str) -> None:
         if self.task.done():
@@ -1012,12 +1035,12 @@ class _Pusher:
             if self.closed and not self.buffer:
                 return
             if self.flush_s > 0 and not self.closed:
-                await self._pause()
+                await self._pause(self.window_s())
 
-    async def _pause(self) -> None:
+    async def _pause(self, seconds: float) -> None:
         loop = asyncio.get_running_loop()
         self.window = loop.create_future()
-        timer = loop.call_later(self.flush_s, _settle, self.window)
+        timer = loop.call_later(seconds, _settle, self.window)
         try:
             await self.window
         finally:
@@ -1049,7 +1072,12 @@ async def _write(job: _Job, lost: asyncio.Event) -> _Written | _Failed:
     """Produce the reply, streaming what may be shown as it comes."""
     if not job.offline:
         shown = partner.AgreementFilter()
-        pusher = _Pusher(job, lost, settings.IMBUE.get("stream_flush_ms", 100) / 1000)
+        pusher = _Pusher(
+            job,
+            lost,
+            flush_s=settings.IMBUE.get("stream_flush_ms", 100) / 1000,
+            pieces_per_s=settings.IMBUE.get("stream_pieces_per_s", 0.0),
+        )
         try:
             async with llm.stream_text(
                 purpose="partner",

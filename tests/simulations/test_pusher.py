@@ -83,3 +83,57 @@ async def test_a_cancelled_pusher_stops_in_its_window_and_closes_quietly(sent) -
     pusher.cancel()
     await asyncio.sleep(0.01)
     assert pusher.task.cancelled() and sent.pieces == ["a"]  # "b" waited for a window never ended
+
+
+class SentBy:
+    """Each pusher's pieces, by its job (here a name)."""
+
+    def __init__(self) -> None:
+        self.pieces: dict[str, list[str]] = {}
+
+    async def push(self, job, text: str, lost) -> None:
+        self.pieces.setdefault(job, []).append(text)
+
+
+async def test_with_many_replies_at_once_each_window_widens_to_keep_the_process_budget(
+    monkeypatch,
+) -> None:
+    sent = SentBy()
+    monkeypatch.setattr(services, "_push", sent.push)
+    before = services._Pusher.streaming
+    # Budget: 20 pieces a second for the process. Alone, a reply keeps its 50 ms window.
+    alone = services._Pusher(job="alone", lost=asyncio.Event(), flush_s=0.05, pieces_per_s=20)
+    assert services._Pusher.streaming == before + 1
+    assert alone.window_s() == pytest.approx(max(0.05, (before + 1) / 20))
+    await alone.close()
+    assert services._Pusher.streaming == before
+    # Ten at once: each waits 10 / 20 = 0.5 s between pieces.
+    many = [
+        services._Pusher(job=f"r{i}", lost=asyncio.Event(), flush_s=0.05, pieces_per_s=20)
+        for i in range(10)
+    ]
+    assert services._Pusher.streaming == before + 10
+    assert many[0].window_s() == pytest.approx((before + 10) / 20)
+    for pusher in many:
+        pusher.add("First ")
+    await asyncio.sleep(0.02)
+    for pusher in many:
+        pusher.add("words ")
+    await asyncio.sleep(0.2)  # four of the old windows: still inside the wide one
+    assert all(sent.pieces[f"r{i}"] == ["First "] for i in range(10))
+    for pusher in many[1:]:
+        pusher.cancel()  # nine replies end (a cancelled one too counts as ended)
+    await asyncio.sleep(0.01)
+    assert services._Pusher.streaming == before + 1
+    assert many[0].window_s() == pytest.approx(max(0.05, (before + 1) / 20))
+    many[0].add("again.")
+    await many[0].close()
+    assert sent.pieces["r0"] == ["First ", "words again."]
+    assert services._Pusher.streaming == before
+
+
+async def test_with_no_budget_the_window_never_widens(sent) -> None:
+    pushers = [services._Pusher(job=None, lost=asyncio.Event(), flush_s=0.05) for _ in range(50)]
+    assert all(p.window_s() == 0.05 for p in pushers)
+    for pusher in pushers:
+        pusher.cancel()
