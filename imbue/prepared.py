@@ -118,10 +118,14 @@ def _checked(name: str, kind: type, value: Any) -> Any:
 
 
 def _fill(params: list[Any], positions: tuple[int, ...], value: Any) -> None:
-    """Put `value` where a stand-in was, as the ORM passed it (an Int8 stays an Int8)."""
+    """Put `value` where a stand-in was; an int as the ORM passed it there (psycopg's Int8 for a
+    big integer column stays an Int8). Anything else as it is."""
     for i in positions:
         kind = type(params[i])
-        params[i] = value if value is None or type(value) is kind else kind(value)
+        if type(value) is int and kind is not int and issubclass(kind, int) and kind is not bool:
+            params[i] = kind(value)
+        else:
+            params[i] = value
 
 
 @dataclass(frozen=True)

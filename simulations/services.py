@@ -969,6 +969,15 @@ async def _push(job: _Job, text: str, lost: asyncio.Event) -> None:
     )
 
 
+# The replies streaming now, per event loop (one per web process; tests run several in turn).
+_STREAMING: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, int] = weakref.WeakKeyDictionary()
+
+
+def streaming_replies() -> int:
+    """How many replies the running event loop is streaming now."""
+    return _STREAMING.get(asyncio.get_running_loop(), 0)
+
+
 class _Pusher:
     """Sends a reply's text as it streams: the first piece at once, then what has come since at
     most once per `flush_s` (ten frames a second by default), whatever the model's token rate
@@ -981,8 +990,6 @@ class _Pusher:
     `streaming / pieces_per_s` (at a burst's peak the text comes in fewer, longer pieces, and
     the work per reply falls as the load rises; the first piece still goes at once)."""
 
-    streaming = 0  # the replies streaming in this process now
-
     def __init__(
         self, job: _Job, lost: asyncio.Event, flush_s: float, pieces_per_s: float = 0.0
     ) -> None:
@@ -992,20 +999,20 @@ class _Pusher:
         self.ready = asyncio.Event()
         self.window: asyncio.Future[None] | None = None  # the pause between two pieces
         self.closed = False
-        self.task = asyncio.get_running_loop().create_task(self._run())
-        _Pusher.streaming += 1
-        self.task.add_done_callback(_Pusher._ended)
+        self.loop = asyncio.get_running_loop()
+        self.task = self.loop.create_task(self._run())
+        _STREAMING[self.loop] = _STREAMING.get(self.loop, 0) + 1
+        self.task.add_done_callback(self._ended)
 
-    @staticmethod
-    def _ended(task: asyncio.Task[None]) -> None:
-        _Pusher.streaming -= 1
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        _STREAMING[self.loop] -= 1
         if not task.cancelled():
             task.exception()  # retrieved here; raised by the next `add` or by `close`
 
     def window_s(self) -> float:
         """The pause before the next piece."""
         if self.pieces_per_s > 0 and self.flush_s > 0:
-            return max(self.flush_s, _Pusher.streaming / self.pieces_per_s)
+            return max(self.flush_s, _STREAMING.get(self.loop, 0) / self.pieces_per_s)
         return self.flush_s
 
     def add(self, text: str) -> None:

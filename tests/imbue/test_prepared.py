@@ -243,6 +243,17 @@ def test_an_update_changes_what_the_querysets_update_changes() -> None:
     assert STORED.update(changes, pk=theirs.pk, attempts=1) == 1
     theirs.refresh_from_db()
     assert (theirs.agreed, theirs.completed_at) == (False, when + timedelta(hours=1))
+    # A subclass of a value's type is passed as it is (a test clock's datetime, a choice).
+
+    class Clock(datetime):
+        pass
+
+    later = Clock(2026, 12, 7, tzinfo=UTC)
+    assert STORED.update({**changes, "completed_at": later}, pk=prepared_twin.pk, attempts=1) == 0
+    reply = streaming_reply(conversation, 10)
+    assert STORED.update({**changes, "completed_at": later}, pk=reply.pk, attempts=1) == 1
+    reply.refresh_from_db()
+    assert reply.completed_at == later
 
 
 @pytest.mark.django_db

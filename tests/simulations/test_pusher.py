@@ -100,19 +100,19 @@ async def test_with_many_replies_at_once_each_window_widens_to_keep_the_process_
 ) -> None:
     sent = SentBy()
     monkeypatch.setattr(services, "_push", sent.push)
-    before = services._Pusher.streaming
+    before = services.streaming_replies()
     # Budget: 20 pieces a second for the process. Alone, a reply keeps its 50 ms window.
     alone = services._Pusher(job="alone", lost=asyncio.Event(), flush_s=0.05, pieces_per_s=20)
-    assert services._Pusher.streaming == before + 1
+    assert services.streaming_replies() == before + 1
     assert alone.window_s() == pytest.approx(max(0.05, (before + 1) / 20))
     await alone.close()
-    assert services._Pusher.streaming == before
+    assert services.streaming_replies() == before
     # Ten at once: each waits 10 / 20 = 0.5 s between pieces.
     many = [
         services._Pusher(job=f"r{i}", lost=asyncio.Event(), flush_s=0.05, pieces_per_s=20)
         for i in range(10)
     ]
-    assert services._Pusher.streaming == before + 10
+    assert services.streaming_replies() == before + 10
     assert many[0].window_s() == pytest.approx((before + 10) / 20)
     for pusher in many:
         pusher.add("First ")
@@ -124,12 +124,12 @@ async def test_with_many_replies_at_once_each_window_widens_to_keep_the_process_
     for pusher in many[1:]:
         pusher.cancel()  # nine replies end (a cancelled one too counts as ended)
     await asyncio.sleep(0.01)
-    assert services._Pusher.streaming == before + 1
+    assert services.streaming_replies() == before + 1
     assert many[0].window_s() == pytest.approx(max(0.05, (before + 1) / 20))
     many[0].add("again.")
     await many[0].close()
     assert sent.pieces["r0"] == ["First ", "words again."]
-    assert services._Pusher.streaming == before
+    assert services.streaming_replies() == before
 
 
 async def test_with_no_budget_the_window_never_widens(sent) -> None:
