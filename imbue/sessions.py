@@ -8,12 +8,10 @@ and deleting are Django's.
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime
 
 from django.contrib.sessions.backends import db
 from django.contrib.sessions.models import Session
-from django.core.exceptions import SuspiciousOperation
 from django.utils import timezone
 
 from imbue.prepared import PreparedQuery
@@ -27,11 +25,8 @@ _LIVE = PreparedQuery(
 
 class SessionStore(db.SessionStore):
     def _get_session_from_db(self) -> Session | None:
-        try:
-            return _LIVE.get(session_key=self.session_key, now=timezone.now())
-        except (Session.DoesNotExist, SuspiciousOperation) as e:
-            if isinstance(e, SuspiciousOperation):
-                logger = logging.getLogger(f"django.security.{e.__class__.__name__}")
-                logger.warning(str(e))
-            self._session_key = None
-            return None
+        # (Django's own also catches SuspiciousOperation, which this read cannot raise.)
+        found = _LIVE.first(session_key=self.session_key, now=timezone.now())
+        if found is None:
+            self._session_key = None  # missing or expired: a new key when next saved
+        return found

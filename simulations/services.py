@@ -1012,7 +1012,7 @@ class _Pusher:
     def window_s(self) -> float:
         """The pause before the next piece."""
         if self.pieces_per_s > 0 and self.flush_s > 0:
-            return max(self.flush_s, _STREAMING.get(self.loop, 0) / self.pieces_per_s)
+            return max(self.flush_s, streaming_replies() / self.pieces_per_s)
         return self.flush_s
 
     def add(self, text: str) -> None:
