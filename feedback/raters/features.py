@@ -10,7 +10,7 @@ import math
 import re
 from collections.abc import Iterable, Set
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 
 # Texting forms that would otherwise hide a cue ("im so stressed", "u never", "dont").
 _TEXTING = (
@@ -1027,6 +1027,7 @@ _LENGTH = frozenset({"shape_log_words", "shape_sentences"})
 FEATURE_NAMES: tuple[str, ...] = tuple(extract("x", partner_said="y", goal="z").values)
 
 
+@cache
 def names_for(skill: str) -> tuple[str, ...]:
     """The cue names the given skill's classifier reads."""
     prefixes = GROUPS[skill]

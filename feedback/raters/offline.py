@@ -123,6 +123,7 @@ class SkillModel:
     scale: np.ndarray
     classifier: LogisticRegression | None = None
     constant: str | None = None
+    _ngram_t: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
     def dense(self, cues: Sequence[Cues]) -> np.ndarray:
         """Standardised cues followed by the rule's verdict."""
@@ -150,6 +151,30 @@ class SkillModel:
         scores = dense @ coef[:, :n_dense].T + self.classifier.intercept_
         if ngrams is not None:
             scores = scores + np.asarray(ngrams @ coef[:, n_dense:].T * self.settings.ngram_weight)
+        return self._levels(scores)
+
+    def predict_one(self, cues: Cues, columns: np.ndarray, weights: np.ndarray) -> str:
+        """The level of one message: `predict`'s arithmetic on plain vectors (its n-gram row as
+        `TfidfRows.row` gives it), without building the small matrices that cost more than the
+        sums for a single message (the "Get feedback" button rates one draft at a time)."""
+        if self.classifier is None:
+            return self.constant or rule_level(self.skill, cues)
+        dense = self.dense((cues,))[0]
+        coef = self.classifier.coef_
+        n_dense = dense.shape[0]
+        scores = coef[:, :n_dense] @ dense + self.classifier.intercept_
+        if columns.size:
+            ngram = self._ngram_rows(n_dense)[columns].T @ weights
+            scores = scores + ngram * self.settings.ngram_weight
+        return self._levels(scores[np.newaxis, :])[0]
+
+    def _ngram_rows(self, n_dense: int) -> np.ndarray:
+        """The n-gram weights, one row per vocabulary column (a message's columns pick rows)."""
+        if self._ngram_t is None:
+            self._ngram_t = np.ascontiguousarray(self.classifier.coef_[:, n_dense:].T)
+        return self._ngram_t
+
+    def _levels(self, scores: np.ndarray) -> list[str]:
         # A binary model has one column of scores: positive means the second class.
         binary = scores.shape[1] == 1
         picked = (scores[:, 0] > 0).astype(int) if binary else scores.argmax(axis=1)
@@ -199,6 +224,16 @@ class OfflineModel:
             ngrams = self.rows.matrix([normalise(e.text) for e in examples])
         columns = {k: m.predict(ngrams, cues) for k, m in self.skills.items()}
         return [{k: columns[k][i] for k in SKILL_KEYS} for i in range(len(examples))]
+
+    def predict_one(self, example: Example) -> dict[str, str]:
+        """Levels for all seven skills for one example: what `predict([example])[0]` gives, at
+        about a third of its cost."""
+        cues = _cues(example)
+        if self.rows is not None:
+            columns, weights = self.rows.row(cues.text)  # the normalised text
+        else:
+            columns, weights = np.zeros(0, dtype=np.intp), np.zeros(0)
+        return {k: self.skills[k].predict_one(cues, columns, weights) for k in SKILL_KEYS}
 
 
 def _cues(e: Example) -> Cues:
@@ -463,7 +498,7 @@ def rate_offline(
 ) -> Rating:
     """Rate a draft on all seven skills offline, with reasoning, suggestions and rewrite hints."""
     example = Example(id="", text=text, situation=situation, goal=goal, partner_said=partner_said)
-    levels = (model or default_model()).predict([example])[0]
+    levels = (model or default_model()).predict_one(example)
     cues = _cues(example)
     skills: dict[str, SkillRating] = {}
     for key in SKILL_KEYS:

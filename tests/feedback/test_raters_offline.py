@@ -2,9 +2,9 @@ import time
 
 import pytest
 
-from feedback.raters.bank import Example
+from feedback.raters.bank import DATA_DIR, Example, read_jsonl, train_examples
 from feedback.raters.features import extract, normalise
-from feedback.raters.offline import default_model, rate_offline, rules_only, train
+from feedback.raters.offline import Settings, default_model, rate_offline, rules_only, train
 from feedback.raters.rating import Rating
 from feedback.skills import SKILL_KEYS, SKILLS, STRATEGIES
 
@@ -138,3 +138,29 @@ def test_rating_a_message_takes_well_under_20_ms_of_cpu():
         rate(text + str(i))
         timings.append(time.process_time() - start)
     assert sorted(timings)[10] < 0.020
+
+
+def test_one_draft_is_rated_as_a_batch_rates_it():
+    """The per-draft path (the "Get feedback" button's) gives the batch path's levels on every
+    example of the bank, with its own context and with none, and for a model without n-grams."""
+    examples = read_jsonl(DATA_DIR / "train.jsonl") + read_jsonl(DATA_DIR / "dev.jsonl")
+    assert len(examples) > 300
+    bare = [Example(id=e.id, text=e.text) for e in examples]
+    no_ngrams = train(train_examples(), Settings(ngram_weight=0.0))
+    assert no_ngrams.rows is None
+    for model in (default_model(), no_ngrams, rules_only()):
+        batch = model.predict(examples) + model.predict(bare)
+        one = [model.predict_one(e) for e in examples + bare]
+        assert one == batch
+    # And rate_offline, which the button calls, goes through it.
+    calls = []
+    model = default_model()
+    original = model.predict_one
+    model.predict_one = lambda e: calls.append(e) or original(e)
+    try:
+        rating = rate_offline(text=examples[0].text, model=model)
+    finally:
+        del model.predict_one
+    assert len(calls) == 1
+    levels = {k: s.level for k, s in rating.skills.items()}
+    assert levels == model.predict([Example(id="", text=examples[0].text)])[0]
