@@ -471,13 +471,26 @@ def mark_delivered(*, request_id: int) -> None:
     _DELIVERED.update({"delivered_at": timezone.now()}, request_id=request_id)
 
 
+# What a "viewed" report needs of the finished request: two timestamps, not its ratings (whose
+# JSON the full row would decode on every panel shown).
+_VIEW_TIMES = PreparedQuery(
+    lambda request_id, conversation_id: FeedbackRequest.objects.filter(
+        pk=request_id,
+        draft__conversation_id=conversation_id,
+        status=FeedbackRequest.Status.DONE,
+    ).values_list("requested_at", "viewed_at"),
+    request_id=int,
+    conversation_id=int,
+)
+
+
 def mark_viewed(*, conversation_id: int, request_id: int) -> bool:
     """Record when the browser showed the finished panel, and so the request-to-display time."""
-    feedback = _FINISHED.first(request_id=request_id, conversation_id=conversation_id)
-    if feedback is None or feedback.viewed_at is not None:
+    found = _VIEW_TIMES.first(request_id=request_id, conversation_id=conversation_id)
+    if found is None or found[1] is not None:
         return False
     now = timezone.now()
-    latency_ms = (now - feedback.requested_at).total_seconds() * 1000
+    latency_ms = (now - found[0]).total_seconds() * 1000
     # Only the first report counts: a second tab or a reconnect re-shows the same panel later.
     return bool(_VIEWED.update({"viewed_at": now, "latency_ms": latency_ms}, request_id=request_id))
 

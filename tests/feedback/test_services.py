@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import redis
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from feedback import services
 from feedback.models import Draft, FeedbackRequest
@@ -417,6 +419,21 @@ def test_viewing_records_request_to_display_latency_once_and_only_for_the_owner(
     )
     feedback.refresh_from_db()
     assert feedback.viewed_at == first
+
+
+@pytest.mark.django_db
+def test_a_viewed_report_reads_two_timestamps_not_the_ratings(no_llm):
+    # Every panel shown is reported: its read must not fetch (and decode) the ratings' JSON.
+    feedback = ask(make_conversation())
+    assert feedback.result and feedback.offline_result
+    with CaptureQueriesContext(connection) as queries:
+        assert services.mark_viewed(
+            conversation_id=feedback.draft.conversation_id, request_id=feedback.pk
+        )
+    assert len(queries) == 2  # the read, the update
+    read = queries[0]["sql"]
+    assert read.startswith("SELECT") and "viewed_at" in read
+    assert "result" not in read and '"text"' not in read
 
 
 @pytest.mark.django_db
