@@ -296,7 +296,9 @@ IMBUE = {
     # 50 ms (bench/README.md, session 9).
     "stream_flush_ms": env_int("IMBUE_STREAM_FLUSH_MS", 100),
     # Per web process, all replies together (0: no limit); see simulations.services._Pusher.
-    "stream_pieces_per_s": env_float("IMBUE_STREAM_PIECES_PER_S", 100.0),
+    # 30: up to three replies at once keep ten pieces a second each; at 1000 learners' busiest
+    # moments (some 13 at once per process) each gets about two (bench/README.md, session 11).
+    "stream_pieces_per_s": env_float("IMBUE_STREAM_PIECES_PER_S", 30.0),
 }
 
 # --- Sessions, security (see imbue/security.py for the headers and README "Deploying") ---------
