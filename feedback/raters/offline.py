@@ -226,8 +226,9 @@ class OfflineModel:
         return [{k: columns[k][i] for k in SKILL_KEYS} for i in range(len(examples))]
 
     def predict_one(self, example: Example) -> dict[str, str]:
-        """Levels for all seven skills for one example: what `predict([example])[0]` gives, at
-        about a third of its cost."""
+        """Levels for all seven skills for one example: what `predict([example])[0]` gives,
+        without the batch path's sparse-matrix steps (a rating in all: 1.62 -> 1.26 ms in-process,
+        bench/README.md, session 11)."""
         cues = _cues(example)
         if self.rows is not None:
             columns, weights = self.rows.row(cues.text)  # the normalised text
