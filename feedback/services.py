@@ -18,6 +18,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from feedback import notify
@@ -416,13 +417,20 @@ def undelivered_answer(conversation: Conversation) -> FeedbackRequest | None:
     return newest if done and newest.delivered_at is None else None
 
 
-# Read for every panel a browser is sent and reports viewed, compiled once (imbue/prepared.py):
-# the finished request, if it is this conversation's, and whether a newer shown one replaced it.
-_FINISHED = PreparedQuery(
-    lambda request_id, conversation_id: FeedbackRequest.objects.select_related("draft").filter(
+def _finished(request_id: int, conversation_id: int) -> QuerySet[FeedbackRequest]:
+    """The request if it is finished and belongs to this conversation."""
+    return FeedbackRequest.objects.filter(
         pk=request_id,
         draft__conversation_id=conversation_id,
         status=FeedbackRequest.Status.DONE,
+    )
+
+
+# Read for every panel a browser is sent, compiled once (imbue/prepared.py): the finished
+# request, if it is this conversation's, and whether a newer shown one replaced it.
+_FINISHED = PreparedQuery(
+    lambda request_id, conversation_id: _finished(request_id, conversation_id).select_related(
+        "draft"
     ),
     request_id=int,
     conversation_id=int,
@@ -474,11 +482,9 @@ def mark_delivered(*, request_id: int) -> None:
 # What a "viewed" report needs of the finished request: two timestamps, not its ratings (whose
 # JSON the full row would decode on every panel shown).
 _VIEW_TIMES = PreparedQuery(
-    lambda request_id, conversation_id: FeedbackRequest.objects.filter(
-        pk=request_id,
-        draft__conversation_id=conversation_id,
-        status=FeedbackRequest.Status.DONE,
-    ).values_list("requested_at", "viewed_at"),
+    lambda request_id, conversation_id: _finished(request_id, conversation_id).values_list(
+        "requested_at", "viewed_at"
+    ),
     request_id=int,
     conversation_id=int,
 )
