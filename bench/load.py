@@ -101,6 +101,9 @@ class LoadConfig:
     wait_timeout_s: float = 90.0
     seed: int = 7
     direct: bool = True  # the limit: the same calls straight to the model
+    # The generator's event loop: "uvloop" (as the web processes run) or "asyncio" (the
+    # standard library's, which costs the machine more CPU per learner; sessions 1-11 used it).
+    client_loop: str = "uvloop"
 
 
 # --- a small HTTP/1.1 client ------------------------------------------------------------------

@@ -28,13 +28,14 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import asdict, replace
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
+import uvloop
 
 from bench.load import LoadConfig, Results, run_load, tag_in
 from bench.stack import (
@@ -47,6 +48,7 @@ from bench.stack import (
 )
 
 RESULTS_DIR = BASE_DIR / "bench" / "results"
+T = TypeVar("T")
 README = BASE_DIR / "bench" / "README.md"
 
 # The standard set: learners -> learner messages each (fewer for the big runs, to fit in minutes).
@@ -316,6 +318,17 @@ def partner_stages(
     return {name: _r(percentile(values, 95)) for name, values in stages.items()}
 
 
+def run_client(config: LoadConfig, coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run the load generator on the event loop its config names. The generator shares the
+    machine with the product, so every CPU second it spends is one the servers wait for; a
+    browser on a learner's own device costs the server nothing."""
+    if config.client_loop == "uvloop":
+        return uvloop.run(coroutine)
+    if config.client_loop == "asyncio":
+        return asyncio.run(coroutine)
+    raise ValueError(f"unknown client loop: {config.client_loop!r}")
+
+
 def warm_up(stack: Stack) -> dict[str, float]:
     """Learners through one turn each, enough that every web process (the kernel spreads the
     connections) has loaded its code, trained the offline rater and built its indexes; returns
@@ -326,7 +339,7 @@ def warm_up(stack: Stack) -> dict[str, float]:
         learners=8 * stack.config.web_workers, messages=1, draft_think_s=(0.1, 1.0),
         read_think_s=(0.1, 0.3), ramp_s=1.0, direct=False, seed=999,
     )  # fmt: skip
-    asyncio.run(run_load(stack.base_url, stack.fake_url, config))
+    run_client(config, run_load(stack.base_url, stack.fake_url, config))
     stack.clear_fake_log()
     return {name: v["cpu_s"] for name, v in sampler.stop().items()}
 
@@ -355,11 +368,12 @@ def run_one(load: LoadConfig, stack_config: StackConfig) -> dict[str, Any]:
             stack.start_profilers()
 
         started = time.time()
-        results = asyncio.run(
-            run_load(stack.base_url, stack.fake_url, load, on_connected=on_connected)
+        results = run_client(
+            load, run_load(stack.base_url, stack.fake_url, load, on_connected=on_connected)
         )
         sampler: ProcessSampler | None = state.get("sampler")
         processes = sampler.stop() if sampler else {}
+        busy = sampler.machine_busy if sampler else []
         # PostgreSQL backends come and go with the pools: one line for all of them.
         pg = {k: v for k, v in processes.items() if k.startswith("postgres-")}
         processes = {k: v for k, v in processes.items() if not k.startswith("postgres-")}
@@ -388,6 +402,8 @@ def run_one(load: LoadConfig, stack_config: StackConfig) -> dict[str, Any]:
         summary["warm_up_cpu_s"] = warm_cpu
         summary["duration_s"] = round(time.time() - started, 1)
         summary["cpu_steal_pct"] = steal_pct(state.get("cpu_times"))
+        summary["machine_busy_pct"] = machine_busy(busy)
+        summary["machine_busy_timeline"] = busy
         summary["gc_pauses"] = gc_pauses(stack.log_path("web"))
         summary["load_avg_1m"] = {
             "start": round(state.get("load_start", (float("nan"),))[0], 2),
@@ -412,6 +428,34 @@ def gc_pauses(web_log: Path) -> dict[str, Any]:
         "full": sum(1 for g, _ in pauses if g == 2),
         "longest_ms": max((ms for _, ms in pauses), default=0),
         "total_ms": sum(ms for _, ms in pauses),
+    }
+
+
+def machine_busy(samples: Sequence[tuple[float, float]], window_s: float = 10.0) -> dict[str, Any]:
+    """The whole machine's busy share over the turns (every process on it, % of all cores):
+    the mean, the busiest `window_s` seconds (the whole span if shorter), and how many seconds
+    were at 95% or more. Each sample (seconds since the start, %) covers the time since the one
+    before it."""
+    spans, begin = [], 0.0
+    for at, share in samples:
+        if at > begin:
+            spans.append((begin, at, share))
+            begin = at
+    total = sum(end - start for start, end, _ in spans)
+    if total <= 0:
+        return {}
+    window, last = min(window_s, total), spans[-1][1]
+    busiest = 0.0
+    for first, _, _ in spans:
+        if first + window > last + 1e-9:
+            break  # this window and the later ones run past the end
+        inside = [(min(end, first + window) - start, share) for start, end, share in spans
+                  if first <= start < first + window]  # fmt: skip
+        busiest = max(busiest, sum(d * v for d, v in inside) / sum(d for d, _ in inside))
+    return {
+        "mean": round(sum((end - start) * v for start, end, v in spans) / total, 1),
+        "busiest_10s": round(busiest, 1),
+        "saturated_s": round(sum(end - start for start, end, v in spans if v >= 95.0), 1),
     }
 
 
@@ -553,13 +597,14 @@ STAGES_HEADER = (
     "| run | learners | first token p95 ms: send→row / row→model / model→shown "
     "| feedback p95 ms: post→row / row→model / model→stored / stored→sent / sent→shown "
     "| CPU ms per turn: web / worker / postgres | client CPU % | steal % "
-    "| web GC pauses >= 100 ms: count (full) / longest ms |\n|---|---|---|---|---|---|---|---|"
+    "| machine busy %: mean / busiest 10 s (s at >= 95%) "
+    "| web GC pauses >= 100 ms: count (full) / longest ms |\n|---|---|---|---|---|---|---|---|---|"
 )
 
 
 def stages_row(label: str, s: dict[str, Any]) -> str:
     ft, fb, cpu = s["partner_stages_ms_p95"], s["feedback_stages_ms_p95"], s["cpu_ms_per_turn"]
-    gc = s.get("gc_pauses") or {}
+    gc, busy = s.get("gc_pauses") or {}, s.get("machine_busy_pct") or {}
     names = ("post_to_row", "row_to_model", "model_to_stored", "stored_to_sent", "sent_to_shown")
     cells = [
         label, s["sessions"],
@@ -568,13 +613,15 @@ def stages_row(label: str, s: dict[str, Any]) -> str:
         f"{cpu['web']} / {cpu['worker']} / {cpu['postgres']}",
         s.get("client_cpu_pct"),
         s.get("cpu_steal_pct"),
+        f"{busy.get('mean')} / {busy.get('busiest_10s')} ({busy.get('saturated_s')})"
+        if busy else "-",
         f"{gc.get('count')} ({gc.get('full')}) / {gc.get('longest_ms')}" if gc else "-",
     ]  # fmt: skip
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
 def print_line(label: str, s: dict[str, Any]) -> None:
-    gc = s.get("gc_pauses") or {}
+    gc, busy = s.get("gc_pauses") or {}, s.get("machine_busy_pct") or {}
     print(
         f"[bench] {label} {s['sessions']:>5} learners: first token ÷ model p95 "
         f"{s['first_token_ratio_p95']} ({s['first_token_ms']['p95']} vs "
@@ -582,6 +629,7 @@ def print_line(label: str, s: dict[str, Any]) -> None:
         f"{s['feedback_overhead_ms_p95']} ms, errors {s['errors']} ({s['error_rate']}), "
         f"{s['messages_per_s']} msgs/s, web CPU {s['web_cpu_pct']}%, "
         f"{s['ws_memory_kb']} KB/socket, load {s['load_avg_1m']}, steal {s['cpu_steal_pct']}%, "
+        f"machine busy {busy.get('mean', '?')}% (busiest 10 s {busy.get('busiest_10s', '?')}%), "
         f"web pauses >= 100 ms for garbage collection {gc.get('count', '?')} "
         f"(longest {gc.get('longest_ms', '?')} ms)",
         file=sys.stderr,
@@ -599,6 +647,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--celery-concurrency", type=int, default=64)
     parser.add_argument("--db-pool-max", type=int, default=20)
     parser.add_argument("--think", type=float, default=1.0, help="scale of the think times")
+    parser.add_argument(
+        "--client-loop",
+        choices=["uvloop", "asyncio"],
+        default="uvloop",
+        help="the load generator's event loop (asyncio: as sessions 1-11 ran it)",
+    )
     parser.add_argument(
         "--patches",
         type=Path,
@@ -635,7 +689,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     extra_env = dict(item.split("=", 1) for item in args.env)
     summaries = []
     for size in [int(s) for s in args.sizes.split(",") if s.strip()]:
-        load = LoadConfig(learners=size, messages=args.messages or STANDARD.get(size, 2))
+        load = LoadConfig(
+            learners=size,
+            messages=args.messages or STANDARD.get(size, 2),
+            client_loop=args.client_loop,
+        )
         load = replace(
             load,
             draft_think_s=tuple(x * args.think for x in load.draft_think_s),  # type: ignore[arg-type]

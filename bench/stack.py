@@ -540,11 +540,26 @@ class _Track:
     rss_last: int = 0
 
 
+def _busy_and_total(times: Any) -> tuple[float, float]:
+    """The machine's busy and total CPU seconds (all cores) in `psutil.cpu_times()`: busy is
+    everything but idle and I/O wait, and steal (time the hypervisor gave to other guests)."""
+    total = sum(times)
+    idle = times.idle + getattr(times, "iowait", 0.0) + getattr(times, "steal", 0.0)
+    return total - idle, total
+
+
 class ProcessSampler:
-    """Samples resident memory every `interval` seconds in a thread; CPU from cpu_times deltas."""
+    """Samples resident memory every `interval` seconds in a thread; CPU from cpu_times deltas.
+
+    Also the whole machine's busy share in each interval (`machine_busy`: seconds since the
+    start, % of all cores busy), whoever used it: the servers, the load generator, the fake
+    model, PostgreSQL, Redis or anything else on the machine. At 100% every process waits for a
+    core, so a latency figure then says more about the machine than about the product."""
 
     def __init__(self, processes: dict[str, psutil.Process], interval: float = 0.5) -> None:
         self.interval = interval
+        self.machine_busy: list[tuple[float, float]] = []
+        self._machine_last = _busy_and_total(psutil.cpu_times())
         self.tracks: dict[str, _Track] = {}
         for name, process in processes.items():
             with contextlib.suppress(psutil.Error):
@@ -557,6 +572,16 @@ class ProcessSampler:
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             self.sample()
+            self._sample_machine()
+
+    def _sample_machine(self) -> None:
+        busy, total = _busy_and_total(psutil.cpu_times())
+        last_busy, last_total = self._machine_last
+        self._machine_last = (busy, total)
+        if total > last_total:
+            share = 100 * (busy - last_busy) / (total - last_total)
+            at = time.monotonic() - self.started
+            self.machine_busy.append((round(at, 2), round(max(0.0, min(100.0, share)), 1)))
 
     def sample(self) -> dict[str, int]:
         """Current RSS of each process (bytes); peaks are kept."""

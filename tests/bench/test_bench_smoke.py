@@ -46,3 +46,9 @@ def test_three_learners_go_through_the_real_stack_and_the_json_line_has_its_keys
     assert summary["ws_extensions"] == [""]
     # The web processes' long collections, read from their log (how many depends on the run).
     assert set(summary["gc_pauses"]) == {"count", "full", "longest_ms", "total_ms"}
+    # The generator ran on uvloop, and the whole machine's load over the turns is recorded.
+    assert summary["load_config"]["client_loop"] == "uvloop"
+    busy = summary["machine_busy_pct"]
+    assert set(busy) == {"mean", "busiest_10s", "saturated_s"}
+    assert 0 < busy["mean"] <= 100 and busy["mean"] <= busy["busiest_10s"] <= 100
+    assert summary["machine_busy_timeline"]
