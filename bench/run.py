@@ -363,6 +363,7 @@ def run_one(load: LoadConfig, stack_config: StackConfig) -> dict[str, Any]:
                 "web_connected_mb": round(sum(now.get(n, 0) for n in web_names) / 2**20, 1),
             }
             state["load_start"] = os.getloadavg()
+            state["turns_from"] = time.time()
             state["cpu_times"] = psutil.cpu_times()
             # The turns only, as the CPU figures: the set-up's pages would blur what a turn costs.
             stack.start_profilers()
@@ -404,7 +405,7 @@ def run_one(load: LoadConfig, stack_config: StackConfig) -> dict[str, Any]:
         summary["cpu_steal_pct"] = steal_pct(state.get("cpu_times"))
         summary["machine_busy_pct"] = machine_busy(busy)
         summary["machine_busy_timeline"] = busy
-        summary["gc_pauses"] = gc_pauses(stack.log_path("web"))
+        summary["gc_pauses"] = gc_pauses(stack.log_path("web"), state.get("turns_from"))
         summary["load_avg_1m"] = {
             "start": round(state.get("load_start", (float("nan"),))[0], 2),
             "end": round(os.getloadavg()[0], 2),
@@ -412,23 +413,38 @@ def run_one(load: LoadConfig, stack_config: StackConfig) -> dict[str, Any]:
         return summary
 
 
-GC_PAUSE = re.compile(r"garbage collection of generation (\d) stopped this process for (\d+) ms")
+GC_PAUSE = re.compile(
+    r"^(?:(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) )?.*?"
+    r"garbage collection of generation (\d) stopped this process for (\d+) ms",
+    re.MULTILINE,
+)
 
 
-def gc_pauses(web_log: Path) -> dict[str, Any]:
+def gc_pauses(web_log: Path, turns_from: float | None = None) -> dict[str, Any]:
     """The web processes' collections of at least GC_PAUSE_WARN_MS (100) in the whole run
-    (warm-up, set-up and turns), from their log: how many, how many full, the longest."""
+    (warm-up, set-up and turns), from their log: how many, how many full, the longest; with
+    `turns_from` (the turns' start, a Unix time), also when in the turns each one came
+    (`in_turns_at_s`, seconds into the turns), to set beside the partner timeline."""
     try:
         found = GC_PAUSE.findall(web_log.read_text(errors="replace"))
     except OSError:
         return {}
-    pauses = [(int(g), int(ms)) for g, ms in found]
-    return {
+    pauses = [(stamp, int(g), int(ms)) for stamp, g, ms in found]
+    summary: dict[str, Any] = {
         "count": len(pauses),
-        "full": sum(1 for g, _ in pauses if g == 2),
-        "longest_ms": max((ms for _, ms in pauses), default=0),
-        "total_ms": sum(ms for _, ms in pauses),
+        "full": sum(1 for _, g, _ in pauses if g == 2),
+        "longest_ms": max((ms for _, _, ms in pauses), default=0),
+        "total_ms": sum(ms for _, _, ms in pauses),
     }
+    if turns_from is not None:
+        # The log's times are local (logging's default format), as time.localtime gives them.
+        at = [
+            time.mktime(time.strptime(stamp[:19], "%Y-%m-%d %H:%M:%S")) + int(stamp[20:]) / 1000
+            for stamp, _, _ in pauses
+            if stamp  # a line in another format is counted, not placed
+        ]
+        summary["in_turns_at_s"] = [round(t - turns_from, 1) for t in at if t >= turns_from]
+    return summary
 
 
 def machine_busy(samples: Sequence[tuple[float, float]], window_s: float = 10.0) -> dict[str, Any]:

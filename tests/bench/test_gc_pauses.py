@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,30 @@ def test_the_bench_counts_the_pauses_the_product_logs(
     assert found["count"] == watch.count == 2
     assert found["full"] == 1
     assert found["longest_ms"] == round(watch.longest_ms)
+
+
+def test_the_pauses_of_the_turns_are_placed_in_them(tmp_path: Path) -> None:
+    line = (
+        "{} WARNING imbue.gcfreeze: garbage collection of generation {} stopped this process"
+        " for {} ms (5 objects freed)"
+    )
+    log = tmp_path / "web.log"
+    log.write_text(
+        "\n".join(
+            [
+                line.format("2026-12-06 10:00:01,500", 1, 120),  # in the set-up
+                "2026-12-06 10:00:02,000 INFO uvicorn: a request",
+                line.format("2026-12-06 10:00:12,300", 2, 230),
+                line.format("2026-12-06 10:01:00,000", 0, 101),
+            ]
+        )
+        + "\n"
+    )
+    turns_from = time.mktime(time.strptime("2026-12-06 10:00:02", "%Y-%m-%d %H:%M:%S"))
+    found = gc_pauses(log, turns_from)
+    assert found["count"] == 3 and found["full"] == 1 and found["longest_ms"] == 230
+    assert found["in_turns_at_s"] == [10.3, 58.0]
+    assert "in_turns_at_s" not in gc_pauses(log)
 
 
 def test_no_log_no_figure(tmp_path: Path) -> None:
