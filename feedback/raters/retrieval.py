@@ -5,9 +5,11 @@ rewrite of it in which that skill is strong. The model rater shows the pairs nea
 learner's draft. Everything is built in memory from the JSONL files; nothing is downloaded.
 """
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
+from typing import Any
 
 import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
@@ -36,6 +38,17 @@ def _document(text: str, partner_said: str, situation: str) -> str:
     return f"{draft} {draft} {normalise(partner_said)} {normalise(situation)}"
 
 
+# The index's analyser (character n-grams within words, `char_wb`) counts each word on its own,
+# so a document's counts are the sum of its parts' counts: a draft's document counts as twice
+# the draft plus its context. The context (the partner's last words and the situation) is the
+# same for every draft of a turn, and for each feedback request on them: counted once.
+CONTEXTS_KEPT = 512
+
+
+def _context_counts(analyze: Any, partner_said: str, situation: str) -> Counter[str]:
+    return Counter(analyze(f"{normalise(partner_said)} {normalise(situation)}"))
+
+
 class Index:
     """Cosine-similarity search over the train examples (word and character n-grams)."""
 
@@ -47,12 +60,28 @@ class Index:
         documents = [_document(e.text, e.partner_said, e.situation) for e in self.examples]
         self.matrix = self.vectorizer.fit_transform(documents) if documents else None
         self.rows = TfidfRows(self.vectorizer) if documents else None
+        if self.rows is not None:
+            self._context = lru_cache(maxsize=CONTEXTS_KEPT)(
+                partial(_context_counts, self.rows.analyze)
+            )
+
+    def document_counts(self, text: str, partner_said: str = "", situation: str = "") -> Counter:
+        """The n-gram counts of `_document(text, partner_said, situation)`, in the same order
+        (the draft's terms first), with the context's part counted once per context."""
+        assert self.rows is not None
+        counts = Counter(self.rows.analyze(normalise(text)))
+        for term in counts:
+            counts[term] *= 2
+        counts.update(self._context(partner_said, situation))  # adds; the cached one is unchanged
+        return counts
 
     def similarities(self, text: str, partner_said: str = "", situation: str = "") -> np.ndarray:
         """Cosine similarity of the draft (in its context) to every example, in bank order."""
         if self.matrix is None or self.rows is None:
             return np.zeros(0)
-        return self.matrix @ self.rows.dense(_document(text, partner_said, situation))
+        return self.matrix @ self.rows.dense_of_counts(
+            self.document_counts(text, partner_said, situation)
+        )
 
     def ranking(self, text: str, partner_said: str = "", situation: str = "") -> "Ranking":
         """The examples by similarity to the draft: compute once, then ask for each skill's pairs

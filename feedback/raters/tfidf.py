@@ -11,7 +11,7 @@ test_tfidf.py checks it against `transform` on the whole bank.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy import sparse
@@ -34,7 +34,10 @@ class TfidfRows:
 
     def row(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """The text's non-zero columns and their weights (columns in no particular order)."""
-        counts = Counter(self.analyze(text))
+        return self.row_of_counts(Counter(self.analyze(text)))
+
+    def row_of_counts(self, counts: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray]:
+        """`row` for a text whose terms were already counted (`Counter(analyze(text))`)."""
         vocabulary = self.vocabulary
         found = [(vocabulary[term], n) for term, n in counts.items() if term in vocabulary]
         if not found:
@@ -59,8 +62,12 @@ class TfidfRows:
 
     def dense(self, text: str) -> np.ndarray:
         """The text's row as a dense vector (for a product with a fitted matrix)."""
+        return self.dense_of_counts(Counter(self.analyze(text)))
+
+    def dense_of_counts(self, counts: Mapping[str, int]) -> np.ndarray:
+        """`dense` for a text whose terms were already counted."""
         vector = np.zeros(self.n_features, dtype=np.float64)
-        columns, values = self.row(text)
+        columns, values = self.row_of_counts(counts)
         vector[columns] = values
         return vector
 

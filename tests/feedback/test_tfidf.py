@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 from sklearn.feature_extraction.text import TfidfVectorizer
@@ -9,7 +11,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from feedback.raters import offline
 from feedback.raters.bank import DEV_PATH, TRAIN_PATH, read_jsonl
 from feedback.raters.features import normalise
-from feedback.raters.retrieval import _document, default_index
+from feedback.raters.retrieval import Index, _document, default_index
 from feedback.raters.tfidf import TfidfRows
 
 # Texts the bank never saw: words outside its vocabulary, nothing at all, one repeated word.
@@ -72,3 +74,30 @@ def test_the_offline_rater_reads_its_ngrams_as_scikit_learn_would() -> None:
     assert model.vectorizer is not None and model.rows is not None
     texts = [normalise(t) for t in bank_texts()]
     assert_rows_equal(model.rows, model.vectorizer, texts)
+
+
+def test_a_drafts_document_is_counted_from_its_parts_exactly() -> None:
+    """The index counts the draft twice and its context once per context: the same counts, in
+    the same order, and the same similarities to the last bit as counting the whole document."""
+    index = default_index()
+    assert index.rows is not None and index.matrix is not None
+    examples = [*read_jsonl(DEV_PATH), *index.examples]
+    others = [e.partner_said for e in reversed(examples)]  # another conversation's words too
+    for example, other in zip(examples, others, strict=True):
+        for partner in (example.partner_said, other, ""):
+            document = _document(example.text, partner, example.situation)
+            whole = Counter(index.rows.analyze(document))
+            counted = index.document_counts(example.text, partner, example.situation)
+            assert list(counted.items()) == list(whole.items())
+            reference = index.matrix @ index.rows.dense(document)
+            got = index.similarities(example.text, partner, example.situation)
+            assert np.array_equal(got, reference)
+
+
+def test_a_turns_context_is_counted_once_for_all_its_drafts() -> None:
+    index = Index(default_index().examples[:40])
+    drafts = ["I feel worried about the rent.", "Could you pay by Friday?", "Thanks for that."]
+    for draft in drafts:
+        index.similarities(draft, "I'm busy right now.", "Rent is late again.")
+    info = index._context.cache_info()
+    assert (info.misses, info.hits) == (1, len(drafts) - 1)
