@@ -36,18 +36,25 @@ def apply_thresholds() -> tuple[int, int, int]:
     return set_thresholds(os.environ.get("GC_THRESHOLDS", DEFAULT_THRESHOLDS))
 
 
+def parse_thresholds(spec: str | None) -> tuple[int, int, int] | None:
+    """`GC_THRESHOLDS` ("gen0,gen1,gen2", e.g. "700,10,10") as numbers; None when empty (Python's
+    own stay). A value that is not three positive integers is refused with a ValueError naming
+    the setting: the settings check it, so no process (web, worker, command) starts with it."""
+    if not spec or not spec.strip():
+        return None
+    try:
+        values = tuple(int(p.strip()) for p in spec.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) < 1:
+        raise ValueError(f"GC_THRESHOLDS must be three positive integers, not {spec!r}")
+    return values[0], values[1], values[2]
+
+
 def set_thresholds(spec: str | None) -> tuple[int, int, int]:
-    """Apply `GC_THRESHOLDS` ("gen0,gen1,gen2", e.g. "700,10,10"; empty: Python's own) and
-    return the thresholds in force. A value that is not three positive integers is refused with
-    a ValueError naming the setting (a web process then does not start)."""
-    if spec and spec.strip():
-        parts = [p.strip() for p in spec.split(",")]
-        try:
-            values = tuple(int(p) for p in parts)
-        except ValueError:
-            values = ()
-        if len(values) != 3 or min(values) < 1:
-            raise ValueError(f"GC_THRESHOLDS must be three positive integers, not {spec!r}")
+    """Apply `GC_THRESHOLDS` (see `parse_thresholds`) and return the thresholds in force."""
+    values = parse_thresholds(spec)
+    if values is not None:
         gc.set_threshold(*values)
     return gc.get_threshold()
 

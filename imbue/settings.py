@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from imbue.gcfreeze import DEFAULT_THRESHOLDS, parse_thresholds
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 LOCAL_DIR = Path(os.environ.get("IMBUE_LOCAL_DIR", BASE_DIR / ".local"))
 
@@ -177,6 +179,12 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # A database thread whose query answered waits for the event loop (or a worker thread) to let go,
 # once per round trip; a shorter interval lets it go on sooner (see bench/README.md, "GIL").
 sys.setswitchinterval(env_float("PYTHON_SWITCH_INTERVAL_MS", 0.5) / 1000)
+
+# The collector's thresholds, applied by the web and worker processes once they have started
+# (imbue/gcfreeze.py); checked here, so a bad value stops every process at start, the Celery
+# worker included (its thresholds are applied in a background thread, where an error would
+# only be logged).
+parse_thresholds(os.environ.get("GC_THRESHOLDS", DEFAULT_THRESHOLDS))
 
 # --- Redis: channel layer and Celery broker -----------------------------------------------------
 

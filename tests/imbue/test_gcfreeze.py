@@ -115,3 +115,16 @@ def test_a_web_process_sets_its_collector_when_it_starts() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )
     assert ran.returncode != 0 and "GC_THRESHOLDS must be three positive integers" in ran.stderr
+
+
+def test_a_worker_refuses_to_start_with_bad_thresholds() -> None:
+    """The worker applies its thresholds in its warm-up thread, where an error is only logged:
+    the settings check the value, so the worker stops at start instead of running without it."""
+    env = {**os.environ, "GC_THRESHOLDS": "5000,ten,10"}
+    ran = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "imbue", "worker", "--pool", "solo",
+         "--loglevel", "error", "--without-heartbeat", "--without-gossip", "--without-mingle"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert ran.returncode != 0
+    assert "GC_THRESHOLDS must be three positive integers" in ran.stdout + ran.stderr
