@@ -375,6 +375,7 @@ def run_one(load: LoadConfig, stack_config: StackConfig) -> dict[str, Any]:
         sampler: ProcessSampler | None = state.get("sampler")
         processes = sampler.stop() if sampler else {}
         busy = sampler.machine_busy if sampler else []
+        timelines = sampler.cpu_timelines() if sampler else {}
         # PostgreSQL backends come and go with the pools: one line for all of them.
         pg = {k: v for k, v in processes.items() if k.startswith("postgres-")}
         processes = {k: v for k, v in processes.items() if not k.startswith("postgres-")}
@@ -405,6 +406,10 @@ def run_one(load: LoadConfig, stack_config: StackConfig) -> dict[str, Any]:
         summary["cpu_steal_pct"] = steal_pct(state.get("cpu_times"))
         summary["machine_busy_pct"] = machine_busy(busy)
         summary["machine_busy_timeline"] = busy
+        # The same windows per process, in % of one core: a web process whose busiest seconds
+        # reach 100% holds its sockets back however idle the rest of the machine is.
+        summary["process_busy_pct"] = {name: machine_busy(t) for name, t in timelines.items()}
+        summary["process_cpu_timeline"] = timelines
         summary["gc_pauses"] = gc_pauses(stack.log_path("web"), state.get("turns_from"))
         summary["load_avg_1m"] = {
             "start": round(state.get("load_start", (float("nan"),))[0], 2),
@@ -451,7 +456,7 @@ def machine_busy(samples: Sequence[tuple[float, float]], window_s: float = 10.0)
     """The whole machine's busy share over the turns (every process on it, % of all cores):
     the mean, the busiest `window_s` seconds (the whole span if shorter), and how many seconds
     were at 95% or more. Each sample (seconds since the start, %) covers the time since the one
-    before it."""
+    before it. Also used for one process's CPU (% of one core, which its threads can exceed)."""
     spans, begin = [], 0.0
     for at, share in samples:
         if at > begin:

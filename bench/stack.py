@@ -538,6 +538,10 @@ class _Track:
     cpu_start: float
     rss_peak: int = 0
     rss_last: int = 0
+    # CPU % of one core in each sampling interval (seconds since the start, %); not kept for
+    # PostgreSQL's backends, which come and go with the pools.
+    timeline: list[tuple[float, float]] | None = None
+    cpu_last: float = 0.0
 
 
 def _busy_and_total(times: Any) -> tuple[float, float]:
@@ -564,8 +568,10 @@ class ProcessSampler:
         for name, process in processes.items():
             with contextlib.suppress(psutil.Error):
                 times = process.cpu_times()
-                self.tracks[name] = _Track(process, times.user + times.system)
-        self.started = time.monotonic()
+                used = times.user + times.system
+                timeline = None if name.startswith("postgres-") else []
+                self.tracks[name] = _Track(process, used, timeline=timeline, cpu_last=used)
+        self.started = self._cpu_at = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -573,6 +579,22 @@ class ProcessSampler:
         while not self._stop.wait(self.interval):
             self.sample()
             self._sample_machine()
+            self._sample_cpu()
+
+    def _sample_cpu(self) -> None:
+        """Each process's CPU in the interval just ended: whether one process (a web process's
+        event loop above all) was at its core's limit while the machine was not."""
+        now = time.monotonic()
+        elapsed, self._cpu_at = now - self._cpu_at, now
+        for track in self.tracks.values():
+            if track.timeline is None or elapsed <= 0:
+                continue
+            with contextlib.suppress(psutil.Error):
+                times = track.process.cpu_times()
+                used = times.user + times.system
+                share = 100 * (used - track.cpu_last) / elapsed
+                track.cpu_last = used
+                track.timeline.append((round(now - self.started, 2), round(max(0.0, share), 1)))
 
     def _sample_machine(self) -> None:
         busy, total = _busy_and_total(psutil.cpu_times())
@@ -620,6 +642,10 @@ class ProcessSampler:
                 "rss_last_mb": round(track.rss_last / 2**20, 1),
             }
         return result
+
+    def cpu_timelines(self) -> dict[str, list[tuple[float, float]]]:
+        """Each process's CPU % of one core per sampling interval (PostgreSQL's backends aside)."""
+        return {n: list(t.timeline) for n, t in self.tracks.items() if t.timeline is not None}
 
 
 @contextlib.contextmanager

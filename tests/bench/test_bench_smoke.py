@@ -54,3 +54,8 @@ def test_three_learners_go_through_the_real_stack_and_the_json_line_has_its_keys
     assert set(busy) == {"mean", "busiest_10s", "saturated_s"}
     assert 0 < busy["mean"] <= 100 and busy["mean"] <= busy["busiest_10s"] <= 100
     assert summary["machine_busy_timeline"]
+    # And each server process's own, in % of one core.
+    assert {"web-1", "worker", "fake-model"} <= set(summary["process_busy_pct"])
+    assert set(summary["process_busy_pct"]["web-1"]) == {"mean", "busiest_10s", "saturated_s"}
+    assert all(share >= 0 for _, share in summary["process_cpu_timeline"]["web-1"])
+    assert not any(name.startswith("postgres-") for name in summary["process_cpu_timeline"])
