@@ -196,15 +196,19 @@ def request_feedback(
             return FeedbackRequest.objects.create(draft=draft, **_answered_offline(offline, reason))
         feedback = FeedbackRequest.objects.create(draft=draft)
         request_id = feedback.pk
-        transaction.on_commit(lambda: _enqueue(request_id))
+        queued: list[bool] = []  # filled at the commit (later, inside a caller's transaction)
+        transaction.on_commit(lambda: queued.append(_enqueue(request_id)))
+    if queued == [False]:
+        # The queue could not be reached: `_enqueue` made the offline rating the answer.
+        feedback.refresh_from_db()
+        return feedback
     # Committed and queued: the worker is on it while the quick offline rating is made.
     feedback.offline_result = _result(_rate_draft_offline(locked, draft))
     still_queued = FeedbackRequest.objects.filter(
         pk=feedback.pk, status=FeedbackRequest.Status.QUEUED
     ).update(offline_result=feedback.offline_result)
     if not still_queued:
-        # Answered already: offline at once because the queue could not be reached, or the
-        # worker was quicker. (Its own fallback rated offline itself.)
+        # Answered already: the worker was quicker (its own fallback rated offline itself).
         feedback.refresh_from_db()
     return feedback
 
@@ -231,13 +235,14 @@ def _answered_offline(offline: dict, reason: str) -> dict[str, Any]:
     }
 
 
-def _enqueue(request_id: int) -> None:
-    """Hand a stored request to the worker; when the queue cannot be reached (Redis down), the
-    offline rating, made here, becomes the answer, so nothing waits for ever."""
+def _enqueue(request_id: int) -> bool:
+    """Hand a stored request to the worker (True); when the queue cannot be reached (Redis
+    down), the offline rating, made here, becomes the answer, so nothing waits for ever (False)."""
     from feedback.tasks import rate_feedback_request  # tasks.py imports this module
 
     try:
         rate_feedback_request.delay(request_id)
+        return True
     except Exception:
         log.exception("feedback request %s could not be queued; answered offline", request_id)
         feedback = FeedbackRequest.objects.select_related("draft__conversation__situation").get(
@@ -248,6 +253,7 @@ def _enqueue(request_id: int) -> None:
         FeedbackRequest.objects.filter(pk=request_id, status=FeedbackRequest.Status.QUEUED).update(
             **_answered_offline(offline, QUEUE_DOWN_REASON)
         )
+        return False
 
 
 def _why_not_the_model(conversation: Conversation) -> str:

@@ -105,8 +105,17 @@ def test_when_the_queue_cannot_be_reached_the_offline_rating_is_the_answer(fake_
         raise ConnectionError("Redis is away")
 
     monkeypatch.setattr(rate_feedback_request, "delay", queue_away)
+    ratings = []
+    real = services.rate_offline
+
+    def counting(**kwargs):
+        ratings.append(kwargs["text"])
+        return real(**kwargs)
+
+    monkeypatch.setattr(services, "rate_offline", counting)
     feedback = ask(make_conversation())
     assert feedback.status == "done"  # the answer the request itself shows
+    assert len(ratings) == 1  # rated once, for the answer (not again as the quick rating)
     feedback.refresh_from_db()
     assert feedback.status == "done" and feedback.engine == "offline"
     assert feedback.fallback_reason == services.QUEUE_DOWN_REASON
