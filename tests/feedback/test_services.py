@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import redis
 from django.db import connection
@@ -64,6 +66,19 @@ def send(conversation: Conversation, text: str = DRAFT) -> Message:
     return message
 
 
+def count_offline_ratings(monkeypatch: pytest.MonkeyPatch, module: Any) -> list[str]:
+    """The texts `module` rates offline from now on (each still rated): a list that grows."""
+    texts: list[str] = []
+    real = module.rate_offline
+
+    def counting(**kwargs: Any) -> Any:
+        texts.append(kwargs["text"])
+        return real(**kwargs)
+
+    monkeypatch.setattr(module, "rate_offline", counting)
+    return texts
+
+
 # --------------------------------------------------------------------------- asking
 
 
@@ -105,14 +120,7 @@ def test_when_the_queue_cannot_be_reached_the_offline_rating_is_the_answer(fake_
         raise ConnectionError("Redis is away")
 
     monkeypatch.setattr(rate_feedback_request, "delay", queue_away)
-    ratings = []
-    real = services.rate_offline
-
-    def counting(**kwargs):
-        ratings.append(kwargs["text"])
-        return real(**kwargs)
-
-    monkeypatch.setattr(services, "rate_offline", counting)
+    ratings = count_offline_ratings(monkeypatch, services)
     feedback = ask(make_conversation())
     assert feedback.status == "done"  # the answer the request itself shows
     assert len(ratings) == 1  # rated once, for the answer (not again as the quick rating)
@@ -187,14 +195,8 @@ def test_a_sent_message_takes_its_drafts_offline_rating_only_when_it_is_that_dra
     send(conversation)
     ask(conversation)  # turn 2: the partner's words are part of what was rated
     asked = FeedbackRequest.objects.latest("pk")
-    calls = []
     real = offline.rate_offline
-
-    def counting(**kwargs):
-        calls.append(kwargs["text"])
-        return real(**kwargs)
-
-    monkeypatch.setattr(chat, "rate_offline", counting)
+    calls = count_offline_ratings(monkeypatch, chat)
     message = record_learner_message(
         conversation=conversation, text=sent_text, strategies=sent_strategies
     )
