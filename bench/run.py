@@ -48,8 +48,8 @@ from bench.stack import (
 )
 
 RESULTS_DIR = BASE_DIR / "bench" / "results"
-T = TypeVar("T")
 README = BASE_DIR / "bench" / "README.md"
+T = TypeVar("T")  # what the load generator's coroutine returns
 
 # The standard set: learners -> learner messages each (fewer for the big runs, to fit in minutes).
 STANDARD = {10: 5, 100: 3, 500: 2, 1000: 2}

@@ -31,9 +31,14 @@ def freeze_long_lived() -> None:
 DEFAULT_THRESHOLDS = "5000,10,10"
 
 
+def configured_spec() -> str:
+    """`GC_THRESHOLDS` as set, or `DEFAULT_THRESHOLDS`."""
+    return os.environ.get("GC_THRESHOLDS", DEFAULT_THRESHOLDS)
+
+
 def apply_thresholds() -> tuple[int, int, int]:
     """This process's collector thresholds from `GC_THRESHOLDS` (default `DEFAULT_THRESHOLDS`)."""
-    return set_thresholds(os.environ.get("GC_THRESHOLDS", DEFAULT_THRESHOLDS))
+    return set_thresholds(configured_spec())
 
 
 def parse_thresholds(spec: str | None) -> tuple[int, int, int] | None:

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from imbue.gcfreeze import DEFAULT_THRESHOLDS, parse_thresholds
+from imbue.gcfreeze import configured_spec, parse_thresholds
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 LOCAL_DIR = Path(os.environ.get("IMBUE_LOCAL_DIR", BASE_DIR / ".local"))
@@ -184,7 +184,7 @@ sys.setswitchinterval(env_float("PYTHON_SWITCH_INTERVAL_MS", 0.5) / 1000)
 # (imbue/gcfreeze.py); checked here, so a bad value stops every process at start, the Celery
 # worker included (its thresholds are applied in a background thread, where an error would
 # only be logged).
-parse_thresholds(os.environ.get("GC_THRESHOLDS", DEFAULT_THRESHOLDS))
+parse_thresholds(configured_spec())
 
 # --- Redis: channel layer and Celery broker -----------------------------------------------------
 
