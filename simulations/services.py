@@ -954,7 +954,9 @@ async def _push(job: _Job, text: str, lost: asyncio.Event) -> None:
     if lost.is_set():
         raise _LeaseLost
     if job.announced is not None:
-        await job.announced
+        # Shielded: a task cancelled while awaiting another task cancels that task too, and the
+        # writer, which cancels its pusher when the stream is cut, awaits this one next.
+        await asyncio.shield(job.announced)
     length = await _aredis().append(_text_key(job.message_id), text)
     at = int(length) - len(text.encode())
     await _group_send(

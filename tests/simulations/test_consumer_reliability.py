@@ -21,6 +21,7 @@ from imbue.models import LLMCall
 from simulations import consumers, services
 from simulations.models import Message
 from tests.simulations.test_consumers import (  # noqa: F401 (autouse fixtures)
+    failed,
     fresh_channel_layer,
     no_rate_limit,
     open_view,
@@ -326,4 +327,50 @@ async def test_the_end_of_a_reply_announced_while_redis_is_away_still_reaches_th
     reply = await send_and_wait(view, conversation, "Please text me by ten.")
     assert reply.state == "complete" and view.texts[reply.pk] == reply.text
     assert refused  # the first announcement was lost; the page heard the second
+    await view.communicator.disconnect()
+
+
+# --------------------------------------------------------------------------- a reply cut midway
+
+
+async def test_a_reply_cut_while_its_start_is_still_being_announced_is_shown_failed(
+    fake_llm, monkeypatch
+) -> None:
+    """The stream is cut while the first piece waits for the attempt's "started" event. Stopping
+    that piece must not stop the announcement the writer itself waits on: the failure is stored
+    and shown, instead of the reply staying "being written" until the page is reloaded."""
+    conversation = await start()
+    view = await open_view(conversation)
+    real_send, real_add, real_cancel = (
+        services._group_send, services._Pusher.add, services._Pusher.cancel
+    )  # fmt: skip
+    stopped = asyncio.Event()
+    order: list[str] = []
+
+    async def started_after_the_cut(conversation_id, event):
+        if event["type"] == "partner.started":
+            await stopped.wait()  # held until the writer has stopped its pusher
+        await real_send(conversation_id, event)
+
+    def add(self, text):
+        order.append("piece")
+        real_add(self, text)
+
+    def cancel(self):
+        order.append("stopped")
+        real_cancel(self)
+        stopped.set()
+
+    monkeypatch.setattr(services, "_group_send", started_after_the_cut)
+    monkeypatch.setattr(services._Pusher, "add", add)
+    monkeypatch.setattr(services._Pusher, "cancel", cancel)
+    fake_llm.faults(["cut"])
+    await view.send(action="send", text="Please text me by ten.", strategies=["assert"])
+    await view.until(lambda f: 'id="message-sent"' in f)
+    reply = await reply_of(conversation, 1)
+    frame = await view.until(lambda f: failed(f, reply.pk), timeout=10)
+    assert "cut off midway" in frame and "Your message is saved" in frame
+    assert order[0] == "piece" and "stopped" in order  # the piece was waiting when it stopped
+    await reply.arefresh_from_db()
+    assert reply.state == Message.State.FAILED
     await view.communicator.disconnect()
