@@ -144,11 +144,19 @@ def test_sdk_streams_the_same_text_as_the_whole_reply(client: openai.OpenAI) -> 
 def test_ttft_and_tokens_per_second_pace_the_stream(fake: FakeServer) -> None:
     fake.configure(ttft_ms=150, tokens_per_s=100)
     started = time.perf_counter()
-    _raw_stream(fake, {"messages": MESSAGES})
+    events = _raw_stream(fake, {"messages": MESSAGES})
     elapsed = time.perf_counter() - started
     entry = fake.requests()[-1]
     assert entry["first_token_at"] - entry["received_at"] >= 0.14
-    assert 0.15 + 10 / 100 <= elapsed < 1.0
+    tokens = sum(
+        bool(choice["delta"].get("content"))
+        for event in events
+        if event != "[DONE]"
+        for choice in json.loads(event)["choices"]
+    )
+    assert tokens >= 10
+    # The first token after the ttft, then one every 1/100 s: the last is due at ttft + (n-1)/100.
+    assert 0.15 + (tokens - 1) / 100 <= elapsed < 0.15 + tokens / 100 + 0.75
 
 
 @pytest.mark.parametrize("seed", range(40))
