@@ -635,18 +635,32 @@ _async_clients: dict[int, tuple[weakref.ref[asyncio.AbstractEventLoop], aredis.R
 _sync_client: redis.Redis | None = None
 
 
+# How long one Redis command may wait for its answer (and a connection for its handshake). A
+# Redis that accepts connections but does not answer (a stopped server, a dead network path)
+# would otherwise hold the caller for ever: the reply's lease is taken inside the conversation's
+# lock, and pages read a reply's streamed text while they render (the synchronous client). The
+# event loop's client waits longer: on a loop busy for seconds a slow answer must not become a
+# timeout, whose retry would APPEND a piece of text twice.
+REDIS_TIMEOUT_S = 2.0
+REDIS_ASYNC_TIMEOUT_S = 10.0
+
+
 def _reconnecting(*, asynchronous: bool) -> dict[str, Any]:
     """Client options that reconnect and retry a command once Redis is back: after a restart every
     pooled connection is dead, and redis-py does not retry by default (a reply was left unstarted
-    by the first command after a restart)."""
+    by the first command after a restart). Each try waits at most `REDIS_TIMEOUT_S` (or
+    `REDIS_ASYNC_TIMEOUT_S`)."""
     from redis.asyncio.retry import Retry as AsyncRetry
     from redis.backoff import ExponentialBackoff
     from redis.retry import Retry
 
     backoff = ExponentialBackoff(cap=1.0, base=0.05)
+    timeout = REDIS_ASYNC_TIMEOUT_S if asynchronous else REDIS_TIMEOUT_S
     return {
         "retry": AsyncRetry(backoff, 3) if asynchronous else Retry(backoff, 3),
         "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
     }
 
 
