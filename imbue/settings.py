@@ -258,6 +258,21 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "unacked_restore_interval": 10,
     "unacked_restore_throttle": 1,
     "global_keyprefix": os.environ.get("CELERY_KEY_PREFIX", ""),
+    # kombu waits for Redis without limit by default: a Redis that accepts connections but does
+    # not answer (stopped, a dead network path) held a feedback request's publish, and the
+    # learner's "Get feedback", for as long as it stayed silent. Each try now gives up after
+    # this; with the publish retries below, a request is answered with its offline rating
+    # (feedback.services._enqueue) within about 9 s: four tries and their pauses.
+    "socket_timeout": env_float("CELERY_REDIS_TIMEOUT", 2.0),
+    "socket_connect_timeout": env_float("CELERY_REDIS_TIMEOUT", 2.0),
+}
+# Celery's own default, written out: the publish is tried four times in all (a Redis restart
+# leaves every pooled connection dead, and the retry reconnects).
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 3,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 1,
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 

@@ -153,6 +153,16 @@ class RedisServer:
     def stop(self) -> None:
         _end(self.process)
 
+    def freeze(self) -> None:
+        """SIGSTOP: a hung server (or a dead network path): connections stay open and every
+        command waits, without an error, until `thaw`."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGCONT)
+
     def restart(self, down_s: float = 0.5) -> float:
         """Crash it, stay down `down_s`, start it again on the same port and data; returns when
         it answers, with the seconds it was unreachable."""

@@ -141,3 +141,53 @@ def test_feedback_asked_while_redis_is_down_is_refused_cleanly_or_answered(
     if refused is not None and refused != 503:
         problems.append(f"the feedback request answered HTTP {refused}, not a clear 503 page")
     assert problems == []
+
+
+# The most a learner may wait for "Get feedback" while Redis is silent: the queue's four tries
+# of CELERY_REDIS_TIMEOUT (2 s) and their pauses, the rate limit's 2 s, and some slack.
+FROZEN_FEEDBACK_BOUND_S = 20.0
+
+
+def test_feedback_asked_while_redis_is_frozen_is_answered_without_waiting_for_it(
+    stack: FaultStack, books: Books
+) -> None:
+    """Redis stops answering without closing a connection (SIGSTOP: a hung server, a dead network
+    path). "Get feedback" is answered within a bounded wait (its offline rating, as when the
+    queue is down) or refused with a clear 503 page, while Redis stays frozen; once it answers
+    again the page and the conversation go on, and nothing is lost."""
+    conversation_id, session = new_conversation()
+
+    async def scenario() -> tuple[Page, int | None]:
+        loop = asyncio.get_running_loop()
+        page = await Page(stack.base_url, conversation_id, session).open()
+        await loop.run_in_executor(None, stack.redis.freeze)
+        books.ledger.injected("redis frozen (feedback asked)")
+        started = time.monotonic()
+        try:
+            asked = await page.ask_feedback(
+                learner_text(new_tag()), timeout=FROZEN_FEEDBACK_BOUND_S + 10
+            )
+            waited = time.monotonic() - started
+        finally:
+            await loop.run_in_executor(None, stack.redis.thaw)
+        assert asked != 0, "no answer to Get feedback while Redis was frozen (the page hung)"
+        assert waited < FROZEN_FEEDBACK_BOUND_S, f"Get feedback took {waited:.1f}s"
+        thawed = time.monotonic()
+        if not isinstance(asked, int):
+            # Answered while Redis was frozen: the answer itself is the final panel.
+            await page.feedback_shown(asked, timeout=20, stuck_after=None)
+            assert asked.engine == "offline", asked.engine
+        await page.until(lambda: page.live and page.feedback.open, 30, "sockets back")
+        tag = new_tag()
+        await page.send(learner_text(tag, 1))
+        await page.reply(tag)
+        books.ledger.recovered("redis frozen", time.monotonic() - thawed)
+        await page.close()
+        return page, (asked if isinstance(asked, int) else None)
+
+    page, refused = run(scenario())
+    problems = books.reconcile()
+    if refused is not None and refused != 503:
+        problems.append(f"the feedback request answered HTTP {refused}, not a clear 503 page")
+    assert transcript_problems(conversation_id, page, stack.model) == []
+    assert problems == []

@@ -5,10 +5,8 @@ it renders give up after a bounded wait instead of holding the caller for ever."
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -19,35 +17,13 @@ BOUND_S = 5.0  # four tries of 0.2 s and their back-off take about 1.2 s
 
 
 @pytest.fixture
-def silent_redis(monkeypatch, settings) -> Iterator[None]:
+def silent_redis(silent_server: str, monkeypatch, settings) -> None:
     """REDIS_URL points at a server that accepts every connection and never says a word."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen()
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    settings.REDIS_URL = f"redis://127.0.0.1:{server.getsockname()[1]}/0"
+    settings.REDIS_URL = silent_server
     monkeypatch.setattr(services, "REDIS_TIMEOUT_S", 0.2)
     monkeypatch.setattr(services, "REDIS_ASYNC_TIMEOUT_S", 0.2)
     monkeypatch.setattr(services, "_sync_client", None)
     monkeypatch.setattr(services, "_async_clients", {})
-    yield
-    stop.set()
-    thread.join()
-    for connection in held:
-        connection.close()
-    server.close()
 
 
 def _in_a_thread(call):

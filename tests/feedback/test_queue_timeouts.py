@@ -1,0 +1,66 @@
+"""A Redis that accepts connections but never answers (a stopped server, a dead network path):
+queueing a feedback request gives up after a bounded wait and raises, so
+`feedback.services._enqueue` answers the request with its offline rating, instead of holding the
+learner's "Get feedback" (and its web thread) for as long as Redis stays silent. kombu's default
+is to wait for ever."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from celery import Celery
+from django.conf import settings
+from kombu.exceptions import OperationalError
+
+TASK = "feedback.tasks.rate_feedback_request"
+
+
+def _product_app(broker_url: str, **overrides: Any) -> Celery:
+    """A Celery app configured as the product's (`imbue/celery.py`), on another broker."""
+    app = Celery("queue-probe", set_as_current=False)
+    app.config_from_object("django.conf:settings", namespace="CELERY")
+    app.conf.broker_url = broker_url
+    app.conf.update(overrides)
+    return app
+
+
+def _publish(app: Celery, bound_s: float, **options: Any) -> tuple[object, float]:
+    """What `send_task` raised (or returned) and how long it took; fails if it is still waiting
+    after `bound_s`."""
+    outcome: list[object] = []
+
+    def publish() -> None:
+        try:
+            outcome.append(app.send_task(TASK, args=(1,), **options))
+        except Exception as error:
+            outcome.append(error)
+
+    started = time.monotonic()
+    thread = threading.Thread(target=publish, daemon=True)
+    thread.start()
+    thread.join(bound_s)
+    assert not thread.is_alive(), f"the publish still waited for Redis after {bound_s}s"
+    return outcome[0], time.monotonic() - started
+
+
+def test_one_try_gives_up_after_the_products_socket_timeout(silent_server: str) -> None:
+    timeout = settings.CELERY_BROKER_TRANSPORT_OPTIONS["socket_timeout"]
+    assert 0 < timeout <= 5
+    # A new connection asks Redis a question or two before the task's own push: each waits.
+    outcome, took = _publish(_product_app(silent_server), 4 * timeout + 2, retry=False)
+    assert isinstance(outcome, OperationalError), outcome
+    assert took >= timeout * 0.9  # the product's timeout, not some shorter default
+
+
+def test_the_products_retries_end_and_raise(silent_server: str) -> None:
+    """The publish's own retries (four tries) end too; the socket timeout is shortened here."""
+    options = {**settings.CELERY_BROKER_TRANSPORT_OPTIONS}
+    options.update(socket_timeout=0.3, socket_connect_timeout=0.3)
+    app = _product_app(silent_server, broker_transport_options=options)
+    policy = settings.CELERY_TASK_PUBLISH_RETRY_POLICY
+    outcome, took = _publish(app, 10)
+    assert isinstance(outcome, OperationalError), outcome
+    # Every try waited its timeout: the retries happened (a Redis restart needs them).
+    assert took >= (policy["max_retries"] + 1) * 0.3 * 0.9
