@@ -191,3 +191,47 @@ def test_feedback_asked_while_redis_is_frozen_is_answered_without_waiting_for_it
         problems.append(f"the feedback request answered HTTP {refused}, not a clear 503 page")
     assert transcript_problems(conversation_id, page, stack.model) == []
     assert problems == []
+
+
+def test_a_message_sent_while_redis_is_frozen_is_stored_and_answered_once_it_thaws(
+    stack: FaultStack, books: Books
+) -> None:
+    """A message sent while Redis is frozen is stored while Redis is still frozen (its rate limit
+    and its reply's lease give up after their bounded waits; the reply is left for the usual
+    claim), and once Redis answers the page confirms it and the reply is written once."""
+    from simulations.models import Message
+
+    conversation_id, session = new_conversation()
+
+    def stored(tag: str) -> bool:
+        return Message.objects.filter(
+            conversation_id=conversation_id, role=Message.Role.LEARNER, text__contains=tag
+        ).exists()
+
+    async def scenario() -> Page:
+        loop = asyncio.get_running_loop()
+        page = await Page(stack.base_url, conversation_id, session).open()
+        tag = new_tag()
+        await loop.run_in_executor(None, stack.redis.freeze)
+        books.ledger.injected("redis frozen (message sent)")
+        try:
+            sending = asyncio.ensure_future(page.send(learner_text(tag, 0), timeout=60))
+            deadline = time.monotonic() + FROZEN_FEEDBACK_BOUND_S
+            while not await loop.run_in_executor(None, stored, tag):
+                assert time.monotonic() < deadline, "the message was not stored while frozen"
+                assert not sending.done() or sending.exception() is None
+                await asyncio.sleep(0.5)
+        finally:
+            await loop.run_in_executor(None, stack.redis.thaw)
+        thawed = time.monotonic()
+        await sending
+        _, failures = await page.reply(tag, timeout=40)
+        for failure in failures:
+            assert "Your message is saved." in failure, failure
+        books.ledger.recovered("redis frozen", time.monotonic() - thawed)
+        await page.close()
+        return page
+
+    page = run(scenario())
+    assert transcript_problems(conversation_id, page, stack.model) == []
+    assert books.reconcile() == []
