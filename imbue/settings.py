@@ -261,8 +261,9 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     # kombu waits for Redis without limit by default: a Redis that accepts connections but does
     # not answer (stopped, a dead network path) held a feedback request's publish, and the
     # learner's "Get feedback", for as long as it stayed silent. Each try now gives up after
-    # this; with the publish retries below, a request is answered with its offline rating
-    # (feedback.services._enqueue) within about 9 s: four tries and their pauses.
+    # this; after the publish retries below, a request is answered with its offline rating
+    # (feedback.services._enqueue): 12.7 s after the click in tests/faults, the rate limit's own
+    # 2 s wait included.
     "socket_timeout": env_float("CELERY_REDIS_TIMEOUT", 2.0),
     "socket_connect_timeout": env_float("CELERY_REDIS_TIMEOUT", 2.0),
 }
