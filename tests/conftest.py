@@ -30,6 +30,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def within(call: Callable[[], Any], seconds: float) -> tuple[object, bool, float]:
+    """Run `call()` in a daemon thread for at most `seconds`: what it returned or raised, whether
+    it ended in time, and how long it took (or `seconds`). For calls that might hang for ever."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except Exception as error:
+            outcome.append(error)
+
+    started = time.monotonic()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return (outcome[0] if outcome else None), not thread.is_alive(), time.monotonic() - started
+
+
 @pytest.fixture
 def silent_server() -> Iterator[str]:
     """The URL of a Redis that accepts every connection and never says a word (a stopped server,

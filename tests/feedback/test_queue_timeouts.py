@@ -6,13 +6,13 @@ is to wait for ever."""
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Any
 
 from celery import Celery
 from django.conf import settings
 from kombu.exceptions import OperationalError
+
+from tests.conftest import within
 
 TASK = "feedback.tasks.rate_feedback_request"
 
@@ -29,20 +29,9 @@ def _product_app(broker_url: str, **overrides: Any) -> Celery:
 def _publish(app: Celery, bound_s: float, **options: Any) -> tuple[object, float]:
     """What `send_task` raised (or returned) and how long it took; fails if it is still waiting
     after `bound_s`."""
-    outcome: list[object] = []
-
-    def publish() -> None:
-        try:
-            outcome.append(app.send_task(TASK, args=(1,), **options))
-        except Exception as error:
-            outcome.append(error)
-
-    started = time.monotonic()
-    thread = threading.Thread(target=publish, daemon=True)
-    thread.start()
-    thread.join(bound_s)
-    assert not thread.is_alive(), f"the publish still waited for Redis after {bound_s}s"
-    return outcome[0], time.monotonic() - started
+    outcome, ended, took = within(lambda: app.send_task(TASK, args=(1,), **options), bound_s)
+    assert ended, f"the publish still waited for Redis after {bound_s}s"
+    return outcome, took
 
 
 def test_one_try_gives_up_after_the_products_socket_timeout(silent_server: str) -> None:
