@@ -30,8 +30,12 @@ pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]
 
 CLEAR_PAGE = "reach our database"  # imbue/error_503.html
 
-# How PostgreSQL goes away, and for how many seconds.
-OUTAGES: list[tuple[str, float]] = [("cut", 1.5), ("stall", 2.0), ("cut", 3.0), ("stall", 1.0)]
+# How PostgreSQL goes away, and for how many seconds. A request waits DB_POOL_TIMEOUT (3 s) for a
+# connection, and all of a process's sync code runs in one thread, so the requests of a turn wait
+# one after another. After a cut the pool tries to connect again at about 1, 3 and 7 s; so through
+# the 5 s cut the first two requests in line (the page's own among them) find no connection and
+# answer 503, where a cut as long as the pool's timeout left that to a race with the retries.
+OUTAGES: list[tuple[str, float]] = [("cut", 1.5), ("stall", 2.0), ("cut", 5.0), ("stall", 1.0)]
 
 
 async def _request(page: Page, method: str, path: str, **form: str) -> tuple[int, str]:
