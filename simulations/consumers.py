@@ -188,6 +188,8 @@ class ConversationConsumer(SocketConsumer):
             conversation=Conversation(pk=self.conversation_id, learner_id=self.learner_id),
             text=str(payload.get("text", "")),
             strategies=[str(s) for s in strategies] if isinstance(strategies, list) else strategies,
+            # When the other tabs cannot be told now (Redis away), this one still shows the turn.
+            show_here=self.message_created,
         )
         # Only this tab clears its draft (other tabs may hold their own), and only now it is saved.
         await self.send(

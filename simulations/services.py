@@ -31,7 +31,7 @@ import logging
 import secrets
 import threading
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -569,14 +569,30 @@ def _turn_event(message: Message, reply: Message, remaining: int) -> dict[str, A
     }
 
 
+# How long the sending tab waits for the broadcast of its own message before showing the turn by
+# itself. A publish takes a millisecond or two; one that waits longer meets a Redis that is away or
+# frozen (the channel layer then retries for up to a minute), and the learner should not wait
+# that long to see that their message is saved.
+BROADCAST_WAIT_S = 2.0
+
+
 async def send_learner_message(
-    *, conversation: Conversation, text: str, strategies: Sequence[str] | str
+    *,
+    conversation: Conversation,
+    text: str,
+    strategies: Sequence[str] | str,
+    show_here: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
 ) -> Message:
     """For sockets: record the message, start the reply in the background, and tell every tab.
 
     Raises `ConversationError` when the message was not stored (a refusal, or `NOT_SAVED...` when
     the store failed); once it is stored, returns it whatever happens next, so the page can say
     it is saved: a reply that cannot be started now is started by a watcher when it can.
+
+    `show_here` (the sending socket's handler of "message.created") shows the new turn in the
+    sending tab when the broadcast fails or is not through within `BROADCAST_WAIT_S`; the
+    broadcast goes on in the background meanwhile, and a tab that already shows the turn takes
+    it as nothing new.
     """
     try:
         message, queued = await database_sync_to_async(_record_learner_message)(
@@ -602,12 +618,37 @@ async def send_learner_message(
             start_partner_reply(message_id=queued.reply.pk, claimed=queued.job)
             await asyncio.sleep(0)  # the reply's task runs first, up to its request
             event.update(_turn_event(message, queued.reply, queued.remaining))
-        await _group_send(conversation.pk, event)
+    except Exception:  # the reply is left to its watchers; the turn is still announced
+        log.exception("message %s stored; its reply not started here", message.pk)
+    broadcast = asyncio.get_running_loop().create_task(
+        _broadcast_turn(conversation.pk, message.pk, event, announced),
+        name=f"message-created-{message.pk}",
+    )
+    _running.add(broadcast)
+    broadcast.add_done_callback(_running.discard)
+    done, _ = await asyncio.wait({broadcast}, timeout=BROADCAST_WAIT_S)
+    if show_here is not None and not (done and broadcast.result()):
+        log.warning("message %s stored; its tab shows it before the others hear", message.pk)
+        try:
+            await show_here(event)
+        except Exception:  # stored all the same: the tab shows it when it reconnects or reloads
+            log.warning("message %s stored; its tab could not show it", message.pk, exc_info=True)
+    return message
+
+
+async def _broadcast_turn(
+    conversation_id: int, message_id: int, event: dict[str, Any], announced: asyncio.Event
+) -> bool:
+    """Tell every tab of the new turn (False if it could not); the reply's first words wait
+    for this (`_Job.after`), so that every tab sees the turn before them."""
+    try:
+        await _group_send(conversation_id, event)
+        return True
     except Exception:  # other tabs show it when they reconnect (the channel layer is away)
-        log.warning("message %s stored; other tabs not told", message.pk, exc_info=True)
+        log.warning("message %s stored; other tabs not told", message_id, exc_info=True)
+        return False
     finally:
         announced.set()
-    return message
 
 
 def send_and_wait(
@@ -1238,7 +1279,7 @@ async def generate_partner_reply(*, message_id: int, claimed: _Job | None = None
 
 
 # Background replies; a strong reference keeps each task alive until it ends.
-_running: set[asyncio.Task[None]] = set()
+_running: set[asyncio.Task[Any]] = set()
 # Replies this process watches over until they are stored (one watcher per reply).
 _watched: set[int] = set()
 # Pauses between looks at a reply still in flight after its writer stopped (its store met a

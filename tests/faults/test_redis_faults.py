@@ -14,6 +14,7 @@ from tests.faults.conftest import (
     Books,
     FaultStack,
     Page,
+    has_tag,
     learner_text,
     new_conversation,
     new_tag,
@@ -197,10 +198,12 @@ def test_a_message_sent_while_redis_is_frozen_is_stored_and_answered_once_it_tha
 ) -> None:
     """A message sent while Redis is frozen is stored while Redis is still frozen (its rate limit
     and its reply's lease give up after their bounded waits; the reply is left for the usual
-    claim), and once Redis answers the page confirms it and the reply is written once."""
+    claim), and the page confirms it and shows it then too (the broadcast to the other tabs
+    still waits for Redis); once Redis answers the reply is written once."""
     from django.db import connection
 
     from simulations.models import Message
+    from simulations.services import BROADCAST_WAIT_S
 
     conversation_id, session = new_conversation()
 
@@ -227,10 +230,17 @@ def test_a_message_sent_while_redis_is_frozen_is_stored_and_answered_once_it_tha
                 assert time.monotonic() < deadline, "the message was not stored while frozen"
                 assert not sending.done() or sending.exception() is None
                 await asyncio.sleep(0.5)
+            # Confirmed ("sent": the draft can go) and in the transcript, Redis still frozen.
+            left = deadline + BROADCAST_WAIT_S - time.monotonic()
+            try:
+                confirmed = await asyncio.wait_for(asyncio.shield(sending), max(left, 0.1))
+            except TimeoutError:
+                pytest.fail("the stored message was not confirmed while Redis was frozen")
+            assert has_tag(confirmed.text, tag)
+            assert page.ledger.messages[tag].known_by == "confirmed"
         finally:
             await loop.run_in_executor(None, stack.redis.thaw)
         thawed = time.monotonic()
-        await sending
         _, failures = await page.reply(tag, timeout=40)
         for failure in failures:
             assert "Your message is saved." in failure, failure

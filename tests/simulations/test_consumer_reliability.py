@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
+import re
 import time
 
 import pytest
@@ -25,6 +26,7 @@ from tests.simulations.test_consumers import (  # noqa: F401 (autouse fixtures)
     fresh_channel_layer,
     no_rate_limit,
     open_view,
+    partner_requests,
     reply_of,
     send_and_wait,
     start,
@@ -327,6 +329,97 @@ async def test_the_end_of_a_reply_announced_while_redis_is_away_still_reaches_th
     reply = await send_and_wait(view, conversation, "Please text me by ten.")
     assert reply.state == "complete" and view.texts[reply.pk] == reply.text
     assert refused  # the first announcement was lost; the page heard the second
+    await view.communicator.disconnect()
+
+
+@pytest.mark.parametrize("how", ["hangs", "fails"])
+async def test_a_message_whose_broadcast_hangs_or_fails_is_shown_and_confirmed_in_its_tab(
+    fake_llm, monkeypatch, how
+) -> None:
+    """Redis frozen (the broadcast of the new turn waits) or away (it fails): the sending tab
+    still shows the learner's message and says it is saved, without waiting for Redis; once the
+    broadcast gets through, the reply follows, and nothing shows twice."""
+    conversation = await start()
+    view = await open_view(conversation)
+    monkeypatch.setattr(services, "BROADCAST_WAIT_S", 0.3)
+    real = services._group_send
+    release = asyncio.Event()
+    held: list[dict] = []
+
+    async def frozen_for_the_turn(conversation_id, event):
+        if event["type"] == "message.created" and not held:
+            held.append(event)
+            if how == "fails":
+                raise ConnectionError("Error 111 connecting to redis. Connection refused.")
+            await release.wait()
+        await real(conversation_id, event)
+
+    monkeypatch.setattr(services, "_group_send", frozen_for_the_turn)
+    text = "Please text me by ten when you will be late."
+    await view.send(action="send", text=text, strategies=["assert"])
+    frame = await view.until(lambda f: 'id="message-sent"' in f or "chat-error" in f, timeout=5)
+    assert 'id="message-sent"' in frame
+    seq = int(re.search(r'data-seq="(\d+)"', frame).group(1))
+    learner = await Message.objects.aget(conversation=conversation, seq=seq)
+    assert view.texts[learner.pk] == text  # shown here, before any other tab heard of it
+    assert held and held[0]["seq"] == seq
+    if how == "hangs":
+        assert not release.is_set()
+        await asyncio.sleep(0.3)
+        release.set()
+    reply = await reply_of(conversation, seq)
+    await view.until_complete(reply.pk)
+    await reply.arefresh_from_db()
+    assert reply.state == "complete" and view.texts[reply.pk] == reply.text
+    shown = "".join(view.frames)
+    assert shown.count(f'id="msg-{learner.pk}"') == 1, "the learner's message shown twice"
+    assert len(partner_requests(fake_llm)) == 1
+    await view.communicator.disconnect()
+
+
+async def test_a_tab_that_cannot_show_its_stored_message_is_still_told_it_is_stored(
+    fake_llm, monkeypatch
+) -> None:
+    """The broadcast fails and showing the turn in the sending tab fails too (the database went
+    as well): the message is stored, so the service still returns it (the page then says it is
+    saved, not that it was lost)."""
+    conversation = await start()
+
+    async def away(conversation_id, event):
+        raise ConnectionError("Error 111 connecting to redis. Connection refused.")
+
+    async def cannot_show(event):
+        raise OperationalError("the database went away")
+
+    monkeypatch.setattr(services, "_group_send", away)
+    message = await services.send_learner_message(
+        conversation=conversation, text="Please text me by ten.", strategies=["assert"],
+        show_here=cannot_show,
+    )  # fmt: skip
+    stored = await Message.objects.aget(pk=message.pk)
+    assert stored.text == "Please text me by ten." and stored.role == "learner"
+
+
+async def test_a_prompt_broadcast_leaves_the_tab_to_it(fake_llm, monkeypatch) -> None:
+    """The usual case: the tab shows the turn from the broadcast alone, not a second time."""
+    conversation = await start()
+    view = await open_view(conversation)
+    shown_here: list[dict] = []
+    real_send = services.send_learner_message
+
+    async def watched(**kwargs):
+        show_here = kwargs["show_here"]
+
+        async def recorded(event):
+            shown_here.append(event)
+            await show_here(event)
+
+        return await real_send(**{**kwargs, "show_here": recorded})
+
+    monkeypatch.setattr(services, "send_learner_message", watched)
+    reply = await send_and_wait(view, conversation, "Please text me by ten.")
+    assert reply.state == "complete" and view.texts[reply.pk] == reply.text
+    assert shown_here == []
     await view.communicator.disconnect()
 
 
