@@ -690,16 +690,29 @@ def _reconnecting(*, asynchronous: bool) -> dict[str, Any]:
     """Client options that reconnect and retry a command once Redis is back: after a restart every
     pooled connection is dead, and redis-py does not retry by default (a reply was left unstarted
     by the first command after a restart). Each try waits at most `REDIS_TIMEOUT_S` (or
-    `REDIS_ASYNC_TIMEOUT_S`)."""
+    `REDIS_ASYNC_TIMEOUT_S`).
+
+    The synchronous client's two calls (the lease taken inside the conversation's lock, the
+    streamed text a page reads) each have a fallback, and wait in the thread every sync call of
+    the process shares: a Redis that does not answer in time is not asked again (one try, 2 s;
+    four tries held every request of the process for about 8.5 s per message while Redis was
+    frozen). A dropped connection is still retried at once."""
     from redis.asyncio.retry import Retry as AsyncRetry
     from redis.backoff import ExponentialBackoff
     from redis.retry import Retry
 
     backoff = ExponentialBackoff(cap=1.0, base=0.05)
-    timeout = REDIS_ASYNC_TIMEOUT_S if asynchronous else REDIS_TIMEOUT_S
+    retry: Retry | AsyncRetry
+    if asynchronous:
+        retried = [redis.ConnectionError, redis.TimeoutError]
+        retry, timeout = AsyncRetry(backoff, 3), REDIS_ASYNC_TIMEOUT_S
+    else:
+        retried = [redis.ConnectionError]  # Retry's own default list has the timeouts too
+        retry = Retry(backoff, 3, supported_errors=tuple(retried))
+        timeout = REDIS_TIMEOUT_S
     return {
-        "retry": AsyncRetry(backoff, 3) if asynchronous else Retry(backoff, 3),
-        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+        "retry": retry,
+        "retry_on_error": retried,
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
     }

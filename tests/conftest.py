@@ -8,6 +8,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +49,20 @@ def within(call: Callable[[], Any], seconds: float) -> tuple[object, bool, float
     return (outcome[0] if outcome else None), not thread.is_alive(), time.monotonic() - started
 
 
+@dataclass
+class SilentServer:
+    url: str
+    held: list[socket.socket]  # every connection accepted so far: one per try of a client
+
+    @property
+    def connections(self) -> int:
+        return len(self.held)
+
+
 @pytest.fixture
-def silent_server() -> Iterator[str]:
-    """The URL of a Redis that accepts every connection and never says a word (a stopped server,
-    a dead network path): what a client without a timeout waits on for ever."""
+def silent_redis_server() -> Iterator[SilentServer]:
+    """A Redis that accepts every connection and never says a word (a stopped server, a dead
+    network path): what a client without a timeout waits on for ever."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen()
@@ -68,12 +79,18 @@ def silent_server() -> Iterator[str]:
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
-    yield f"redis://127.0.0.1:{server.getsockname()[1]}/0"
+    yield SilentServer(f"redis://127.0.0.1:{server.getsockname()[1]}/0", held)
     stop.set()
     thread.join()
     for connection in held:
         connection.close()
     server.close()
+
+
+@pytest.fixture
+def silent_server(silent_redis_server: SilentServer) -> str:
+    """The URL of `silent_redis_server`."""
+    return silent_redis_server.url
 
 
 def process_env(**extra: str) -> dict[str, str]:
