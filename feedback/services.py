@@ -26,7 +26,7 @@ from feedback.models import Draft, Engine, FeedbackRequest
 from feedback.raters.offline import rate_offline
 from feedback.raters.rating import Rating
 from feedback.skills import SKILL_KEYS, STRATEGIES, mastery, rated_skills, score
-from imbue import audit, llm, ratelimit
+from imbue import audit, llm, ratelimit, redis_quiet
 from imbue.models import AdverseEvent
 from imbue.prepared import PreparedQuery, PreparedUpdate
 from imbue.security import UserTextError, clean_user_text
@@ -237,23 +237,33 @@ def _answered_offline(offline: dict, reason: str) -> dict[str, Any]:
 
 def _enqueue(request_id: int) -> bool:
     """Hand a stored request to the worker (True); when the queue cannot be reached (Redis
-    down), the offline rating, made here, becomes the answer, so nothing waits for ever (False)."""
+    down, or not answering in time: `redis_quiet`), the offline rating, made here, becomes the
+    answer, so nothing waits for ever (False)."""
     from feedback.tasks import rate_feedback_request  # tasks.py imports this module
 
+    if redis_quiet.quiet():
+        log.warning("feedback request %s not queued, Redis not answering; offline", request_id)
+        return _answer_offline(request_id)
     try:
         rate_feedback_request.delay(request_id)
         return True
-    except Exception:
+    except Exception as error:
         log.exception("feedback request %s could not be queued; answered offline", request_id)
-        feedback = FeedbackRequest.objects.select_related("draft__conversation__situation").get(
-            pk=request_id
-        )
-        # Rated here: the quick offline rating of the request is made only after this runs.
-        offline = _result(_rate_draft_offline(feedback.draft.conversation, feedback.draft))
-        FeedbackRequest.objects.filter(pk=request_id, status=FeedbackRequest.Status.QUEUED).update(
-            **_answered_offline(offline, QUEUE_DOWN_REASON)
-        )
-        return False
+        redis_quiet.note(error)
+        return _answer_offline(request_id)
+
+
+def _answer_offline(request_id: int) -> bool:
+    """The queue's stand-in: the request's offline rating is its answer (False: not queued)."""
+    feedback = FeedbackRequest.objects.select_related("draft__conversation__situation").get(
+        pk=request_id
+    )
+    # Rated here: the quick offline rating of the request is made only after this runs.
+    offline = _result(_rate_draft_offline(feedback.draft.conversation, feedback.draft))
+    FeedbackRequest.objects.filter(pk=request_id, status=FeedbackRequest.Status.QUEUED).update(
+        **_answered_offline(offline, QUEUE_DOWN_REASON)
+    )
+    return False
 
 
 def _why_not_the_model(conversation: Conversation) -> str:

@@ -4,7 +4,8 @@ Rate limits are sliding windows kept in Redis (one sorted set per key, updated b
 so concurrent web and socket processes count the same hits and the clock is Redis's own). A denied
 hit is not counted: someone who waits the time they were told can always send again. If Redis
 cannot be reached the limiter lets the hit through and logs it; the chat needs Redis anyway, and a
-limit must never be the reason a participant's message is lost.
+limit must never be the reason a participant's message is lost. After a check that Redis did not
+answer in time, the next few seconds' checks let hits through without asking (`redis_quiet`).
 
     # A study's own limit travels on the conversation (None: the product's default, 0: off).
     decision = ratelimit.check_messages(learner_id, per_minute=conversation.messages_per_minute)
@@ -29,6 +30,7 @@ from django.conf import settings
 from django.db.models import OuterRef, Subquery, Sum
 from django.db.models.functions import Coalesce
 
+from imbue import redis_quiet
 from imbue.models import LLMCall
 
 log = logging.getLogger(__name__)
@@ -116,10 +118,13 @@ def hit(key: str, limit: int, window: float, *, message: str = GENERIC_TOO_FAST)
     if args is None:
         return _ALLOW_ALWAYS
     name, count, window_ms, member = args
+    if redis_quiet.quiet():
+        return _ALLOW_ALWAYS  # Redis just failed to answer in time: not asked (logged then)
     try:
         result = _client().eval(_SLIDING_WINDOW, 1, name, count, window_ms, member)
     except redis.RedisError as error:
         log.warning("rate limit %s not checked, Redis unavailable: %s", key, error)
+        redis_quiet.note(error)
         return _ALLOW_ALWAYS
     return _decision(result, message)
 
@@ -146,10 +151,13 @@ async def ahit(key: str, limit: int, window: float, *, message: str = GENERIC_TO
     if args is None:
         return _ALLOW_ALWAYS
     name, count, window_ms, member = args
+    if redis_quiet.quiet():
+        return _ALLOW_ALWAYS
     try:
         result = await _aclient().eval(_SLIDING_WINDOW, 1, name, count, window_ms, member)
     except redis.RedisError as error:
         log.warning("rate limit %s not checked, Redis unavailable: %s", key, error)
+        redis_quiet.note(error)
         return _ALLOW_ALWAYS
     return _decision(result, message)
 

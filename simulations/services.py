@@ -51,7 +51,7 @@ from feedback.models import Draft, FeedbackRequest
 from feedback.raters.offline import OfflineModel, default_model, rate_offline
 from feedback.raters.rating import Rating
 from feedback.skills import SKILLS, STRATEGIES
-from imbue import audit, llm, ratelimit
+from imbue import audit, llm, ratelimit, redis_quiet
 from imbue.gcfreeze import freeze_long_lived
 from imbue.models import AdverseEvent
 from imbue.prepared import PreparedQuery, PreparedUpdate
@@ -529,11 +529,15 @@ def _queue_reply(
 
 
 def _take_lease_now(message_id: int, token: str) -> bool:
-    """The reply's lease, from synchronous code; False (never raised) if Redis is away."""
+    """The reply's lease, from synchronous code; False (never raised) if Redis is away, or
+    did not answer in time a moment ago (`redis_quiet`: not asked again meanwhile)."""
+    if redis_quiet.quiet():
+        return False
     try:
         return bool(_redis().set(_lease_key(message_id), token, nx=True, px=_lease_ms()))
     except redis.RedisError as error:
         log.warning("reply %s: not leased at once (%s); it is claimed as usual", message_id, error)
+        redis_quiet.note(error)
         return False
 
 
@@ -626,7 +630,9 @@ async def send_learner_message(
     )
     _running.add(broadcast)
     broadcast.add_done_callback(_running.discard)
-    done, _ = await asyncio.wait({broadcast}, timeout=BROADCAST_WAIT_S)
+    # Not waited for at all while Redis is known not to answer in time (`redis_quiet`).
+    wait = 0 if redis_quiet.quiet() else BROADCAST_WAIT_S
+    done, _ = await asyncio.wait({broadcast}, timeout=wait)
     if show_here is not None and not (done and broadcast.result()):
         log.warning("message %s stored; its tab shows it before the others hear", message.pk)
         try:
@@ -790,10 +796,13 @@ async def partial_reply(message_id: int) -> Partial:
 
 
 def partial_reply_sync(message_id: int) -> Partial:
-    """`partial_reply` for synchronous code (page rendering)."""
+    """`partial_reply` for synchronous code (page rendering); nothing while Redis is away."""
+    if redis_quiet.quiet():
+        return Partial(0, "")
     try:
         attempt, text = _redis().mget(_attempt_key(message_id), _text_key(message_id))
-    except redis.RedisError:
+    except redis.RedisError as error:
+        redis_quiet.note(error)
         return Partial(0, "")
     return Partial(int(attempt or 0), (text or b"").decode(errors="replace"))
 

@@ -185,6 +185,17 @@ def celery_worker(_shared_worker: Worker) -> Worker:
     return _shared_worker
 
 
+@pytest.fixture(autouse=True)
+def _redis_answering() -> Iterator[None]:
+    """Each test starts with Redis asked again: a test whose Redis stopped answering leaves
+    `imbue.redis_quiet` holding every fallback for a few seconds."""
+    from imbue import redis_quiet
+
+    redis_quiet.forget()
+    yield
+    redis_quiet.forget()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _close_database_pools(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
     """Close psycopg's pools before the test database is dropped (idle connections block it)."""

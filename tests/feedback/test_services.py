@@ -12,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from feedback import services
 from feedback.models import Draft, FeedbackRequest
 from feedback.services import FeedbackInputError
-from imbue import ratelimit
+from imbue import ratelimit, redis_quiet
 from imbue.llm import Retryable
 from imbue.models import AdverseEvent, LLMCall
 from simulations.models import Conversation, Learner, Message, Situation
@@ -129,6 +129,30 @@ def test_when_the_queue_cannot_be_reached_the_offline_rating_is_the_answer(fake_
     assert feedback.fallback_reason == services.QUEUE_DOWN_REASON
     assert feedback.result == feedback.offline_result
     assert set(feedback.result["skills"]) >= {"describe", "assert", "mindful", "confident"}
+    assert fake_llm.requests() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_while_redis_is_not_answering_the_offline_rating_is_the_answer_at_once(
+    fake_llm, monkeypatch
+):
+    """A Redis call just timed out (`imbue.redis_quiet`): the publish, which would wait for
+    Redis four times, is not tried; once Redis answers again requests go to the worker."""
+    from feedback.tasks import rate_feedback_request
+
+    published: list[int] = []
+    monkeypatch.setattr(rate_feedback_request, "delay", published.append)
+    conversation = make_conversation()
+    redis_quiet.note(redis.TimeoutError("Timeout reading from socket"))
+    feedback = ask(conversation)
+    assert published == []
+    feedback.refresh_from_db()
+    assert feedback.status == "done" and feedback.engine == "offline"
+    assert feedback.fallback_reason == services.QUEUE_DOWN_REASON
+    assert feedback.result == feedback.offline_result and feedback.result["skills"]
+    redis_quiet.forget()
+    again = ask(conversation, "Could you pay your half on the 1st? It would help me a lot.")
+    assert published == [again.pk]
     assert fake_llm.requests() == []
 
 
