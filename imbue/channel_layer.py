@@ -28,6 +28,8 @@ from channels_redis.pubsub import (
 )
 from channels_redis.utils import _wrap_close
 
+from imbue import redis_quiet
+
 
 class OrderedPublishShard(RedisSingleShardConnection):
     """One Redis host: publishes in order per channel, concurrently across channels."""
@@ -46,6 +48,7 @@ class OrderedPublishShard(RedisSingleShardConnection):
         async with lock:
             self._ensure_redis()  # creates the pooled client once (no await: no race)
             await self._redis.publish(channel, message)
+        redis_quiet.answered()  # the process's most frequent sign that Redis answers
 
 
 class _LoopLayer(RedisPubSubLoopLayer):

@@ -7,7 +7,9 @@ thread that all synchronous code of a web process shares. With Redis frozen (a h
 network path: connections stay open and nothing answers), each such call waiting its own timeout
 held every other request of the process behind it; a feedback request alone took 12.7 s (the rate
 limit's 2 s, then four tries of the queue's publish). Once one of these calls times out, the others
-take their fallback at once for `QUIET_S` seconds; then the next call asks Redis again.
+take their fallback at once for `QUIET_S` seconds, or until Redis is seen answering again (the
+channel layer's publishes, which every reply makes, call `answered`); then the next call asks
+Redis again.
 
 Only timeouts count. A refused or dropped connection (Redis restarting) fails at once anyway, and
 the retries after it should find Redis back.
@@ -54,6 +56,15 @@ def note(error: BaseException) -> None:
         if not quiet():
             log.warning("Redis did not answer in time; fallbacks for %.0f s", QUIET_S)
         _until = time.monotonic() + QUIET_S
+
+
+def answered() -> None:
+    """Redis just answered this process (a publish of the channel layer): the calls with a
+    fallback ask it again from now on, instead of for the rest of `QUIET_S`."""
+    global _until
+    if _until:
+        _until = 0.0
+        log.info("Redis answers again")
 
 
 def quiet() -> bool:

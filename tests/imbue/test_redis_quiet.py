@@ -9,6 +9,7 @@ import time
 
 import pytest
 import redis
+from channels.layers import channel_layers, get_channel_layer
 from kombu.exceptions import OperationalError
 
 from imbue import ratelimit, redis_quiet
@@ -90,3 +91,14 @@ def test_a_timeout_wrapped_by_the_queue_counts() -> None:
     except OperationalError as error:
         redis_quiet.note(error)
     assert redis_quiet.quiet()
+
+
+@pytest.mark.asyncio
+async def test_redis_seen_answering_the_channel_layer_ends_the_quiet_at_once() -> None:
+    """After Redis comes back, the next publish (every reply makes several) lets the fallbacks
+    ask Redis again, instead of answering feedback offline for the rest of the quiet seconds."""
+    channel_layers.backends.clear()  # a layer belongs to one event loop
+    redis_quiet.note(redis.TimeoutError("Timeout reading from socket"))
+    assert redis_quiet.quiet()
+    await get_channel_layer().group_send("quiet-probe", {"type": "probe"})
+    assert not redis_quiet.quiet()
