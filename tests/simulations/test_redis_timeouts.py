@@ -69,10 +69,11 @@ def closing_redis(monkeypatch, settings) -> Iterator[list[int]]:
         server.settimeout(0.1)
         while not stop.is_set():
             try:
-                server.accept()[0].close()
-                taken[0] += 1
+                connection = server.accept()[0]
             except TimeoutError:
                 continue
+            taken[0] += 1  # counted before the client can see the drop and try again
+            connection.close()
 
     thread = threading.Thread(target=drop, daemon=True)
     thread.start()
