@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -59,10 +60,10 @@ class SilentServer:
         return len(self.held)
 
 
-@pytest.fixture
-def silent_redis_server() -> Iterator[SilentServer]:
-    """A Redis that accepts every connection and never says a word (a stopped server, a dead
-    network path): what a client without a timeout waits on for ever."""
+@contextlib.contextmanager
+def _mute_server(*, drop: bool) -> Iterator[SilentServer]:
+    """A server on a free port that accepts every connection and never says a word; with
+    `drop`, it closes each at once (counted first, so a client sees the drop only after)."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen()
@@ -73,18 +74,38 @@ def silent_redis_server() -> Iterator[SilentServer]:
         server.settimeout(0.1)
         while not stop.is_set():
             try:
-                held.append(server.accept()[0])
+                connection = server.accept()[0]
             except TimeoutError:
                 continue
+            held.append(connection)
+            if drop:
+                connection.close()
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
-    yield SilentServer(f"redis://127.0.0.1:{server.getsockname()[1]}/0", held)
-    stop.set()
-    thread.join()
-    for connection in held:
-        connection.close()
-    server.close()
+    try:
+        yield SilentServer(f"redis://127.0.0.1:{server.getsockname()[1]}/0", held)
+    finally:
+        stop.set()
+        thread.join()
+        for connection in held:
+            connection.close()
+        server.close()
+
+
+@pytest.fixture
+def silent_redis_server() -> Iterator[SilentServer]:
+    """A Redis that accepts every connection and never says a word (a stopped server, a dead
+    network path): what a client without a timeout waits on for ever."""
+    with _mute_server(drop=False) as server:
+        yield server
+
+
+@pytest.fixture
+def dropping_redis_server() -> Iterator[SilentServer]:
+    """A Redis that drops every connection at once (just restarted: pooled connections dead)."""
+    with _mute_server(drop=True) as server:
+        yield server
 
 
 @pytest.fixture

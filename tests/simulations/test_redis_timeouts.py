@@ -5,9 +5,6 @@ it renders give up after a bounded wait instead of holding the caller for ever."
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -56,38 +53,16 @@ def test_the_async_client_gives_up_on_a_silent_redis(silent_redis: SilentServer)
 
 
 @pytest.fixture
-def closing_redis(monkeypatch, settings) -> Iterator[list[int]]:
-    """REDIS_URL points at a server that drops every connection at once (Redis just restarted,
-    pooled connections dead); yields the count of connections it took."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen()
-    taken = [0]
-    stop = threading.Event()
-
-    def drop() -> None:
-        server.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                connection = server.accept()[0]
-            except TimeoutError:
-                continue
-            taken[0] += 1  # counted before the client can see the drop and try again
-            connection.close()
-
-    thread = threading.Thread(target=drop, daemon=True)
-    thread.start()
-    settings.REDIS_URL = f"redis://127.0.0.1:{server.getsockname()[1]}/0"
+def closing_redis(dropping_redis_server: SilentServer, monkeypatch, settings) -> SilentServer:
+    """REDIS_URL points at a server that drops every connection at once."""
+    settings.REDIS_URL = dropping_redis_server.url
     monkeypatch.setattr(services, "_sync_client", None)
-    yield taken
-    stop.set()
-    thread.join()
-    server.close()
+    return dropping_redis_server
 
 
-def test_a_dropped_connection_is_still_tried_again(closing_redis: list[int]) -> None:
+def test_a_dropped_connection_is_still_tried_again(closing_redis: SilentServer) -> None:
     """One try for a Redis that does not answer in time, but a dropped connection (a restart)
     is retried at once, as before: the next try usually finds Redis back."""
     taken, ended, _ = within(lambda: services._take_lease_now(1, "token"), BOUND_S)
     assert ended and taken is False
-    assert closing_redis[0] == 4  # the first try and three retries
+    assert closing_redis.connections == 4  # the first try and three retries
