@@ -6,7 +6,7 @@ import threading
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import worker_init, worker_process_init, worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "imbue.settings")
 
@@ -56,3 +56,27 @@ def _warm_up_worker(sender: Any = None, **kwargs: Any) -> threading.Thread | Non
 def _warm_up_child(**kwargs: Any) -> threading.Thread:
     """Each child of a prefork pool."""
     return _in_background()
+
+
+@worker_init.connect
+def lower_priority(**kwargs: Any) -> int:
+    """Lower the worker's CPU priority by `WORKER_NICE` before its pool starts. On Linux nice is
+    a thread's: the threads made later (the threads pool, the model gateway) and a prefork
+    pool's children take it from this one, and the threads already running (numpy's BLAS
+    threads, made at import) are lowered here one by one. Returns the niceness now."""
+    from django.conf import settings
+
+    step = max(0, min(19, int(getattr(settings, "WORKER_NICE", 0) or 0)))
+    niceness = os.nice(step)
+    if step:
+        try:
+            threads = os.listdir("/proc/self/task")
+        except OSError:  # not Linux: the process's nice is all there is
+            threads = []
+        for tid in threads:
+            try:
+                if os.getpriority(os.PRIO_PROCESS, int(tid)) < niceness:
+                    os.setpriority(os.PRIO_PROCESS, int(tid), niceness)
+            except OSError:  # the thread ended meanwhile
+                continue
+    return niceness

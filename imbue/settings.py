@@ -277,6 +277,11 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "interval_max": 1,
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# The worker's CPU priority (a nice increment, 0-19) against the web processes on a shared
+# machine: the partner's streamed reply is what a learner watches, the feedback rating runs
+# behind it. Applied once at the worker's start (imbue.celery); it changes nothing when the
+# worker has a machine of its own.
+WORKER_NICE = env_int("WORKER_NICE", 0)
 
 # --- Language models (imbue/llm.py is the only caller) -----------------------------------------
 _LLM_PURPOSES = ("partner", "persona", "suggestion", "feedback")
