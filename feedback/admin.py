@@ -48,6 +48,7 @@ class DraftAdmin(ReadOnlyAdmin):
     list_select_related = ("conversation", "sent_message")
     inlines = [FeedbackRequestInline]
     learner_field = "conversation__learner"
+    conversation_field = "conversation"  # the studies' chats only
 
 
 @admin.register(FeedbackRequest)
@@ -60,3 +61,4 @@ class FeedbackRequestAdmin(ReadOnlyAdmin):
     list_select_related = ("draft",)
     date_hierarchy = "requested_at"
     learner_field = "draft__conversation__learner"
+    conversation_field = "draft__conversation"  # the studies' chats only

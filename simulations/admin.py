@@ -16,6 +16,7 @@ from django.http import HttpRequest
 
 from simulations.models import Conversation, EmotionCheckin, Learner, Message, Situation
 from study.admin_research import (
+    OfferedFiltersOnly,
     ParticipantContentAdmin,
     ParticipantContentInline,
     ParticipantStudyFilter,
@@ -25,7 +26,7 @@ from study.permissions import Right, has_any_right, is_all_studies
 
 
 @admin.register(Situation)
-class SituationAdmin(admin.ModelAdmin):
+class SituationAdmin(OfferedFiltersOnly, admin.ModelAdmin):
     """Library situations (no learner): Django's model permissions, as for any team content.
     A learner's own situation: as the rest of their content (read-only, their studies only)."""
 
@@ -111,6 +112,7 @@ class ConversationAdmin(ParticipantContentAdmin, admin.ModelAdmin):
         "ended_at",
     )
     inlines = [MessageInline, CheckinInline]
+    conversation_field = "pk"  # the studies' chats only, not their participants' free practice
 
 
 @admin.register(Learner)

@@ -41,6 +41,8 @@ from study.admin_research import (
     StudyScopedAdmin,
     StudyScopedInline,
     StudyStaffInline,
+    visible_conversations,
+    visible_learners,
 )
 from study.codebook import RECRUITMENT_FIELDS
 from study.models import (
@@ -284,29 +286,30 @@ class WithdrawalReceiptAdmin(StudyScopedAdmin, AuditedAdmin):
 # --------------------------------------------------------------------------- imbue's rows
 
 
-def _conversations_of(learners: QuerySet) -> QuerySet:
+def _drafts_of(conversations: QuerySet) -> QuerySet:
     # imbue's models name the apps' rows by plain id, so the scoping joins by id.
-    return Conversation.objects.filter(learner__in=learners).values("pk")
-
-
-def _drafts_of(learners: QuerySet) -> QuerySet:
-    return Draft.objects.filter(conversation__learner__in=learners).values("pk")
+    return Draft.objects.filter(conversation_id__in=conversations).values("pk")
 
 
 @admin.register(LLMCall)
 class LLMCallAdmin(ParticipantContentAdmin, imbue_admin.LLMCallAdmin):
-    def scope_content(self, queryset: QuerySet, learners: QuerySet) -> QuerySet:
-        return queryset.filter(
-            Q(conversation_id__in=_conversations_of(learners))
-            | Q(draft_id__in=_drafts_of(learners))
-        )
+    """The model calls of the studies' chats (and of their drafts' feedback)."""
+
+    def scope_content(self, queryset: QuerySet, user: Any) -> QuerySet:
+        chats = visible_conversations(user)
+        return queryset.filter(Q(conversation_id__in=chats) | Q(draft_id__in=_drafts_of(chats)))
 
 
 @admin.register(AdverseEvent)
 class AdverseEventAdmin(ParticipantContentAdmin, imbue_admin.AdverseEventAdmin):
-    def scope_content(self, queryset: QuerySet, learners: QuerySet) -> QuerySet:
+    """A study's safety monitoring covers its participants wherever they wrote, free practice
+    included (the event, not the chat: the chat's page stays the study's only)."""
+
+    def scope_content(self, queryset: QuerySet, user: Any) -> QuerySet:
+        learners = visible_learners(user)
         return queryset.filter(
-            Q(learner_id__in=learners) | Q(conversation_id__in=_conversations_of(learners))
+            Q(learner_id__in=learners)
+            | Q(conversation_id__in=Conversation.objects.filter(learner__in=learners).values("pk"))
         )
 
 

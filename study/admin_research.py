@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from django.contrib import admin, messages
 from django.db.models import Model, QuerySet
+from django.db.models.constants import LOOKUP_SEP
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils.html import format_html
@@ -34,7 +35,7 @@ from django.utils.html import format_html
 from imbue import audit
 from study import codebook, exports
 from study.dashboard import stream_download
-from study.models import Participant, Study, StudyStaff
+from study.models import Participant, Study, StudyChat, StudyStaff
 from study.permissions import (
     Right,
     has_any_right,
@@ -46,7 +47,52 @@ from study.permissions import (
 Action = Literal["view", "change", "add", "delete"]
 
 
-class SuperuserOrGrant:
+# What the admin's own filters put after a field: a choice, a related row's pk, empty or not, a
+# date's parts and range.
+_FILTER_PARTS = frozenset(
+    {"exact", "in", "isnull", "isempty", "id", "pk", "year", "month", "day", "date"}
+    | {"gt", "gte", "lt", "lte"}
+)
+
+
+class OfferedFiltersOnly:
+    """ModelAdmin mixin: a URL's filters (`?field__lookup=value`) are, for anyone but a
+    superuser, only those the screen offers (its `list_filter` and `date_hierarchy`).
+
+    Django accepts any lookup on a model's own fields from the URL, hidden ones included: the
+    row count answered `?resume_code__startswith=A`, so a researcher could read a learner's
+    resume code (which signs in as them) letter by letter, or a Prolific id they may not export.
+    Only what the filters write may follow the offered field: Django also lets a related field
+    in `list_filter` be filtered by any field of the related row (`?learner__resume_code__...`).
+    A refused lookup is Django's 400."""
+
+    def offered_lookups(self, request: HttpRequest | None) -> tuple[set[str], set[str]]:
+        """The fields the screen's filters read, and the parameters its own filters read."""
+        fields = {self.date_hierarchy} if getattr(self, "date_hierarchy", None) else set()
+        parameters: set[str] = set()
+        items = self.get_list_filter(request) if request is not None else self.list_filter  # type: ignore[attr-defined]
+        for item in items:
+            if isinstance(item, str):
+                fields.add(item)
+            elif isinstance(item, (tuple, list)) and item and isinstance(item[0], str):
+                fields.add(item[0])
+            elif isinstance(item, type) and issubclass(item, admin.SimpleListFilter):
+                parameters.add(item.parameter_name)
+        return fields, parameters
+
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
+        fields, parameters = self.offered_lookups(request)
+        offered = lookup in parameters or any(
+            (lookup == path or lookup.startswith(path + LOOKUP_SEP))
+            and all(part in _FILTER_PARTS for part in lookup[len(path) :].split(LOOKUP_SEP)[1:])
+            for path in fields
+        )
+        if not offered and (request is None or not is_all_studies(request.user)):
+            return False
+        return super().lookup_allowed(lookup, value, request)  # type: ignore[misc]
+
+
+class SuperuserOrGrant(OfferedFiltersOnly):
     """ModelAdmin or inline mixin: a superuser gets Django's own answer to every has_*_permission;
     anyone else gets the answer of `granted`, the class's per-study rule (nothing, unless the class
     says otherwise). The app shows in the admin index to those holding the view right somewhere.
@@ -309,30 +355,47 @@ def visible_learners(user: Any) -> QuerySet:
     )
 
 
+def visible_conversations(user: Any) -> QuerySet:
+    """The pks of the conversations the user may read: the chats of their studies' flows. A
+    participant's free practice outside the flow (same browser, same learner) is not research
+    data, as the exports, which also go through the study's chats, agree."""
+    return StudyChat.objects.filter(
+        participant__study__in=studies_for(user, Right.VIEW).values("pk")
+    ).values("conversation_id")
+
+
 class ParticipantContentAdmin(SuperuserOrGrant):
     """ModelAdmin mixin for rows that belong to a learner: superusers as before; other staff see the
     rows of their studies' participants only (other rows' pages are not found) and change nothing.
 
-    `learner_field` is the lookup from the model to its Learner's pk ("pk" for Learner itself); a
-    model that reaches its learner another way overrides `scope_content`.
+    `learner_field` is the lookup from the model to its Learner's pk ("pk" for Learner itself);
+    a row of a conversation (the chat, its drafts and feedback) names the lookup to the
+    conversation's pk in `conversation_field` instead, and is then read only if the conversation
+    is one of the studies' chats (`visible_conversations`). A model that reaches its learner
+    another way overrides `scope_content`.
     """
 
     learner_field: str = "learner"
+    conversation_field: str = ""
 
-    def scope_content(self, queryset: QuerySet, learners: QuerySet) -> QuerySet:
-        """The rows of `queryset` that belong to `learners` (a values query of learner pks)."""
-        return queryset.filter(**{f"{self.learner_field}__in": learners})
+    def scope_content(self, queryset: QuerySet, user: Any) -> QuerySet:
+        """The rows of `queryset` that `user` (not a superuser) may read."""
+        if self.conversation_field:
+            return queryset.filter(
+                **{f"{self.conversation_field}__in": visible_conversations(user)}
+            )
+        return queryset.filter(**{f"{self.learner_field}__in": visible_learners(user)})
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         queryset = super().get_queryset(request)  # type: ignore[misc]
         if is_all_studies(request.user):
             return queryset
-        return self.scope_content(queryset, visible_learners(request.user))
+        return self.scope_content(queryset, request.user)
 
     def may_read(self, request: HttpRequest, obj: Any) -> bool:
         """Whether a non-superuser may read this row."""
         rows = self.model._default_manager.filter(pk=obj.pk)  # type: ignore[attr-defined]
-        return self.scope_content(rows, visible_learners(request.user)).exists()
+        return self.scope_content(rows, request.user).exists()
 
     def granted(self, request: HttpRequest, action: Action, obj: Any) -> bool:
         if action != "view":

@@ -88,12 +88,14 @@ def has_any_right(user: Any, right: Right = Right.VIEW) -> bool:
 def study_or_deny(request: HttpRequest, slug: str, right: Right) -> Study:
     """The study named by the URL if the signed-in staff member holds `right` on it.
 
-    PermissionDenied for non-staff and for staff without the grant; Http404 for no such study.
+    PermissionDenied for non-staff and for staff who hold another right on the study but not
+    `right`; Http404 for no such study, and for one the staff member holds no right on (the
+    answer must not tell that a study of that name exists).
     """
     if not is_research_staff(request.user):
         raise PermissionDenied("Researcher pages need a staff account.")
     study = Study.objects.filter(slug=slug).first()
-    if study is None:
+    if study is None or not any(has_right(request.user, study, held) for held in Right):
         raise Http404("No such study.")
     if not has_right(request.user, study, right):
         raise PermissionDenied(f"You have no {right.value} right on this study.")

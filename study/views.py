@@ -74,10 +74,14 @@ def _current(request: HttpRequest, study: Study) -> Participant | None:
 
 def _same_attempt(request: HttpRequest, participant: Participant, session_id: str) -> bool:
     """Whether this request may take over the participant: this browser already is them, or the
-    link carries the same Prolific SESSION_ID (a Prolific id alone is not a secret)."""
+    link carries the same Prolific SESSION_ID (Prolific's secret for one attempt). A Prolific id
+    or a `?participant=` label alone is not a secret: whoever knows or guesses it must not
+    become the participant (see their chats, act as them), and a link sent to someone must not
+    swap their browser's identity for the sender's. On another device the participant continues
+    with their participant code."""
     if request.session.get(PARTICIPANTS_KEY, {}).get(str(participant.study_id)) == participant.pk:
         return True
-    return not participant.prolific_session_id or participant.prolific_session_id == session_id
+    return bool(participant.prolific_session_id) and participant.prolific_session_id == session_id
 
 
 def _receipt(request: HttpRequest, study: Study) -> WithdrawalReceipt | None:
@@ -92,11 +96,15 @@ def _to_step(participant: Participant) -> HttpResponse:
 
 
 def _notice(
-    request: HttpRequest, study: Study | None, title: str, text: str, status: int = 200
+    request: HttpRequest,
+    study: Study | None,
+    title: str,
+    text: str,
+    status: int = 200,
+    resume_link: bool = False,
 ) -> HttpResponse:
-    return render(
-        request, "study/notice.html", {"study": study, "title": title, "text": text}, status=status
-    )
+    context = {"study": study, "title": title, "text": text, "resume_link": resume_link}
+    return render(request, "study/notice.html", context, status=status)
 
 
 def _closed(request: HttpRequest, study: Study) -> HttpResponse:
@@ -139,8 +147,10 @@ def entry(request: HttpRequest, slug: str) -> HttpResponse:
                 study,
                 "You have already started this study",
                 "This participant id has already started the study in another session. Please "
-                "continue from the same link you used first, on the device you used first.",
+                "continue on the device you used first, or enter your participant code on the "
+                "study's first page.",
                 status=403,
+                resume_link=True,
             )
         if participant is None:
             if _receipt(request, study) is not None:
