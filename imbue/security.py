@@ -228,7 +228,11 @@ def csv_safe(value: Any) -> Any:
 
 
 class BadFrame(ValueError):
-    """A websocket frame that is not a JSON object we can use."""
+    """A websocket frame that is not a JSON object we can use (`too_long`: over the limit)."""
+
+    def __init__(self, reason: str, *, too_long: bool = False) -> None:
+        super().__init__(reason)
+        self.too_long = too_long
 
 
 def _finite_float(text: str) -> float:
@@ -245,8 +249,10 @@ def _no_constants(name: str) -> float:
 def parse_frame(text_data: str | None, *, max_chars: int = 64_000) -> dict[str, Any]:
     """The JSON object a consumer received, or `BadFrame`: never a crash on oversized, deeply
     nested, non-finite (1e400, NaN, Infinity) or non-object input."""
-    if not isinstance(text_data, str) or not text_data or len(text_data) > max_chars:
-        raise BadFrame("frame missing or too long")
+    if not isinstance(text_data, str) or not text_data:
+        raise BadFrame("frame missing")
+    if len(text_data) > max_chars:
+        raise BadFrame("frame too long", too_long=True)
     try:
         payload = json.loads(text_data, parse_float=_finite_float, parse_constant=_no_constants)
     except (ValueError, RecursionError) as error:

@@ -79,6 +79,13 @@ def render_error(text: str) -> str:
     return render_to_string("simulations/_chat_error.html", {"error": text, "oob": True})
 
 
+def _unreadable(error: BadFrame) -> str:
+    """What to tell the learner about a frame that could not be read."""
+    if error.too_long:
+        return "That message is far too long to send. Shorten it and send it again."
+    return "That message could not be read. Try again."
+
+
 def _log_crash(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("%s crashed", task.get_name(), exc_info=task.exception())
@@ -136,8 +143,8 @@ class ConversationConsumer(SocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         try:
             payload = parse_frame(text_data, max_chars=MAX_FRAME_CHARS)
-        except BadFrame:
-            await self.send(text_data=render_error("That message could not be read. Try again."))
+        except BadFrame as error:
+            await self.send(text_data=render_error(_unreadable(error)))
             return
         handler = {
             "send": self._send_message,
@@ -186,7 +193,9 @@ class ConversationConsumer(SocketConsumer):
         message = await services.send_learner_message(
             # Its pk and owner are all the service reads (it locks and reloads the row itself).
             conversation=Conversation(pk=self.conversation_id, learner_id=self.learner_id),
-            text=str(payload.get("text", "")),
+            # As sent: a text that is not a string (null, a list, a number) is refused by the
+            # service's cleaning, never stored as its Python spelling ("None", "['...']").
+            text=payload.get("text", ""),
             strategies=[str(s) for s in strategies] if isinstance(strategies, list) else strategies,
             # When the other tabs cannot be told now (Redis away), this one still shows the turn.
             show_here=self.message_created,

@@ -1420,13 +1420,27 @@ async def ensure_partner_reply(*, conversation_id: int) -> int | None:
     return message_id
 
 
+@transaction.atomic
 def _reset_failed(conversation: Conversation) -> int:
+    # Under the conversation's lock, as every writer of its messages: a conversation paused (a
+    # risky draft or message) or ended since the reply failed writes no more replies, and a
+    # reply set pending there would wait for ever.
+    status = (
+        Conversation.objects.select_for_update()
+        .filter(pk=conversation.pk, learner_id=conversation.learner_id)
+        .values_list("status", flat=True)
+        .first()
+    )
+    if status == Conversation.Status.PAUSED:
+        raise ConversationError("This conversation is paused, so there is no reply to wait for.")
+    if status is not None and status != Conversation.Status.ACTIVE:
+        raise ConversationError("This conversation has ended; start a new one to go on.")
     last = (
-        Message.objects.filter(conversation=conversation, role=Message.Role.PARTNER)
+        Message.objects.filter(conversation_id=conversation.pk, role=Message.Role.PARTNER)
         .order_by("-seq")
         .first()
     )
-    if last is None or last.state != Message.State.FAILED:
+    if status is None or last is None or last.state != Message.State.FAILED:
         raise ConversationError("There is no failed reply to try again.")
     # Only one of two tabs pressing Try again at once gets the row back to pending.
     Message.objects.filter(pk=last.pk, state=Message.State.FAILED).update(

@@ -392,6 +392,41 @@ async def test_the_message_is_kept_when_the_model_fails_and_try_again_writes_the
     await view.communicator.disconnect()
 
 
+async def test_try_again_in_a_chat_paused_since_the_reply_failed_says_so_and_waits_for_nothing(
+    fake_llm,
+) -> None:
+    # The reply fails, then a risky draft pauses the chat; the failed bubble's button stays.
+    conversation = await start()
+    view = await open_view(conversation)
+    fake_llm.faults(["500", "500", "500"])
+    await view.send(action="send", text="Please text me by ten.", strategies=["assert"])
+    await view.until(lambda f: 'id="message-sent"' in f)
+    reply = await reply_of(conversation, 1)
+    await view.until(lambda f: failed(f, reply.pk))
+    await Conversation.objects.filter(pk=conversation.pk).aupdate(status=Conversation.Status.PAUSED)
+    await view.send(action="retry")
+    frame = await view.until(lambda f: 'id="chat-error"' in f and "paused" in f)
+    assert "no reply to wait for" in frame
+    await reply.arefresh_from_db()
+    assert reply.state == "failed"  # not pending for ever
+    await view.communicator.disconnect()
+    with pytest.raises(services.ConversationError, match="paused"):
+        await database_sync_to_async(services.retry_and_wait)(conversation=conversation)
+
+
+@pytest.mark.parametrize("text", [None, ["Please text me"], 12345, True, {"t": "x"}])
+async def test_a_text_that_is_not_a_string_is_refused_not_stored(no_llm: None, text) -> None:
+    conversation = await start()
+    view = await open_view(conversation)
+    await view.communicator.send_to(
+        text_data=json.dumps({"action": "send", "text": text, "strategies": ["assert"]})
+    )
+    frame = await view.until(lambda f: 'id="chat-error"' in f and "could not be read" in f)
+    assert "type it again" in frame
+    assert not await Message.objects.filter(conversation=conversation).aexists()
+    await view.communicator.disconnect()
+
+
 async def test_the_offline_partner_plays_without_a_model(no_llm: None) -> None:
     conversation = await start()
     assert conversation.partner_engine == Conversation.Engine.OFFLINE
@@ -426,7 +461,7 @@ async def test_bad_frames_get_a_polite_answer_and_the_socket_stays_open(no_llm: 
         (json.dumps({"action": "fly"}), "not available"),
         (json.dumps({"action": "send", "text": "Hi", "strategies": []}), "at least one skill"),
         (json.dumps({"action": "send", "text": "Hi", "strategies": {"a": 1}}), "at least one"),
-        (json.dumps({"action": "send", "text": "x" * 100_000}), "could not be read"),
+        (json.dumps({"action": "send", "text": "x" * 100_000}), "far too long"),
         (json.dumps({"action": "retry"}), "no failed reply"),
         (json.dumps({"action": "checkin", "phase": "before", "intensity": "12"}), "0 to 10"),
     ]:
