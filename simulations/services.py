@@ -1501,10 +1501,11 @@ def record_checkin(
     """How intense the learner's feelings are now (0-10), tied to the last message so far."""
     if phase not in EmotionCheckin.Phase.values:
         raise ConversationError("That check-in is not part of this conversation.")
-    try:
-        value = int(str(intensity).strip())
-    except ValueError:
-        raise ConversationError("Choose a number from 0 to 10.") from None
+    written = str(intensity).strip()
+    # Digits only: int() would also take "1_0" (10), "+5" and other scripts' digits.
+    if not (written.isascii() and written.isdigit()) or len(written) > 2:
+        raise ConversationError("Choose a number from 0 to 10.")
+    value = int(written)
     if not 0 <= value <= 10:
         raise ConversationError("Choose a number from 0 to 10.")
     with transaction.atomic():

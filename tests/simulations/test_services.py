@@ -367,7 +367,7 @@ def test_checkins_are_tied_to_the_last_message_and_validated(no_llm: None) -> No
         services.record_checkin(conversation=conversation, phase="before", intensity=5)
     with pytest.raises(services.ConversationError):
         services.record_checkin(conversation=conversation, phase="after", intensity=5)
-    for bad in ("11", "-1", "seven"):
+    for bad in ("11", "-1", "seven", "1_0", "+5", "\u0665", "5.0", True, 2**80, ""):
         with pytest.raises(services.ConversationError):
             services.record_checkin(conversation=conversation, phase="midway", intensity=bad)
     services.record_learner_message(conversation=conversation, text="Please.", strategies="assert")
