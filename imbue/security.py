@@ -21,6 +21,7 @@ import re
 import unicodedata
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
@@ -154,11 +155,33 @@ class FormInputGuardMiddleware(MiddlewareMixin):
                     return HttpResponse(
                         render_to_string(
                             "imbue/error_400.html",
-                            {"reason": "The form contained characters we cannot store."},
+                            {
+                                "reason": "The form contained characters we cannot store.",
+                                # Nothing typed is lost: the words come back, without the
+                                # characters, with the way back to the page they came from.
+                                "kept_text": _kept_text(request),
+                                "back": _same_site_referer(request),
+                            },
                         ),
                         status=400,
                     )
         return None
+
+
+def _kept_text(request: HttpRequest) -> str:
+    """The learner's words of a refused form (its `text` field), without NUL bytes."""
+    if request.method != "POST":
+        return ""
+    return request.POST.get("text", "").replace("\x00", "")[:20_000]
+
+
+def _same_site_referer(request: HttpRequest) -> str:
+    """The path of the page that sent the request, if it is one of ours ("" otherwise)."""
+    referer = urlsplit(request.META.get("HTTP_REFERER", ""))
+    if referer.netloc != request.get_host() or "\x00" in referer.path:
+        return ""
+    path = referer.path or "/"
+    return path + (f"?{referer.query}" if referer.query else "")
 
 
 # --- text people type -------------------------------------------------------------------------

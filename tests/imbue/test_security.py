@@ -325,6 +325,29 @@ def test_nul_bytes_in_a_form_are_refused_before_the_view(client: Client) -> None
     assert Learner.objects.count() == before
 
 
+@pytest.mark.django_db
+def test_a_refused_message_form_gives_the_words_back_and_the_way_back(client: Client) -> None:
+    # The page without JavaScript posts the message as a form: the draft must not be lost.
+    response = client.post(
+        "/practice/c/1/send/",
+        {"text": "Please pay <your> half by Friday.\x00", "strategies": "assert"},
+        HTTP_REFERER="http://testserver/practice/c/1/?tab=2",
+    )
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert "Please pay &lt;your&gt; half by Friday." in page and "\x00" not in page
+    assert '<label for="kept-text">' in page and 'id="kept-text"' in page
+    assert 'href="/practice/c/1/?tab=2"' in page
+    # Another site's page is not linked back to.
+    response = client.post(
+        "/practice/c/1/send/",
+        {"text": "x\x00"},
+        HTTP_REFERER="https://elsewhere.example/practice/c/1/",
+    )
+    assert "elsewhere.example" not in response.content.decode()
+    assert "Go back to the page" not in response.content.decode()
+
+
 # --- the shared text cleaner ---------------------------------------------------------------
 
 
