@@ -9,16 +9,20 @@ from channels.testing import WebsocketCommunicator
 from imbue.asgi import application
 
 
+def _ping_socket() -> WebsocketCommunicator:
+    return WebsocketCommunicator(
+        application,
+        "/ws/ping/",
+        headers=[(b"origin", b"http://localhost"), (b"host", b"localhost")],
+    )
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.asyncio
 async def test_socket_message_returns_through_celery_worker_and_channel_layer(
     celery_worker,
 ) -> None:
-    communicator = WebsocketCommunicator(
-        application,
-        "/ws/ping/",
-        headers=[(b"origin", b"http://localhost"), (b"host", b"localhost")],
-    )
+    communicator = _ping_socket()
     connected, _ = await communicator.connect()
     assert connected
     timings = []
@@ -54,11 +58,7 @@ async def test_the_open_ping_socket_queues_one_ping_at_a_time(monkeypatch) -> No
         queued.append(text)
 
     monkeypatch.setattr(services, "aping_through_worker", queue)
-    communicator = WebsocketCommunicator(
-        application,
-        "/ws/ping/",
-        headers=[(b"origin", b"http://localhost"), (b"host", b"localhost")],
-    )
+    communicator = _ping_socket()
     connected, _ = await communicator.connect()
     assert connected
     for index in range(5):
