@@ -92,7 +92,10 @@ def cell(value: Any) -> Any:
     if isinstance(value, datetime):
         return _iso(value)
     if isinstance(value, str):
-        return csv_safe(value)
+        # Line breaks as "\n" only: the writer quotes a field holding its line terminator, not
+        # a lone carriage return (a model's reply may hold one), which readers take as the end
+        # of the row, shifting every later column.
+        return csv_safe(value.replace("\r\n", "\n").replace("\r", "\n"))
     return value
 
 

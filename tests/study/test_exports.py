@@ -155,6 +155,18 @@ def test_text_that_a_spreadsheet_would_run_is_defused_in_csv_but_kept_in_json(
     assert '=HYPERLINK("http://example.invalid","click")' in said
 
 
+def test_a_lone_carriage_return_in_a_text_does_not_break_its_row(seeded: Seeded) -> None:
+    # A model's reply may hold a bare "\r", which the learner's cleaned text never does.
+    reply = Message.objects.filter(role=Message.Role.PARTNER).order_by("pk").first()
+    reply.text = "lone\rcarriage\r\n=1"
+    reply.save(update_fields=["text"])
+    frame = read_frame(seeded, MESSAGES)  # the documented types: a shifted row fails here
+    assert "lone\ncarriage\n=1" in set(frame["text"].dropna())
+    assert (
+        len(frame) == len(list(csv.reader(io.StringIO(read_bytes(seeded, MESSAGES).decode())))) - 1
+    )
+
+
 def test_long_file_has_one_row_per_answer_with_the_values_written(seeded: Seeded) -> None:
     frame = read_frame(seeded, LONG)
     truth = {(o.participant, o.situation, o.time, o.item): o.value for o in seeded.observations}
