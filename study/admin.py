@@ -227,7 +227,8 @@ class ParticipantAdmin(ParticipantAdminMixin, AuditedAdmin):
     def get_fields(self, request: HttpRequest, obj: Participant | None = None) -> Any:
         hidden: set[str] = set()
         if not is_all_studies(request.user):
-            hidden.add("learner")
+            # The resume key continues as the participant: superusers only, as learners' codes.
+            hidden.update(("learner", "resume_key"))
             if obj is None or not has_right(request.user, obj.study, Right.EXPORT):
                 hidden.update(RECRUITMENT_FIELDS)
         return [name for name in self.readonly_fields if name not in hidden]

@@ -102,7 +102,8 @@ def _identity_columns(file: str, study: Study, options: Options) -> list[Column]
             "participant",
             "string",
             "16 characters",
-            "The participant's study code (pseudonymous; the key that joins every file).",
+            "The participant's study code (pseudonymous; the key that joins every file). Not "
+            "the key the participant continues with, which no export holds.",
         ),
     ]
     if options.include_recruitment_ids:

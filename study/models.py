@@ -225,7 +225,12 @@ class Participant(models.Model):
 
     study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="participants")
     learner = models.OneToOneField(Learner, on_delete=models.CASCADE, related_name="participant")
+    # The pseudonym that joins the research records (exports, the dashboard, the admin): staff
+    # see it, so it must not open the participant's chats.
     code = models.CharField(max_length=20, unique=True, default=new_participant_code)
+    # The participant's own key to continue on another device: shown to them alone, never in an
+    # export or to staff other than superusers.
+    resume_key = models.CharField(max_length=20, unique=True, default=new_participant_code)
     prolific_pid = models.CharField(max_length=64, blank=True)
     prolific_study_id = models.CharField(max_length=64, blank=True)
     prolific_session_id = models.CharField(max_length=64, blank=True)

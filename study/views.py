@@ -195,10 +195,13 @@ def start(request: HttpRequest, slug: str) -> HttpResponse:
 
 @require_POST
 def resume(request: HttpRequest, slug: str) -> HttpResponse:
-    """Continue on this device with the participant code shown when joining."""
+    """Continue on this device with the participant's own key (shown to them when joining as
+    "your participant code"; not the pseudonym staff and exports see)."""
     study = get_object_or_404(Study, slug=slug)
     code = "".join(ch for ch in request.POST.get("code", "").upper() if ch.isalnum())
-    found = Participant.objects.select_related("study", "learner").filter(study=study, code=code)
+    found = Participant.objects.select_related("study", "learner").filter(
+        study=study, resume_key=code
+    )
     participant = found.first() if code else None
     if participant is None:
         return render(

@@ -10,7 +10,7 @@ from django.test import Client
 from feedback.models import Draft
 from simulations.learners import SESSION_KEY
 from simulations.models import Conversation, Learner, Situation
-from study import services
+from study import codebook, exports, services
 from study.models import Participant, StudyStaff
 from tests.fakes.fixtures import no_llm  # noqa: F401
 from tests.study.conftest import make_study, walk_to
@@ -158,8 +158,21 @@ def test_a_known_label_does_not_hand_over_its_participant(no_llm) -> None:  # no
     again = owner.get(f"/s/{study.slug}/?participant=panel-7")
     assert again.status_code == 302 and participant.step in again["Location"]
     other_device = Client()
-    resumed = other_device.post(f"/s/{study.slug}/resume/", {"code": participant.code})
+    resumed = other_device.post(f"/s/{study.slug}/resume/", {"code": participant.resume_key})
     assert resumed.status_code == 302 and participant.step in resumed["Location"]
+
+
+def test_the_exported_pseudonym_does_not_continue_as_the_participant(no_llm) -> None:  # noqa: F811
+    alpha = seed_study(slug="alpha", participants=1, messages=1, seed=7).study
+    participant = Participant.objects.get(study=alpha)
+    wide = b"".join(exports.file_chunks(alpha, codebook.WIDE, codebook.PSEUDONYMOUS)).decode()
+    assert participant.code in wide and participant.resume_key not in wide
+    as_json = b"".join(exports.file_chunks(alpha, codebook.JSON_FILE, codebook.PSEUDONYMOUS))
+    assert participant.resume_key.encode() not in as_json
+    assert Client().post(f"/s/{alpha.slug}/resume/", {"code": participant.code}).status_code == 400
+    viewer = staff("viewer", alpha, can_view_data=True, can_export=True)
+    page = viewer.get(f"/admin/study/participant/{participant.pk}/change/")
+    assert page.status_code == 200 and participant.resume_key.encode() not in page.content
 
 
 def test_a_prolific_id_without_its_session_does_not_hand_over_its_participant(

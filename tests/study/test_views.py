@@ -122,12 +122,17 @@ def test_without_recruitment_ids_a_participant_gets_a_code_to_note(
     response = client.post(reverse("study:start", args=[study.slug]), follow=True)
     participant = Participant.objects.get(study=study)
     assert participant.source == Participant.Source.DIRECT
-    assert participant.code in response.content.decode()
-    # Coming back to the same link on this browser continues; with the code, on another one.
+    # The key to note is the participant's own, not the pseudonym staff and exports see.
+    assert participant.resume_key in response.content.decode()
+    assert participant.code not in response.content.decode()
+    # Coming back to the same link on this browser continues; with the key, on another one.
     assert client.get(entry_url(study)).url == step_url(study, "consent")
     elsewhere = Client()
-    moved = elsewhere.post(reverse("study:resume", args=[study.slug]), {"code": participant.code})
+    resume = reverse("study:resume", args=[study.slug])
+    moved = elsewhere.post(resume, {"code": participant.resume_key})
     assert moved.url == step_url(study, "consent")
+    # The research pseudonym (in every export, on the dashboard) does not continue as them.
+    assert Client().post(resume, {"code": participant.code}).status_code == 400
     assert Participant.objects.count() == 1
 
 
