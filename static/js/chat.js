@@ -116,14 +116,77 @@
     keepScrolled();
   }
 
+  // Focus is never dropped to the page: a keyboard or screen-reader user who pressed Send, Get
+  // feedback, Try again, a check-in or End would otherwise start again from the top. When the
+  // control they were on is disabled or replaced, focus goes back to it (or to what replaced it,
+  // by id) once it can take it again, else to the message box, else to the end-of-chat summary.
+  // A click elsewhere on the page (the control still there and usable) is left alone.
+  let lastFocused = null;
+  let lost = null; // the control focus was on when it was disabled or removed
+  let waiting = null; // the next look while that control is still disabled
+  const inChat = (element) => element && element.closest && element.closest("#chat, .feedback-slot");
+  const remember = (event) => {
+    const control = event.type === "focusin" ? event.target : document.activeElement;
+    if (inChat(control)) {
+      lastFocused = control;
+      lost = null;
+    }
+  };
+  document.addEventListener("focusin", remember);
+  // Also as a key or click acts (captured before htmx disables the control): a page in the
+  // background gets no focus events.
+  document.addEventListener("keydown", remember, true);
+  document.addEventListener("click", remember, true);
+  function usable(element) {
+    return Boolean(element && element.isConnected && !element.disabled && element.offsetParent);
+  }
+  function keepFocus() {
+    const active = document.activeElement;
+    // Still where it was (the control may be disabled a moment later): `lost` is kept until the
+    // learner's next focus, key or click.
+    if (active && active !== document.body && active.isConnected) return;
+    if (!lost && lastFocused && (!lastFocused.isConnected || lastFocused.disabled)) lost = lastFocused;
+    if (!lost) return;
+    const again = lost.isConnected ? lost : (lost.id && $(lost.id)) || null;
+    if (usable(again)) {
+      again.focus();
+      return;
+    }
+    if (again && again.disabled) {
+      // Enabled again when its request ends (htmx does that after its own events): look again.
+      clearTimeout(waiting);
+      waiting = setTimeout(keepFocus, 100);
+      return;
+    }
+    const summary = $("summary-heading");
+    const target = [$("message-text"), summary].find(usable);
+    if (!target) return;
+    if (target === summary) summary.setAttribute("tabindex", "-1");
+    target.focus();
+  }
+  document.addEventListener("htmx:afterSettle", keepFocus);
+  document.addEventListener("htmx:beforeRequest", (event) => {
+    // The control that asks (Get feedback) is disabled while it does (hx-disabled-elt), which
+    // drops its focus, and may be enabled again before a look sees it disabled.
+    const asking = event.detail && event.detail.elt;
+    if (asking && asking === lastFocused) lost = asking;
+    setTimeout(keepFocus, 0);
+  });
+  document.addEventListener("htmx:afterRequest", () => setTimeout(keepFocus, 0));
+
   // One click, one message: Send waits for the server's next word on whether it may send again.
   document.addEventListener("htmx:wsBeforeSend", (event) => {
-    if (event.target.id === "chat-form" && $("send-button")) $("send-button").disabled = true;
+    const button = $("send-button");
+    if (event.target.id !== "chat-form" || !button) return;
+    // Disabling the focused button would drop focus: the message box takes it first.
+    if (document.activeElement === button && usable($("message-text"))) $("message-text").focus();
+    button.disabled = true;
   });
   document.addEventListener("htmx:wsAfterMessage", () => {
     clearIfSaved();
     syncSendButton();
     keepScrolled();
+    keepFocus();
   });
   // The socket's state on the chat element: for styling, and for tests to wait on.
   document.addEventListener("htmx:wsOpen", (event) => {
