@@ -39,7 +39,7 @@ from django.db.models import Case, OuterRef, Q, Subquery, When
 from django.utils import timezone
 
 from feedback.models import Draft, FeedbackRequest
-from feedback.skills import LEVELS, SKILL_KEYS, rated_skills, score
+from feedback.skills import LEVELS, SKILL_KEYS, STRATEGIES, rated_skills, score
 from imbue import audit
 from imbue.models import AuditEntry, LLMCall
 from imbue.security import csv_safe
@@ -549,8 +549,12 @@ def _call_cells(call: dict[str, Any] | None) -> list[Any]:
     ]
 
 
-def _rating_cells(levels: dict[str, Any]) -> list[Any]:
-    return [levels.get(skill) for skill in SKILL_KEYS]
+def _rating_cells(levels: dict[str, Any], chosen: Any) -> list[Any]:
+    """The rated skills' levels: the strategies chosen for this text and the states. A rater
+    may also have levels for the others (the offline rater rates all seven); they are not the
+    learner's attempt at them, so they stay empty, as the codebook says."""
+    rated = set(rated_skills([s for s in (chosen or []) if s in STRATEGIES]))
+    return [levels.get(skill) if skill in rated else None for skill in SKILL_KEYS]
 
 
 def _feedback_levels(result: Any) -> dict[str, Any]:
@@ -595,7 +599,10 @@ def _chat_rows(batch: _Batch, ids: list[Any], chat: dict[str, Any]) -> Iterator[
             None,
             None,
             None,
-            *_rating_cells(m["ratings"] if is_learner and isinstance(m["ratings"], dict) else {}),
+            *_rating_cells(
+                m["ratings"] if is_learner and isinstance(m["ratings"], dict) else {},
+                m["strategies"],
+            ),
             m["mastery"],
             m["rating_engine"] or None,
             m["resistance"],
@@ -632,7 +639,7 @@ def _chat_rows(batch: _Batch, ids: list[Any], chat: dict[str, Any]) -> Iterator[
             d["used_rewrite"],
             None,
             None,
-            *_rating_cells(_feedback_levels(result)),
+            *_rating_cells(_feedback_levels(result), d["strategies"]),
             result.get("mastery") if isinstance(result, dict) else None,
             (f["engine"] or None) if f else None,
             None,

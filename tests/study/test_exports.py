@@ -167,6 +167,22 @@ def test_a_lone_carriage_return_in_a_text_does_not_break_its_row(seeded: Seeded)
     )
 
 
+def test_messages_file_rates_only_the_chosen_strategies_and_the_states(seeded: Seeded) -> None:
+    from feedback.skills import STATES, STRATEGIES
+
+    frame = read_frame(seeded, MESSAGES)
+    learner = frame[frame["role"] == "learner"]
+    assert len(learner) > 0
+    filled = 0
+    for _, row in learner.iterrows():
+        chosen = set(str(row["strategies"]).split(";")) if pd.notna(row["strategies"]) else set()
+        for skill in STRATEGIES:
+            if skill not in chosen:
+                assert pd.isna(row[f"rating_{skill}"]), (row["row_type"], skill, chosen)
+        filled += sum(pd.notna(row[f"rating_{skill}"]) for skill in (*STATES, *chosen))
+    assert filled > 0  # the rated ones are written
+
+
 def test_long_file_has_one_row_per_answer_with_the_values_written(seeded: Seeded) -> None:
     frame = read_frame(seeded, LONG)
     truth = {(o.participant, o.situation, o.time, o.item): o.value for o in seeded.observations}
