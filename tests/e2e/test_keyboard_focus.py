@@ -53,3 +53,19 @@ def test_focus_stays_in_the_conversation_by_keyboard(page, fake_llm_server) -> N
     press_on(page, ".end-form button")
     page.wait_for_selector("#summary-heading")
     page.wait_for_function(f"() => ({ACTIVE})() === 'summary-heading'", timeout=5_000)
+
+
+def test_a_form_with_errors_puts_focus_on_them_and_each_link_reaches_its_field(page) -> None:
+    page.goto("/practice/situations/new/")
+    page.click("button[type=submit]:has-text('Start practising')")
+    page.wait_for_selector("#form-errors")
+    page.wait_for_function(f"() => ({ACTIVE})() === 'form-errors'", timeout=5_000)
+    links = page.locator("#form-errors a")
+    assert links.count() >= 4  # situation, goal, who it is with, how hard
+    for index in range(links.count()):
+        target = links.nth(index).get_attribute("href")
+        assert page.locator(target).count() == 1, target  # no link to an id that is not there
+    for field in ("id_situation", "id_goal", "id_category", "id_difficulty"):
+        described = page.get_attribute(f"#{field}", "aria-describedby") or ""
+        errors = [page.locator(f"#{i}") for i in described.split() if i.endswith("-error")]
+        assert errors and errors[0].inner_text().strip(), field  # its own message, tied to it
