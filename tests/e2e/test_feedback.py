@@ -29,7 +29,7 @@ def practise(page, **fields) -> Situation:
     """A situation of the test's own, opened as a learner does: "Practise" in the library."""
     situation = Situation.objects.create(**fields)
     page.goto("/practice/library/")
-    page.get_by_role("button", name=f"Practise: {situation.title}").click()
+    page.get_by_role("button", name=f"Practise this: {situation.title}").click()
     page.wait_for_selector("#chat-form")
     return situation
 

@@ -136,7 +136,7 @@ def test_practise_without_javascript(browser, live_server_url: str, fake_llm_ser
             difficulty=3,
         )
         page.goto("/practice/library/")
-        page.get_by_role("button", name=f"Practise: {situation.title}").click()
+        page.get_by_role("button", name=f"Practise this: {situation.title}").click()
         page.wait_for_url("**/practice/c/*/")
         page.check("#checkin-before-7")
         page.click("text=Save how I feel")
