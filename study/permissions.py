@@ -95,9 +95,10 @@ def study_or_deny(request: HttpRequest, slug: str, right: Right) -> Study:
     if not is_research_staff(request.user):
         raise PermissionDenied("Researcher pages need a staff account.")
     study = Study.objects.filter(slug=slug).first()
-    if study is None or not any(has_right(request.user, study, held) for held in Right):
+    held = rights_on(request.user, study) if study is not None else set()
+    if not held:
         raise Http404("No such study.")
-    if not has_right(request.user, study, right):
+    if right not in held:
         raise PermissionDenied(f"You have no {right.value} right on this study.")
     return study
 

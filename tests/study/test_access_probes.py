@@ -11,10 +11,12 @@ from feedback.models import Draft
 from simulations.learners import SESSION_KEY
 from simulations.models import Conversation, Learner, Situation
 from study import codebook, exports, services
-from study.models import Participant, StudyStaff
+from study.models import Participant
 from tests.fakes.fixtures import no_llm  # noqa: F401
 from tests.study.conftest import make_study, walk_to
 from tests.study.factories import seed_study
+from tests.study.test_permissions import login
+from tests.study.test_permissions import staff as staff_user
 
 pytestmark = pytest.mark.django_db
 
@@ -22,12 +24,8 @@ PID = "5f1e2d3c4b5a69788796a5b4"
 
 
 def staff(name: str, study=None, **rights: bool) -> Client:
-    user = User.objects.create_user(name, is_staff=True)
-    if study is not None:
-        StudyStaff.objects.create(study=study, user=user, **rights)
-    client = Client()
-    client.force_login(user)
-    return client
+    """A signed-in staff member holding `rights` on `study`."""
+    return login(staff_user(name, study, **rights))
 
 
 def superuser() -> Client:
