@@ -423,14 +423,14 @@ class Stack:
                 raise RuntimeError(f"{name} exited with code {process.returncode}:\n{tail}")
 
     def start_profilers(self) -> None:
-        """py-spy on the web and worker processes from now on (the runner starts it with the turns),
+        """py-spy on the web, worker and fake model processes from now on (the runner starts it with the turns),
         if the config asks for it."""
         folder = self.config.profile_dir
         if folder is None:
             return
         folder.mkdir(parents=True, exist_ok=True)
         for role, process in self.server_processes().items():
-            if role.startswith(("web", "worker")):
+            if role.startswith(("web", "worker", "fake")):
                 # Collapsed stacks per thread (text: easy to grep and to diff before/after), of
                 # the thread holding the GIL only: where the CPU goes, not where threads wait.
                 out = folder / f"{role}.txt"
