@@ -13,38 +13,110 @@ from collections.abc import Iterable, Set
 from dataclasses import dataclass
 from functools import cache, lru_cache
 
-# Texting forms that would otherwise hide a cue ("im so stressed", "u never", "dont").
+# Texting forms, missing apostrophes and common misspellings that would otherwise hide a cue
+# ("im so stressed", "u never", "dont", "tmrw", "frustated"): whole words, replaced in one pass.
+_WORD_FORMS: dict[str, str] = {
+    "im": "i'm",
+    "u": "you",
+    "ur": "your",
+    "r": "are",
+    "ya": "you",
+    "pls": "please",
+    "plz": "please",
+    "plse": "please",
+    "ive": "i've",
+    "id": "i'd",
+    "dont": "don't",
+    "cant": "can't",
+    "wont": "won't",
+    "didnt": "didn't",
+    "doesnt": "doesn't",
+    "isnt": "isn't",
+    "wasnt": "wasn't",
+    "werent": "weren't",
+    "arent": "aren't",
+    "havent": "haven't",
+    "hasnt": "hasn't",
+    "hadnt": "hadn't",
+    "couldnt": "couldn't",
+    "wouldnt": "wouldn't",
+    "shouldnt": "shouldn't",
+    "youre": "you're",
+    "youd": "you'd",
+    "youll": "you'll",
+    "youve": "you've",
+    "theyre": "they're",
+    "thats": "that's",
+    "whats": "what's",
+    "theres": "there's",
+    "wed": "we'd",
+    "idk": "i don't know",
+    "kinda": "kind of",
+    "sorta": "sort of",
+    "gonna": "going to",
+    "wanna": "want to",
+    "gotta": "got to",
+    "lemme": "let me",
+    "imma": "i'm going to",
+    "ima": "i'm going to",
+    "thx": "thanks",
+    "ty": "thanks",
+    "ok": "okay",
+    "k": "okay",
+    "kk": "okay",
+    "sry": "sorry",
+    "soz": "sorry",
+    "bc": "because",
+    "cuz": "because",
+    "coz": "because",
+    "cos": "because",
+    "becuase": "because",
+    "becasue": "because",
+    "rn": "right now",
+    "tbh": "to be honest",
+    "ngl": "not going to lie",
+    "tmrw": "tomorrow",
+    "tmr": "tomorrow",
+    "tomorow": "tomorrow",
+    "tommorow": "tomorrow",
+    "tommorrow": "tomorrow",
+    "tonite": "tonight",
+    "2nite": "tonight",
+    "b4": "before",
+    "wknd": "weekend",
+    "abt": "about",
+    "ppl": "people",
+    "msg": "message",
+    "alot": "a lot",
+    "untill": "until",
+    "realy": "really",
+    "definately": "definitely",
+    "wensday": "wednesday",
+    "wednsday": "wednesday",
+    "thier": "their",
+    "frustated": "frustrated",
+    "frustating": "frustrating",
+    "stresed": "stressed",
+    "embarassed": "embarrassed",
+    "embarrased": "embarrassed",
+    "dissapointed": "disappointed",
+    "disapointed": "disappointed",
+    "anxous": "anxious",
+    "worryed": "worried",
+    "scarred": "scared",
+    "exausted": "exhausted",
+    "overwhelmd": "overwhelmed",
+    "apologise": "apologize",
+}
+_WORD_FORMS_RE = re.compile(
+    r"(?<!['\w])(?:" + "|".join(sorted(_WORD_FORMS, key=len, reverse=True)) + r")(?!['\w]|\.\w)"
+)
+# Forms that depend on their neighbours ("ill" before a verb, "its" before an adjective).
 _TEXTING = (
     (r"\bi'?m\b", "i'm"),
-    (r"\bim\b", "i'm"),
-    (r"\bu\b", "you"),
-    (r"\bur\b", "your"),
-    (r"\br\b", "are"),
-    (r"\bpls\b|\bplz\b", "please"),
-    (r"\bive\b", "i've"),
-    (r"\bid\b", "i'd"),
     (r"\bill\b(?= \w+)", "i'll"),
-    (r"\bdont\b", "don't"),
-    (r"\bcant\b", "can't"),
-    (r"\bwont\b", "won't"),
-    (r"\bdidnt\b", "didn't"),
-    (r"\bdoesnt\b", "doesn't"),
-    (r"\bisnt\b", "isn't"),
-    (r"\bwasnt\b", "wasn't"),
-    (r"\bhavent\b", "haven't"),
-    (r"\byoure\b", "you're"),
-    (r"\byoud\b", "you'd"),
-    (r"\byoull\b", "you'll"),
-    (r"\bthats\b", "that's"),
     (r"\bits\b(?= (?:not|been|just|so|really|a|the|getting|like|fine|ok|okay|hard|too))", "it's"),
-    (r"\bwed\b", "we'd"),
-    (r"\bidk\b", "i don't know"),
-    (r"\bkinda\b", "kind of"),
-    (r"\bsorta\b", "sort of"),
-    (r"\bgonna\b", "going to"),
-    (r"\bwanna\b", "want to"),
-    (r"\bthx\b|\bty\b", "thanks"),
-    (r"\bok\b", "okay"),
+    (r"(?:^|(?<=[.!?] ))lets\b", "let's"),
 )
 _TEXTING_RE = [(re.compile(p), r) for p, r in _TEXTING]
 
@@ -53,10 +125,11 @@ def normalise(text: str) -> str:
     """Lowercase, straight quotes, texting forms expanded, whitespace collapsed."""
     text = text.replace("\u2019", "'").replace("\u2018", "'").replace("`", "'")
     text = text.replace("\u201c", '"').replace("\u201d", '"')
-    text = text.lower()
+    text = re.sub(r"\s+", " ", text.lower()).strip()
+    text = _WORD_FORMS_RE.sub(lambda m: _WORD_FORMS[m.group(0)], text)
     for pattern, replacement in _TEXTING_RE:
         text = pattern.sub(replacement, text)
-    return re.sub(r"\s+", " ", text).strip()
+    return text
 
 
 def _alt(words: str | Iterable[str], phrases: Iterable[str] = ()) -> str:
@@ -273,6 +346,22 @@ GIVE_UP = _alt(
         "if you can't, that's",
         "not a big deal",
         "not important",
+        "do what you want",
+        "do whatever you want",
+        "whatever makes you happy",
+        "i'll stop asking",
+        "i'll stop bringing it up",
+        "i'll drop it",
+        "i'll find someone else",
+        "i can find someone else",
+        "i'll ask someone else",
+        "not like i can",
+        "it's fine i guess",
+        "that's fine i guess",
+        "i guess it's fine",
+        "never mind then",
+        "forget i mentioned",
+        "just leave it",
     ]
 )
 SARCASM = _alt(
@@ -835,7 +924,7 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("m_counter", _P(rf"\b{COUNTER}")),
     ("m_past", _P(rf"\b{PAST}\b")),
     # "Fine," gives up at the start of a clause; "an email is fine." does not.
-    ("m_give_up", _P(rf"(?:^|\b|\s){GIVE_UP}|(?:^|[.!?;]\s*)(?:okay,? )?fine[,.!]")),
+    ("m_give_up", _P(rf"(?:^|\b|\s){GIVE_UP}|(?:^|[.!?;]\s*)(?:okay,? )?(?:fine|whatever)[,.!]")),
     ("m_broken_record", _P(rf"\b{BROKEN_RECORD}\b")),
     (
         "m_defend",

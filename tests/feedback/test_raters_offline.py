@@ -276,3 +276,32 @@ def test_the_analysis_set_is_trained_on_and_kept_apart_from_dev_and_holdout():
     others = read_jsonl(DATA_DIR / "dev.jsonl") + read_jsonl(DATA_DIR / "holdout.jsonl")
     assert not {e.text for e in analysis} & {e.text for e in others}
     assert not {e.situation for e in analysis} & {e.situation for e in others}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Lets meet tmrw bc im frustated", "let's meet tomorrow because i'm frustrated"),
+        ("sry cant do it rn, ur car isnt done", "sorry can't do it right now, your car isn't done"),
+        ("tbh i was realy embarassed", "to be honest i was really embarrassed"),
+        ("he lets me. the u.s. office", "he lets me. the u.s. office"),
+    ],
+)
+def test_texting_forms_and_common_misspellings_are_normalised(text, expected):
+    assert normalise(text) == expected
+
+
+def test_a_misspelled_feeling_still_counts_as_a_feeling():
+    assert extract("honestly im so frustated and dissapointed").values["e_i_feel_feeling"] >= 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Do what you want I guess, not like I can stop you.",
+        "you said that in march too. whatever, I'll stop asking",
+        "That's fine I guess, I can find someone else.",
+    ],
+)
+def test_giving_up_on_the_goal_in_other_words_is_caught(text):
+    assert extract(text).values["m_give_up"] > 0
