@@ -11,6 +11,10 @@ from feedback.skills import LEVELS, SKILL_KEYS
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 TRAIN_PATH = DATA_DIR / "train.jsonl"
 DEV_PATH = DATA_DIR / "dev.jsonl"
+# Written after the bank, in other styles, to measure how a rater generalises: never trained on.
+HOLDOUT_PATH = DATA_DIR / "holdout.jsonl"
+# Splits that are only ever scored, never learned from, whichever file a line sits in.
+HELD_OUT_SPLITS = frozenset({"dev", "holdout"})
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,14 @@ def read_jsonl(path: Path | str) -> list[Example]:
 
 
 def train_examples(paths: Iterable[Path | str] | None = None) -> list[Example]:
-    """The examples raters may learn from: train.jsonl, never any line marked as dev."""
+    """The examples raters may learn from: train.jsonl by default, never a dev or holdout line
+    (nor any line of holdout.jsonl, whatever its split says)."""
     chosen = list(paths) if paths is not None else [TRAIN_PATH]
-    examples = [e for p in chosen if Path(p).exists() for e in read_jsonl(p)]
-    return [e for e in examples if e.split != "dev" and e.fully_labelled]
+    held_out = HOLDOUT_PATH.resolve()
+    examples = [
+        e
+        for p in chosen
+        if Path(p).exists() and Path(p).resolve() != held_out
+        for e in read_jsonl(p)
+    ]
+    return [e for e in examples if e.split not in HELD_OUT_SPLITS and e.fully_labelled]

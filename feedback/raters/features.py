@@ -6,44 +6,117 @@ rubric in feedback/skills.py; they are deliberately general (word classes, not p
 the example bank) so that they carry over to messages the bank never saw.
 """
 
+import bisect
 import math
 import re
 from collections.abc import Iterable, Set
 from dataclasses import dataclass
 from functools import cache, lru_cache
 
-# Texting forms that would otherwise hide a cue ("im so stressed", "u never", "dont").
+# Texting forms, missing apostrophes and common misspellings that would otherwise hide a cue
+# ("im so stressed", "u never", "dont", "tmrw", "frustated"): whole words, replaced in one pass.
+_WORD_FORMS: dict[str, str] = {
+    "im": "i'm",
+    "u": "you",
+    "ur": "your",
+    "r": "are",
+    "ya": "you",
+    "pls": "please",
+    "plz": "please",
+    "plse": "please",
+    "ive": "i've",
+    "id": "i'd",
+    "dont": "don't",
+    "cant": "can't",
+    "wont": "won't",
+    "didnt": "didn't",
+    "doesnt": "doesn't",
+    "isnt": "isn't",
+    "wasnt": "wasn't",
+    "werent": "weren't",
+    "arent": "aren't",
+    "havent": "haven't",
+    "hasnt": "hasn't",
+    "hadnt": "hadn't",
+    "couldnt": "couldn't",
+    "wouldnt": "wouldn't",
+    "shouldnt": "shouldn't",
+    "youre": "you're",
+    "youd": "you'd",
+    "youll": "you'll",
+    "youve": "you've",
+    "theyre": "they're",
+    "thats": "that's",
+    "whats": "what's",
+    "theres": "there's",
+    "wed": "we'd",
+    "idk": "i don't know",
+    "kinda": "kind of",
+    "sorta": "sort of",
+    "gonna": "going to",
+    "wanna": "want to",
+    "gotta": "got to",
+    "lemme": "let me",
+    "imma": "i'm going to",
+    "ima": "i'm going to",
+    "thx": "thanks",
+    "ty": "thanks",
+    "ok": "okay",
+    "k": "okay",
+    "kk": "okay",
+    "sry": "sorry",
+    "soz": "sorry",
+    "bc": "because",
+    "cuz": "because",
+    "coz": "because",
+    "cos": "because",
+    "becuase": "because",
+    "becasue": "because",
+    "rn": "right now",
+    "tbh": "to be honest",
+    "ngl": "not going to lie",
+    "tmrw": "tomorrow",
+    "tmr": "tomorrow",
+    "tomorow": "tomorrow",
+    "tommorow": "tomorrow",
+    "tommorrow": "tomorrow",
+    "tonite": "tonight",
+    "2nite": "tonight",
+    "b4": "before",
+    "wknd": "weekend",
+    "abt": "about",
+    "ppl": "people",
+    "msg": "message",
+    "alot": "a lot",
+    "untill": "until",
+    "realy": "really",
+    "definately": "definitely",
+    "wensday": "wednesday",
+    "wednsday": "wednesday",
+    "thier": "their",
+    "frustated": "frustrated",
+    "frustating": "frustrating",
+    "stresed": "stressed",
+    "embarassed": "embarrassed",
+    "embarrased": "embarrassed",
+    "dissapointed": "disappointed",
+    "disapointed": "disappointed",
+    "anxous": "anxious",
+    "worryed": "worried",
+    "scarred": "scared",
+    "exausted": "exhausted",
+    "overwhelmd": "overwhelmed",
+    "apologise": "apologize",
+}
+_WORD_FORMS_RE = re.compile(
+    r"(?<!['\w])(?:" + "|".join(sorted(_WORD_FORMS, key=len, reverse=True)) + r")(?!['\w]|\.\w)"
+)
+# Forms that depend on their neighbours ("ill" before a verb, "its" before an adjective).
 _TEXTING = (
     (r"\bi'?m\b", "i'm"),
-    (r"\bim\b", "i'm"),
-    (r"\bu\b", "you"),
-    (r"\bur\b", "your"),
-    (r"\br\b", "are"),
-    (r"\bpls\b|\bplz\b", "please"),
-    (r"\bive\b", "i've"),
-    (r"\bid\b", "i'd"),
     (r"\bill\b(?= \w+)", "i'll"),
-    (r"\bdont\b", "don't"),
-    (r"\bcant\b", "can't"),
-    (r"\bwont\b", "won't"),
-    (r"\bdidnt\b", "didn't"),
-    (r"\bdoesnt\b", "doesn't"),
-    (r"\bisnt\b", "isn't"),
-    (r"\bwasnt\b", "wasn't"),
-    (r"\bhavent\b", "haven't"),
-    (r"\byoure\b", "you're"),
-    (r"\byoud\b", "you'd"),
-    (r"\byoull\b", "you'll"),
-    (r"\bthats\b", "that's"),
     (r"\bits\b(?= (?:not|been|just|so|really|a|the|getting|like|fine|ok|okay|hard|too))", "it's"),
-    (r"\bwed\b", "we'd"),
-    (r"\bidk\b", "i don't know"),
-    (r"\bkinda\b", "kind of"),
-    (r"\bsorta\b", "sort of"),
-    (r"\bgonna\b", "going to"),
-    (r"\bwanna\b", "want to"),
-    (r"\bthx\b|\bty\b", "thanks"),
-    (r"\bok\b", "okay"),
+    (r"(?:^|(?<=[.!?] ))lets\b", "let's"),
 )
 _TEXTING_RE = [(re.compile(p), r) for p, r in _TEXTING]
 
@@ -52,10 +125,11 @@ def normalise(text: str) -> str:
     """Lowercase, straight quotes, texting forms expanded, whitespace collapsed."""
     text = text.replace("\u2019", "'").replace("\u2018", "'").replace("`", "'")
     text = text.replace("\u201c", '"').replace("\u201d", '"')
-    text = text.lower()
+    text = re.sub(r"\s+", " ", text.lower()).strip()
+    text = _WORD_FORMS_RE.sub(lambda m: _WORD_FORMS[m.group(0)], text)
     for pattern, replacement in _TEXTING_RE:
         text = pattern.sub(replacement, text)
-    return re.sub(r"\s+", " ", text).strip()
+    return text
 
 
 def _alt(words: str | Iterable[str], phrases: Iterable[str] = ()) -> str:
@@ -169,7 +243,6 @@ HEDGES = _alt(
         "sort of",
         "a little",
         "a bit",
-        "just",
         "i'm not sure",
         "not sure",
         "i don't know",
@@ -249,8 +322,6 @@ GIVE_UP = _alt(
         "you're right",
         "you're probably right",
         "i guess you're right",
-        "fine,",
-        "fine.",
         "fine then",
         "okay fine",
         "ok fine",
@@ -275,6 +346,22 @@ GIVE_UP = _alt(
         "if you can't, that's",
         "not a big deal",
         "not important",
+        "do what you want",
+        "do whatever you want",
+        "whatever makes you happy",
+        "i'll stop asking",
+        "i'll stop bringing it up",
+        "i'll drop it",
+        "i'll find someone else",
+        "i can find someone else",
+        "i'll ask someone else",
+        "not like i can",
+        "it's fine i guess",
+        "that's fine i guess",
+        "i guess it's fine",
+        "never mind then",
+        "forget i mentioned",
+        "just leave it",
     ]
 )
 SARCASM = _alt(
@@ -479,6 +566,15 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
             r"this (?:week|month|morning|year|weekend)|for (?:the )?(?:past|last))\b"
         ),
     ),
+    (
+        "d_past_duration",
+        _P(
+            rf"\b(?:had|has been|have been|was|were|took|been|haven't|hasn't|didn't|hadn't|"
+            rf"wasn't|weren't)\b[^.?!]{{0,60}}?\bfor (?:a|one|two|three|the past|the last|"
+            rf"a couple of|a few|over a|{NUMBER_WORDS}|\d+) (?:week|weeks|month|months|days|day|"
+            rf"years|year|hours|nights)\b"
+        ),
+    ),
     ("d_absolute", _P(rf"\b{ABSOLUTES}\b")),
     ("d_label", _P(rf"\b{LABELS}\b")),
     (
@@ -524,7 +620,11 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
         "e_first_person_feeling",
         _P(
-            rf"\b(?:i|i'm|i've|i'd|i'll|i was|me|my)\b[^.?!,;]{{0,40}}?\b{FEELINGS}\b"
+            rf"\b(?:i|i'm|i've|i'd|i'll|i was|me|my)\b"
+            rf"(?:(?!\b(?:you|you're|he|she|they|he's|she's|they're)\b)[^.?!,;]){{0,40}}?"
+            rf"\b{FEELINGS}\b"
+            r"|\bi (?:really |just |do |still )?miss (?:you|us|talking|seeing|spending|having|"
+            r"our|hanging|when|the way|being)\b"
             r"|\bi (?:feel|felt|'m feeling|am feeling)(?: so| really| very| pretty| a bit|"
             r" a little| kind of| just| honestly| quite)* (?:bad|terrible|awful|horrible|"
             r"sick|good|great|guilty|stuck|lost|small|stupid|alone)\b"
@@ -553,7 +653,8 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
         "e_judgment_feeling",
         _P(
-            rf"\bi (?:feel|felt|'m feeling)(?: so| really| very| kind of)*"
+            rf"\bi(?: feel| felt|'m feeling|'m| am| was| get| got)(?: so| really| very| kind of|"
+            rf" just| always| being| getting)*"
             rf" {JUDGMENT_FEELINGS}\b"
         ),
     ),
@@ -655,7 +756,8 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
         "r_you_gain",
         _P(
-            r"\b(?:you get (?:to|your|a|an|the|more|some|back)|you(?:'d| would| will|'ll| could|"
+            r"\b(?:you get (?:to|your|a (?!chance|minute|sec|moment)|an|the|more|some|back)|"
+            r"you(?:'d| would| will|'ll| could|"
             r" can|'re going to| get to)"
             r"(?: (?:also|then|finally|actually|still|both|never|not|even))?"
             r" (?:have|get|be able|save|gain|keep|feel|enjoy|free up|avoid|know|follow|"
@@ -688,7 +790,8 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
         "r_so_that",
         _P(
             r"(?:\b(?:that way|so that|which means|that means|it (?:also )?means|this means|"
-            r"then|once [^.?!,]{3,40}),? (?:you|we|it|nothing|everyone|the team|the kids|"
+            r"then|once [^.?!,]{3,40}),? (?:you|we|it|nothing|nobody|no one|everyone|the team|"
+            r"the kids|"
             r"they|your|there's|there'd|there will)\b|\bso (?:nothing|everyone|the team|"
             r"the kids|your|we|you)\b|\binstead of (?:my|your|the|having|waiting|"
             r"\w+ing)\b|\bhanging over)"
@@ -728,10 +831,10 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
         "r_consequence_if",
         _P(
-            r"\bif (?:you|we)(?: can| could| do| did| would|'d)?(?: just| "
+            r"\bif (?:you|we)(?: can| could| do| did| would|'d|'re| are)?(?: just| "
             r"please| start| stop| agree| help| pay| let| keep)? [^.?!]{0,60}"
             r"(?:then|,) (?:you|we|i|it|that|things|everyone)(?:'d|'ll| would|"
-            r" will| can| could)\b"
+            r" will| can| could| won't| wouldn't| don't have to| never have to)\b"
         ),
     ),
     # --- negotiate
@@ -779,8 +882,10 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
             rf"\d+) (?:week|weeks|month|months|days|day|weekends|shifts|times)|"
             rf"trial|try it|give it a try|try this|as a test|check in after|"
             rf"see how it goes|revisit|every other|alternate|take turns|switch off|"
-            rf"half|split|halfway|meet (?:you )?in the middle|middle ground|"
-            rf"instead|rather than|swap|trade|deal)\b"
+            rf"half (?:now|each|and half|up front|later|of (?:it|the (?:cost|bill|rent|price|"
+            rf"money|amount|fee)))|halves|50/50|fifty[- ]fifty|"
+            rf"split|halfway|meet (?:you )?in the middle|middle ground|"
+            rf"instead|rather than|swap|trade|(?<!big )(?<!good )deal)\b"
         ),
     ),
     (
@@ -818,7 +923,8 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("m_sarcasm", _P(rf"(?:^|\b|\s){SARCASM}")),
     ("m_counter", _P(rf"\b{COUNTER}")),
     ("m_past", _P(rf"\b{PAST}\b")),
-    ("m_give_up", _P(rf"(?:^|\b|\s){GIVE_UP}")),
+    # "Fine," gives up at the start of a clause; "an email is fine." does not.
+    ("m_give_up", _P(rf"(?:^|\b|\s){GIVE_UP}|(?:^|[.!?;]\s*)(?:okay,? )?(?:fine|whatever)[,.!]")),
     ("m_broken_record", _P(rf"\b{BROKEN_RECORD}\b")),
     (
         "m_defend",
@@ -842,6 +948,9 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ),
     # --- confident
     ("c_hedge", _P(rf"(?:^|\b|\s){HEDGES}(?:\b|\s|$)")),
+    # "just" softens ("just wondering") as often as it insists ("just ask me first"): its own
+    # cue, so that the classifier weighs it apart from the plain hedges.
+    ("c_just", _P(r"\bjust\b")),
     ("c_apology", _P(rf"\b{APOLOGIES}\b")),
     ("c_self_down", _P(rf"\b{SELF_DOWN}")),
     ("c_trail", _P(r"\.\.\.|…|\blol\b|\bhaha\b")),
@@ -972,16 +1081,32 @@ def extract(text: str, *, partner_said: str = "", goal: str = "", situation: str
     return _extract(text, partner_said, goal, situation)
 
 
+_SENTENCE_END_RE = re.compile(r"[.!?;]+(?:\s|$)")
+_EVENT_CUES = frozenset({"d_past_event", "d_negated_fact", "d_past_verb", "d_past_duration"})
+_WHEN_CUES = frozenset(
+    {"d_digit", "d_number_word", "d_time", "d_count", "d_last_n", "d_since_ago", "d_past_duration"}
+)
+
+
 @lru_cache(maxsize=4096)
 def _extract(text: str, partner_said: str, goal: str, situation: str) -> Cues:
     norm = normalise(text)
     values: dict[str, float] = {}
     evidence: dict[str, str] = {}
+    # Sentence numbers of the event and when cues, to tell a dated fact ("you were late on
+    # Monday") from an event and a time word that merely share a message.
+    bounds = [m.end() for m in _SENTENCE_END_RE.finditer(norm)]
+    events: set[int] = set()
+    whens: set[int] = set()
     for name, pattern in PATTERNS:
-        found = pattern.findall(norm)
+        found = [m for m in pattern.finditer(norm)]
         values[name] = float(len(found))
         if found:
-            evidence[name] = found[0]
+            evidence[name] = found[0].group(0)
+            if name in _EVENT_CUES or name in _WHEN_CUES:
+                into = events if name in _EVENT_CUES else whens
+                into.update(bisect.bisect_right(bounds, m.start()) for m in found)
+    values["d_dated_event"] = float(len(events & whens))
     raw_words = re.findall(r"[A-Za-z']+", text)
     words = _WORD_RE.findall(norm)
     n_words = max(len(words), 1)
@@ -1008,6 +1133,11 @@ def _extract(text: str, partner_said: str, goal: str, situation: str) -> Cues:
             "shape_lowercase_start": float(bool(text[:1]) and text[:1].islower()),
         }
     )
+    # A duration told as a past fact is not a trial period on offer (negotiate).
+    if values["d_past_duration"] and values["n_trial"]:
+        values["n_trial"] = max(values["n_trial"] - values["d_past_duration"], 0.0)
+        if not values["n_trial"]:
+            evidence.pop("n_trial", None)
     mine = _content_words(norm)
     partner, attack = _partner_cues(partner_said)
     aim = _aim_words(goal, situation)

@@ -4,7 +4,14 @@ import pytest
 
 from feedback.raters.bank import DATA_DIR, Example, read_jsonl, train_examples
 from feedback.raters.features import extract, normalise
-from feedback.raters.offline import Settings, default_model, rate_offline, rules_only, train
+from feedback.raters.offline import (
+    TRAINING_PATHS,
+    Settings,
+    default_model,
+    rate_offline,
+    rules_only,
+    train,
+)
 from feedback.raters.rating import Rating
 from feedback.skills import SKILL_KEYS, SKILLS, STRATEGIES
 
@@ -164,3 +171,137 @@ def test_one_draft_is_rated_as_a_batch_rates_it():
     assert len(calls) == 1
     levels = {k: s.level for k, s in rating.skills.items()}
     assert levels == model.predict([Example(id="", text=examples[0].text)])[0]
+
+
+# --- cues that carry over to messages written unlike the bank (held-out work, session h4)
+
+
+@pytest.mark.parametrize(
+    ("text", "gives_up"),
+    [
+        ("Fine, forget it.", True),
+        ("ok fine. do what you want", True),
+        ("Could I come on Thursday? Or a quick email with the grade is fine.", False),
+        ("Tuesday is fine for me.", False),
+    ],
+)
+def test_fine_gives_up_only_at_the_start_of_a_clause(text, gives_up):
+    assert (extract(text).values["m_give_up"] > 0) is gives_up
+
+
+def test_a_chance_to_do_it_is_not_a_gain_for_them():
+    hedged = extract("Whenever you get a chance, could you send the form?")
+    assert hedged.values["r_you_gain"] == 0
+    assert extract("You get a whole weekend free.").values["r_you_gain"] > 0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "If you're home by 11 for a month, we can talk about midnight.",
+        "If you clear it on Fridays, you won't have people complaining to facilities.",
+    ],
+)
+def test_a_conditional_consequence_is_read_with_contractions_and_negatives(text):
+    assert extract(text).values["r_consequence_if"] > 0
+
+
+def test_a_past_duration_is_a_fact_not_a_trial_on_offer():
+    past = extract("I'm furious, we have had no shower for two weeks.")
+    assert past.values["n_trial"] == 0 and past.values["d_past_duration"] == 1
+    assert "n_trial" not in past.evidence
+    offer = extract("Let's try it for two weeks and see how it goes.")
+    assert offer.values["n_trial"] > 0 and offer.values["d_past_duration"] == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "trial"),
+    [
+        ("I know it doesn't feel like a big deal to you.", False),
+        ("She works harder than half the kids out there.", False),
+        ("Smoking kills like half a million people a year.", False),
+        ("Could you send half now and half on the 20th?", True),
+        ("Deal? I'll cook and you wash up.", True),
+    ],
+)
+def test_trial_and_trade_words_need_their_negotiating_sense(text, trial):
+    assert (extract(text).values["n_trial"] > 0) is trial
+
+
+def test_a_feeling_is_the_speakers_only_when_no_one_else_holds_it():
+    assert extract("I know you're proud of them.").values["e_first_person_feeling"] == 0
+    assert extract("I know I'm proud of them.").values["e_first_person_feeling"] == 1
+    assert extract("I miss talking to you at dinner.").values["e_first_person_feeling"] == 1
+
+
+def test_a_judgment_of_the_other_person_is_flagged_without_i_feel():
+    cues = extract("It's unfair that everyone got theirs and I'm just ignored.")
+    assert cues.values["e_judgment_feeling"] == 1
+
+
+def test_a_dated_event_needs_the_event_and_the_time_in_one_sentence():
+    assert extract("You were 40 minutes late on Monday.").values["d_dated_event"] == 1
+    assert extract("I was late. Monday works for me.").values["d_dated_event"] == 0
+
+
+def test_just_is_its_own_cue_not_a_hedge():
+    cues = extract("Just a reminder about the $150. Can you send it by the 30th?")
+    assert cues.values["c_just"] == 1 and cues.values["c_hedge"] == 0
+    assert extract("maybe, if that's okay").values["c_hedge"] > 0
+
+
+@pytest.mark.parametrize("model", ["bank", "rules"])
+def test_a_past_duration_does_not_make_a_negotiation(model):
+    text = "I'm furious and completely stressed out, we have had no shower for two weeks."
+    assert rate(text, model).skills["negotiate"].level != "strong"
+
+
+def test_the_held_out_set_is_never_part_of_the_training_bank():
+    """holdout.jsonl measures generalisation: none of its lines may reach the model."""
+    holdout = read_jsonl(DATA_DIR / "holdout.jsonl")
+    assert len(holdout) >= 80 and all(e.fully_labelled for e in holdout)
+    assert all(e.id.startswith("ho-") and e.split == "holdout" for e in holdout)
+    bank = train_examples(TRAINING_PATHS)
+    assert not {e.id for e in bank} & {e.id for e in holdout}
+    assert not {e.text for e in bank} & {e.text for e in holdout}
+    assert default_model().n_train == len(bank)
+    # Even if someone lists the file among the training paths, its lines are refused.
+    assert train_examples([DATA_DIR / "holdout.jsonl", DATA_DIR / "dev.jsonl"]) == []
+
+
+def test_the_analysis_set_is_trained_on_and_kept_apart_from_dev_and_holdout():
+    analysis = read_jsonl(DATA_DIR / "analysis.jsonl")
+    assert len(analysis) >= 60 and all(e.split == "train" for e in analysis)
+    assert {e.id for e in analysis} <= {e.id for e in train_examples(TRAINING_PATHS)}
+    others = read_jsonl(DATA_DIR / "dev.jsonl") + read_jsonl(DATA_DIR / "holdout.jsonl")
+    assert not {e.text for e in analysis} & {e.text for e in others}
+    assert not {e.situation for e in analysis} & {e.situation for e in others}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Lets meet tmrw bc im frustated", "let's meet tomorrow because i'm frustrated"),
+        ("sry cant do it rn, ur car isnt done", "sorry can't do it right now, your car isn't done"),
+        ("tbh i was realy embarassed", "to be honest i was really embarrassed"),
+        ("he lets me. the u.s. office", "he lets me. the u.s. office"),
+    ],
+)
+def test_texting_forms_and_common_misspellings_are_normalised(text, expected):
+    assert normalise(text) == expected
+
+
+def test_a_misspelled_feeling_still_counts_as_a_feeling():
+    assert extract("honestly im so frustated and dissapointed").values["e_i_feel_feeling"] >= 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Do what you want I guess, not like I can stop you.",
+        "you said that in march too. whatever, I'll stop asking",
+        "That's fine I guess, I can find someone else.",
+    ],
+)
+def test_giving_up_on_the_goal_in_other_words_is_caught(text):
+    assert extract(text).values["m_give_up"] > 0
