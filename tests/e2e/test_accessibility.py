@@ -5,6 +5,7 @@ that say each change once (the feedback panel's short status, the study's Contin
 from __future__ import annotations
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.e2e.test_chat_drafts import start_practising
 
@@ -59,3 +60,15 @@ def test_on_a_phone_nav_links_the_worksheet_and_the_difficulty_scale_are_finger_
     for target in boxes(phone, ".site-header a"):
         assert target["height"] >= TOUCH, target
     assert fits_the_screen(phone)
+
+
+def test_the_chats_error_goes_when_the_conversation_ends(page, fake_llm_server) -> None:
+    fake_llm_server.reset()
+    start_practising(page)
+    page.fill("#message-text", "Please fill the tank before you bring the car back.")
+    page.click("#send-button")  # no skill chosen: refused
+    expect(page.locator("#chat-error")).to_contain_text("Pick")
+    page.click(".end-form button")
+    page.wait_for_selector("#summary-heading")
+    expect(page.locator("#chat-error")).to_be_empty()
+    expect(page.locator("#chat-error")).to_be_hidden()
