@@ -14,6 +14,34 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 PHONE = {"width": 360, "height": 740}
 TOUCH = 44  # the app's finger-sized target (buttons, skill and check-in choices)
 
+# Every change to a live region's text, as a screen reader would be told it: a MutationObserver
+# recording a region's text after each change inside it, and each region added to the page already
+# holding text (Chromium may read such a region out as it appears).
+RECORD_LIVE = """
+() => {
+  window.liveChanges = [];
+  const LIVE = '[role=status], [role=alert], [role=log], [aria-live]:not([aria-live=off])';
+  const note = (region) => window.liveChanges.push(
+    {id: region.id, text: region.textContent.trim().replace(/\\s+/g, ' ')});
+  new MutationObserver((records) => {
+    for (const record of records) {
+      const target = record.target.nodeType === 1 ? record.target : record.target.parentElement;
+      const region = target && target.closest(LIVE);
+      if (region) { note(region); continue; }
+      for (const node of record.addedNodes) {
+        if (node.nodeType !== 1) continue;
+        const added = [...(node.matches(LIVE) ? [node] : []), ...node.querySelectorAll(LIVE)];
+        added.filter((r) => r.textContent.trim()).forEach(note);
+      }
+    }
+  }).observe(document.body, {subtree: true, childList: true, characterData: true});
+}
+"""
+
+
+def live_changes(page, region: str) -> list[str]:
+    return [c["text"] for c in page.evaluate("window.liveChanges") if c["id"] == region]
+
 
 def boxes(page, selector: str) -> list[dict]:
     return page.eval_on_selector_all(
@@ -72,3 +100,40 @@ def test_the_chats_error_goes_when_the_conversation_ends(page, fake_llm_server) 
     page.wait_for_selector("#summary-heading")
     expect(page.locator("#chat-error")).to_be_empty()
     expect(page.locator("#chat-error")).to_be_hidden()
+
+
+def test_the_feedback_panel_is_not_live_and_its_short_status_is_said_once_per_change(
+    page, fake_llm_server
+) -> None:
+    fake_llm_server.reset()
+    start_practising(page)
+    # No live region holds the panel: only the status line and the chat's own regions speak.
+    assert page.evaluate(
+        "() => !document.getElementById('feedback-panel-body')"
+        ".closest('[aria-live]:not([aria-live=off]), [role=status], [role=alert], [role=log]')"
+    )
+    page.evaluate(RECORD_LIVE)
+    # The expert model takes a moment, so the quick check is on screen first.
+    fake_llm_server.configure(ttft_ms=1500)
+    page.check("#strategy-assert")
+    page.fill("#message-text", "Please fill the tank before you bring the car back.")
+    page.click("#feedback-button")
+    page.wait_for_selector("#feedback-panel-body[data-state=final]", timeout=20_000)
+    expect(page.locator("#feedback-status")).to_contain_text("Expert feedback ready")
+    page.wait_for_timeout(500)  # anything else the panel's updates would have said
+    said = [text for text in live_changes(page, "feedback-status") if text]
+    assert said[0].startswith("Quick check ready: "), said
+    assert said[-1].startswith("Expert feedback ready: "), said
+    assert len(said) == len(set(said)) == 2, said  # each once, nothing repeated
+    assert all("skill" in text and len(text) < 120 for text in said), said
+    # The panel's own text (the reasoning, the rewrites) was never in a live region.
+    reasoning = page.locator("#feedback-panel-body .feedback-skill").first.inner_text()
+    assert not any(reasoning[:40] in c["text"] for c in page.evaluate("window.liveChanges"))
+
+    before = len(live_changes(page, "feedback-status"))
+    # A message stored empties the panel silently; the next request is announced again.
+    page.click("#send-button")
+    page.wait_for_selector("#feedback-panel-body[data-state=empty]")
+    page.wait_for_timeout(300)
+    assert [t for t in live_changes(page, "feedback-status")[before:] if t] == []
+    fake_llm_server.reset()
