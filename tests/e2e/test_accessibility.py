@@ -7,7 +7,9 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
+from study import services
 from tests.e2e.test_chat_drafts import start_practising
+from tests.e2e.test_study import _fresh_rate_limits, open_study  # noqa: F401 (autouse fixture)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -137,3 +139,65 @@ def test_the_feedback_panel_is_not_live_and_its_short_status_is_said_once_per_ch
     page.wait_for_timeout(300)
     assert [t for t in live_changes(page, "feedback-status")[before:] if t] == []
     fake_llm_server.reset()
+
+
+def errors_tied_to_fields(page) -> list[str]:
+    """What is wrong with a page's error summary: each link must reach a field (focus lands on it)
+    that is described by its own error message beside it, and a text field says it is invalid."""
+    problems: list[str] = []
+    links = page.locator("#form-errors a")
+    assert links.count() > 0
+    for index in range(links.count()):
+        link = links.nth(index)
+        target = link.get_attribute("href")[1:]
+        link.click()
+        focused = page.evaluate("document.activeElement && document.activeElement.id")
+        if focused != target:
+            problems.append(f"{target}: the link leaves focus on {focused!r}")
+        field = page.locator(f"[id='{target}']")
+        described = (field.get_attribute("aria-describedby") or "").split()
+        messages = [
+            page.locator(f"[id='{i}']").inner_text().strip()
+            for i in described
+            if page.locator(f"[id='{i}'].error").count()
+        ]
+        if not any(messages):
+            problems.append(f"{target}: no error message tied to it")
+        tag = field.evaluate("e => e.tagName")
+        if tag in ("INPUT", "TEXTAREA") and field.get_attribute("aria-invalid") != "true":
+            problems.append(f"{target}: not marked invalid")
+    return problems
+
+
+def join(page, study) -> None:
+    page.goto(f"/s/{study.slug}/?PROLIFIC_PID=a11y-{study.slug}&STUDY_ID=s&SESSION_ID=s")
+    page.click("#agree")
+    page.wait_for_url("**/step/situations/")
+
+
+def test_the_study_forms_tie_each_error_to_its_field(page, live_server_url: str) -> None:
+    study = open_study("a11y-forms", "simulation", live_server_url)
+    join(page, study)
+    page.click("#continue")  # nothing filled in
+    page.wait_for_selector("#form-errors")
+    assert page.locator("#form-errors a").count() == 8  # four fields, two situations
+    assert errors_tied_to_fields(page) == []
+
+    # Both valid, but situation 2 is not the harder one: the error sits at its difficulty.
+    for prefix, difficulty in (("s1", 7), ("s2", 3)):
+        page.fill(f"#id_{prefix}-situation", "My flatmate leaves their dishes in the sink.")
+        page.fill(f"#id_{prefix}-goal", "Get my flatmate to wash up the same evening.")
+        page.check(f"#id_{prefix}-category_social")
+        page.check(f"#id_{prefix}-difficulty_{difficulty}")
+    page.click("#continue")
+    page.wait_for_selector("#form-errors")
+    assert page.locator("#form-errors a").count() == 1
+    assert errors_tied_to_fields(page) == []
+    page.check("#id_s2-difficulty_8")
+    page.click("#continue")
+
+    page.wait_for_url("**/step/pre_s1/")
+    page.click("#continue")  # no answer given
+    page.wait_for_selector("#form-errors")
+    assert page.locator("#form-errors a").count() == len(services.active_items())
+    assert errors_tied_to_fields(page) == []
