@@ -201,3 +201,43 @@ def test_the_study_forms_tie_each_error_to_its_field(page, live_server_url: str)
     page.wait_for_selector("#form-errors")
     assert page.locator("#form-errors a").count() == len(services.active_items())
     assert errors_tied_to_fields(page) == []
+
+
+def test_the_study_chats_continue_status_is_one_live_region_said_once(
+    page, live_server_url: str, fake_llm_server
+) -> None:
+    fake_llm_server.reset()
+    study = open_study("a11y-continue", "simulation", live_server_url)
+    join(page, study)
+    for prefix, difficulty in (("s1", 3), ("s2", 7)):
+        page.fill(f"#id_{prefix}-situation", "My flatmate leaves their dishes in the sink.")
+        page.fill(f"#id_{prefix}-goal", "Get my flatmate to wash up the same evening.")
+        page.check(f"#id_{prefix}-category_social")
+        page.check(f"#id_{prefix}-difficulty_{difficulty}")
+    page.click("#continue")
+    for step in ("pre_s1", "pre_s2"):
+        page.wait_for_url(f"**/step/{step}/")
+        for item in services.active_items():
+            page.check(f"#item_{item.key}_4")
+        page.click("#continue")
+    page.wait_for_url("**/step/eval_s1_pre/")
+    page.wait_for_selector("#chat[data-socket=open]")
+    page.evaluate(RECORD_LIVE)
+    page.evaluate("document.getElementById('continue-hint').dataset.original = '1'")
+    with page.expect_response(lambda r: "/status/" in r.url) as polled:
+        pass
+    assert polled.value.ok
+    page.wait_for_timeout(3_500)  # at least one more poll
+    assert live_changes(page, "continue-hint") == []  # nothing changed, nothing said
+
+    page.check("#strategy-describe")
+    page.fill("#message-text", "The dishes have been in the sink for two weeks. #agree")
+    page.click("#send-button")
+    page.wait_for_selector("#summary")
+    expect(page.locator("#continue")).to_be_enabled(timeout=15_000)
+    page.wait_for_timeout(3_500)  # polls that would have come after the change
+    said = [text for text in live_changes(page, "continue-hint") if text]
+    assert said == ["The conversation has ended. Press Continue for the next step."], said
+    # The same element all along: a region re-created by each poll is read out each time, or never.
+    assert page.get_attribute("#continue-hint", "data-original") == "1"
+    assert page.get_attribute("#continue", "aria-describedby") == "continue-hint"
