@@ -74,6 +74,8 @@ def panel_context(feedback: FeedbackRequest, *, oob: bool = False) -> dict[str, 
         "paused": paused,
         "support_text": audit.support_resources() if paused else "",
         "items": items,
+        # The panel's one-line announcement (the panel itself is not a live region).
+        "to_work_on": sum(not item.good for item in items),
         "mastery": mastery,
         "oob": oob,
     }

@@ -174,6 +174,25 @@
   });
   document.addEventListener("htmx:afterRequest", () => setTimeout(keepFocus, 0));
 
+  // The study's Continue box is polled until the conversation ends: the poll's answer replaces it
+  // only when its status changed, and the status line beside it (a live region kept on the
+  // page) takes the new words then, so a screen reader hears the change once, not every 3 s.
+  document.addEventListener("htmx:beforeSwap", (event) => {
+    const box = event.detail.target;
+    if (!box || box.id !== "continue-box" || !event.detail.shouldSwap) return;
+    const answer = document.createElement("template");
+    answer.innerHTML = event.detail.serverResponse || "";
+    const next = answer.content.getElementById("continue-box");
+    if (next && next.dataset.status === box.dataset.status) event.detail.shouldSwap = false;
+  });
+  document.addEventListener("htmx:afterSettle", () => {
+    const box = $("continue-box");
+    const status = $("continue-hint");
+    if (box && status && box.dataset.status && status.textContent.trim() !== box.dataset.status) {
+      status.textContent = box.dataset.status;
+    }
+  });
+
   // One click, one message: Send waits for the server's next word on whether it may send again.
   document.addEventListener("htmx:wsBeforeSend", (event) => {
     const button = $("send-button");

@@ -5,6 +5,7 @@
   window.imbueFeedback = true;
 
   const PANEL = "feedback-panel-body";
+  const STATUS = "feedback-status";
   const FLAG = "feedback-used-rewrite";
   let socket = null; // the feedback socket (htmx ws extension's wrapper)
   const reported = new Set();
@@ -46,8 +47,34 @@
   document.addEventListener("htmx:wsClose", (event) => {
     if (isFeedbackSocket(event)) socket = null;
   });
+  // The panel is not a live region (a screen reader would read all of it again at each of its
+  // updates): its short status ("Quick check ready: 2 skills to work on...") goes to the slot's
+  // one polite status line, once per change of request or state. A socket that reconnects and
+  // sends the panel already shown says nothing new.
+  let announced = null;
+  const panelKey = (panel) =>
+    `${panel.dataset.requestId || ""}|${panel.dataset.state || ""}|${panel.dataset.announce || ""}`;
+  let announcing = null;
+  function announce() {
+    const panel = document.getElementById(PANEL);
+    const status = document.getElementById(STATUS);
+    if (!panel || !status) return;
+    const key = panelKey(panel);
+    if (key === announced) return;
+    announced = key;
+    const text = panel.dataset.announce;
+    if (!text) return;
+    // Emptied first: the same words for a new request are still a change to read out.
+    clearTimeout(announcing);
+    status.textContent = "";
+    announcing = setTimeout(() => (status.textContent = text), 100);
+  }
+
   document.addEventListener("htmx:wsAfterMessage", reportViewed);
   document.addEventListener("htmx:afterSettle", reportViewed);
+  document.addEventListener("htmx:wsAfterMessage", announce);
+  document.addEventListener("htmx:afterSettle", announce);
+  document.addEventListener("htmx:oobAfterSwap", announce);
   document.addEventListener("visibilitychange", reportViewed);
 
   document.addEventListener("htmx:beforeSwap", (event) => {
@@ -80,6 +107,7 @@
     if (panel && panel.dataset.state !== "empty") {
       panel.dataset.state = "empty";
       panel.removeAttribute("data-request-id");
+      panel.removeAttribute("data-announce");
       panel.innerHTML = '<p class="hint">No feedback on this message yet.</p>';
     }
   }
@@ -87,5 +115,7 @@
   document.addEventListener("DOMContentLoaded", () => {
     const sent = document.getElementById("message-sent");
     sentSeq = (sent && sent.dataset.seq) || null;
+    const panel = document.getElementById(PANEL);
+    if (panel) announced = panelKey(panel); // what the page loads with is not news
   });
 })();
