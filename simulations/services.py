@@ -1544,11 +1544,23 @@ class Suggestion:
 
 
 FIRST_SUGGESTION = "Start with the facts of what happened, so you both begin from the same place."
+SUGGESTION_PAUSED = (
+    "This conversation is paused, so there is no next message to suggest a skill for."
+)
+SUGGESTION_ENDED = (
+    "This conversation has ended, so there is no next message to suggest a skill for. "
+    "Start a new conversation to practise again."
+)
 
 
 def _suggestion_inputs(conversation: Conversation) -> dict[str, Any]:
     if not conversation.suggestion_enabled:
         raise ConversationError("Suggestions are not part of this conversation.")
+    # Refused before anything is asked or stored: there is no next message to suggest for.
+    if conversation.status == Conversation.Status.PAUSED:
+        raise ConversationError(SUGGESTION_PAUSED)
+    if not conversation.is_open:
+        raise ConversationError(SUGGESTION_ENDED)
     messages = list(conversation.messages.filter(state=Message.State.COMPLETE).order_by("seq"))
     used = {s for m in messages if m.role == Message.Role.LEARNER for s in m.strategies}
     partner_said = next((m.text for m in reversed(messages) if m.role == Message.Role.PARTNER), "")

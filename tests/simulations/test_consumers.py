@@ -562,3 +562,17 @@ async def test_a_live_pause_shows_the_support_text_the_chat_was_started_with(
     assert "0800 000 000" in frame and "988" not in frame
     assert "Continue to the next step" in frame and "Back to your practice" not in frame
     await view.communicator.disconnect()
+
+
+async def test_suggest_on_an_ended_chat_says_why_and_stores_nothing(no_llm: None) -> None:
+    conversation = await start()
+    view = await open_view(conversation)
+    await send_and_wait(view, conversation, "Please text me by ten.")
+    await view.send(action="end")
+    await view.until(lambda f: 'id="summary"' in f)
+    await view.send(action="suggest")
+    frame = await view.until(lambda f: 'id="chat-error"' in f or 'id="suggestion"' in f)
+    assert 'id="suggestion"' not in frame
+    assert "This conversation has ended, so there is no next message" in html.unescape(frame)
+    assert not await conversation.suggestions.aexists()
+    await view.communicator.disconnect()

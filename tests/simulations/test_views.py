@@ -145,6 +145,28 @@ def test_checkin_suggest_and_end_without_javascript(no_llm: None) -> None:
     assert bad.status_code == 400 and "0 to 10" in bad.content.decode()
 
 
+@pytest.mark.parametrize(
+    ("status", "says"),
+    [
+        ("ended", "has ended"),
+        ("limit", "has ended"),
+        ("agreed", "has ended"),
+        ("paused", "is paused"),
+    ],
+)
+def test_a_closed_chat_suggests_nothing_without_javascript(
+    no_llm: None, status: str, says: str
+) -> None:
+    conversation = start()
+    Conversation.objects.filter(pk=conversation.pk).update(status=status)
+    response = owner_client(conversation.learner).post(url("suggest", conversation))
+    page = response.content.decode()
+    assert response.status_code == 400
+    assert f"This conversation {says}, so there is no next message to suggest" in page
+    assert "Try <strong>" not in page
+    assert not conversation.suggestions.exists()
+
+
 def test_a_failed_reply_shows_try_again_and_the_retry_post_writes_it(fake_llm) -> None:
     conversation = start()
     fake_llm.faults(["500", "500", "500"])
