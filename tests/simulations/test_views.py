@@ -114,6 +114,25 @@ def test_sending_without_javascript_stores_the_message_and_the_reply(no_llm: Non
     assert "You have 9 messages left." in page
 
 
+SEND_KEY = re.compile(r'<input type="hidden" name="send_key" id="send-key" value="([^"]+)">')
+
+
+def test_a_form_sent_twice_without_javascript_stores_one_message(no_llm: None) -> None:
+    conversation = start()
+    client = owner_client(conversation.learner)
+    page = client.get(url("conversation", conversation)).content.decode()
+    key = SEND_KEY.search(page).group(1)
+    form = {"text": "Please give me notice.", "strategies": ["assert"], "send_key": key}
+    first = client.post(url("send", conversation), form)
+    again = client.post(url("send", conversation), form)  # a double click, a resubmitted page
+    assert first.status_code == again.status_code == 302
+    assert again["Location"] == first["Location"]
+    assert list(conversation.messages.values_list("role", flat=True)) == ["learner", "partner"]
+    # The page comes back with a new key for the next message.
+    page = client.get(url("conversation", conversation)).content.decode()
+    assert SEND_KEY.search(page).group(1) != key
+
+
 def test_a_refused_message_comes_back_with_the_draft_and_the_reason(no_llm: None) -> None:
     conversation = start()
     response = owner_client(conversation.learner).post(
