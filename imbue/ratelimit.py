@@ -37,8 +37,9 @@ log = logging.getLogger(__name__)
 
 KEY_PREFIX = "imbue:rl:"
 
-# KEYS[1] the window's sorted set; ARGV: limit, window (ms), a unique member suffix.
-# Returns {allowed (0/1), retry_after (ms), hits in the window after this call}.
+# KEYS[1] the window's sorted set; ARGV: limit, window (ms), a unique member suffix, and "look"
+# to only look (count nothing). Returns {allowed (0/1), retry_after (ms), hits in the window
+# after this call}.
 _SLIDING_WINDOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -46,6 +47,9 @@ local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 local count = redis.call('ZCARD', KEYS[1])
+if count < limit and ARGV[4] == 'look' then
+  return {1, 0, count}
+end
 if count < limit then
   redis.call('ZADD', KEYS[1], now, now .. '-' .. ARGV[3])
   redis.call('PEXPIRE', KEYS[1], window)
@@ -66,7 +70,15 @@ BUDGET_USED_UP = (
 )
 
 
+RESUME_TOO_MANY = (
+    "That is too many codes that did not match in a short time. To keep everyone's code safe, "
+    "please wait {wait}, then try again."
+)
+
+
 def _wait_words(seconds: int) -> str:
+    if seconds >= 120:  # only the longer windows (failed resume codes) wait this long
+        return f"{math.ceil(seconds / 60)} minutes"
     return "1 second" if seconds == 1 else f"{seconds} seconds"
 
 
@@ -112,8 +124,12 @@ def _client() -> redis.Redis:
     return _sync_clients[url]
 
 
-def hit(key: str, limit: int, window: float, *, message: str = GENERIC_TOO_FAST) -> Decision:
-    """Count one hit on `key` if fewer than `limit` happened in the last `window` seconds."""
+def hit(
+    key: str, limit: int, window: float, *, message: str = GENERIC_TOO_FAST, look: bool = False
+) -> Decision:
+    """Count one hit on `key` if fewer than `limit` happened in the last `window` seconds.
+    With `look`, count nothing: only whether a hit would be allowed now (for limits on what
+    turns out to count only afterwards, as a resume code that matched no one)."""
     args = _args(key, limit, window)
     if args is None:
         return _ALLOW_ALWAYS
@@ -121,7 +137,9 @@ def hit(key: str, limit: int, window: float, *, message: str = GENERIC_TOO_FAST)
     if redis_quiet.quiet():
         return _ALLOW_ALWAYS  # Redis just failed to answer in time: not asked (logged then)
     try:
-        result = _client().eval(_SLIDING_WINDOW, 1, name, count, window_ms, member)
+        result = _client().eval(
+            _SLIDING_WINDOW, 1, name, count, window_ms, member, "look" if look else "count"
+        )
     except redis.RedisError as error:
         log.warning("rate limit %s not checked, Redis unavailable: %s", key, error)
         redis_quiet.note(error)
@@ -154,7 +172,7 @@ async def ahit(key: str, limit: int, window: float, *, message: str = GENERIC_TO
     if redis_quiet.quiet():
         return _ALLOW_ALWAYS
     try:
-        result = await _aclient().eval(_SLIDING_WINDOW, 1, name, count, window_ms, member)
+        result = await _aclient().eval(_SLIDING_WINDOW, 1, name, count, window_ms, member, "count")
     except redis.RedisError as error:
         log.warning("rate limit %s not checked, Redis unavailable: %s", key, error)
         redis_quiet.note(error)
@@ -191,6 +209,48 @@ async def acheck_feedback(learner_id: int, *, per_minute: int | None = None) -> 
     """`check_feedback` for async code."""
     limit = _per_minute("feedback_per_minute", per_minute)
     return await ahit(f"feedback:{learner_id}", limit, 60, message=FEEDBACK_TOO_FAST)
+
+
+# --- failed resume codes ------------------------------------------------------------------------
+
+# A resume code signs in as its learner (or study participant), so guessing is limited: per
+# client address (a classroom behind one address shares it, hence the larger number) and per
+# browser session, counting only codes that matched no one within the window, in seconds.
+RESUME_FAILURES_PER_ADDRESS = 30
+RESUME_FAILURES_PER_SESSION = 10
+RESUME_WINDOW_S = 15 * 60
+
+
+def _resume_limits(ip: str | None, session_key: str | None) -> list[tuple[str, int]]:
+    limits = []
+    if ip:
+        limits.append((f"resume-failed:ip:{ip}", RESUME_FAILURES_PER_ADDRESS))
+    if session_key:
+        limits.append((f"resume-failed:session:{session_key}", RESUME_FAILURES_PER_SESSION))
+    return limits
+
+
+def check_resume(*, ip: str | None, session_key: str | None) -> Decision:
+    """Whether a resume code may be tried now from this address and session (counts nothing:
+    see `resume_failed`). Refused with the longest wait when either has failed too often."""
+    refused = [
+        decision
+        for key, limit in _resume_limits(ip, session_key)
+        if not (decision := hit(key, limit, RESUME_WINDOW_S, message=RESUME_TOO_MANY, look=True))
+    ]
+    return max(refused, key=lambda d: d.retry_after) if refused else _ALLOW_ALWAYS
+
+
+def resume_failed(*, ip: str | None, session_key: str | None) -> None:
+    """Count a resume code that matched no one against this address and session."""
+    for key, limit in _resume_limits(ip, session_key):
+        hit(key, limit, RESUME_WINDOW_S)
+
+
+def forget_resume_failures(*, ip: str | None, session_key: str | None) -> None:
+    """Forget the failed resume codes of an address and a session (tests; staff)."""
+    for key, _ in _resume_limits(ip, session_key):
+        reset(key)
 
 
 def reset(key: str) -> None:

@@ -1,4 +1,5 @@
 import sys
+from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
@@ -6,7 +7,8 @@ from django.template.loader import render_to_string
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from imbue import services
+from imbue import ratelimit, services
+from imbue.audit import client_ip
 from imbue.security import database_unavailable_response, is_database_outage
 
 
@@ -20,6 +22,36 @@ def home(request: HttpRequest) -> HttpResponse:
 def healthz(request: HttpRequest) -> JsonResponse:
     report = services.check_health()
     return JsonResponse(report, status=200 if report["ok"] else 503)
+
+
+# --- resume codes: guessing is limited (imbue.ratelimit), both resume forms use this
+
+
+def resume_allowed(request: HttpRequest) -> ratelimit.Decision:
+    """Whether this browser may try a resume code now: refused (`too_many_resume_tries`) while
+    its address or session has tried too many wrong ones lately; only wrong ones count."""
+    return ratelimit.check_resume(ip=client_ip(request), session_key=request.session.session_key)
+
+
+def resume_failed(request: HttpRequest) -> None:
+    """Count a resume code that matched no one against this browser's address and session."""
+    ratelimit.resume_failed(ip=client_ip(request), session_key=request.session.session_key)
+
+
+def too_many_resume_tries(
+    request: HttpRequest, decision: ratelimit.Decision, **form: Any
+) -> HttpResponse:
+    """429, in plain words, with the resume form again and what was typed kept in it. `form`:
+    action, label and button (the form's words), and study (on a study's page)."""
+    typed = request.POST.get("code", "")[:100]
+    response = render(
+        request,
+        "imbue/too_many_tries.html",
+        {"message": decision.message, "code": typed, **form},
+        status=429,
+    )
+    response["Retry-After"] = str(decision.retry_after)
+    return response
 
 
 # --- error pages: plain words, no details; rendered without the request so they need no database

@@ -47,10 +47,22 @@ Rendered = tuple[str, list[Message], int]  # html, the messages it shows, the la
 
 
 def render_view(conversation_id: int, learner_id: int) -> Rendered:
-    """The whole transcript and the state of the controls (on connect, and when it ends)."""
+    """The whole transcript and the state of the controls (on connect, and when it ends), with
+    a new key for the composer's next press of Send while it is open (`render_send_key`)."""
     context = services.chat_context(_load(conversation_id, learner_id))
     html = render_to_string("simulations/_live.html", {**context, "oob": True, "full": True})
+    if context["conversation"].is_open:
+        html += render_send_key()
     return html, context["transcript"], context["last_seq"]
+
+
+def render_send_key() -> str:
+    """A new key for the composer's next press of Send. Sent when a message is confirmed and when
+    the socket connects: a page that missed a confirmation then sends its next message under a
+    new key, while a frame queued before (it carries the old key) still stores nothing twice."""
+    return render_to_string(
+        "simulations/_send_key.html", {"send_key": services.new_send_key(), "oob": True}
+    )
 
 
 def render_new_messages(conversation_id: int, learner_id: int, after_seq: int) -> Rendered:
@@ -199,10 +211,17 @@ class ConversationConsumer(SocketConsumer):
             strategies=[str(s) for s in strategies] if isinstance(strategies, list) else strategies,
             # When the other tabs cannot be told now (Redis away), this one still shows the turn.
             show_here=self.message_created,
+            # The page's key for this press of Send: the same frame again stores nothing more
+            # and is confirmed again here (none from older pages and the load generator).
+            send_key=payload.get("send_key", ""),
         )
-        # Only this tab clears its draft (other tabs may hold their own), and only now it is saved.
+        # Only this tab clears its draft (other tabs may hold their own), and only now it is
+        # saved; its next message goes under a new key (while there is a composer to take it:
+        # `message.conversation` is the chat as the service left it, paused or not).
+        new_key = render_send_key() if message.conversation.is_open else ""
         await self.send(
             text_data=render_to_string("simulations/_sent.html", {"seq": message.seq, "oob": True})
+            + new_key
             + render_error("")
         )
 

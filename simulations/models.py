@@ -224,13 +224,21 @@ class Message(models.Model):
     error = models.CharField(max_length=300, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     llm_call_id = models.BigIntegerField(null=True, blank=True)
+    # The page's key for one press of Send (a learner message; "" from clients that send none):
+    # a frame sent again (a reconnecting socket, a double submit) stores nothing a second time.
+    send_key = models.CharField(max_length=64, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
     completed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["conversation", "seq"]
         constraints = [
-            models.UniqueConstraint(fields=["conversation", "seq"], name="message_seq_unique")
+            models.UniqueConstraint(fields=["conversation", "seq"], name="message_seq_unique"),
+            models.UniqueConstraint(
+                fields=["conversation", "send_key"],
+                condition=~Q(send_key=""),
+                name="message_send_key_unique",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import threading
 import weakref
@@ -298,17 +299,41 @@ def _clean_strategies(conversation: Conversation, strategies: Iterable[str] | st
     return ordered
 
 
+# What a page's key for one press of Send looks like (`new_send_key`); anything else is no key.
+SEND_KEY = re.compile(r"[A-Za-z0-9_-]{8,64}")
+
+
+def new_send_key() -> str:
+    """A fresh key for the composer's next press of Send (see `record_learner_message`)."""
+    return secrets.token_urlsafe(16)
+
+
+def clean_send_key(value: object) -> str:
+    """The key a client sent with a message, or "" (none, or not one a page of ours made)."""
+    return value if isinstance(value, str) and SEND_KEY.fullmatch(value) else ""
+
+
 def record_learner_message(
-    *, conversation: Conversation, text: str, strategies: Sequence[str] | str
+    *,
+    conversation: Conversation,
+    text: str,
+    strategies: Sequence[str] | str,
+    send_key: str = "",
 ) -> Message:
     """Store what the learner sent, rated, with the resistance it moves and the partner's reply
     queued as a pending message: all in one transaction, so a message is never kept without its
     reply queued, nor a reply queued for a message that was not kept.
 
+    `send_key` is the page's key for this press of Send: the same words sent again with the same
+    key (a socket replaying its frame, a double submit) store nothing and return the message
+    stored the first time. Without a key every call stores a message.
+
     A message that suggests the learner may be at risk is stored with an adverse event for the
     researchers, pauses the conversation, and is never sent to the partner model.
     """
-    return _record_learner_message(conversation=conversation, text=text, strategies=strategies)[0]
+    return _record_learner_message(
+        conversation=conversation, text=text, strategies=strategies, send_key=send_key
+    )[0]
 
 
 # The queries of every message, compiled once (imbue/prepared.py): what the rating, the resistance
@@ -318,7 +343,7 @@ _TRANSCRIPT = PreparedQuery(
     lambda conversation_id: (
         Message.objects.filter(conversation_id=conversation_id)
         .order_by("seq")
-        .only("conversation_id", "seq", "role", "state", "text", "resistance")
+        .only("conversation_id", "seq", "role", "state", "text", "resistance", "send_key")
     ),
     conversation_id=int,
 )
@@ -347,15 +372,31 @@ def _record_learner_message(
     text: str,
     strategies: Sequence[str] | str,
     claim: bool = False,
+    send_key: str = "",
 ) -> tuple[Message, Queued]:
-    """`record_learner_message`, with the reply it queued. With `claim`, the caller means to
-    write the reply at once: its first attempt is claimed and leased in the same transaction (no
-    other writer can see the reply before), so the model is asked with no further round trip."""
+    """`record_learner_message`, with the reply it queued (`Queued.replayed`: nothing stored,
+    the message is the one this send stored before). With `claim`, the caller means to write the
+    reply at once: its first attempt is claimed and leased in the same transaction (no other
+    writer can see the reply before), so the model is asked with no further round trip."""
 
+    send_key = clean_send_key(send_key)
     with transaction.atomic():
         # Only the pk and the owner are read from `conversation`: a socket passes no more.
         # Every writer of this conversation's messages takes this lock first.
         locked = LOCKED_FOR_A_TURN.get(pk=conversation.pk, learner_id=conversation.learner_id)
+        # Only what the rating, the resistance and the partner's prompt read, and the keys of
+        # the sends stored so far: a send seen before is found here under the lock, at no cost
+        # to every other message (the unique constraint guards it in the database too).
+        messages = _TRANSCRIPT.all(conversation_id=locked.pk)
+        earlier = next((m for m in messages if send_key and m.send_key == send_key), None)
+        if earlier is not None:
+            if _same_words(earlier, text, locked.max_message_chars):
+                earlier.conversation = locked  # as a stored message's: the chat as it is now
+                return earlier, Queued(replayed=True)
+            # Other words under a key already used (a page that missed its new key): a new
+            # message all the same, stored without the key rather than refused or lost.
+            log.warning("conversation %s: a send key came again with other words", locked.pk)
+            send_key = ""
         if not locked.is_open:
             raise ConversationError("This conversation has ended; start a new one to go on.")
         try:
@@ -365,8 +406,6 @@ def _record_learner_message(
         if not text:
             raise ConversationError("Write a message first.")
         chosen = _clean_strategies(locked, strategies)
-        # Only what the rating, the resistance and the partner's prompt read.
-        messages = _TRANSCRIPT.all(conversation_id=locked.pk)
         turn = sum(m.role == Message.Role.LEARNER for m in messages) + 1
         if turn > locked.max_messages:
             raise ConversationError("You have used all the messages of this conversation.")
@@ -387,6 +426,7 @@ def _record_learner_message(
             strategies=chosen,
             state=Message.State.COMPLETE,
             completed_at=timezone.now(),
+            send_key=send_key,
         )
         _rate(locked, message, chosen, messages, turn)
         risk = safety.assess_risk(text)
@@ -418,6 +458,14 @@ _LINK_DRAFTS = PreparedUpdate(
     turn=int,
     changes={"sent_message_id": int},
 )
+
+
+def _same_words(stored: Message, text: object, max_chars: int) -> bool:
+    """Whether `text`, cleaned as it would be stored, is what `stored` says."""
+    try:
+        return clean_user_text(text, max_chars) == stored.text  # type: ignore[arg-type]
+    except UserTextError:
+        return False
 
 
 def _link_drafts(conversation: Conversation, turn: int, message: Message) -> None:
@@ -543,12 +591,14 @@ def _take_lease_now(message_id: int, token: str) -> bool:
 
 @dataclass
 class Queued:
-    """The reply a stored learner message queued (None: paused for safety), and its first
-    attempt if already claimed; `remaining`: the learner's messages left after this one."""
+    """The reply a stored learner message queued (None: paused for safety, or `replayed`: the
+    message was stored by an earlier sending of the same frame, and nothing was queued now), and
+    its first attempt if already claimed; `remaining`: the learner's messages left after it."""
 
     reply: Message | None = None
     job: _Job | None = None
     remaining: int = 0
+    replayed: bool = False
 
     @property
     def reply_id(self) -> int | None:
@@ -586,6 +636,7 @@ async def send_learner_message(
     text: str,
     strategies: Sequence[str] | str,
     show_here: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+    send_key: str = "",
 ) -> Message:
     """For sockets: record the message, start the reply in the background, and tell every tab.
 
@@ -597,10 +648,17 @@ async def send_learner_message(
     sending tab when the broadcast fails or is not through within `BROADCAST_WAIT_S`; the
     broadcast goes on in the background meanwhile, and a tab that already shows the turn takes
     it as nothing new.
+
+    A frame sent again with its `send_key` (see `record_learner_message`) returns the message
+    it stored the first time, and does nothing else: every tab has been told of it already.
     """
     try:
         message, queued = await database_sync_to_async(_record_learner_message)(
-            conversation=conversation, text=text, strategies=strategies, claim=True
+            conversation=conversation,
+            text=text,
+            strategies=strategies,
+            claim=True,
+            send_key=send_key,
         )
     except ConversationError:
         raise
@@ -610,6 +668,11 @@ async def send_learner_message(
             raise ConversationError(NOT_SAVED_DATABASE) from error
         log.exception("conversation %s: message not stored", conversation.pk)
         raise ConversationError(NOT_SAVED) from error
+    if queued.replayed:
+        log.info(
+            "conversation %s: message %s sent again; not stored twice", conversation.pk, message.pk
+        )
+        return message
 
     event: dict[str, Any] = {"type": "message.created", "seq": message.seq}
     announced = asyncio.Event()
@@ -658,12 +721,19 @@ async def _broadcast_turn(
 
 
 def send_and_wait(
-    *, conversation: Conversation, text: str, strategies: Sequence[str] | str
+    *,
+    conversation: Conversation,
+    text: str,
+    strategies: Sequence[str] | str,
+    send_key: str = "",
 ) -> Message:
-    """For the page without JavaScript: record the message and write the reply before returning."""
+    """For the page without JavaScript: record the message and write the reply before returning
+    (a form sent twice, with its `send_key`, stores and writes nothing the second time)."""
     message, queued = _record_learner_message(
-        conversation=conversation, text=text, strategies=strategies, claim=True
+        conversation=conversation, text=text, strategies=strategies, claim=True, send_key=send_key
     )
+    if queued.replayed:
+        return message
     reply_id = queued.reply_id  # None when paused for safety
 
     async def notify_and_reply() -> None:
@@ -1544,11 +1614,23 @@ class Suggestion:
 
 
 FIRST_SUGGESTION = "Start with the facts of what happened, so you both begin from the same place."
+SUGGESTION_PAUSED = (
+    "This conversation is paused, so there is no next message to suggest a skill for."
+)
+SUGGESTION_ENDED = (
+    "This conversation has ended, so there is no next message to suggest a skill for. "
+    "Start a new conversation to practise again."
+)
 
 
 def _suggestion_inputs(conversation: Conversation) -> dict[str, Any]:
     if not conversation.suggestion_enabled:
         raise ConversationError("Suggestions are not part of this conversation.")
+    # Refused before anything is asked or stored: there is no next message to suggest for.
+    if conversation.status == Conversation.Status.PAUSED:
+        raise ConversationError(SUGGESTION_PAUSED)
+    if not conversation.is_open:
+        raise ConversationError(SUGGESTION_ENDED)
     messages = list(conversation.messages.filter(state=Message.State.COMPLETE).order_by("seq"))
     used = {s for m in messages if m.role == Message.Role.LEARNER for s in m.strategies}
     partner_said = next((m.text for m in reversed(messages) if m.role == Message.Role.PARTNER), "")
@@ -1698,4 +1780,6 @@ def chat_context(conversation: Conversation) -> dict[str, Any]:
         "checkin_after_due": not is_open and "after" not in phases,
         "intensity_scale": range(0, 11),
         "ws_path": f"/ws/conversations/{conversation.pk}/",
+        # The composer's key for its next press of Send (renewed with every render).
+        "send_key": new_send_key(),
     }

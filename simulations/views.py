@@ -69,7 +69,13 @@ def send_message(request: HttpRequest, conversation_id: int) -> HttpResponse:
     text = request.POST.get("text", "")
     strategies = request.POST.getlist("strategies")
     try:
-        services.send_and_wait(conversation=conversation, text=text, strategies=strategies)
+        services.send_and_wait(
+            conversation=conversation,
+            text=text,
+            strategies=strategies,
+            # A form sent twice (a double click, a resubmitted page) is stored once.
+            send_key=request.POST.get("send_key", ""),
+        )
     except services.ConversationError as error:
         return _refused(request, conversation, error.user_message, draft=text, chosen=strategies)
     return _back(conversation)

@@ -18,6 +18,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRefresh
 
+from imbue.views import resume_allowed, resume_failed, too_many_resume_tries
 from simulations import services as chat_services
 from simulations import situations
 from simulations.learners import SESSION_KEY, attach_learner
@@ -198,12 +199,24 @@ def resume(request: HttpRequest, slug: str) -> HttpResponse:
     """Continue on this device with the participant's own key (shown to them when joining as
     "your participant code"; not the pseudonym staff and exports see)."""
     study = get_object_or_404(Study, slug=slug)
+    allowed = resume_allowed(request)
+    if not allowed:
+        return too_many_resume_tries(
+            request,
+            allowed,
+            study=study,
+            action=reverse("study:resume", args=[study.slug]),
+            label="Your participant code",
+            button="Continue where I stopped",
+        )
     code = "".join(ch for ch in request.POST.get("code", "").upper() if ch.isalnum())
     found = Participant.objects.select_related("study", "learner").filter(
         study=study, resume_key=code
     )
     participant = found.first() if code else None
     if participant is None:
+        if code:
+            resume_failed(request)
         return render(
             request,
             "study/entry.html",

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from feedback.models import Draft
+from imbue import ratelimit
 from simulations.models import Conversation, EmotionCheckin, Learner, Message, Situation
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_llm")]
@@ -181,6 +182,8 @@ def test_fuzz_new_situation_form(
 def test_fuzz_resume_form(learner_client: Client, code: str) -> None:
     learners = Learner.objects.count()
     mine = learner_client.session["imbue_learner_id"]
+    # Every example reaches the code's look-up, not the limit on wrong codes (imbue.ratelimit).
+    ratelimit.forget_resume_failures(ip="127.0.0.1", session_key=learner_client.session.session_key)
     _post(learner_client, "/practice/resume/", {"code": code}, "resume")
     # A wrong code neither creates a learner nor switches this browser to someone else.
     assert Learner.objects.count() == learners

@@ -189,3 +189,44 @@ def test_the_tokens_used_annotation_matches_tokens_used_and_works_on_a_locked_ro
     assert rows[spent.pk] == 2700
     assert ratelimit.budget_left(spent.pk, 3000, used=rows[spent.pk]) == 300
     assert ratelimit.budget_left(spent.pk, 2000, used=rows[spent.pk]) == 0
+
+
+def test_a_look_counts_nothing_and_says_what_a_hit_would_get(key: str) -> None:
+    assert ratelimit.hit(key, 2, 20, look=True).allowed
+    assert ratelimit.hit(key, 2, 20) and ratelimit.hit(key, 2, 20)
+    looked = ratelimit.hit(key, 2, 20, look=True)
+    assert not looked and looked.hits == 2 and 19 <= looked.retry_after <= 20
+    # Looking never fills the window.
+    other = key + "-looked"
+    assert all(ratelimit.hit(other, 1, 20, look=True) for _ in range(5))
+    assert ratelimit.hit(other, 1, 20)
+
+
+def test_failed_resume_codes_count_per_address_and_per_session(monkeypatch) -> None:
+    monkeypatch.setattr(ratelimit, "RESUME_FAILURES_PER_ADDRESS", 3)
+    monkeypatch.setattr(ratelimit, "RESUME_FAILURES_PER_SESSION", 2)
+    ip, session, other = f"203.0.113.{uuid.uuid4().int % 250}", uuid.uuid4().hex, uuid.uuid4().hex
+    try:
+        ratelimit.forget_resume_failures(ip=ip, session_key=None)
+        assert ratelimit.check_resume(ip=ip, session_key=session)
+        ratelimit.resume_failed(ip=ip, session_key=session)
+        ratelimit.resume_failed(ip=ip, session_key=session)
+        refused = ratelimit.check_resume(ip=ip, session_key=session)
+        assert not refused and refused.retry_after > 800
+        assert refused.message.startswith("That is too many codes that did not match")
+        assert "please wait 15 minutes" in refused.message
+        # The address still has one to go from another session, then it is held up too.
+        assert ratelimit.check_resume(ip=ip, session_key=other)
+        ratelimit.resume_failed(ip=ip, session_key=other)
+        assert not ratelimit.check_resume(ip=ip, session_key=uuid.uuid4().hex)
+        assert not ratelimit.check_resume(ip=ip, session_key=None)
+        assert ratelimit.check_resume(ip=None, session_key=uuid.uuid4().hex)
+    finally:
+        ratelimit.forget_resume_failures(ip=ip, session_key=session)
+        ratelimit.forget_resume_failures(ip=None, session_key=other)
+
+
+def test_waits_of_minutes_are_said_in_minutes() -> None:
+    assert ratelimit._wait_words(1) == "1 second"
+    assert ratelimit._wait_words(60) == "60 seconds"  # the per-minute limits read as before
+    assert ratelimit._wait_words(841) == "15 minutes"

@@ -562,3 +562,100 @@ async def test_a_live_pause_shows_the_support_text_the_chat_was_started_with(
     assert "0800 000 000" in frame and "988" not in frame
     assert "Continue to the next step" in frame and "Back to your practice" not in frame
     await view.communicator.disconnect()
+
+
+# --------------------------------------------------------------------------- a send sent again
+
+SEND_KEY = re.compile(r'<input type="hidden" name="send_key" id="send-key" value="([^"]+)"')
+SENT = re.compile(r'id="message-sent" hidden data-seq="(\d+)"')
+
+
+def send_key_of(frame: str) -> str:
+    """The composer's key for its next send, as the socket gave it to the page."""
+    found = SEND_KEY.findall(frame)
+    assert found, frame
+    return found[-1]
+
+
+async def learner_messages(conversation: Conversation) -> list[str]:
+    rows = Message.objects.filter(conversation=conversation, role=Message.Role.LEARNER)
+    return [m.text async for m in rows.order_by("seq")]
+
+
+async def test_a_send_frame_replayed_after_its_reply_is_stored_once_and_confirmed_again(
+    fake_llm,
+) -> None:
+    conversation = await start()
+    view = await open_view(conversation)
+    frame = {"text": "Please text me by ten.", "send_key": "the-pages-key-for-send-1"}
+    reply = await send_and_wait(view, conversation, **frame)
+    # The same frame again once its reply is stored (a double submit), then from a socket that
+    # reconnected and sends what it had queued (it carries the old key).
+    await view.send(action="send", strategies=["assert"], **frame)
+    again = await view.until(lambda f: 'id="message-sent"' in f or "chat-error" in f)
+    assert SENT.search(again).group(1) == "1" and 'class="error"' not in again
+    await view.communicator.disconnect()
+    other = await open_view(conversation)
+    await other.send(action="send", strategies=["assert"], **frame)
+    again = await other.until(lambda f: 'id="message-sent"' in f or "chat-error" in f)
+    assert SENT.search(again).group(1) == "1" and 'class="error"' not in again
+    # Stored once, one model call, the turn not used twice.
+    assert await learner_messages(conversation) == ["Please text me by ten."]
+    assert await Message.objects.filter(conversation=conversation).acount() == 2
+    assert len(partner_requests(fake_llm)) == 1
+    await reply.arefresh_from_db()
+    assert reply.state == "complete"
+    # The page gets its keys from the socket: on connecting, and a new one with each message
+    # confirmed; the next message, under it, is stored as usual.
+    on_connect = send_key_of(other.frames[0])
+    second = await send_and_wait(
+        other, conversation, "Text me by ten, please.", send_key=on_connect
+    )
+    renewed = send_key_of(other.seen(lambda f: 'id="message-sent"' in f))
+    assert second.seq == 4 and len(partner_requests(fake_llm)) == 2
+    assert len({frame["send_key"], on_connect, renewed}) == 3
+    await other.communicator.disconnect()
+
+
+async def test_a_double_submit_while_the_reply_is_on_its_way_stores_one_message(fake_llm) -> None:
+    fake_llm.configure(ttft_ms=300)
+    conversation = await start()
+    view = await open_view(conversation)
+    frame = {"action": "send", "text": "Please text me by ten.", "strategies": ["assert"]}
+    key = "a-key-the-page-chose-1"  # any the page holds (clients choose their own)
+    await view.send(**frame, send_key=key)
+    await view.send(**frame, send_key=key)
+    confirmations = []
+    while len(confirmations) < 2:
+        found = await view.until(lambda f: 'id="message-sent"' in f or 'class="error"' in f)
+        confirmations.append(found)
+    assert [SENT.search(f).group(1) for f in confirmations] == ["1", "1"]
+    reply = await reply_of(conversation, 1)
+    await view.until_complete(reply.pk)
+    assert await learner_messages(conversation) == ["Please text me by ten."]
+    assert len(partner_requests(fake_llm)) == 1
+    await view.communicator.disconnect()
+
+
+async def test_frames_without_a_key_are_each_stored_as_before(no_llm: None) -> None:
+    # Older pages and the load generator (bench/load.py) send no key.
+    conversation = await start()
+    view = await open_view(conversation)
+    await send_and_wait(view, conversation, "Please text me by ten.")
+    await send_and_wait(view, conversation, "Please text me by ten.")
+    assert await learner_messages(conversation) == ["Please text me by ten."] * 2
+    await view.communicator.disconnect()
+
+
+async def test_suggest_on_an_ended_chat_says_why_and_stores_nothing(no_llm: None) -> None:
+    conversation = await start()
+    view = await open_view(conversation)
+    await send_and_wait(view, conversation, "Please text me by ten.")
+    await view.send(action="end")
+    await view.until(lambda f: 'id="summary"' in f)
+    await view.send(action="suggest")
+    frame = await view.until(lambda f: 'id="chat-error"' in f or 'id="suggestion"' in f)
+    assert 'id="suggestion"' not in frame
+    assert "This conversation has ended, so there is no next message" in html.unescape(frame)
+    assert not await conversation.suggestions.aexists()
+    await view.communicator.disconnect()

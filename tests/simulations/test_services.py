@@ -496,3 +496,91 @@ def test_a_reply_queued_by_another_tab_meanwhile_does_not_unsave_the_message(
     replies = Message.objects.filter(conversation=conversation, seq=message.seq + 1)
     assert [(m.role, m.state) for m in replies] == [(Message.Role.PARTNER, Message.State.PENDING)]
     assert Message.objects.get(pk=message.pk).ratings  # the rating is still stored
+
+
+# --------------------------------------------------------------------------- a send sent again
+
+
+def test_a_send_key_stores_a_message_once_and_returns_it_when_sent_again(no_llm: None) -> None:
+    conversation = start()
+    strategies, text = STRONG[0]
+    key = services.new_send_key()
+    first = services.record_learner_message(
+        conversation=conversation, text=text, strategies=strategies, send_key=key
+    )
+    reply_to(conversation)
+    again = services.record_learner_message(
+        conversation=conversation, text=f"{text}\n", strategies=strategies, send_key=key
+    )
+    assert (again.pk, again.seq) == (first.pk, 1)
+    assert conversation.messages.count() == 2
+    # A key used before with other words (a page that missed its new key) loses nothing: the
+    # message is stored, without the key.
+    other = services.record_learner_message(
+        conversation=conversation, text=STRONG[1][1], strategies=STRONG[1][0], send_key=key
+    )
+    other.refresh_from_db()
+    assert other.seq == 3 and other.send_key == ""
+    first.refresh_from_db()
+    assert first.send_key == key
+
+
+def test_a_replayed_send_is_confirmed_even_once_the_chat_has_ended(no_llm: None) -> None:
+    conversation = start(max_messages=1)
+    key = services.new_send_key()
+    services.record_learner_message(
+        conversation=conversation, text="Please.", strategies="assert", send_key=key
+    )
+    reply_to(conversation)
+    conversation.refresh_from_db()
+    assert conversation.status == Conversation.Status.LIMIT
+    again = services.record_learner_message(
+        conversation=conversation, text="Please.", strategies="assert", send_key=key
+    )
+    assert again.seq == 1 and not again.conversation.is_open
+    with pytest.raises(services.ConversationError, match="ended"):
+        services.record_learner_message(
+            conversation=conversation, text="Please.", strategies="assert"
+        )
+
+
+@pytest.mark.parametrize("key", ["", "short", "x" * 65, "has spaces in it", None, 12345678])
+def test_no_key_or_one_no_page_of_ours_makes_stores_every_send(no_llm: None, key) -> None:
+    conversation = start()
+    services.record_learner_message(
+        conversation=conversation, text="Hi.", strategies="assert", send_key=key
+    )
+    reply_to(conversation)
+    services.record_learner_message(
+        conversation=conversation, text="Hi.", strategies="assert", send_key=key
+    )
+    assert conversation.messages.filter(role=Message.Role.LEARNER).count() == 2
+    assert set(conversation.messages.values_list("send_key", flat=True)) == {""}
+
+
+def test_the_database_refuses_a_send_key_twice_in_one_conversation(no_llm: None) -> None:
+    from django.db import IntegrityError, transaction
+
+    conversation, elsewhere = start(), start()
+    row = {"role": Message.Role.LEARNER, "text": "Hi.", "send_key": "k" * 22}
+    Message.objects.create(conversation=conversation, seq=1, **row)
+    Message.objects.create(conversation=elsewhere, seq=1, **row)  # keys are per conversation
+    for seq in (2, 3):  # no key: as many as sent
+        Message.objects.create(conversation=conversation, seq=seq, role="learner", text="Hi.")
+    with pytest.raises(IntegrityError, match="message_send_key_unique"), transaction.atomic():
+        Message.objects.create(conversation=conversation, seq=4, **row)
+
+
+def test_a_send_key_costs_a_message_no_query_more(no_llm: None) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def send(conversation: Conversation, key: str) -> int:
+        with CaptureQueriesContext(connection) as queries:
+            services.record_learner_message(
+                conversation=conversation, text="Hi.", strategies="assert", send_key=key
+            )
+        return len(queries)
+
+    send(start(), "")  # the prepared queries compile on first use
+    assert send(start(), services.new_send_key()) == send(start(), "")

@@ -91,6 +91,25 @@ def test_nothing_is_stored_when_suggestions_are_off(no_llm: None) -> None:
     assert not SkillSuggestion.objects.exists()
 
 
+@pytest.mark.parametrize("status", ["ended", "limit", "agreed", "paused"])
+def test_a_closed_chat_gets_no_suggestion_no_model_call_and_nothing_stored(
+    fake_llm: Any, status: str
+) -> None:
+    conversation = start()
+    say(conversation)
+    conversation.status = status
+    conversation.save(update_fields=["status"])
+    calls = LLMCall.objects.filter(purpose="suggestion")
+    with pytest.raises(services.ConversationError) as refused:
+        ask(conversation=conversation)
+    if status == "paused":
+        assert refused.value.user_message == services.SUGGESTION_PAUSED
+    else:
+        assert refused.value.user_message == services.SUGGESTION_ENDED
+    assert not SkillSuggestion.objects.exists() and not calls.exists()
+    assert not [r for r in fake_llm.requests() if r["purpose"] == "suggestion"]
+
+
 def test_a_failure_to_store_still_shows_the_suggestion(
     no_llm: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:

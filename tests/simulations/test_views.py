@@ -114,6 +114,25 @@ def test_sending_without_javascript_stores_the_message_and_the_reply(no_llm: Non
     assert "You have 9 messages left." in page
 
 
+SEND_KEY = re.compile(r'<input type="hidden" name="send_key" id="send-key" value="([^"]+)">')
+
+
+def test_a_form_sent_twice_without_javascript_stores_one_message(no_llm: None) -> None:
+    conversation = start()
+    client = owner_client(conversation.learner)
+    page = client.get(url("conversation", conversation)).content.decode()
+    key = SEND_KEY.search(page).group(1)
+    form = {"text": "Please give me notice.", "strategies": ["assert"], "send_key": key}
+    first = client.post(url("send", conversation), form)
+    again = client.post(url("send", conversation), form)  # a double click, a resubmitted page
+    assert first.status_code == again.status_code == 302
+    assert again["Location"] == first["Location"]
+    assert list(conversation.messages.values_list("role", flat=True)) == ["learner", "partner"]
+    # The page comes back with a new key for the next message.
+    page = client.get(url("conversation", conversation)).content.decode()
+    assert SEND_KEY.search(page).group(1) != key
+
+
 def test_a_refused_message_comes_back_with_the_draft_and_the_reason(no_llm: None) -> None:
     conversation = start()
     response = owner_client(conversation.learner).post(
@@ -143,6 +162,28 @@ def test_checkin_suggest_and_end_without_javascript(no_llm: None) -> None:
     assert 'id="checkin-after"' in page
     bad = client.post(url("checkin", conversation), {"phase": "after", "intensity": "99"})
     assert bad.status_code == 400 and "0 to 10" in bad.content.decode()
+
+
+@pytest.mark.parametrize(
+    ("status", "says"),
+    [
+        ("ended", "has ended"),
+        ("limit", "has ended"),
+        ("agreed", "has ended"),
+        ("paused", "is paused"),
+    ],
+)
+def test_a_closed_chat_suggests_nothing_without_javascript(
+    no_llm: None, status: str, says: str
+) -> None:
+    conversation = start()
+    Conversation.objects.filter(pk=conversation.pk).update(status=status)
+    response = owner_client(conversation.learner).post(url("suggest", conversation))
+    page = response.content.decode()
+    assert response.status_code == 400
+    assert f"This conversation {says}, so there is no next message to suggest" in page
+    assert "Try <strong>" not in page
+    assert not conversation.suggestions.exists()
 
 
 def test_a_failed_reply_shows_try_again_and_the_retry_post_writes_it(fake_llm) -> None:

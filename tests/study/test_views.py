@@ -142,6 +142,35 @@ def test_an_unknown_resume_code_is_refused(client: Client, study: Study) -> None
     assert "not found" in response.content.decode()
 
 
+def test_wrong_participant_codes_are_limited_with_a_429_on_the_studys_own_page(
+    study: Study, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imbue import ratelimit
+
+    monkeypatch.setattr(ratelimit, "RESUME_FAILURES_PER_ADDRESS", 3)
+    ip = "192.0.2.77"
+    ratelimit.forget_resume_failures(ip=ip, session_key=None)
+    client = Client(REMOTE_ADDR=ip)
+    client.post(reverse("study:start", args=[study.slug]))
+    participant = Participant.objects.get(study=study)
+    resume = reverse("study:resume", args=[study.slug])
+    for _ in range(3):
+        assert Client(REMOTE_ADDR=ip).post(resume, {"code": "NOPE"}).status_code == 400
+    response = Client(REMOTE_ADDR=ip).post(resume, {"code": participant.resume_key})
+    page = response.content.decode()
+    assert response.status_code == 429 and int(response["Retry-After"]) > 0
+    assert "Please wait before trying again" in page and study.name in page
+    assert f'value="{participant.resume_key}"' in page and f'action="{resume}"' in page
+    assert "Continue where I stopped" in page and "Your practice" not in page
+    # Its own browser, elsewhere, is not held up; the wait over, the key works again.
+    elsewhere = Client(REMOTE_ADDR="192.0.2.78")
+    ratelimit.forget_resume_failures(ip="192.0.2.78", session_key=None)
+    assert elsewhere.post(resume, {"code": participant.resume_key}).status_code == 302
+    ratelimit.forget_resume_failures(ip=ip, session_key=None)
+    moved = Client(REMOTE_ADDR=ip).post(resume, {"code": participant.resume_key})
+    assert moved.status_code == 302 and participant.step in moved["Location"]
+
+
 @pytest.mark.parametrize("pid", ["{{%PROLIFIC_PID%}}", "a b", "x" * 65])
 def test_malformed_recruitment_ids_get_a_clear_page(client: Client, study: Study, pid) -> None:
     response = client.get(reverse("study:entry", args=[study.slug]), {"PROLIFIC_PID": pid})
