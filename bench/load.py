@@ -11,8 +11,9 @@ Each learner does what the conversation page does in Chromium with htmx:
    "Get feedback" button does, waits on the feedback socket for the final panel and reports it
    "viewed"; reads it (think time), then sends the message over the chat socket as the form's
    `ws-send` does (the draft as it was rated, or, for a share of the turns, changed after reading
-   the feedback) (`{"action": "send", "text": ..., "strategies": [...], ...}`) and reads the
-   partner's reply as it streams (first delta, then the completed bubble).
+   the feedback) (`{"action": "send", "text": ..., "strategies": [...], "send_key": ...}`, with
+   the key the page was last given) and reads the partner's reply as it streams (first delta,
+   then the completed bubble).
 
 At the same moment as each of these, a direct client sends the matching request straight to the
 fake model server (a streamed reply to the same text; a JSON reply), so the limit is measured in
@@ -299,6 +300,7 @@ class Socket:
     def __init__(self, connection: ClientConnection) -> None:
         self.connection = connection
         self.frames: list[tuple[float, str]] = []
+        self.send_key = ""  # the composer's key for the next Send, as the page keeps it
         self.closed: str | None = None
         self._changed = asyncio.Event()
         self._reader = asyncio.create_task(self._read())
@@ -308,6 +310,9 @@ class Socket:
             async for frame in self.connection:
                 text = frame if isinstance(frame, str) else frame.decode()
                 self.frames.append((time.time(), text))
+                if 'id="send-key"' in text:
+                    found = SEND_KEY.search(text)
+                    self.send_key = found.group(1) if found else self.send_key
                 self._changed.set()
         except websockets.ConnectionClosed as exc:
             self.closed = f"closed {exc.rcvd.code if exc.rcvd else ''}".strip()
@@ -358,6 +363,7 @@ PANEL = re.compile(r'data-state="(\w+)" data-request-id="(\d+)"')
 PARTNER_BUBBLE = re.compile(r'id="msg-(\d+)" class="msg msg-partner msg-(\w+)"')
 DELTA = re.compile(r'hx-swap-oob="beforeend:#msg-(\d+)-text"')
 BUBBLE_TEXT = re.compile(r'id="msg-(\d+)-text">([^<]+)</p>')
+SEND_KEY = re.compile(r'id="send-key" value="([^"]+)"')
 CHAT_ERROR = re.compile(r'id="chat-error"[^>]*><p class="error">([^<]*)</p>')
 
 
@@ -407,6 +413,7 @@ class Results:
     # The extensions the server agreed to on each socket ("" for none): compression's cost
     # shows in the server's memory per socket and CPU, so a run records which it had.
     ws_extensions: set[str] = field(default_factory=set)
+    keyed_sends: int = 0  # sends carrying the page's key, as a browser's do
 
 
 def draft_text(rng: random.Random, chosen: Sequence[str], tag: str) -> str:
@@ -605,12 +612,13 @@ class Learner:
                 direct_call(self.fake_url, text.replace(record.tag, record.tag + "d"), stream=True)
             )
         payload = {
-            "action": "send", "text": text, "strategies": chosen,
+            "action": "send", "text": text, "strategies": chosen, "send_key": self.chat.send_key,
             "csrfmiddlewaretoken": self.token,
             "HEADERS": {"HX-Request": "true", "HX-Trigger": "chat-form",
                         "HX-Trigger-Name": None, "HX-Target": "chat",
                         "HX-Current-URL": f"{self.base}/practice/c/{self.conversation_id}/"},
         }  # fmt: skip
+        self.results.keyed_sends += bool(self.chat.send_key)
         try:
             await self.chat.send(payload)
             complete = self.complete

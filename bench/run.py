@@ -139,6 +139,7 @@ def summarise(
     return {
         "sessions": load.learners,
         "connected": results.connected,
+        "keyed_sends": results.keyed_sends,
         "messages_each": load.messages,
         "messages": len(turns),
         "feedback_requests": len(asks),

@@ -423,8 +423,8 @@ class Stack:
                 raise RuntimeError(f"{name} exited with code {process.returncode}:\n{tail}")
 
     def start_profilers(self) -> None:
-        """py-spy on the web, worker and fake model processes from now on (the runner starts it with the turns),
-        if the config asks for it."""
+        """py-spy on the web, worker and fake model processes from now on (the runner starts it
+        with the turns), if the config asks for it."""
         folder = self.config.profile_dir
         if folder is None:
             return

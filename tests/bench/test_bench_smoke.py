@@ -34,6 +34,7 @@ def test_three_learners_go_through_the_real_stack_and_the_json_line_has_its_keys
     summary = json.loads((run.RESULTS_DIR / "smoke-3.json").read_text())
     assert summary["connected"] == 3
     assert summary["messages"] == 6
+    assert summary["keyed_sends"] == 6  # each send carries the page's key, as a browser's does
     assert summary["feedback_requests"] == 6
     # One model call per message and per feedback request (the budget per turn).
     assert summary["model_calls_per_message"] == 1
