@@ -91,6 +91,14 @@ def _step_allowed() -> str:
     )
 
 
+# When messages.csv's feedback_computed / _delivered / _viewed apply (empty otherwise).
+FEEDBACK_APPLIES = (
+    " Empty = not applicable: the chat offered no feedback (evaluation chats, arms without "
+    "feedback; the draft's request is then withheld), a draft with no feedback request, partner "
+    "messages and suggestions. false = feedback was on offer and this did not happen (for a sent "
+    "message: none of its turn's requests, also when none was asked for)."
+)
+
 LEVEL_ALLOWED = "strong; weak; none (Describe to Negotiate); yes; no (Mindful, Confident)"
 STRATEGY_ALLOWED = "; ".join(STRATEGIES) + " (several joined by ;)"
 
@@ -214,8 +222,10 @@ def _wide_columns(study: Study, options: Options, items: Sequence[SurveyItem]) -
                    f"Learner messages sent in '{step.title}'."),
             Column(f, f"{step.key}_drafts", "integer", "0 or more",
                    f"Drafts saved in '{step.title}' (each 'get feedback' saves one)."),
-            Column(f, f"{step.key}_feedback_viewed", "integer", "0 or more",
-                   f"Feedback panels shown to the participant in '{step.title}'."),
+            Column(f, f"{step.key}_feedback_viewed", "integer", "0 or more; empty = not "
+                   "applicable", f"Feedback panels shown to the participant in '{step.title}'. "
+                   "Empty when the chat offered no feedback (evaluation chats, arms without "
+                   "feedback) or did not take place; 0 = offered, none viewed."),
             Column(f, f"{step.key}_mastery", "number", "0 to 2",
                    f"Mean skill mastery of the messages of '{step.title}' (mean over messages "
                    "of each message's mean 0-2 score)."),
@@ -288,17 +298,20 @@ def _message_columns(study: Study, options: Options) -> list[Column]:
                "Why the resistance moved (several joined by '; ')."),
         Column(f, "agreed", "boolean", "true; false", "Partner messages: the partner agreed."),
         Column(f, "feedback_status", "string", _choices(FeedbackRequest.Status.choices),
-               "Drafts: the feedback request (withheld = feedback is off in this arm)."),
+               "Drafts: the feedback request (withheld = not computed: feedback is off in this "
+               "chat, or the draft paused the chat for safety, see feedback_fallback_reason)."),
         Column(f, "feedback_engine", "string", "llm; offline", "Drafts: which rater answered."),
         Column(f, "feedback_fallback_reason", "string", "",
                "Drafts: why the offline rater answered instead of the model."),
-        Column(f, "feedback_computed", "boolean", "true; false",
+        Column(f, "feedback_computed", "boolean", "true; false; empty = not applicable",
                "Feedback was computed: for a draft, its request; for a sent learner message, "
-               "any request of its turn."),
-        Column(f, "feedback_delivered", "boolean", "true; false",
-               "Feedback reached the participant's browser (draft, or any of the turn)."),
-        Column(f, "feedback_viewed", "boolean", "true; false",
-               "The browser displayed the feedback (draft, or any of the turn)."),
+               "any request of its turn." + FEEDBACK_APPLIES),
+        Column(f, "feedback_delivered", "boolean", "true; false; empty = not applicable",
+               "Feedback reached the participant's browser (draft, or any of the turn)."
+               + FEEDBACK_APPLIES),
+        Column(f, "feedback_viewed", "boolean", "true; false; empty = not applicable",
+               "The browser displayed the feedback (draft, or any of the turn)."
+               + FEEDBACK_APPLIES),
         Column(f, "feedback_requested_at", "datetime", "", "Drafts: when feedback was asked."),
         Column(f, "feedback_computed_at", "datetime", "", "Drafts: when it was computed."),
         Column(f, "feedback_delivered_at", "datetime", "", "Drafts: when it was delivered."),
@@ -455,7 +468,7 @@ participants[] | list |  | One record per participant (withdrawn ones are gone).
     switches | record |  | The chat's switches.
       max_messages | integer |  |
       strategy_mode | string | single; multiple |
-      feedback_enabled | boolean |  |
+      feedback_enabled | boolean |  | Feedback on offer (false: drafts' requests are withheld).
       suggestion_enabled | boolean |  |
       worksheet_enabled | boolean |  |
       adaptive_enabled | boolean |  |
@@ -472,9 +485,9 @@ participants[] | list |  | One record per participant (withdrawn ones are gone).
       mastery | number | 0 to 2 | Mean score of the rated skills.
       resistance | number | 0 to 1 | Partner's resistance after this learner message.
       resistance_reasons | array |  | Why it moved.
-      agreed | boolean |  | Partner agreed.
+      agreed | boolean |  | Partner messages: the partner agreed (null on learner messages).
       error | string |  | What went wrong.
-      attempts | integer |  | Reply attempts.
+      attempts | integer |  | Partner messages: reply attempts (null on learner messages).
       llm_call_id | integer |  | Model call (model_calls).
       created_at | datetime |  |
       completed_at | datetime |  |
@@ -495,9 +508,9 @@ participants[] | list |  | One record per participant (withdrawn ones are gone).
         offline_result | object |  | The instant offline rating shown meanwhile (same shape).
         llm_call_id | integer |  |
         requested_at | datetime |  |
-        computed_at | datetime |  |
-        delivered_at | datetime |  |
-        viewed_at | datetime |  |
+        computed_at | datetime |  | null = not computed (status says why).
+        delivered_at | datetime |  | null = not delivered.
+        viewed_at | datetime |  | null = not displayed.
         latency_ms | number |  | Request to display.
         model_ms | number |  | Time in the model.
     checkins[] | list |  | Emotion check-ins.

@@ -15,7 +15,8 @@ ids, labels) appear only when ``Options.include_recruitment_ids`` is set. Everyt
 row by row from generators: participants are read in batches of ``BATCH`` by key, answers through a
 server-side cursor (``.iterator(chunk_size=...)``), and the bytes leave in chunks of about
 ``CHUNK``, so memory stays flat however large the study. Text cells pass through ``csv_safe`` so a
-spreadsheet never runs a participant's words as a formula; JSON keeps text as written.
+spreadsheet never runs a participant's words as a formula; JSON keeps text as written. Empty
+cells (JSON null) mean missing or not applicable; false and 0 are values.
 
 This module also reads the rows that ``study.analysis`` needs (``survey_observations``,
 ``skill_ratings``), so the dashboard and the exports describe the same data.
@@ -509,11 +510,11 @@ def wide_rows(study: Study, options: Options = PSEUDONYMOUS) -> Iterator[list[An
                 conversation = chat["conversation_id"]
                 messages = batch.messages.get(conversation, [])
                 drafts = batch.drafts.get(conversation, [])
-                viewed = sum(
-                    1
-                    for d in drafts
-                    for f in batch.feedback.get(d["pk"], [])
-                    if f["viewed_at"] is not None
+                requests = [f for d in drafts for f in batch.feedback.get(d["pk"], [])]
+                viewed = (
+                    sum(f["viewed_at"] is not None for f in requests)
+                    if _feedback_applies(requests, bool(chat["conversation__feedback_enabled"]))
+                    else None
                 )
                 overall, per_skill = _skill_means(messages)
                 row += [
@@ -572,9 +573,17 @@ def message_rows(study: Study, options: Options = PSEUDONYMOUS) -> Iterator[list
                 yield from _chat_rows(batch, ids, chat)
 
 
+def _feedback_applies(requests: Sequence[dict[str, Any]], offered: bool) -> bool:
+    """Whether feedback was on offer for these requests: in a chat with feedback on, or (for
+    any chat) a request that was not withheld. A request withheld because feedback is off is
+    not applicable; one withheld for safety in a chat with feedback on is (and did not happen)."""
+    return offered or any(f["status"] != FeedbackRequest.Status.WITHHELD for f in requests)
+
+
 def _chat_rows(batch: _Batch, ids: list[Any], chat: dict[str, Any]) -> Iterator[list[Any]]:
     conversation = chat["conversation_id"]
     head = [*ids, chat["step"], chat["kind"], chat["slot"], conversation]
+    offered = bool(chat["conversation__feedback_enabled"])
     drafts_by_turn = _group(batch.drafts.get(conversation, []), "turn")
     ordered: list[tuple[tuple[int, int, int], list[Any]]] = []
     turn = 0
@@ -586,6 +595,7 @@ def _chat_rows(batch: _Batch, ids: list[Any], chat: dict[str, Any]) -> Iterator[
             f for d in drafts_by_turn.get(turn, []) for f in batch.feedback.get(d["pk"], [])
         ]
         reasons = m["resistance_reasons"]
+        applies = is_learner and _feedback_applies(requests, offered)
         row = [
             *head,
             "message",
@@ -611,9 +621,9 @@ def _chat_rows(batch: _Batch, ids: list[Any], chat: dict[str, Any]) -> Iterator[
             None,
             None,
             None,
-            any(f["computed_at"] for f in requests) if is_learner else None,
-            any(f["delivered_at"] for f in requests) if is_learner else None,
-            any(f["viewed_at"] for f in requests) if is_learner else None,
+            any(f["computed_at"] for f in requests) if applies else None,
+            any(f["delivered_at"] for f in requests) if applies else None,
+            any(f["viewed_at"] for f in requests) if applies else None,
             *[None] * 6,
             *_call_cells(batch.calls.get(m["llm_call_id"])),
             m["error"] or None,
@@ -625,7 +635,11 @@ def _chat_rows(batch: _Batch, ids: list[Any], chat: dict[str, Any]) -> Iterator[
         requests = batch.feedback.get(d["pk"], [])
         f = requests[-1] if requests else None
         result = f["result"] if f else {}
-        computed = bool(f and f["computed_at"])
+        flags: list[bool | None] = (
+            [f[moment] is not None for moment in ("computed_at", "delivered_at", "viewed_at")]
+            if f is not None and _feedback_applies([f], offered)
+            else [None, None, None]
+        )
         row = [
             *head,
             "draft",
@@ -648,9 +662,7 @@ def _chat_rows(batch: _Batch, ids: list[Any], chat: dict[str, Any]) -> Iterator[
             f["status"] if f else None,
             (f["engine"] or None) if f else None,
             (f["fallback_reason"] or None) if f else None,
-            computed,
-            bool(f and f["delivered_at"]),
-            bool(f and f["viewed_at"]),
+            *flags,
             f["requested_at"] if f else None,
             f["computed_at"] if f else None,
             f["delivered_at"] if f else None,
@@ -823,6 +835,14 @@ def _participant_record(batch: _Batch, p: dict[str, Any], options: Options) -> d
     return record
 
 
+def _message_record(m: dict[str, Any]) -> dict[str, Any]:
+    record = {k: v for k, v in m.items() if k not in ("pk", "conversation_id")}
+    if m["role"] == Message.Role.LEARNER:
+        # The partner's fields: not applicable to a learner's message (null, not false or 0).
+        record["agreed"] = record["attempts"] = None
+    return record
+
+
 def _chat_record(batch: _Batch, chat: dict[str, Any]) -> dict[str, Any]:
     conversation = chat["conversation_id"]
     messages = batch.messages.get(conversation, [])
@@ -850,9 +870,7 @@ def _chat_record(batch: _Batch, chat: dict[str, Any]) -> dict[str, Any]:
         },
         "created_at": chat["conversation__created_at"],
         "ended_at": chat["conversation__ended_at"],
-        "messages": [
-            {k: v for k, v in m.items() if k not in ("pk", "conversation_id")} for m in messages
-        ],
+        "messages": [_message_record(m) for m in messages],
         "drafts": [
             {
                 "turn": d["turn"],
