@@ -27,7 +27,10 @@ CODEBOOK = "codebook.csv"
 JSON_FILE = "study.json"
 BONUS = "bonus.csv"
 CSV_FILES = (LONG, WIDE, MESSAGES, CODEBOOK)
+# The bundles (a zip each); bonus.csv is in neither: it is the payment list, a download of its own.
 FORMATS: dict[str, tuple[str, ...]] = {"csv": CSV_FILES, "json": (JSON_FILE, CODEBOOK)}
+# Every file a download offers, one by one: what a codebook.csv downloaded on its own describes.
+OFFERED = (LONG, WIDE, MESSAGES, BONUS, CODEBOOK, JSON_FILE)
 FORMAT_VERSION = 1
 
 RECRUITMENT_FIELDS = ("prolific_pid", "prolific_study_id", "prolific_session_id", "label")
@@ -43,12 +46,8 @@ TYPES: dict[str, str] = {
     "list": "JSON array of objects with the fields listed under it",
     "array": "JSON array of plain values",
     "object": "JSON object, free-form (described in its meaning)",
+    "file": "a row about a whole file (column empty): what it holds and how it is written",
 }
-
-SAFE_TEXT = (
-    " Text a spreadsheet would run as a formula (starting =, +, -, @) carries a leading "
-    "apostrophe in the CSV."
-)
 
 
 @dataclass(frozen=True)
@@ -59,6 +58,33 @@ class Options:
 
 
 PSEUDONYMOUS = Options()
+
+
+# What each file holds (the codebook's first rows, one per file it describes).
+ABOUT: dict[str, str] = {
+    LONG: "One row per survey answer (participant x situation x time point x item), in "
+    "participant, situation, time (pre first) and item order.",
+    WIDE: "One row per participant: their path, every survey answer, and a summary of each chat.",
+    MESSAGES: "One row per draft, per sent message and per skill suggestion shown, chat by chat "
+    "in transcript order (each turn's drafts and suggestions, then the message, then the reply).",
+    BONUS: "The bonus list as the dashboard shows it: the top 30% of completed participants in "
+    "each arm by skill mastery after training (all tied with the last place included), best "
+    "first within each arm. A download of its own, in no bundle.",
+    CODEBOOK: "This file: one row per file it describes (column empty), then one row per column "
+    "of each of those files; exactly the files it was downloaded with.",
+    JSON_FILE: "The full nested record: the study's design, then one record per participant. "
+    "Fields are listed by path ([] marks the elements of a list). null = missing or not "
+    "applicable. Texts are exactly as written (no apostrophe added).",
+}
+
+CSV_RULES = (
+    " Empty cells: missing, or not applicable where the column says so; false and 0 are values, "
+    "never a stand-in for 'not applicable'. Formula escape: a text cell whose first non-blank "
+    "character is =, +, - or @, or which starts with a tab, a line break or |, gets one leading "
+    "apostrophe (') so that no spreadsheet runs it as a formula; remove that one apostrophe to "
+    "get the text as written. Numbers, plain numbers written as text (-3, +2.5), dates and "
+    "empty cells are never changed."
+)
 
 
 @dataclass(frozen=True)
@@ -267,7 +293,7 @@ def _message_columns(study: Study, options: Options) -> list[Column]:
         Column(f, "state", "string", _choices(Message.State.choices),
                "Messages: delivery state (failed = the reply never arrived)."),
         Column(f, "text", "string", "", "What was written (suggestions: the sentence shown "
-               "with the skill)." + SAFE_TEXT),
+               "with the skill)."),
         Column(f, "strategies", "string", STRATEGY_ALLOWED, "Strategies the learner chose."),
         Column(f, "used_rewrite", "boolean", "true; false",
                "Drafts: started from a suggested rewrite."),
@@ -349,13 +375,12 @@ def _bonus_columns(study: Study, options: Options) -> list[Column]:
     ]  # fmt: skip
 
 
-def _codebook_columns() -> list[Column]:
+def _codebook_columns(files: Sequence[str]) -> list[Column]:
     f = CODEBOOK
     return [
-        Column(f, "file", "string", ", ".join((LONG, WIDE, MESSAGES, BONUS, CODEBOOK, JSON_FILE)),
-               "The file described."),
+        Column(f, "file", "string", "; ".join(files), "The file described."),
         Column(f, "column", "string", "", "Column name; for study.json a field path where "
-               "[] marks the elements of a list."),
+               "[] marks the elements of a list; empty on the row about the whole file."),
         Column(f, "type", "string", _choices(TYPES.items()), "How values are written."),
         Column(f, "allowed_values", "string", "", "The values the column can take."),
         Column(f, "meaning", "string", "", "What the column holds."),
@@ -591,19 +616,36 @@ def _json_columns(options: Options) -> list[Column]:
     ]
 
 
-def codebook(study: Study, options: Options = PSEUDONYMOUS) -> list[Column]:
-    """Every column of every file an export of this study writes, with these options."""
-    items = survey_items(study)
-    return [
-        *_long_columns(study, options, items),
-        *_wide_columns(study, options, items),
-        *_message_columns(study, options),
-        *_bonus_columns(study, options),
-        *_codebook_columns(),
-        *_json_columns(options),
-    ]
+def codebook(
+    study: Study, options: Options = PSEUDONYMOUS, files: Sequence[str] = OFFERED
+) -> list[Column]:
+    """Every column of the given files (all that a download offers, by default), with these
+    options, in the order of `files`."""
+    unknown = set(files) - set(OFFERED)
+    if unknown:
+        raise ValueError(f"unknown export files {sorted(unknown)!r}")
+    items = survey_items(study) if {LONG, WIDE} & set(files) else []
+    made = {
+        LONG: lambda: _long_columns(study, options, items),
+        WIDE: lambda: _wide_columns(study, options, items),
+        MESSAGES: lambda: _message_columns(study, options),
+        BONUS: lambda: _bonus_columns(study, options),
+        CODEBOOK: lambda: _codebook_columns(files),
+        JSON_FILE: lambda: _json_columns(options),
+    }
+    return [column for file in files for column in made[file]()]
+
+
+def about(options: Options = PSEUDONYMOUS, files: Sequence[str] = OFFERED) -> list[Column]:
+    """The codebook's first rows: one per file, saying what it holds and how it is written
+    (empty cells, the formula escape)."""
+    rows = []
+    for file in files:
+        rules = CSV_RULES if file.endswith(".csv") else ""
+        rows.append(Column(file, "", "file", "", ABOUT[file] + rules))
+    return rows
 
 
 def columns(study: Study, file: str, options: Options = PSEUDONYMOUS) -> list[str]:
     """The header of one CSV file (or the field paths of the JSON file)."""
-    return [c.name for c in codebook(study, options) if c.file == file]
+    return [c.name for c in codebook(study, options, files=(file,))]

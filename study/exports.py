@@ -8,13 +8,16 @@
   version, latency, retries).
 - ``study.json``: the full nested record (design, survey items, every participant's situations,
   steps, answers, chats with messages, drafts, feedback, check-ins, suggestions and model calls).
-- ``codebook.csv``: every column of every file: its type, allowed values and meaning.
+- ``codebook.csv``: a row about each file it ships with, then every column of those files: its
+  type, allowed values and meaning. The bundles ("csv", "json") describe their own files;
+  ``bonus.csv`` (the payment list) is a download of its own, described by a codebook.csv
+  downloaded on its own, which covers every file offered.
 
 Pseudonymous by default: participants are known by their study code; recruitment ids (Prolific
 ids, labels) appear only when ``Options.include_recruitment_ids`` is set. Everything is produced
 row by row from generators: participants are read in batches of ``BATCH`` by key, answers through a
 server-side cursor (``.iterator(chunk_size=...)``), and the bytes leave in chunks of about
-``CHUNK``, so memory stays flat however large the study. Text cells pass through ``csv_safe`` so a
+``CHUNK``, so memory stays flat however large the study. Text cells are defused (``defuse``) so a
 spreadsheet never runs a participant's words as a formula; JSON keeps text as written. Empty
 cells (JSON null) mean missing or not applicable; false and 0 are values.
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import statistics
 import zipfile
 from collections import defaultdict
@@ -54,10 +58,12 @@ from study.codebook import (
     JSON_FILE,
     LONG,
     MESSAGES,
+    OFFERED,
     PSEUDONYMOUS,
     RECRUITMENT_FIELDS,
     WIDE,
     Options,
+    about,
     codebook,
     columns,
     survey_items,
@@ -96,8 +102,27 @@ def cell(value: Any) -> Any:
         # Line breaks as "\n" only: the writer quotes a field holding its line terminator, not
         # a lone carriage return (a model's reply may hold one), which readers take as the end
         # of the row, shifting every later column.
-        return csv_safe(value.replace("\r\n", "\n").replace("\r", "\n"))
+        return defuse(value.replace("\r\n", "\n").replace("\r", "\n"))
     return value
+
+
+# A cell starting with one of these is run (or, with |, handed to DDE) by some spreadsheet.
+_RUN_START = ("\t", "\r", "\n", "|")
+# Text that is one plain number: a spreadsheet reads it as that number and runs nothing.
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def defuse(text: str) -> str:
+    """Text for a CSV cell, after OWASP's advice on CSV injection: a text whose first non-blank
+    character starts a formula (= + - @, or their full-width forms), or which starts with a tab,
+    a line break or |, gets one leading apostrophe. Spreadsheets skip leading blanks before a
+    formula, so " =1+1" runs as well as "=1+1". Plain numbers ("-3") are left as they are."""
+    if text.startswith(_RUN_START):
+        return "'" + text
+    stripped = text.lstrip()
+    if csv_safe(stripped) != stripped and not _PLAIN_NUMBER.fullmatch(stripped):
+        return "'" + text
+    return text
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -971,18 +996,27 @@ def bonus_rows(
 # --------------------------------------------------------------------------- files
 
 
-def codebook_chunks(study: Study, options: Options = PSEUDONYMOUS) -> Iterator[bytes]:
-    """codebook.csv."""
-    rows = ([c.file, c.name, c.type, c.allowed, c.meaning] for c in codebook(study, options))
+def codebook_chunks(
+    study: Study, options: Options = PSEUDONYMOUS, files: Sequence[str] = OFFERED
+) -> Iterator[bytes]:
+    """codebook.csv describing `files` (the files it ships with): a row about each file, then
+    every column of each."""
+    rows = (
+        [c.file, c.name, c.type, c.allowed, c.meaning]
+        for c in (*about(options, files), *codebook(study, options, files))
+    )
     return csv_chunks(columns(study, CODEBOOK, options), rows)
 
 
-def file_chunks(study: Study, name: str, options: Options = PSEUDONYMOUS) -> Iterator[bytes]:
-    """The bytes of one export file, in chunks."""
+def file_chunks(
+    study: Study, name: str, options: Options = PSEUDONYMOUS, files: Sequence[str] = OFFERED
+) -> Iterator[bytes]:
+    """The bytes of one export file, in chunks. `files`: the files a codebook.csv describes
+    (those it is downloaded with; every file offered when downloaded on its own)."""
     if name == JSON_FILE:
         return json_chunks(study, options)
     if name == CODEBOOK:
-        return codebook_chunks(study, options)
+        return codebook_chunks(study, options, files)
     producers = {LONG: long_rows, WIDE: wide_rows, MESSAGES: message_rows, BONUS: bonus_rows}
     if name not in producers:
         raise ValueError(f"unknown export file {name!r}")
@@ -991,7 +1025,8 @@ def file_chunks(study: Study, name: str, options: Options = PSEUDONYMOUS) -> Ite
 
 def bundle_chunks(study: Study, fmt: str, options: Options = PSEUDONYMOUS) -> Iterator[bytes]:
     """A zip of every file of a format ("csv" or "json"), streamed."""
-    return zip_chunks((name, file_chunks(study, name, options)) for name in FORMATS[fmt])
+    files = FORMATS[fmt]
+    return zip_chunks((name, file_chunks(study, name, options, files)) for name in files)
 
 
 def write_files(
@@ -1003,7 +1038,7 @@ def write_files(
     for name in FORMATS[fmt]:
         path = directory / name
         with path.open("wb") as out:
-            for chunk in file_chunks(study, name, options):
+            for chunk in file_chunks(study, name, options, FORMATS[fmt]):
                 out.write(chunk)
         written.append(path)
     return written

@@ -348,6 +348,9 @@ def test_zip_bundles_hold_every_file_of_their_format(seeded: Seeded) -> None:
                         json.loads(b) for b in (archive.read(name), read_bytes(seeded, name))
                     )
                     assert {**zipped, "exported_at": None} == {**direct, "exported_at": None}
+                elif name == CODEBOOK:  # the bundle's own files, not every file offered
+                    own = exports.file_chunks(seeded.study, name, codebook.PSEUDONYMOUS, names)
+                    assert archive.read(name) == b"".join(own)
                 else:
                     assert archive.read(name) == read_bytes(seeded, name)
 
@@ -554,3 +557,47 @@ def test_the_codebook_says_empty_is_not_applicable_for_the_feedback_flags(seeded
         "Empty when the chat offered no feedback"
         in frame.loc[(WIDE, "train_s1_feedback_viewed"), "meaning"]
     )
+
+
+# --------------------------------------------------------------------------- each codebook's files
+
+
+def codebook_frame(data: bytes) -> pd.DataFrame:
+    return pd.read_csv(io.BytesIO(data), dtype="string", keep_default_na=False, na_values=[""])
+
+
+@pytest.mark.parametrize("fmt", sorted(codebook.FORMATS))
+def test_a_bundles_codebook_describes_exactly_the_files_of_that_bundle(
+    seeded: Seeded, fmt: str
+) -> None:
+    data = b"".join(exports.bundle_chunks(seeded.study, fmt))
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        shipped = archive.namelist()
+        frame = codebook_frame(archive.read(CODEBOOK))
+    assert list(dict.fromkeys(frame["file"])) == shipped  # no bonus.csv, no other format's files
+    about = frame[frame["column"].isna()]
+    assert list(about["file"]) == shipped and (about["type"] == "file").all()
+    own = frame[(frame["file"] == CODEBOOK) & (frame["column"] == "file")].iloc[0]
+    assert own["allowed_values"] == "; ".join(shipped)
+    for name in shipped:
+        if name != JSON_FILE:
+            described = list(frame[(frame["file"] == name) & frame["column"].notna()]["column"])
+            assert described == codebook.columns(seeded.study, name)
+
+
+def test_the_codebook_downloaded_on_its_own_documents_every_file_offered_with_bonus_csv(
+    seeded: Seeded,
+) -> None:
+    user = User.objects.create_user("analyst", password="pw-for-tests-1", is_staff=True)
+    StudyStaff.objects.create(study=seeded.study, user=user, can_export=True)
+    client = Client()
+    client.force_login(user)
+    response = client.post(f"/research/{seeded.study.slug}/export/", {"what": "codebook.csv"})
+    frame = codebook_frame(b"".join(response.streaming_content))
+    assert list(dict.fromkeys(frame["file"])) == list(codebook.OFFERED)
+    bonus = frame[(frame["file"] == codebook.BONUS) & frame["column"].notna()]
+    assert list(bonus["column"]) == ["participant", "arm", "score", "rank"]
+    header = next(csv.reader(io.StringIO(read_bytes(seeded, codebook.BONUS).decode())))
+    assert header == list(bonus["column"])
+    about = frame[(frame["file"] == codebook.BONUS) & frame["column"].isna()].iloc[0]
+    assert "in no bundle" in about["meaning"]
