@@ -60,6 +60,10 @@ class Options:
 PSEUDONYMOUS = Options()
 
 
+# Ids shorter than this are not redacted from texts: they would match ordinary words.
+REDACT_MIN_LENGTH = 6
+REDACTED = "[redacted]"
+
 # What each file holds (the codebook's first rows, one per file it describes).
 ABOUT: dict[str, str] = {
     LONG: "One row per survey answer (participant x situation x time point x item), in "
@@ -85,6 +89,22 @@ CSV_RULES = (
     "get the text as written. Numbers, plain numbers written as text (-3, +2.5), dates and "
     "empty cells are never changed."
 )
+
+
+def redaction_rule(options: Options) -> str:
+    """How texts are cleaned of the participant's own identifiers, with these options."""
+    which = (
+        "their resume keys (the study's and the practice hub's, never exported)"
+        if options.include_recruitment_ids
+        else "their Prolific ids (participant, study, session), their link label and their "
+        "resume keys (the study's and the practice hub's)"
+    )
+    return (
+        f" Redaction: in the free texts of a participant (what they wrote, the partner's replies, "
+        f"suggestions, feedback, situations) every occurrence of {which} reads {REDACTED} "
+        f"(whole words, any case; ids shorter than {REDACT_MIN_LENGTH} characters are left as "
+        "they are, as they would match ordinary words)."
+    )
 
 
 @dataclass(frozen=True)
@@ -638,10 +658,12 @@ def codebook(
 
 def about(options: Options = PSEUDONYMOUS, files: Sequence[str] = OFFERED) -> list[Column]:
     """The codebook's first rows: one per file, saying what it holds and how it is written
-    (empty cells, the formula escape)."""
+    (empty cells, the formula escape, redaction)."""
     rows = []
     for file in files:
         rules = CSV_RULES if file.endswith(".csv") else ""
+        if file in (MESSAGES, JSON_FILE):  # the files with free text
+            rules += redaction_rule(options)
         rows.append(Column(file, "", "file", "", ABOUT[file] + rules))
     return rows
 

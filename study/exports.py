@@ -14,12 +14,13 @@
   downloaded on its own, which covers every file offered.
 
 Pseudonymous by default: participants are known by their study code; recruitment ids (Prolific
-ids, labels) appear only when ``Options.include_recruitment_ids`` is set. Everything is produced
-row by row from generators: participants are read in batches of ``BATCH`` by key, answers through a
-server-side cursor (``.iterator(chunk_size=...)``), and the bytes leave in chunks of about
-``CHUNK``, so memory stays flat however large the study. Text cells are defused (``defuse``) so a
-spreadsheet never runs a participant's words as a formula; JSON keeps text as written. Empty
-cells (JSON null) mean missing or not applicable; false and 0 are values.
+ids, labels) appear only when ``Options.include_recruitment_ids`` is set; otherwise a participant's
+own ids typed into a text read ``[redacted]`` there (their resume keys always do). Everything
+is produced row by row from generators: participants are read in batches of ``BATCH`` by key,
+answers through a server-side cursor (``.iterator(chunk_size=...)``), and the bytes leave in
+chunks of about ``CHUNK``, so memory stays flat however large the study. Text cells are defused
+(``defuse``) so a spreadsheet never runs a participant's words as a formula; JSON keeps text as
+written. Empty cells (JSON null) mean missing or not applicable; false and 0 are values.
 
 This module also reads the rows that ``study.analysis`` needs (``survey_observations``,
 ``skill_ratings``), so the dashboard and the exports describe the same data.
@@ -33,7 +34,7 @@ import re
 import statistics
 import zipfile
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,6 +62,8 @@ from study.codebook import (
     OFFERED,
     PSEUDONYMOUS,
     RECRUITMENT_FIELDS,
+    REDACT_MIN_LENGTH,
+    REDACTED,
     WIDE,
     Options,
     about,
@@ -189,6 +192,10 @@ def zip_chunks(entries: Iterable[tuple[str, Iterable[bytes]]]) -> Iterator[bytes
 # --------------------------------------------------------------------------- reading the study
 
 
+# Keys that continue a participant's session: never written, only read to redact them from texts.
+SECRET_FIELDS = ("resume_key", "learner__resume_code")
+
+
 def _participant_batches(study: Study, only: int | None = None) -> Iterator[list[dict[str, Any]]]:
     """Participants in key order, BATCH at a time (keyset pages: no offset, no long cursor)."""
     size = BATCH
@@ -197,7 +204,7 @@ def _participant_batches(study: Study, only: int | None = None) -> Iterator[list
     if only is not None:
         people = people.filter(pk=only)
     fields = (
-        "pk", "code", *RECRUITMENT_FIELDS, "source", "stratum", "step", "status",
+        "pk", "code", *RECRUITMENT_FIELDS, *SECRET_FIELDS, "source", "stratum", "step", "status",
         "consent_version", "consented_at", "started_at", "finished_at", "arm__key",
         "allocation__position", "allocation__stratum", "allocation__method",
         "allocation__assigned_at",
@@ -416,6 +423,62 @@ def _batches(study: Study, only: int | None = None, **what: bool) -> Iterator[_B
         batch.release()
 
 
+_JSON_STRING = DjangoJSONEncoder(ensure_ascii=False).encode
+
+
+class Redaction:
+    """A participant's own identifiers, to be taken out of their free texts (see `redaction`).
+
+    Nearly no text holds one, so each is first looked for with a plain substring test on the
+    case-folded text (many times quicker than the regular expression), and only a text that
+    may hold one is searched for whole words."""
+
+    def __init__(self, ids: Sequence[str]) -> None:
+        ids = sorted(ids, key=len, reverse=True)  # the longest first, where one holds another
+        alternatives = "|".join(re.escape(i) for i in ids)
+        self._pattern = re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
+        self._folded = [i.casefold() for i in ids]
+        # As a JSON encoder writes them: in an encoded record wherever a text holds one.
+        self._encoded = [_JSON_STRING(i)[1:-1].casefold() for i in ids]
+
+    def text(self, value: Any) -> Any:
+        """A text with every whole-word occurrence of the ids (any case) replaced."""
+        if isinstance(value, str) and len(value) >= REDACT_MIN_LENGTH:
+            folded = value.casefold()
+            if any(i in folded for i in self._folded):
+                return self._pattern.sub(REDACTED, value)
+        return value
+
+    def everywhere(self, value: Any) -> Any:
+        """A JSON value with every string inside it (objects and lists walked) redacted."""
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {key: self.everywhere(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self.everywhere(item) for item in value]
+        return value
+
+    def may_be_in(self, encoded: str) -> bool:
+        """Whether an id may occur in a JSON text (one pass; never a false "no")."""
+        folded = encoded.casefold()
+        return any(i in folded for i in self._encoded)
+
+
+def redaction(participant: dict[str, Any], options: Options) -> Redaction:
+    """What a participant's free texts lose: their resume keys (never exported), and their
+    recruitment ids unless the export includes them; each becomes REDACTED (whole words, any
+    case). Ids shorter than REDACT_MIN_LENGTH stay: "sam" or "12" would match ordinary words.
+    Their study code stays too: it is in every row already (old participants' resume key is
+    their code)."""
+    fields = SECRET_FIELDS
+    if not options.include_recruitment_ids:
+        fields += RECRUITMENT_FIELDS
+    code = participant["code"].casefold()
+    found = {str(participant[field] or "").strip() for field in fields}
+    return Redaction([i for i in found if len(i) >= REDACT_MIN_LENGTH and i.casefold() != code])
+
+
 def _ids(participant: dict[str, Any], options: Options) -> list[Any]:
     head = [participant["code"]]
     if options.include_recruitment_ids:
@@ -594,8 +657,9 @@ def message_rows(study: Study, options: Options = PSEUDONYMOUS) -> Iterator[list
     for batch in _batches(study, answers=False, texts=True, calls=True):
         for p in batch.participants:
             ids = _ids(p, options)
+            redact = redaction(p, options).text
             for chat in batch.chats.get(p["pk"], []):
-                yield from _chat_rows(batch, ids, chat)
+                yield from _chat_rows(batch, ids, chat, redact)
 
 
 def _feedback_applies(requests: Sequence[dict[str, Any]], offered: bool) -> bool:
@@ -605,7 +669,9 @@ def _feedback_applies(requests: Sequence[dict[str, Any]], offered: bool) -> bool
     return offered or any(f["status"] != FeedbackRequest.Status.WITHHELD for f in requests)
 
 
-def _chat_rows(batch: _Batch, ids: list[Any], chat: dict[str, Any]) -> Iterator[list[Any]]:
+def _chat_rows(
+    batch: _Batch, ids: list[Any], chat: dict[str, Any], redact: Callable[[Any], Any]
+) -> Iterator[list[Any]]:
     conversation = chat["conversation_id"]
     head = [*ids, chat["step"], chat["kind"], chat["slot"], conversation]
     offered = bool(chat["conversation__feedback_enabled"])
@@ -629,7 +695,7 @@ def _chat_rows(batch: _Batch, ids: list[Any], chat: dict[str, Any]) -> Iterator[
             m["seq"],
             m["role"],
             m["state"],
-            m["text"],
+            redact(m["text"]),
             ";".join(m["strategies"] or []),
             None,
             None,
@@ -641,7 +707,9 @@ def _chat_rows(batch: _Batch, ids: list[Any], chat: dict[str, Any]) -> Iterator[
             m["mastery"],
             m["rating_engine"] or None,
             m["resistance"],
-            "; ".join(str(r) for r in reasons) if isinstance(reasons, list) and reasons else None,
+            redact("; ".join(str(r) for r in reasons))
+            if isinstance(reasons, list) and reasons
+            else None,
             m["agreed"] if not is_learner else None,
             None,
             None,
@@ -651,7 +719,7 @@ def _chat_rows(batch: _Batch, ids: list[Any], chat: dict[str, Any]) -> Iterator[
             any(f["viewed_at"] for f in requests) if applies else None,
             *[None] * 6,
             *_call_cells(batch.calls.get(m["llm_call_id"])),
-            m["error"] or None,
+            redact(m["error"]) or None,
             m["created_at"],
         ]
         ordered.append(((turn, 1 if is_learner else 2, m["seq"], 0, 0), row))
@@ -673,7 +741,7 @@ def _chat_rows(batch: _Batch, ids: list[Any], chat: dict[str, Any]) -> Iterator[
             None,
             Message.Role.LEARNER,
             None,
-            d["text"],
+            redact(d["text"]),
             ";".join(d["strategies"] or []),
             d["used_rewrite"],
             None,
@@ -712,7 +780,7 @@ def _chat_rows(batch: _Batch, ids: list[Any], chat: dict[str, Any]) -> Iterator[
             None,
             None,
             None,
-            s["reason"],
+            redact(s["reason"]),
             None,
             None,
             s["skill"],
@@ -940,9 +1008,14 @@ def json_chunks(study: Study, options: Options = PSEUDONYMOUS) -> Iterator[bytes
     first = True
     for batch in _batches(study, answers=True, texts=True, calls=True):
         for p in batch.participants:
-            buffer.write(
-                ("" if first else ", ") + "\n" + encode(_participant_record(batch, p, options))
-            )
+            record = _participant_record(batch, p, options)
+            text = encode(record)
+            # Free text is anywhere in a record (feedback quotes the draft), so the encoded
+            # record is searched once, and walked only where an id may be (rarely).
+            check = redaction(p, options)
+            if check.may_be_in(text):
+                text = encode(check.everywhere(record))
+            buffer.write(("" if first else ", ") + "\n" + text)
             first = False
             if buffer.tell() >= CHUNK:
                 yield buffer.getvalue().encode()
@@ -966,7 +1039,8 @@ def participant_record(
 ) -> dict[str, Any]:
     """One participant's full record, as in study.json (for the participant page)."""
     for batch in _batches(study, only=participant_id, answers=True, texts=True, calls=True):
-        return _participant_record(batch, batch.participants[0], options)
+        p = batch.participants[0]
+        return redaction(p, options).everywhere(_participant_record(batch, p, options))
     raise Participant.DoesNotExist(participant_id)
 
 

@@ -1,4 +1,6 @@
-"""Exports as a spreadsheet reads them: no cell runs as a formula however it starts."""
+"""Exports as a spreadsheet and a privacy review read them: no cell runs as a formula however it
+starts, and a participant's own identifiers typed into their texts never leave in an export that
+is meant to be pseudonymous."""
 
 from __future__ import annotations
 
@@ -9,10 +11,12 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from simulations.models import Message
+from feedback.models import Draft, FeedbackRequest
+from simulations.models import Message, SkillSuggestion
 from study import codebook, exports
 from study.codebook import CODEBOOK, JSON_FILE, MESSAGES, Options
 from study.exports import cell, defuse
+from study.models import Participant, ParticipantSituation, StudyChat
 from tests.study.factories import Seeded, seed_study
 
 IDS = Options(include_recruitment_ids=True)
@@ -102,3 +106,119 @@ def test_the_formula_escape_is_documented_once_per_csv_file_not_only_on_text(
         assert rule == name.endswith(".csv"), name
     text = frame[(frame["file"] == MESSAGES) & (frame["column"] == "text")].iloc[0]
     assert "apostrophe" not in text["meaning"]  # said once, for the whole file
+
+
+# --------------------------------------------------------------------------- redaction
+
+
+def leak_ids(seeded: Seeded) -> tuple[Participant, list[str]]:
+    """A participant who typed their own ids everywhere a text goes; the ids, as typed."""
+    chat = (
+        StudyChat.objects.filter(
+            participant__study=seeded.study, participant__arm__key="feedback", step="train_s1"
+        )
+        .select_related("participant__learner")
+        .first()
+    )
+    p = chat.participant
+    p.label = "alex-runner-77"
+    p.save(update_fields=["label"])
+    typed = [
+        p.prolific_pid.upper(),  # any case
+        p.resume_key.lower(),
+        p.prolific_session_id,
+        p.label,
+        p.learner.resume_code,
+    ]
+    sentence = "My ids: " + ", ".join(typed) + "."
+    Message.objects.filter(conversation_id=chat.conversation_id, seq=1).update(text=sentence)
+    Message.objects.filter(conversation_id=chat.conversation_id, seq=2).update(
+        text=f"So your id is {p.prolific_pid}?", error=f"failed for {p.resume_key}"
+    )
+    draft = Draft.objects.filter(conversation_id=chat.conversation_id).order_by("pk").first()
+    Draft.objects.filter(pk=draft.pk).update(text=f"({p.prolific_pid})")
+    request = FeedbackRequest.objects.get(draft=draft)
+    request.result["skills"]["mindful"]["rewrite"] = f"I am {p.label}."
+    request.save(update_fields=["result"])
+    SkillSuggestion.objects.filter(conversation_id=chat.conversation_id).update(
+        reason=f"Say {p.resume_key}"
+    )
+    situation = ParticipantSituation.objects.get(participant=p, slot="S1").situation
+    situation.goal = f"Tell them {p.prolific_session_id.lower()}"
+    situation.save(update_fields=["goal"])
+    return p, typed
+
+
+def assert_none_of(ids: list[str], data: bytes) -> None:
+    lowered = data.decode().lower()
+    for i in ids:
+        assert i.lower() not in lowered, i
+
+
+@pytest.mark.django_db
+def test_a_participants_own_ids_typed_into_texts_read_redacted_in_a_pseudonymous_export(
+    seeded: Seeded,
+) -> None:
+    p, typed = leak_ids(seeded)
+    for name in (MESSAGES, JSON_FILE):
+        data = read_bytes(seeded, name)
+        assert_none_of(typed, data)
+        assert codebook.REDACTED.encode() in data
+    frame = read_csv(read_bytes(seeded, MESSAGES))
+    mine = frame[frame["participant"] == p.code]
+    assert "My ids: " + ", ".join(["[redacted]"] * 5) + "." in set(mine["text"])
+    assert f"({codebook.REDACTED})" in set(mine["text"])  # "(id)": still a whole word
+    record = exports.participant_record(seeded.study, p.pk)  # the participant page too
+    assert_none_of(typed, json.dumps(record, default=str).encode())
+    # Only the texts change: the study code still joins every file.
+    assert (mine["participant"] == p.code).all()
+
+
+@pytest.mark.django_db
+def test_with_recruitment_ids_only_the_resume_keys_are_redacted(seeded: Seeded) -> None:
+    p, _ = leak_ids(seeded)
+    data = read_bytes(seeded, MESSAGES, IDS)
+    texts = " ".join(read_csv(data)["text"].dropna())
+    assert p.prolific_pid.upper() in texts and p.label in texts  # asked for, so kept
+    assert_none_of([p.resume_key, p.learner.resume_code], data)
+
+
+@pytest.mark.django_db
+def test_short_ids_and_ids_inside_longer_words_are_left_alone(seeded: Seeded) -> None:
+    p, _ = leak_ids(seeded)
+    Participant.objects.filter(pk=p.pk).update(label="sam")  # would match "Sam" anywhere
+    chat = StudyChat.objects.filter(participant=p, step="train_s1").first()
+    kept = f"Sam said x{p.prolific_pid} and {p.resume_key}s"
+    Message.objects.filter(conversation_id=chat.conversation_id, seq=3).update(text=kept)
+    texts = set(read_csv(read_bytes(seeded, MESSAGES))["text"].dropna())
+    assert kept in texts
+
+
+@pytest.mark.django_db
+def test_the_codebook_documents_redaction_where_there_is_free_text(seeded: Seeded) -> None:
+    for options, names in ((codebook.PSEUDONYMOUS, "Prolific ids"), (IDS, "resume keys")):
+        frame = read_csv(read_bytes(seeded, CODEBOOK, options))
+        about = frame[frame["column"].isna()].set_index("file")["meaning"]
+        for name in (MESSAGES, JSON_FILE):
+            assert "[redacted]" in about[name] and names in about[name]
+            assert f"shorter than {codebook.REDACT_MIN_LENGTH} characters" in about[name]
+        assert "[redacted]" not in about[codebook.LONG]
+    ids_rule = read_csv(read_bytes(seeded, CODEBOOK, IDS))
+    assert "Prolific ids" not in ids_rule[ids_rule["file"] == MESSAGES].iloc[0]["meaning"]
+
+
+def test_the_one_scan_over_an_encoded_record_finds_ids_that_json_escapes() -> None:
+    from django.core.serializers.json import DjangoJSONEncoder
+
+    from study.exports import Redaction
+
+    label = 'say "hi" 2u'  # a link label may hold quotes; JSON writes them escaped
+    check = Redaction([label, "ABCDEF123"])
+    record = {"chats": [{"text": f"Me: {label.upper()}."}], "other": "abcdef123x"}
+    encoded = DjangoJSONEncoder(ensure_ascii=False).encode(record)
+    assert check.may_be_in(encoded)
+    assert check.everywhere(record) == {
+        "chats": [{"text": "Me: [redacted]."}],
+        "other": "abcdef123x",
+    }
+    assert not Redaction([]).may_be_in(encoded) and Redaction([]).text(label) == label
