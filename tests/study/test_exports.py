@@ -601,3 +601,14 @@ def test_the_codebook_downloaded_on_its_own_documents_every_file_offered_with_bo
     assert header == list(bonus["column"])
     about = frame[(frame["file"] == codebook.BONUS) & frame["column"].isna()].iloc[0]
     assert "in no bundle" in about["meaning"]
+
+
+def test_the_downloads_form_says_which_codebook_describes_bonus_csv(seeded: Seeded) -> None:
+    user = User.objects.create_user("reader", password="pw-for-tests-1", is_staff=True)
+    StudyStaff.objects.create(study=seeded.study, user=user, can_export=True)
+    client = Client()
+    client.force_login(user)
+    page = client.get(f"/research/{seeded.study.slug}/").content.decode()
+    form = page[page.index('id="exports"') :]
+    assert "A zip's codebook.csv describes the files in that zip" in form
+    assert "codebook.csv on its own describes every file here, bonus.csv" in form
