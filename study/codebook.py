@@ -27,7 +27,10 @@ CODEBOOK = "codebook.csv"
 JSON_FILE = "study.json"
 BONUS = "bonus.csv"
 CSV_FILES = (LONG, WIDE, MESSAGES, CODEBOOK)
+# The bundles (a zip each); bonus.csv is in neither: it is the payment list, a download of its own.
 FORMATS: dict[str, tuple[str, ...]] = {"csv": CSV_FILES, "json": (JSON_FILE, CODEBOOK)}
+# Every file a download offers, one by one: what a codebook.csv downloaded on its own describes.
+OFFERED = (LONG, WIDE, MESSAGES, BONUS, CODEBOOK, JSON_FILE)
 FORMAT_VERSION = 1
 
 RECRUITMENT_FIELDS = ("prolific_pid", "prolific_study_id", "prolific_session_id", "label")
@@ -43,12 +46,8 @@ TYPES: dict[str, str] = {
     "list": "JSON array of objects with the fields listed under it",
     "array": "JSON array of plain values",
     "object": "JSON object, free-form (described in its meaning)",
+    "file": "a row about a whole file (column empty): what it holds and how it is written",
 }
-
-SAFE_TEXT = (
-    " Text a spreadsheet would run as a formula (starting =, +, -, @) carries a leading "
-    "apostrophe in the CSV."
-)
 
 
 @dataclass(frozen=True)
@@ -59,6 +58,53 @@ class Options:
 
 
 PSEUDONYMOUS = Options()
+
+
+# Ids shorter than this are not redacted from texts: they would match ordinary words.
+REDACT_MIN_LENGTH = 6
+REDACTED = "[redacted]"
+
+# What each file holds (the codebook's first rows, one per file it describes).
+ABOUT: dict[str, str] = {
+    LONG: "One row per survey answer (participant x situation x time point x item), in "
+    "participant, situation, time (pre first) and item order.",
+    WIDE: "One row per participant: their path, every survey answer, and a summary of each chat.",
+    MESSAGES: "One row per draft, per sent message and per skill suggestion shown, chat by chat "
+    "in transcript order (each turn's drafts and suggestions, then the message, then the reply).",
+    BONUS: "The bonus list as the dashboard shows it: the top 30% of completed participants in "
+    "each arm by skill mastery after training (all tied with the last place included), best "
+    "first within each arm. A download of its own, in no bundle.",
+    CODEBOOK: "This file: one row per file it describes (column empty), then one row per column "
+    "of each of those files; exactly the files it was downloaded with.",
+    JSON_FILE: "The full nested record: the study's design, then one record per participant. "
+    "Fields are listed by path ([] marks the elements of a list). null = missing or not "
+    "applicable. Texts are exactly as written (no apostrophe added).",
+}
+
+CSV_RULES = (
+    " Empty cells: missing, or not applicable where the column says so; false and 0 are values, "
+    "never a stand-in for 'not applicable'. Formula escape: a text cell whose first non-blank "
+    "character is =, +, - or @, or which starts with a tab, a line break or |, gets one leading "
+    "apostrophe (') so that no spreadsheet runs it as a formula; remove that one apostrophe to "
+    "get the text as written. Numbers, plain numbers written as text (-3, +2.5), dates and "
+    "empty cells are never changed."
+)
+
+
+def redaction_rule(options: Options) -> str:
+    """How texts are cleaned of the participant's own identifiers, with these options."""
+    which = (
+        "their resume keys (the study's and the practice hub's, never exported)"
+        if options.include_recruitment_ids
+        else "their Prolific ids (participant, study, session), their link label and their "
+        "resume keys (the study's and the practice hub's)"
+    )
+    return (
+        f" Redaction: in the free texts of a participant (what they wrote, the partner's replies, "
+        f"suggestions, feedback, situations) every occurrence of {which} reads {REDACTED} "
+        f"(whole words, any case; ids shorter than {REDACT_MIN_LENGTH} characters are left as "
+        "they are, as they would match ordinary words)."
+    )
 
 
 @dataclass(frozen=True)
@@ -90,6 +136,14 @@ def _step_allowed() -> str:
         + " (in path order; see study.json steps)"
     )
 
+
+# When messages.csv's feedback_computed / _delivered / _viewed apply (empty otherwise).
+FEEDBACK_APPLIES = (
+    " Empty = not applicable: the chat offered no feedback (evaluation chats, arms without "
+    "feedback; the draft's request is then withheld), a draft with no feedback request, partner "
+    "messages and suggestions. false = feedback was on offer and this did not happen (for a sent "
+    "message: none of its turn's requests, also when none was asked for)."
+)
 
 LEVEL_ALLOWED = "strong; weak; none (Describe to Negotiate); yes; no (Mindful, Confident)"
 STRATEGY_ALLOWED = "; ".join(STRATEGIES) + " (several joined by ;)"
@@ -214,8 +268,10 @@ def _wide_columns(study: Study, options: Options, items: Sequence[SurveyItem]) -
                    f"Learner messages sent in '{step.title}'."),
             Column(f, f"{step.key}_drafts", "integer", "0 or more",
                    f"Drafts saved in '{step.title}' (each 'get feedback' saves one)."),
-            Column(f, f"{step.key}_feedback_viewed", "integer", "0 or more",
-                   f"Feedback panels shown to the participant in '{step.title}'."),
+            Column(f, f"{step.key}_feedback_viewed", "integer", "0 or more; empty = not "
+                   "applicable", f"Feedback panels shown to the participant in '{step.title}'. "
+                   "Empty when the chat offered no feedback (evaluation chats, arms without "
+                   "feedback) or did not take place; 0 = offered, none viewed."),
             Column(f, f"{step.key}_mastery", "number", "0 to 2",
                    f"Mean skill mastery of the messages of '{step.title}' (mean over messages "
                    "of each message's mean 0-2 score)."),
@@ -257,7 +313,7 @@ def _message_columns(study: Study, options: Options) -> list[Column]:
         Column(f, "state", "string", _choices(Message.State.choices),
                "Messages: delivery state (failed = the reply never arrived)."),
         Column(f, "text", "string", "", "What was written (suggestions: the sentence shown "
-               "with the skill)." + SAFE_TEXT),
+               "with the skill)."),
         Column(f, "strategies", "string", STRATEGY_ALLOWED, "Strategies the learner chose."),
         Column(f, "used_rewrite", "boolean", "true; false",
                "Drafts: started from a suggested rewrite."),
@@ -288,17 +344,20 @@ def _message_columns(study: Study, options: Options) -> list[Column]:
                "Why the resistance moved (several joined by '; ')."),
         Column(f, "agreed", "boolean", "true; false", "Partner messages: the partner agreed."),
         Column(f, "feedback_status", "string", _choices(FeedbackRequest.Status.choices),
-               "Drafts: the feedback request (withheld = feedback is off in this arm)."),
+               "Drafts: the feedback request (withheld = not computed: feedback is off in this "
+               "chat, or the draft paused the chat for safety, see feedback_fallback_reason)."),
         Column(f, "feedback_engine", "string", "llm; offline", "Drafts: which rater answered."),
         Column(f, "feedback_fallback_reason", "string", "",
                "Drafts: why the offline rater answered instead of the model."),
-        Column(f, "feedback_computed", "boolean", "true; false",
+        Column(f, "feedback_computed", "boolean", "true; false; empty = not applicable",
                "Feedback was computed: for a draft, its request; for a sent learner message, "
-               "any request of its turn."),
-        Column(f, "feedback_delivered", "boolean", "true; false",
-               "Feedback reached the participant's browser (draft, or any of the turn)."),
-        Column(f, "feedback_viewed", "boolean", "true; false",
-               "The browser displayed the feedback (draft, or any of the turn)."),
+               "any request of its turn." + FEEDBACK_APPLIES),
+        Column(f, "feedback_delivered", "boolean", "true; false; empty = not applicable",
+               "Feedback reached the participant's browser (draft, or any of the turn)."
+               + FEEDBACK_APPLIES),
+        Column(f, "feedback_viewed", "boolean", "true; false; empty = not applicable",
+               "The browser displayed the feedback (draft, or any of the turn)."
+               + FEEDBACK_APPLIES),
         Column(f, "feedback_requested_at", "datetime", "", "Drafts: when feedback was asked."),
         Column(f, "feedback_computed_at", "datetime", "", "Drafts: when it was computed."),
         Column(f, "feedback_delivered_at", "datetime", "", "Drafts: when it was delivered."),
@@ -336,13 +395,12 @@ def _bonus_columns(study: Study, options: Options) -> list[Column]:
     ]  # fmt: skip
 
 
-def _codebook_columns() -> list[Column]:
+def _codebook_columns(files: Sequence[str]) -> list[Column]:
     f = CODEBOOK
     return [
-        Column(f, "file", "string", ", ".join((LONG, WIDE, MESSAGES, BONUS, CODEBOOK, JSON_FILE)),
-               "The file described."),
+        Column(f, "file", "string", "; ".join(files), "The file described."),
         Column(f, "column", "string", "", "Column name; for study.json a field path where "
-               "[] marks the elements of a list."),
+               "[] marks the elements of a list; empty on the row about the whole file."),
         Column(f, "type", "string", _choices(TYPES.items()), "How values are written."),
         Column(f, "allowed_values", "string", "", "The values the column can take."),
         Column(f, "meaning", "string", "", "What the column holds."),
@@ -455,7 +513,7 @@ participants[] | list |  | One record per participant (withdrawn ones are gone).
     switches | record |  | The chat's switches.
       max_messages | integer |  |
       strategy_mode | string | single; multiple |
-      feedback_enabled | boolean |  |
+      feedback_enabled | boolean |  | Feedback on offer (false: drafts' requests are withheld).
       suggestion_enabled | boolean |  |
       worksheet_enabled | boolean |  |
       adaptive_enabled | boolean |  |
@@ -472,9 +530,9 @@ participants[] | list |  | One record per participant (withdrawn ones are gone).
       mastery | number | 0 to 2 | Mean score of the rated skills.
       resistance | number | 0 to 1 | Partner's resistance after this learner message.
       resistance_reasons | array |  | Why it moved.
-      agreed | boolean |  | Partner agreed.
+      agreed | boolean |  | Partner messages: the partner agreed (null on learner messages).
       error | string |  | What went wrong.
-      attempts | integer |  | Reply attempts.
+      attempts | integer |  | Partner messages: reply attempts (null on learner messages).
       llm_call_id | integer |  | Model call (model_calls).
       created_at | datetime |  |
       completed_at | datetime |  |
@@ -495,9 +553,9 @@ participants[] | list |  | One record per participant (withdrawn ones are gone).
         offline_result | object |  | The instant offline rating shown meanwhile (same shape).
         llm_call_id | integer |  |
         requested_at | datetime |  |
-        computed_at | datetime |  |
-        delivered_at | datetime |  |
-        viewed_at | datetime |  |
+        computed_at | datetime |  | null = not computed (status says why).
+        delivered_at | datetime |  | null = not delivered.
+        viewed_at | datetime |  | null = not displayed.
         latency_ms | number |  | Request to display.
         model_ms | number |  | Time in the model.
     checkins[] | list |  | Emotion check-ins.
@@ -578,19 +636,38 @@ def _json_columns(options: Options) -> list[Column]:
     ]
 
 
-def codebook(study: Study, options: Options = PSEUDONYMOUS) -> list[Column]:
-    """Every column of every file an export of this study writes, with these options."""
-    items = survey_items(study)
-    return [
-        *_long_columns(study, options, items),
-        *_wide_columns(study, options, items),
-        *_message_columns(study, options),
-        *_bonus_columns(study, options),
-        *_codebook_columns(),
-        *_json_columns(options),
-    ]
+def codebook(
+    study: Study, options: Options = PSEUDONYMOUS, files: Sequence[str] = OFFERED
+) -> list[Column]:
+    """Every column of the given files (all that a download offers, by default), with these
+    options, in the order of `files`."""
+    unknown = set(files) - set(OFFERED)
+    if unknown:
+        raise ValueError(f"unknown export files {sorted(unknown)!r}")
+    items = survey_items(study) if {LONG, WIDE} & set(files) else []
+    made = {
+        LONG: lambda: _long_columns(study, options, items),
+        WIDE: lambda: _wide_columns(study, options, items),
+        MESSAGES: lambda: _message_columns(study, options),
+        BONUS: lambda: _bonus_columns(study, options),
+        CODEBOOK: lambda: _codebook_columns(files),
+        JSON_FILE: lambda: _json_columns(options),
+    }
+    return [column for file in files for column in made[file]()]
+
+
+def about(options: Options = PSEUDONYMOUS, files: Sequence[str] = OFFERED) -> list[Column]:
+    """The codebook's first rows: one per file, saying what it holds and how it is written
+    (empty cells, the formula escape, redaction)."""
+    rows = []
+    for file in files:
+        rules = CSV_RULES if file.endswith(".csv") else ""
+        if file in (MESSAGES, JSON_FILE):  # the files with free text
+            rules += redaction_rule(options)
+        rows.append(Column(file, "", "file", "", ABOUT[file] + rules))
+    return rows
 
 
 def columns(study: Study, file: str, options: Options = PSEUDONYMOUS) -> list[str]:
     """The header of one CSV file (or the field paths of the JSON file)."""
-    return [c.name for c in codebook(study, options) if c.file == file]
+    return [c.name for c in codebook(study, options, files=(file,))]

@@ -8,14 +8,19 @@
   version, latency, retries).
 - ``study.json``: the full nested record (design, survey items, every participant's situations,
   steps, answers, chats with messages, drafts, feedback, check-ins, suggestions and model calls).
-- ``codebook.csv``: every column of every file: its type, allowed values and meaning.
+- ``codebook.csv``: a row about each file it ships with, then every column of those files: its
+  type, allowed values and meaning. The bundles ("csv", "json") describe their own files;
+  ``bonus.csv`` (the payment list) is a download of its own, described by a codebook.csv
+  downloaded on its own, which covers every file offered.
 
 Pseudonymous by default: participants are known by their study code; recruitment ids (Prolific
-ids, labels) appear only when ``Options.include_recruitment_ids`` is set. Everything is produced
-row by row from generators: participants are read in batches of ``BATCH`` by key, answers through a
-server-side cursor (``.iterator(chunk_size=...)``), and the bytes leave in chunks of about
-``CHUNK``, so memory stays flat however large the study. Text cells pass through ``csv_safe`` so a
-spreadsheet never runs a participant's words as a formula; JSON keeps text as written.
+ids, labels) appear only when ``Options.include_recruitment_ids`` is set; otherwise a participant's
+own ids typed into a text read ``[redacted]`` there (their resume keys always do). Everything
+is produced row by row from generators: participants are read in batches of ``BATCH`` by key,
+answers through a server-side cursor (``.iterator(chunk_size=...)``), and the bytes leave in
+chunks of about ``CHUNK``, so memory stays flat however large the study. Text cells are defused
+(``defuse``) so a spreadsheet never runs a participant's words as a formula; JSON keeps text as
+written. Empty cells (JSON null) mean missing or not applicable; false and 0 are values.
 
 This module also reads the rows that ``study.analysis`` needs (``survey_observations``,
 ``skill_ratings``), so the dashboard and the exports describe the same data.
@@ -25,10 +30,11 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import statistics
 import zipfile
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,10 +59,14 @@ from study.codebook import (
     JSON_FILE,
     LONG,
     MESSAGES,
+    OFFERED,
     PSEUDONYMOUS,
     RECRUITMENT_FIELDS,
+    REDACT_MIN_LENGTH,
+    REDACTED,
     WIDE,
     Options,
+    about,
     codebook,
     columns,
     survey_items,
@@ -95,8 +105,27 @@ def cell(value: Any) -> Any:
         # Line breaks as "\n" only: the writer quotes a field holding its line terminator, not
         # a lone carriage return (a model's reply may hold one), which readers take as the end
         # of the row, shifting every later column.
-        return csv_safe(value.replace("\r\n", "\n").replace("\r", "\n"))
+        return defuse(value.replace("\r\n", "\n").replace("\r", "\n"))
     return value
+
+
+# A cell starting with one of these is run (or, with |, handed to DDE) by some spreadsheet.
+_RUN_START = ("\t", "\r", "\n", "|")
+# Text that is one plain number: a spreadsheet reads it as that number and runs nothing.
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def defuse(text: str) -> str:
+    """Text for a CSV cell, after OWASP's advice on CSV injection: a text whose first non-blank
+    character starts a formula (= + - @, or their full-width forms), or which starts with a tab,
+    a line break or |, gets one leading apostrophe. Spreadsheets skip leading blanks before a
+    formula, so " =1+1" runs as well as "=1+1". Plain numbers ("-3") are left as they are."""
+    if text.startswith(_RUN_START):
+        return "'" + text
+    stripped = text.lstrip()
+    if csv_safe(stripped) != stripped and not _PLAIN_NUMBER.fullmatch(stripped):
+        return "'" + text
+    return text
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -163,6 +192,10 @@ def zip_chunks(entries: Iterable[tuple[str, Iterable[bytes]]]) -> Iterator[bytes
 # --------------------------------------------------------------------------- reading the study
 
 
+# Keys that continue a participant's session: never written, only read to redact them from texts.
+SECRET_FIELDS = ("resume_key", "learner__resume_code")
+
+
 def _participant_batches(study: Study, only: int | None = None) -> Iterator[list[dict[str, Any]]]:
     """Participants in key order, BATCH at a time (keyset pages: no offset, no long cursor)."""
     size = BATCH
@@ -171,7 +204,7 @@ def _participant_batches(study: Study, only: int | None = None) -> Iterator[list
     if only is not None:
         people = people.filter(pk=only)
     fields = (
-        "pk", "code", *RECRUITMENT_FIELDS, "source", "stratum", "step", "status",
+        "pk", "code", *RECRUITMENT_FIELDS, *SECRET_FIELDS, "source", "stratum", "step", "status",
         "consent_version", "consented_at", "started_at", "finished_at", "arm__key",
         "allocation__position", "allocation__stratum", "allocation__method",
         "allocation__assigned_at",
@@ -390,6 +423,62 @@ def _batches(study: Study, only: int | None = None, **what: bool) -> Iterator[_B
         batch.release()
 
 
+_JSON_STRING = DjangoJSONEncoder(ensure_ascii=False).encode
+
+
+class Redaction:
+    """A participant's own identifiers, to be taken out of their free texts (see `redaction`).
+
+    Nearly no text holds one, so each is first looked for with a plain substring test on the
+    case-folded text (many times quicker than the regular expression), and only a text that
+    may hold one is searched for whole words."""
+
+    def __init__(self, ids: Sequence[str]) -> None:
+        ids = sorted(ids, key=len, reverse=True)  # the longest first, where one holds another
+        alternatives = "|".join(re.escape(i) for i in ids)
+        self._pattern = re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
+        self._folded = [i.casefold() for i in ids]
+        # As a JSON encoder writes them: in an encoded record wherever a text holds one.
+        self._encoded = [_JSON_STRING(i)[1:-1].casefold() for i in ids]
+
+    def text(self, value: Any) -> Any:
+        """A text with every whole-word occurrence of the ids (any case) replaced."""
+        if isinstance(value, str) and len(value) >= REDACT_MIN_LENGTH:
+            folded = value.casefold()
+            if any(i in folded for i in self._folded):
+                return self._pattern.sub(REDACTED, value)
+        return value
+
+    def everywhere(self, value: Any) -> Any:
+        """A JSON value with every string inside it (objects and lists walked) redacted."""
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {key: self.everywhere(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self.everywhere(item) for item in value]
+        return value
+
+    def may_be_in(self, encoded: str) -> bool:
+        """Whether an id may occur in a JSON text (one pass; never a false "no")."""
+        folded = encoded.casefold()
+        return any(i in folded for i in self._encoded)
+
+
+def redaction(participant: dict[str, Any], options: Options) -> Redaction:
+    """What a participant's free texts lose: their resume keys (never exported), and their
+    recruitment ids unless the export includes them; each becomes REDACTED (whole words, any
+    case). Ids shorter than REDACT_MIN_LENGTH stay: "sam" or "12" would match ordinary words.
+    Their study code stays too: it is in every row already (old participants' resume key is
+    their code)."""
+    fields = SECRET_FIELDS
+    if not options.include_recruitment_ids:
+        fields += RECRUITMENT_FIELDS
+    code = participant["code"].casefold()
+    found = {str(participant[field] or "").strip() for field in fields}
+    return Redaction([i for i in found if len(i) >= REDACT_MIN_LENGTH and i.casefold() != code])
+
+
 def _ids(participant: dict[str, Any], options: Options) -> list[Any]:
     head = [participant["code"]]
     if options.include_recruitment_ids:
@@ -509,11 +598,11 @@ def wide_rows(study: Study, options: Options = PSEUDONYMOUS) -> Iterator[list[An
                 conversation = chat["conversation_id"]
                 messages = batch.messages.get(conversation, [])
                 drafts = batch.drafts.get(conversation, [])
-                viewed = sum(
-                    1
-                    for d in drafts
-                    for f in batch.feedback.get(d["pk"], [])
-                    if f["viewed_at"] is not None
+                requests = [f for d in drafts for f in batch.feedback.get(d["pk"], [])]
+                viewed = (
+                    sum(f["viewed_at"] is not None for f in requests)
+                    if _feedback_applies(requests, bool(chat["conversation__feedback_enabled"]))
+                    else None
                 )
                 overall, per_skill = _skill_means(messages)
                 row += [
@@ -568,13 +657,24 @@ def message_rows(study: Study, options: Options = PSEUDONYMOUS) -> Iterator[list
     for batch in _batches(study, answers=False, texts=True, calls=True):
         for p in batch.participants:
             ids = _ids(p, options)
+            redact = redaction(p, options).text
             for chat in batch.chats.get(p["pk"], []):
-                yield from _chat_rows(batch, ids, chat)
+                yield from _chat_rows(batch, ids, chat, redact)
 
 
-def _chat_rows(batch: _Batch, ids: list[Any], chat: dict[str, Any]) -> Iterator[list[Any]]:
+def _feedback_applies(requests: Sequence[dict[str, Any]], offered: bool) -> bool:
+    """Whether feedback was on offer for these requests: in a chat with feedback on, or (for
+    any chat) a request that was not withheld. A request withheld because feedback is off is
+    not applicable; one withheld for safety in a chat with feedback on is (and did not happen)."""
+    return offered or any(f["status"] != FeedbackRequest.Status.WITHHELD for f in requests)
+
+
+def _chat_rows(
+    batch: _Batch, ids: list[Any], chat: dict[str, Any], redact: Callable[[Any], Any]
+) -> Iterator[list[Any]]:
     conversation = chat["conversation_id"]
     head = [*ids, chat["step"], chat["kind"], chat["slot"], conversation]
+    offered = bool(chat["conversation__feedback_enabled"])
     drafts_by_turn = _group(batch.drafts.get(conversation, []), "turn")
     ordered: list[tuple[tuple[int, int, int], list[Any]]] = []
     turn = 0
@@ -586,6 +686,7 @@ def _chat_rows(batch: _Batch, ids: list[Any], chat: dict[str, Any]) -> Iterator[
             f for d in drafts_by_turn.get(turn, []) for f in batch.feedback.get(d["pk"], [])
         ]
         reasons = m["resistance_reasons"]
+        applies = is_learner and _feedback_applies(requests, offered)
         row = [
             *head,
             "message",
@@ -594,7 +695,7 @@ def _chat_rows(batch: _Batch, ids: list[Any], chat: dict[str, Any]) -> Iterator[
             m["seq"],
             m["role"],
             m["state"],
-            m["text"],
+            redact(m["text"]),
             ";".join(m["strategies"] or []),
             None,
             None,
@@ -606,17 +707,19 @@ def _chat_rows(batch: _Batch, ids: list[Any], chat: dict[str, Any]) -> Iterator[
             m["mastery"],
             m["rating_engine"] or None,
             m["resistance"],
-            "; ".join(str(r) for r in reasons) if isinstance(reasons, list) and reasons else None,
+            redact("; ".join(str(r) for r in reasons))
+            if isinstance(reasons, list) and reasons
+            else None,
             m["agreed"] if not is_learner else None,
             None,
             None,
             None,
-            any(f["computed_at"] for f in requests) if is_learner else None,
-            any(f["delivered_at"] for f in requests) if is_learner else None,
-            any(f["viewed_at"] for f in requests) if is_learner else None,
+            any(f["computed_at"] for f in requests) if applies else None,
+            any(f["delivered_at"] for f in requests) if applies else None,
+            any(f["viewed_at"] for f in requests) if applies else None,
             *[None] * 6,
             *_call_cells(batch.calls.get(m["llm_call_id"])),
-            m["error"] or None,
+            redact(m["error"]) or None,
             m["created_at"],
         ]
         ordered.append(((turn, 1 if is_learner else 2, m["seq"], 0, 0), row))
@@ -625,7 +728,11 @@ def _chat_rows(batch: _Batch, ids: list[Any], chat: dict[str, Any]) -> Iterator[
         requests = batch.feedback.get(d["pk"], [])
         f = requests[-1] if requests else None
         result = f["result"] if f else {}
-        computed = bool(f and f["computed_at"])
+        flags: list[bool | None] = (
+            [f[moment] is not None for moment in ("computed_at", "delivered_at", "viewed_at")]
+            if f is not None and _feedback_applies([f], offered)
+            else [None, None, None]
+        )
         row = [
             *head,
             "draft",
@@ -634,7 +741,7 @@ def _chat_rows(batch: _Batch, ids: list[Any], chat: dict[str, Any]) -> Iterator[
             None,
             Message.Role.LEARNER,
             None,
-            d["text"],
+            redact(d["text"]),
             ";".join(d["strategies"] or []),
             d["used_rewrite"],
             None,
@@ -648,9 +755,7 @@ def _chat_rows(batch: _Batch, ids: list[Any], chat: dict[str, Any]) -> Iterator[
             f["status"] if f else None,
             (f["engine"] or None) if f else None,
             (f["fallback_reason"] or None) if f else None,
-            computed,
-            bool(f and f["delivered_at"]),
-            bool(f and f["viewed_at"]),
+            *flags,
             f["requested_at"] if f else None,
             f["computed_at"] if f else None,
             f["delivered_at"] if f else None,
@@ -675,7 +780,7 @@ def _chat_rows(batch: _Batch, ids: list[Any], chat: dict[str, Any]) -> Iterator[
             None,
             None,
             None,
-            s["reason"],
+            redact(s["reason"]),
             None,
             None,
             s["skill"],
@@ -823,6 +928,14 @@ def _participant_record(batch: _Batch, p: dict[str, Any], options: Options) -> d
     return record
 
 
+def _message_record(m: dict[str, Any]) -> dict[str, Any]:
+    record = {k: v for k, v in m.items() if k not in ("pk", "conversation_id")}
+    if m["role"] == Message.Role.LEARNER:
+        # The partner's fields: not applicable to a learner's message (null, not false or 0).
+        record["agreed"] = record["attempts"] = None
+    return record
+
+
 def _chat_record(batch: _Batch, chat: dict[str, Any]) -> dict[str, Any]:
     conversation = chat["conversation_id"]
     messages = batch.messages.get(conversation, [])
@@ -850,9 +963,7 @@ def _chat_record(batch: _Batch, chat: dict[str, Any]) -> dict[str, Any]:
         },
         "created_at": chat["conversation__created_at"],
         "ended_at": chat["conversation__ended_at"],
-        "messages": [
-            {k: v for k, v in m.items() if k not in ("pk", "conversation_id")} for m in messages
-        ],
+        "messages": [_message_record(m) for m in messages],
         "drafts": [
             {
                 "turn": d["turn"],
@@ -897,9 +1008,14 @@ def json_chunks(study: Study, options: Options = PSEUDONYMOUS) -> Iterator[bytes
     first = True
     for batch in _batches(study, answers=True, texts=True, calls=True):
         for p in batch.participants:
-            buffer.write(
-                ("" if first else ", ") + "\n" + encode(_participant_record(batch, p, options))
-            )
+            record = _participant_record(batch, p, options)
+            text = encode(record)
+            # Free text is anywhere in a record (feedback quotes the draft), so the encoded
+            # record is searched once, and walked only where an id may be (rarely).
+            check = redaction(p, options)
+            if check.may_be_in(text):
+                text = encode(check.everywhere(record))
+            buffer.write(("" if first else ", ") + "\n" + text)
             first = False
             if buffer.tell() >= CHUNK:
                 yield buffer.getvalue().encode()
@@ -923,7 +1039,8 @@ def participant_record(
 ) -> dict[str, Any]:
     """One participant's full record, as in study.json (for the participant page)."""
     for batch in _batches(study, only=participant_id, answers=True, texts=True, calls=True):
-        return _participant_record(batch, batch.participants[0], options)
+        p = batch.participants[0]
+        return redaction(p, options).everywhere(_participant_record(batch, p, options))
     raise Participant.DoesNotExist(participant_id)
 
 
@@ -953,18 +1070,27 @@ def bonus_rows(
 # --------------------------------------------------------------------------- files
 
 
-def codebook_chunks(study: Study, options: Options = PSEUDONYMOUS) -> Iterator[bytes]:
-    """codebook.csv."""
-    rows = ([c.file, c.name, c.type, c.allowed, c.meaning] for c in codebook(study, options))
+def codebook_chunks(
+    study: Study, options: Options = PSEUDONYMOUS, files: Sequence[str] = OFFERED
+) -> Iterator[bytes]:
+    """codebook.csv describing `files` (the files it ships with): a row about each file, then
+    every column of each."""
+    rows = (
+        [c.file, c.name, c.type, c.allowed, c.meaning]
+        for c in (*about(options, files), *codebook(study, options, files))
+    )
     return csv_chunks(columns(study, CODEBOOK, options), rows)
 
 
-def file_chunks(study: Study, name: str, options: Options = PSEUDONYMOUS) -> Iterator[bytes]:
-    """The bytes of one export file, in chunks."""
+def file_chunks(
+    study: Study, name: str, options: Options = PSEUDONYMOUS, files: Sequence[str] = OFFERED
+) -> Iterator[bytes]:
+    """The bytes of one export file, in chunks. `files`: the files a codebook.csv describes
+    (those it is downloaded with; every file offered when downloaded on its own)."""
     if name == JSON_FILE:
         return json_chunks(study, options)
     if name == CODEBOOK:
-        return codebook_chunks(study, options)
+        return codebook_chunks(study, options, files)
     producers = {LONG: long_rows, WIDE: wide_rows, MESSAGES: message_rows, BONUS: bonus_rows}
     if name not in producers:
         raise ValueError(f"unknown export file {name!r}")
@@ -973,7 +1099,8 @@ def file_chunks(study: Study, name: str, options: Options = PSEUDONYMOUS) -> Ite
 
 def bundle_chunks(study: Study, fmt: str, options: Options = PSEUDONYMOUS) -> Iterator[bytes]:
     """A zip of every file of a format ("csv" or "json"), streamed."""
-    return zip_chunks((name, file_chunks(study, name, options)) for name in FORMATS[fmt])
+    files = FORMATS[fmt]
+    return zip_chunks((name, file_chunks(study, name, options, files)) for name in files)
 
 
 def write_files(
@@ -985,7 +1112,7 @@ def write_files(
     for name in FORMATS[fmt]:
         path = directory / name
         with path.open("wb") as out:
-            for chunk in file_chunks(study, name, options):
+            for chunk in file_chunks(study, name, options, FORMATS[fmt]):
                 out.write(chunk)
         written.append(path)
     return written

@@ -243,12 +243,13 @@ def test_messages_file_puts_each_turns_drafts_before_the_message_and_its_reply(
     assert timed_out["feedback_fallback_reason"].str.startswith("timeout").all()
     withheld = drafts[drafts["arm"] == "simulation"]
     assert withheld["feedback_status"].eq("withheld").all()
-    assert not withheld["feedback_computed"].any() and not withheld["feedback_viewed"].any()
+    # Feedback is off in this arm: not applicable (empty), not "false".
+    assert withheld["feedback_computed"].isna().all() and withheld["feedback_viewed"].isna().all()
     learner = frame[(frame["row_type"] == "message") & (frame["role"] == "learner")]
     assert learner["resistance"].notna().all()
     assert set(learner["rating_mindful"]) <= {"yes", "no"}
     sent_training = learner[(learner["step"] == "train_s1") & (learner["arm"] == "simulation")]
-    assert not sent_training["feedback_computed"].any()  # each turn records: never computed
+    assert sent_training["feedback_computed"].isna().all()  # never on offer in this arm
     partner = frame[frame["role"] == "partner"]
     assert partner["llm_purpose"].eq("partner").all()
     assert (partner["llm_retries"] == partner["llm_attempts"] - 1).all()
@@ -347,6 +348,9 @@ def test_zip_bundles_hold_every_file_of_their_format(seeded: Seeded) -> None:
                         json.loads(b) for b in (archive.read(name), read_bytes(seeded, name))
                     )
                     assert {**zipped, "exported_at": None} == {**direct, "exported_at": None}
+                elif name == CODEBOOK:  # the bundle's own files, not every file offered
+                    own = exports.file_chunks(seeded.study, name, codebook.PSEUDONYMOUS, names)
+                    assert archive.read(name) == b"".join(own)
                 else:
                     assert archive.read(name) == read_bytes(seeded, name)
 
@@ -461,3 +465,150 @@ def test_export_memory_does_not_grow_with_the_number_of_participants(
     large_peak = peak_export_memory(large)
     # Four times the participants; the peak is one batch's rows plus a chunk either way.
     assert large_peak < 1.2 * small_peak, (small_peak, large_peak)
+
+
+# --------------------------------------------------------------------------- not applicable
+
+
+def training_chat(seeded: Seeded, arm: str) -> Any:
+    from study.models import StudyChat
+
+    return (
+        StudyChat.objects.filter(
+            participant__study=seeded.study,
+            participant__arm__key=arm,
+            participant__status="completed",
+            step="train_s1",
+        )
+        .select_related("conversation", "participant")
+        .order_by("pk")
+        .first()
+    )
+
+
+def test_feedback_flags_are_empty_where_not_offered_and_false_where_offered_but_not_done(
+    seeded: Seeded,
+) -> None:
+    from feedback.models import Draft, FeedbackRequest
+
+    chat = training_chat(seeded, "feedback")
+    conversation = chat.conversation_id
+    # Turn 3: feedback on offer, none asked for. Turn 2: one draft asked and never looked at,
+    # the other saved without a request. Turn 1: withheld for safety in a chat with feedback.
+    Draft.objects.filter(conversation_id=conversation, turn=3).delete()
+    unseen, unasked = Draft.objects.filter(conversation_id=conversation, turn=2).order_by(
+        "revision"
+    )
+    FeedbackRequest.objects.filter(draft=unseen).update(viewed_at=None)
+    FeedbackRequest.objects.filter(draft=unasked).delete()
+    paused = Draft.objects.filter(conversation_id=conversation, turn=1).order_by("revision")[0]
+    FeedbackRequest.objects.filter(draft=paused).update(
+        status=FeedbackRequest.Status.WITHHELD, computed_at=None, delivered_at=None, viewed_at=None
+    )
+
+    frame = read_frame(seeded, MESSAGES)
+    flags = ["feedback_computed", "feedback_delivered", "feedback_viewed"]
+    mine = frame[frame["conversation_id"] == conversation].set_index(["turn", "row_type", "role"])
+    drafts = frame[(frame["conversation_id"] == conversation) & (frame["row_type"] == "draft")]
+    by_revision = drafts.set_index(["turn", "revision"])
+    assert list(mine.loc[(3, "message", "learner"), flags]) == [False, False, False]
+    assert list(by_revision.loc[(2, 1), flags]) == [True, True, False]
+    assert by_revision.loc[(2, 2), flags].isna().all()  # a draft with no request
+    assert list(by_revision.loc[(1, 1), flags]) == [False, False, False]
+    assert list(mine.loc[(2, "message", "learner"), flags]) == [True, True, False]
+    assert mine.loc[(2, "message", "partner"), flags].isna().all()
+
+    # Never on offer: evaluation chats, the arm without feedback, suggestions.
+    evaluation = frame[frame["chat_kind"] == "evaluation"]
+    assert len(evaluation) and evaluation[flags].isna().all().all()
+    simulation = frame[(frame["arm"] == "simulation") & (frame["step"] == "train_s1")]
+    assert len(simulation) and simulation[flags].isna().all().all()
+    assert frame[frame["row_type"] == "suggestion"][flags].isna().all().all()
+    sent = frame[(frame["row_type"] == "message") & (frame["role"] == "learner")]
+    offered = sent[(sent["arm"] == "feedback") & (sent["step"] == "train_s1")]
+    assert len(offered) and offered[flags].notna().all().all()
+
+    wide = read_frame(seeded, WIDE).set_index("participant")
+    completed = wide[wide["status"] == "completed"]
+    assert completed["eval_s1_pre_feedback_viewed"].isna().all()
+    assert completed["eval_s2_post_feedback_viewed"].isna().all()
+    in_arm = completed.groupby("arm")["train_s1_feedback_viewed"]
+    assert in_arm.apply(lambda s: s.isna().all())["simulation"]
+    assert in_arm.apply(lambda s: s.notna().all())["feedback"]
+    assert wide.loc[chat.participant.code, "train_s1_feedback_viewed"] == 1  # turn 1, revision 2
+
+
+def test_json_writes_null_for_the_partners_fields_on_a_learners_message(seeded: Seeded) -> None:
+    record = json.loads(read_bytes(seeded, JSON_FILE))
+    messages = [m for p in record["participants"] for c in p["chats"] for m in c["messages"]]
+    learner = [m for m in messages if m["role"] == "learner"]
+    partner = [m for m in messages if m["role"] == "partner"]
+    assert learner and all(m["agreed"] is None and m["attempts"] is None for m in learner)
+    assert partner and all(isinstance(m["agreed"], bool) and m["attempts"] for m in partner)
+
+
+def test_the_codebook_says_empty_is_not_applicable_for_the_feedback_flags(seeded: Seeded) -> None:
+    frame = read_frame(seeded, CODEBOOK).set_index(["file", "column"])
+    for flag in ("feedback_computed", "feedback_delivered", "feedback_viewed"):
+        row = frame.loc[(MESSAGES, flag)]
+        assert "empty = not applicable" in row["allowed_values"]
+        assert "evaluation chats" in row["meaning"] and "false = " in row["meaning"]
+    assert (
+        "Empty when the chat offered no feedback"
+        in frame.loc[(WIDE, "train_s1_feedback_viewed"), "meaning"]
+    )
+
+
+# --------------------------------------------------------------------------- each codebook's files
+
+
+def codebook_frame(data: bytes) -> pd.DataFrame:
+    return pd.read_csv(io.BytesIO(data), dtype="string", keep_default_na=False, na_values=[""])
+
+
+@pytest.mark.parametrize("fmt", sorted(codebook.FORMATS))
+def test_a_bundles_codebook_describes_exactly_the_files_of_that_bundle(
+    seeded: Seeded, fmt: str
+) -> None:
+    data = b"".join(exports.bundle_chunks(seeded.study, fmt))
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        shipped = archive.namelist()
+        frame = codebook_frame(archive.read(CODEBOOK))
+    assert list(dict.fromkeys(frame["file"])) == shipped  # no bonus.csv, no other format's files
+    about = frame[frame["column"].isna()]
+    assert list(about["file"]) == shipped and (about["type"] == "file").all()
+    own = frame[(frame["file"] == CODEBOOK) & (frame["column"] == "file")].iloc[0]
+    assert own["allowed_values"] == "; ".join(shipped)
+    for name in shipped:
+        if name != JSON_FILE:
+            described = list(frame[(frame["file"] == name) & frame["column"].notna()]["column"])
+            assert described == codebook.columns(seeded.study, name)
+
+
+def test_the_codebook_downloaded_on_its_own_documents_every_file_offered_with_bonus_csv(
+    seeded: Seeded,
+) -> None:
+    user = User.objects.create_user("analyst", password="pw-for-tests-1", is_staff=True)
+    StudyStaff.objects.create(study=seeded.study, user=user, can_export=True)
+    client = Client()
+    client.force_login(user)
+    response = client.post(f"/research/{seeded.study.slug}/export/", {"what": "codebook.csv"})
+    frame = codebook_frame(b"".join(response.streaming_content))
+    assert list(dict.fromkeys(frame["file"])) == list(codebook.OFFERED)
+    bonus = frame[(frame["file"] == codebook.BONUS) & frame["column"].notna()]
+    assert list(bonus["column"]) == ["participant", "arm", "score", "rank"]
+    header = next(csv.reader(io.StringIO(read_bytes(seeded, codebook.BONUS).decode())))
+    assert header == list(bonus["column"])
+    about = frame[(frame["file"] == codebook.BONUS) & frame["column"].isna()].iloc[0]
+    assert "in no bundle" in about["meaning"]
+
+
+def test_the_downloads_form_says_which_codebook_describes_bonus_csv(seeded: Seeded) -> None:
+    user = User.objects.create_user("reader", password="pw-for-tests-1", is_staff=True)
+    StudyStaff.objects.create(study=seeded.study, user=user, can_export=True)
+    client = Client()
+    client.force_login(user)
+    page = client.get(f"/research/{seeded.study.slug}/").content.decode()
+    form = page[page.index('id="exports"') :]
+    assert "A zip's codebook.csv describes the files in that zip" in form
+    assert "codebook.csv on its own describes every file here, bonus.csv" in form
