@@ -1,6 +1,5 @@
 """ASGI entry point: HTTP through Django, websockets through Channels."""
 
-import asyncio
 import itertools
 import os
 import re
@@ -15,41 +14,6 @@ from django.http import HttpRequest, HttpResponseBase
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "imbue.settings")
 
 
-class RequestThreads:
-    """Long-lived threads for HTTP requests, each serving one request at a time.
-
-    Django gives every request a new thread (an executor made when the request's
-    ThreadSensitiveContext is entered, shut down when it is left): starting and joining a thread
-    costs about 0.35 ms of CPU per request, part of it in the event loop, which waits for the
-    thread to start. Here a request takes an idle thread, or a new one when none is idle, so
-    requests never queue behind each other (as with Django's), and gives it back once everything
-    it queued there has run, a view still running after its client left included. At most `keep`
-    idle threads are kept; more are shut down.
-    """
-
-    def __init__(self, keep: int) -> None:
-        self.keep = keep
-        self.idle: list[ThreadPoolExecutor] = []
-        self.made = itertools.count()
-
-    def take(self) -> ThreadPoolExecutor:
-        if self.idle:
-            return self.idle.pop()
-        return ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"http-{next(self.made)}")
-
-    def give_back(self, executor: ThreadPoolExecutor) -> None:
-        """Idle again once the work already queued on it is done (called on the event loop)."""
-        loop = asyncio.get_running_loop()
-        done = executor.submit(int)  # runs after everything queued before it
-        done.add_done_callback(lambda _: loop.call_soon_threadsafe(self._idle, executor))
-
-    def _idle(self, executor: ThreadPoolExecutor) -> None:
-        if len(self.idle) < self.keep:
-            self.idle.append(executor)
-        else:
-            executor.shutdown(wait=False)
-
-
 class OneHopASGIHandler(ASGIHandler):
     """Django's ASGI handler with its middleware chain and view run the synchronous way, in one
     thread per request.
@@ -61,28 +25,8 @@ class OneHopASGIHandler(ASGIHandler):
     middleware are synchronous, so the request goes to its thread once and stays there.
     """
 
-    def __init__(self, threads: RequestThreads | None = None) -> None:
-        # Not ASGIHandler's __init__: it would build the async chain too.
+    def __init__(self) -> None:  # not ASGIHandler's: it would build the async chain too
         self.load_middleware(is_async=False)
-        keep = int(os.environ.get("HTTP_IDLE_THREADS", "32"))
-        self.threads = threads or RequestThreads(keep)
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        """Django's, with the request's thread-sensitive work on a reused thread (RequestThreads)
-        instead of a new one: the request-started signal, the chain and view, the response's
-        close and the request-finished signal, all on that one thread as before."""
-        if scope["type"] != "http":
-            raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
-        executor = self.threads.take()
-        context = ThreadSensitiveContext()  # registered, not entered (entering makes a thread)
-        SyncToAsync.context_to_thread_executor[context] = executor
-        token = SyncToAsync.thread_sensitive_context.set(context)
-        try:
-            await self.handle(scope, receive, send)
-        finally:
-            SyncToAsync.thread_sensitive_context.reset(token)
-            SyncToAsync.context_to_thread_executor.pop(context, None)
-            self.threads.give_back(executor)
 
     async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
         return await sync_to_async(self.get_response, thread_sensitive=True)(request)
