@@ -18,6 +18,7 @@ The token budget counts the tokens of every `LLMCall` recorded for a conversatio
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import math
 import secrets
@@ -221,30 +222,96 @@ RESUME_FAILURES_PER_SESSION = 10
 RESUME_WINDOW_S = 15 * 60
 
 
+def _address_key(ip: str) -> str:
+    """An IPv4 address as it is; an IPv6 address by its /64, which one subscriber holds whole
+    (counting each of its addresses apart would let them try without end)."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
 def _resume_limits(ip: str | None, session_key: str | None) -> list[tuple[str, int]]:
     limits = []
     if ip:
-        limits.append((f"resume-failed:ip:{ip}", RESUME_FAILURES_PER_ADDRESS))
+        limits.append((f"resume-failed:ip:{_address_key(ip)}", RESUME_FAILURES_PER_ADDRESS))
     if session_key:
         limits.append((f"resume-failed:session:{session_key}", RESUME_FAILURES_PER_SESSION))
     return limits
 
 
-def check_resume(*, ip: str | None, session_key: str | None) -> Decision:
-    """Whether a resume code may be tried now from this address and session (counts nothing:
-    see `resume_failed`). Refused with the longest wait when either has failed too often."""
-    refused = [
-        decision
-        for key, limit in _resume_limits(ip, session_key)
-        if not (decision := hit(key, limit, RESUME_WINDOW_S, message=RESUME_TOO_MANY, look=True))
-    ]
-    return max(refused, key=lambda d: d.retry_after) if refused else _ALLOW_ALWAYS
+# KEYS[1] the window's sorted set; ARGV: limit, window (ms), the member to add. As
+# _SLIDING_WINDOW, with the member named by the caller so that it can take it back (`release`).
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local count = redis.call('ZCARD', KEYS[1])
+if count < limit then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], window)
+  return {1, 0, count + 1}
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local retry = tonumber(oldest[2]) + window - now
+if retry < 1 then retry = 1 end
+return {0, retry, count}
+"""
+
+# The attempts a resume counted up front: (sorted set, member) pairs to take back if it matched.
+Reservation = list[tuple[str, str]]
 
 
-def resume_failed(*, ip: str | None, session_key: str | None) -> None:
-    """Count a resume code that matched no one against this address and session."""
+def try_resume(*, ip: str | None, session_key: str | None) -> tuple[Decision, Reservation]:
+    """Count this resume attempt against its address and session now, before the code is looked
+    up, so that attempts sent at the same moment cannot all pass one look at the count; refused
+    (nothing counted) with the longest wait when either has had too many lately. An attempt whose
+    code matches, or that held no code, is taken back with `release`: only wrong codes count."""
+    reserved: Reservation = []
+    refused: list[Decision] = []
+    if redis_quiet.quiet():
+        return _ALLOW_ALWAYS, reserved  # Redis just failed to answer in time: not asked
     for key, limit in _resume_limits(ip, session_key):
-        hit(key, limit, RESUME_WINDOW_S)
+        args = _args(key, limit, RESUME_WINDOW_S)
+        if args is None:
+            continue  # this limit is switched off
+        name, count, window_ms, _ = args
+        member = secrets.token_hex(8)
+        try:
+            result = _client().eval(_RESERVE, 1, name, count, window_ms, member)
+        except redis.RedisError as error:
+            log.warning("rate limit %s not checked, Redis unavailable: %s", key, error)
+            redis_quiet.note(error)
+            continue
+        decision = _decision(result, RESUME_TOO_MANY)
+        if decision:
+            reserved.append((name, member))
+        else:
+            refused.append(decision)
+    if refused:
+        release(reserved)
+        return max(refused, key=lambda d: d.retry_after), []
+    return _ALLOW_ALWAYS, reserved
+
+
+def release(reserved: Reservation) -> None:
+    """Take back attempts `try_resume` counted (the code matched, or none was given)."""
+    if not reserved:
+        return
+    try:
+        pipe = _client().pipeline(transaction=False)
+        for name, member in reserved:
+            pipe.zrem(name, member)
+        pipe.execute()
+    except redis.RedisError as error:
+        log.warning("resume attempts not taken back, Redis unavailable: %s", error)
 
 
 def forget_resume_failures(*, ip: str | None, session_key: str | None) -> None:

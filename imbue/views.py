@@ -29,13 +29,19 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 def resume_allowed(request: HttpRequest) -> ratelimit.Decision:
     """Whether this browser may try a resume code now: refused (`too_many_resume_tries`) while
-    its address or session has tried too many wrong ones lately; only wrong ones count."""
-    return ratelimit.check_resume(ip=client_ip(request), session_key=request.session.session_key)
+    its address or session has tried too many wrong ones lately. The attempt is counted now, as
+    a wrong one (attempts sent at the same moment cannot all pass before any is counted); the
+    view takes it back with `resume_not_counted` when the code matched or none was given."""
+    decision, reserved = ratelimit.try_resume(
+        ip=client_ip(request), session_key=request.session.session_key
+    )
+    request._resume_reserved = reserved  # type: ignore[attr-defined]
+    return decision
 
 
-def resume_failed(request: HttpRequest) -> None:
-    """Count a resume code that matched no one against this browser's address and session."""
-    ratelimit.resume_failed(ip=client_ip(request), session_key=request.session.session_key)
+def resume_not_counted(request: HttpRequest) -> None:
+    """Take back the attempt `resume_allowed` counted: the code matched, or none was given."""
+    ratelimit.release(getattr(request, "_resume_reserved", []))
 
 
 def too_many_resume_tries(

@@ -14,7 +14,7 @@ from django.urls import path, reverse
 from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from imbue.views import resume_allowed, resume_failed, too_many_resume_tries
+from imbue.views import resume_allowed, resume_not_counted, too_many_resume_tries
 from simulations import progress, services, situations
 from simulations.learners import current_learner, owned_conversation, resume_with_code
 from simulations.models import Category, Conversation, Message, Situation
@@ -134,11 +134,11 @@ def resume(request: HttpRequest) -> HttpResponse:
             )
         code = request.POST.get("code", "")
         learner = resume_with_code(request, code=code)
+        if learner is not None or not code.strip():
+            resume_not_counted(request)
         if learner is not None:
             messages.success(request, "Welcome back: your conversations are here.")
             return redirect(reverse("practice:hub"))
-        if code.strip():
-            resume_failed(request)
         return render(
             request,
             "simulations/resume.html",

@@ -18,7 +18,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRefresh
 
-from imbue.views import resume_allowed, resume_failed, too_many_resume_tries
+from imbue.views import resume_allowed, resume_not_counted, too_many_resume_tries
 from simulations import services as chat_services
 from simulations import situations
 from simulations.learners import SESSION_KEY, attach_learner
@@ -215,14 +215,15 @@ def resume(request: HttpRequest, slug: str) -> HttpResponse:
     )
     participant = found.first() if code else None
     if participant is None:
-        if code:
-            resume_failed(request)
+        if not code:
+            resume_not_counted(request)
         return render(
             request,
             "study/entry.html",
             {"study": study, "resume_error": "That code was not found. Check it and try again."},
             status=400,
         )
+    resume_not_counted(request)
     _remember(request, participant)
     messages.info(request, "Welcome back. You are where you left off.")
     return _to_step(participant)

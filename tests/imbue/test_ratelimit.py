@@ -208,22 +208,71 @@ def test_failed_resume_codes_count_per_address_and_per_session(monkeypatch) -> N
     ip, session, other = f"203.0.113.{uuid.uuid4().int % 250}", uuid.uuid4().hex, uuid.uuid4().hex
     try:
         ratelimit.forget_resume_failures(ip=ip, session_key=None)
-        assert ratelimit.check_resume(ip=ip, session_key=session)
-        ratelimit.resume_failed(ip=ip, session_key=session)
-        ratelimit.resume_failed(ip=ip, session_key=session)
-        refused = ratelimit.check_resume(ip=ip, session_key=session)
-        assert not refused and refused.retry_after > 800
+        # Two wrong codes from one session (each attempt counts until it is taken back).
+        assert ratelimit.try_resume(ip=ip, session_key=session)[0]
+        assert ratelimit.try_resume(ip=ip, session_key=session)[0]
+        refused, reserved = ratelimit.try_resume(ip=ip, session_key=session)
+        assert not refused and refused.retry_after > 800 and reserved == []
         assert refused.message.startswith("That is too many codes that did not match")
         assert "please wait 15 minutes" in refused.message
-        # The address still has one to go from another session, then it is held up too.
-        assert ratelimit.check_resume(ip=ip, session_key=other)
-        ratelimit.resume_failed(ip=ip, session_key=other)
-        assert not ratelimit.check_resume(ip=ip, session_key=uuid.uuid4().hex)
-        assert not ratelimit.check_resume(ip=ip, session_key=None)
-        assert ratelimit.check_resume(ip=None, session_key=uuid.uuid4().hex)
+        # The address still has one to go from another session, then it is held up too (the
+        # refused attempt above counted nothing against the address).
+        assert ratelimit.try_resume(ip=ip, session_key=other)[0]
+        assert not ratelimit.try_resume(ip=ip, session_key=uuid.uuid4().hex)[0]
+        assert not ratelimit.try_resume(ip=ip, session_key=None)[0]
+        assert ratelimit.try_resume(ip=None, session_key=uuid.uuid4().hex)[0]
     finally:
         ratelimit.forget_resume_failures(ip=ip, session_key=session)
         ratelimit.forget_resume_failures(ip=None, session_key=other)
+
+
+def test_resume_attempts_at_the_same_moment_cannot_all_pass(monkeypatch) -> None:
+    # Each attempt is counted before its code is looked up: a burst of 20 attempts that have
+    # not yet been answered gets the limit's 3 through, not all 20 (looking first, then counting
+    # the wrong ones, let the whole burst pass one look at the count).
+    monkeypatch.setattr(ratelimit, "RESUME_FAILURES_PER_ADDRESS", 3)
+    ip = f"198.51.100.{uuid.uuid4().int % 250}"
+    try:
+        ratelimit.forget_resume_failures(ip=ip, session_key=None)
+        burst = [ratelimit.try_resume(ip=ip, session_key=None) for _ in range(20)]
+        assert sum(bool(decision) for decision, _ in burst) == 3
+    finally:
+        ratelimit.forget_resume_failures(ip=ip, session_key=None)
+
+
+def test_a_matching_or_empty_resume_attempt_is_taken_back(monkeypatch) -> None:
+    monkeypatch.setattr(ratelimit, "RESUME_FAILURES_PER_ADDRESS", 2)
+    ip = f"192.0.2.{uuid.uuid4().int % 250}"
+    try:
+        ratelimit.forget_resume_failures(ip=ip, session_key=None)
+        for _ in range(10):  # right codes never count
+            decision, reserved = ratelimit.try_resume(ip=ip, session_key=None)
+            assert decision and len(reserved) == 1
+            ratelimit.release(reserved)
+        assert ratelimit.try_resume(ip=ip, session_key=None)[0]  # one wrong code
+        assert ratelimit.try_resume(ip=ip, session_key=None)[0]  # two
+        assert not ratelimit.try_resume(ip=ip, session_key=None)[0]
+    finally:
+        ratelimit.forget_resume_failures(ip=ip, session_key=None)
+
+
+def test_an_ipv6_subscriber_is_counted_by_its_slash_64(monkeypatch) -> None:
+    monkeypatch.setattr(ratelimit, "RESUME_FAILURES_PER_ADDRESS", 2)
+    prefix = f"2001:db8:{uuid.uuid4().int % 0xFFFF:x}:1"
+    try:
+        assert ratelimit.try_resume(ip=f"{prefix}::1", session_key=None)[0]
+        assert ratelimit.try_resume(ip=f"{prefix}::2", session_key=None)[0]
+        # Another address of the same /64 is the same subscriber.
+        assert not ratelimit.try_resume(ip=f"{prefix}:ffff::3", session_key=None)[0]
+        # An IPv4 address is itself, also when written as IPv4-mapped IPv6.
+        v4 = f"192.0.2.{uuid.uuid4().int % 250}"
+        ratelimit.forget_resume_failures(ip=v4, session_key=None)
+        assert ratelimit.try_resume(ip=f"::ffff:{v4}", session_key=None)[0]
+        assert ratelimit.try_resume(ip=v4, session_key=None)[0]
+        assert not ratelimit.try_resume(ip=v4, session_key=None)[0]
+        ratelimit.forget_resume_failures(ip=v4, session_key=None)
+    finally:
+        ratelimit.forget_resume_failures(ip=f"{prefix}::1", session_key=None)
 
 
 def test_waits_of_minutes_are_said_in_minutes() -> None:
