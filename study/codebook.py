@@ -84,10 +84,10 @@ ABOUT: dict[str, str] = {
 CSV_RULES = (
     " Empty cells: missing, or not applicable where the column says so; false and 0 are values, "
     "never a stand-in for 'not applicable'. Formula escape: a text cell whose first non-blank "
-    "character is =, +, - or @, or which starts with a tab, a line break or |, gets one leading "
-    "apostrophe (') so that no spreadsheet runs it as a formula; remove that one apostrophe to "
-    "get the text as written. Numbers, plain numbers written as text (-3, +2.5), dates and "
-    "empty cells are never changed."
+    "character is =, +, - or @, or which starts with a tab, a line break, | or an apostrophe, "
+    "gets one leading apostrophe (') so that no spreadsheet runs it as a formula; removing that "
+    "one apostrophe from a cell that starts with one always gives the text as written. Numbers, "
+    "plain numbers written as text (-3, +2.5), dates and empty cells are never changed."
 )
 
 

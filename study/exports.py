@@ -109,8 +109,9 @@ def cell(value: Any) -> Any:
     return value
 
 
-# A cell starting with one of these is run (or, with |, handed to DDE) by some spreadsheet.
-_RUN_START = ("\t", "\r", "\n", "|")
+# A cell starting with one of these is run (or, with |, handed to DDE) by some spreadsheet; and
+# one starting with an apostrophe gets one more, so that taking one off always gives the text.
+_RUN_START = ("\t", "\r", "\n", "|", "'")
 # Text that is one plain number: a spreadsheet reads it as that number and runs nothing.
 _PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 
@@ -118,8 +119,10 @@ _PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 def defuse(text: str) -> str:
     """Text for a CSV cell, after OWASP's advice on CSV injection: a text whose first non-blank
     character starts a formula (= + - @, or their full-width forms), or which starts with a tab,
-    a line break or |, gets one leading apostrophe. Spreadsheets skip leading blanks before a
-    formula, so " =1+1" runs as well as "=1+1". Plain numbers ("-3") are left as they are."""
+    a line break or |, gets one leading apostrophe; so does a text that starts with one, so that
+    removing one leading apostrophe from an escaped cell always gives the text as written.
+    Spreadsheets skip leading blanks before a formula, so " =1+1" runs as well as "=1+1". Plain
+    numbers ("-3") are left as they are."""
     if text.startswith(_RUN_START):
         return "'" + text
     stripped = text.lstrip()
@@ -426,6 +429,20 @@ def _batches(study: Study, only: int | None = None, **what: bool) -> Iterator[_B
 _JSON_STRING = DjangoJSONEncoder(ensure_ascii=False).encode
 
 
+# Keys of study.json (and the participant page) whose values are codes from a fixed vocabulary
+# (or ids, hashes, versions), never free text: redaction leaves them as they are.
+CODED_KEYS = frozenset(
+    {
+        "participant", "source", "arm", "stratum", "status", "step", "consent_version", "method",
+        "category", "item", "item_version", "time", "kind", "partner_engine",
+        "partner_brief_source", "strategy_mode", "role", "state", "strategies", "ratings",
+        "rating_engine", "engine", "skill", "model", "purpose", "provider", "prompt_name",
+        "prompt_version", "prompt_hash", "response_format", "outcome", "finish_reason", "level",
+        "chosen",
+    }
+)  # fmt: skip
+
+
 class Redaction:
     """A participant's own identifiers, to be taken out of their free texts (see `redaction`).
 
@@ -449,14 +466,18 @@ class Redaction:
                 return self._pattern.sub(REDACTED, value)
         return value
 
-    def everywhere(self, value: Any) -> Any:
-        """A JSON value with every string inside it (objects and lists walked) redacted."""
+    def everywhere(self, value: Any, key: str | None = None) -> Any:
+        """A JSON value with every string inside it (objects and lists walked) redacted, except
+        under the keys of coded fields (CODED_KEYS): a label that happens to spell a code
+        ("family", "partner") must not turn the category or the role into [redacted]."""
+        if key in CODED_KEYS:
+            return value
         if isinstance(value, str):
             return self.text(value)
         if isinstance(value, dict):
-            return {key: self.everywhere(item) for key, item in value.items()}
+            return {k: self.everywhere(item, k) for k, item in value.items()}
         if isinstance(value, list):
-            return [self.everywhere(item) for item in value]
+            return [self.everywhere(item, key) for item in value]
         return value
 
     def may_be_in(self, encoded: str) -> bool:

@@ -49,6 +49,9 @@ IDS = Options(include_recruitment_ids=True)
         ("   ", "   "),
         ("My boss = unfair | again", "My boss = unfair | again"),
         ("a-b", "a-b"),
+        # A text that starts with an apostrophe gets one more: taking one off gives it back.
+        ("'=1+1", "''=1+1"),
+        ("'quoted', she said", "''quoted', she said"),
     ],
 )
 def test_defuse_follows_owasp_for_formula_starts_after_blanks_and_dde(
@@ -222,3 +225,48 @@ def test_the_one_scan_over_an_encoded_record_finds_ids_that_json_escapes() -> No
         "other": "abcdef123x",
     }
     assert not Redaction([]).may_be_in(encoded) and Redaction([]).text(label) == label
+
+
+def test_redaction_leaves_coded_fields_alone_when_an_id_spells_a_code() -> None:
+    from study.exports import Redaction
+
+    check = Redaction(["family", "partner"])
+    record = {
+        "situations": [{"category": "family", "text": "My family and I", "goal": "partner"}],
+        "chats": [
+            {
+                "kind": "family",
+                "messages": [
+                    {"role": "partner", "text": "Your partner?", "strategies": ["partner"]}
+                ],
+                "drafts": [{"feedback": [{"engine": "family", "result": {"skills": {
+                    "mindful": {"level": "family", "suggestion": "Ask your family."}}}}]}],
+            }
+        ],
+    }  # fmt: skip
+    redacted = check.everywhere(record)
+    assert redacted["situations"][0] == {
+        "category": "family", "text": "My [redacted] and I", "goal": "[redacted]",
+    }  # fmt: skip
+    message = redacted["chats"][0]["messages"][0]
+    assert message == {"role": "partner", "text": "Your [redacted]?", "strategies": ["partner"]}
+    assert redacted["chats"][0]["kind"] == "family"
+    feedback = redacted["chats"][0]["drafts"][0]["feedback"][0]
+    assert feedback["engine"] == "family"
+    assert feedback["result"]["skills"]["mindful"] == {
+        "level": "family", "suggestion": "Ask your [redacted].",
+    }  # fmt: skip
+
+
+@pytest.mark.django_db
+def test_a_label_that_spells_a_category_leaves_the_category_in_the_json(seeded: Seeded) -> None:
+    p, _ = leak_ids(seeded)
+    situation = ParticipantSituation.objects.get(participant=p, slot="S1").situation
+    situation.category = "family"
+    situation.save(update_fields=["category"])
+    Participant.objects.filter(pk=p.pk).update(label="family")
+    record = exports.participant_record(seeded.study, p.pk)
+    assert record["situations"][0]["category"] == "family"
+    Participant.objects.filter(pk=p.pk).update(label="partner")
+    record = exports.participant_record(seeded.study, p.pk)
+    assert {m["role"] for c in record["chats"] for m in c["messages"]} == {"learner", "partner"}
