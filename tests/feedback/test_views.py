@@ -170,3 +170,5 @@ def test_a_draft_suggesting_risk_shows_support_instead_of_feedback(no_llm):
     ).content.decode()
     assert "This practice is paused" in html and 'class="support-resources"' in html
     assert "Strong" not in html and "Weak" not in html
+    # What a screen reader is told (the panel is not a live region) points to the contacts.
+    assert "Support contacts are in the feedback panel." in html
