@@ -39,8 +39,9 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = "imbue:rl:"
 
 # KEYS[1] the window's sorted set; ARGV: limit, window (ms), a unique member suffix, and "look"
-# to only look (count nothing). Returns {allowed (0/1), retry_after (ms), hits in the window
-# after this call}.
+# to only look (count nothing), or "named" to add the suffix itself as the member (so that the
+# caller can take it back: `release`). Returns {allowed (0/1), retry_after (ms), hits in the
+# window after this call}.
 _SLIDING_WINDOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -52,7 +53,9 @@ if count < limit and ARGV[4] == 'look' then
   return {1, 0, count}
 end
 if count < limit then
-  redis.call('ZADD', KEYS[1], now, now .. '-' .. ARGV[3])
+  local member = now .. '-' .. ARGV[3]
+  if ARGV[4] == 'named' then member = ARGV[3] end
+  redis.call('ZADD', KEYS[1], now, member)
   redis.call('PEXPIRE', KEYS[1], window)
   return {1, 0, count + 1}
 end
@@ -245,26 +248,6 @@ def _resume_limits(ip: str | None, session_key: str | None) -> list[tuple[str, i
     return limits
 
 
-# KEYS[1] the window's sorted set; ARGV: limit, window (ms), the member to add. As
-# _SLIDING_WINDOW, with the member named by the caller so that it can take it back (`release`).
-_RESERVE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local limit = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-local count = redis.call('ZCARD', KEYS[1])
-if count < limit then
-  redis.call('ZADD', KEYS[1], now, ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], window)
-  return {1, 0, count + 1}
-end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-local retry = tonumber(oldest[2]) + window - now
-if retry < 1 then retry = 1 end
-return {0, retry, count}
-"""
-
 # The attempts a resume counted up front: (sorted set, member) pairs to take back if it matched.
 Reservation = list[tuple[str, str]]
 
@@ -285,7 +268,7 @@ def try_resume(*, ip: str | None, session_key: str | None) -> tuple[Decision, Re
         name, count, window_ms, _ = args
         member = secrets.token_hex(8)
         try:
-            result = _client().eval(_RESERVE, 1, name, count, window_ms, member)
+            result = _client().eval(_SLIDING_WINDOW, 1, name, count, window_ms, member, "named")
         except redis.RedisError as error:
             log.warning("rate limit %s not checked, Redis unavailable: %s", key, error)
             redis_quiet.note(error)
