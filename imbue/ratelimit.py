@@ -38,10 +38,9 @@ log = logging.getLogger(__name__)
 
 KEY_PREFIX = "imbue:rl:"
 
-# KEYS[1] the window's sorted set; ARGV: limit, window (ms), a unique member suffix, and "look"
-# to only look (count nothing), or "named" to add the suffix itself as the member (so that the
-# caller can take it back: `release`). Returns {allowed (0/1), retry_after (ms), hits in the
-# window after this call}.
+# KEYS[1] the window's sorted set; ARGV: limit, window (ms), a unique member suffix, and
+# "named" to add the suffix itself as the member (so that the caller can take it back:
+# `release`). Returns {allowed (0/1), retry_after (ms), hits in the window after this call}.
 _SLIDING_WINDOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -49,9 +48,6 @@ local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 local count = redis.call('ZCARD', KEYS[1])
-if count < limit and ARGV[4] == 'look' then
-  return {1, 0, count}
-end
 if count < limit then
   local member = now .. '-' .. ARGV[3]
   if ARGV[4] == 'named' then member = ARGV[3] end
@@ -128,12 +124,8 @@ def _client() -> redis.Redis:
     return _sync_clients[url]
 
 
-def hit(
-    key: str, limit: int, window: float, *, message: str = GENERIC_TOO_FAST, look: bool = False
-) -> Decision:
-    """Count one hit on `key` if fewer than `limit` happened in the last `window` seconds.
-    With `look`, count nothing: only whether a hit would be allowed now (for limits on what
-    turns out to count only afterwards, as a resume code that matched no one)."""
+def hit(key: str, limit: int, window: float, *, message: str = GENERIC_TOO_FAST) -> Decision:
+    """Count one hit on `key` if fewer than `limit` happened in the last `window` seconds."""
     args = _args(key, limit, window)
     if args is None:
         return _ALLOW_ALWAYS
@@ -141,9 +133,7 @@ def hit(
     if redis_quiet.quiet():
         return _ALLOW_ALWAYS  # Redis just failed to answer in time: not asked (logged then)
     try:
-        result = _client().eval(
-            _SLIDING_WINDOW, 1, name, count, window_ms, member, "look" if look else "count"
-        )
+        result = _client().eval(_SLIDING_WINDOW, 1, name, count, window_ms, member, "count")
     except redis.RedisError as error:
         log.warning("rate limit %s not checked, Redis unavailable: %s", key, error)
         redis_quiet.note(error)

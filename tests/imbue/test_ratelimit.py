@@ -191,17 +191,6 @@ def test_the_tokens_used_annotation_matches_tokens_used_and_works_on_a_locked_ro
     assert ratelimit.budget_left(spent.pk, 2000, used=rows[spent.pk]) == 0
 
 
-def test_a_look_counts_nothing_and_says_what_a_hit_would_get(key: str) -> None:
-    assert ratelimit.hit(key, 2, 20, look=True).allowed
-    assert ratelimit.hit(key, 2, 20) and ratelimit.hit(key, 2, 20)
-    looked = ratelimit.hit(key, 2, 20, look=True)
-    assert not looked and looked.hits == 2 and 19 <= looked.retry_after <= 20
-    # Looking never fills the window.
-    other = key + "-looked"
-    assert all(ratelimit.hit(other, 1, 20, look=True) for _ in range(5))
-    assert ratelimit.hit(other, 1, 20)
-
-
 def test_failed_resume_codes_count_per_address_and_per_session(monkeypatch) -> None:
     monkeypatch.setattr(ratelimit, "RESUME_FAILURES_PER_ADDRESS", 3)
     monkeypatch.setattr(ratelimit, "RESUME_FAILURES_PER_SESSION", 2)
