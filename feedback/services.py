@@ -235,6 +235,16 @@ def _answered_offline(offline: dict, reason: str) -> dict[str, Any]:
     }
 
 
+# The publish's retries, as the product's (CELERY_TASK_PUBLISH_RETRY_POLICY: a dropped connection
+# is tried again), except after a timeout: with the feedback rate limit off (a study may set 0),
+# the publish is the request's first call to Redis, and a Redis that does not answer held "Get
+# feedback" for four timeouts before the offline answer instead of one.
+ENQUEUE_RETRY_POLICY = {
+    **settings.CELERY_TASK_PUBLISH_RETRY_POLICY,
+    "errback": redis_quiet.give_up_on_timeout,
+}
+
+
 def _enqueue(request_id: int) -> bool:
     """Hand a stored request to the worker (True); when the queue cannot be reached (Redis
     down, or not answering in time: `redis_quiet`), the offline rating, made here, becomes the
@@ -245,7 +255,7 @@ def _enqueue(request_id: int) -> bool:
         log.warning("feedback request %s not queued, Redis not answering; offline", request_id)
         return _answer_offline(request_id)
     try:
-        rate_feedback_request.delay(request_id)
+        rate_feedback_request.apply_async((request_id,), retry_policy=ENQUEUE_RETRY_POLICY)
         return True
     except Exception as error:
         log.exception("feedback request %s could not be queued; answered offline", request_id)

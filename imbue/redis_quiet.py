@@ -48,6 +48,15 @@ def _is_timeout(error: BaseException | None) -> bool:
     return False
 
 
+def give_up_on_timeout(error: BaseException, interval: float) -> None:
+    """A kombu retry policy's errback: a publish that timed out is not tried again (Redis is not
+    answering: each try would wait its whole timeout again, while the caller has a fallback),
+    while one whose connection was dropped (a Redis restart leaves every pooled connection dead)
+    still is."""
+    if _is_timeout(error):
+        raise error
+
+
 def note(error: BaseException) -> None:
     """A call with a fallback failed with `error`: if Redis did not answer in time, the calls
     of the next `QUIET_S` seconds take their fallback without asking."""

@@ -53,3 +53,36 @@ def test_the_products_retries_end_and_raise(silent_server: str) -> None:
     assert isinstance(outcome, OperationalError), outcome
     # Every try waited its timeout: the retries happened (a Redis restart needs them).
     assert took >= (policy["max_retries"] + 1) * 0.3 * 0.9
+
+
+def _short_timeouts_app(url: str) -> Celery:
+    options = {**settings.CELERY_BROKER_TRANSPORT_OPTIONS}
+    options.update(socket_timeout=0.3, socket_connect_timeout=0.3)
+    return _product_app(url, broker_transport_options=options)
+
+
+def test_a_feedback_request_is_not_queued_again_after_a_timeout(silent_redis_server) -> None:
+    """`_enqueue`'s policy: one try on a Redis that does not answer (the product's default
+    policy tries four times, each waiting its timeout), then the offline answer."""
+    from feedback.services import ENQUEUE_RETRY_POLICY
+    from imbue import redis_quiet
+
+    app = _short_timeouts_app(silent_redis_server.url)
+    outcome, took = _publish(app, 10, retry_policy=ENQUEUE_RETRY_POLICY)
+    assert isinstance(outcome, Exception) and redis_quiet._is_timeout(outcome), outcome
+    assert silent_redis_server.connections == 1  # four without the errback
+    policy = settings.CELERY_TASK_PUBLISH_RETRY_POLICY
+    assert took < (policy["max_retries"] + 1) * 0.3 * 0.9
+
+
+def test_a_dropped_connection_is_still_queued_again(dropping_redis_server) -> None:
+    """A Redis just restarted drops the pooled connections: those tries go on as before."""
+    from feedback.services import ENQUEUE_RETRY_POLICY
+
+    app = _short_timeouts_app(dropping_redis_server.url)
+    outcome, _ = _publish(app, 10, retry_policy=ENQUEUE_RETRY_POLICY)
+    assert isinstance(outcome, OperationalError), outcome
+    assert (
+        dropping_redis_server.connections
+        >= settings.CELERY_TASK_PUBLISH_RETRY_POLICY["max_retries"] + 1
+    )

@@ -119,7 +119,7 @@ def test_when_the_queue_cannot_be_reached_the_offline_rating_is_the_answer(fake_
     def queue_away(*args, **kwargs):
         raise ConnectionError("Redis is away")
 
-    monkeypatch.setattr(rate_feedback_request, "delay", queue_away)
+    monkeypatch.setattr(rate_feedback_request, "apply_async", queue_away)
     ratings = count_offline_ratings(monkeypatch, services)
     feedback = ask(make_conversation())
     assert feedback.status == "done"  # the answer the request itself shows
@@ -141,7 +141,9 @@ def test_while_redis_is_not_answering_the_offline_rating_is_the_answer_at_once(
     from feedback.tasks import rate_feedback_request
 
     published: list[int] = []
-    monkeypatch.setattr(rate_feedback_request, "delay", published.append)
+    monkeypatch.setattr(
+        rate_feedback_request, "apply_async", lambda args, **options: published.append(args[0])
+    )
     conversation = make_conversation()
     redis_quiet.note(redis.TimeoutError("Timeout reading from socket"))
     feedback = ask(conversation)
