@@ -261,7 +261,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     # kombu waits for Redis without limit by default: a Redis that accepts connections but does
     # not answer (stopped, a dead network path) held a feedback request's publish, and the
     # learner's "Get feedback", for as long as it stayed silent. Each try now gives up after
-    # this; after the publish retries below, a request is answered with its offline rating
+    # this, and a feedback request's publish is not tried again after a timeout (a dropped
+    # connection is: the retries below); the request is then answered with its offline rating
     # (feedback.services._enqueue). Usually the rate limit's own 2 s timeout comes first, and
     # the publish is then not tried at all (imbue.redis_quiet): 2.0 s after the click in
     # tests/faults (12.7 s with the four tries).
