@@ -34,7 +34,7 @@ def test_healthz_says_503_when_redis_is_unreachable(client: Client, settings, mo
     from imbue import services
 
     settings.REDIS_URL = "redis://127.0.0.1:1/0"
-    monkeypatch.setattr(services, "_database_answers", lambda: (True, "PostgreSQL 18"))
+    monkeypatch.setattr(services, "_database_fails", lambda: None)
     response = client.get("/healthz")
     assert response.status_code == 503
     assert response.json()["redis"] == {"ok": False, "status": "down"}
