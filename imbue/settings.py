@@ -175,10 +175,11 @@ DATABASES["default"]["TEST"] = {
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# How long a busy thread keeps the GIL before a waiting one may take it (Python's default: 5 ms).
-# A database thread whose query answered waits for the event loop (or a worker thread) to let go,
-# once per round trip; a shorter interval lets it go on sooner (see bench/README.md, "GIL").
-sys.setswitchinterval(env_float("PYTHON_SWITCH_INTERVAL_MS", 0.5) / 1000)
+# How long a busy thread keeps the GIL before a waiting one may take it: Python's own 5 ms. 0.5 ms
+# (sessions 3-17) let a database thread whose answer came go on sooner, but at 1000 learners the
+# more frequent hand-overs left the first token's tail no better, and at 100 no different
+# (bench/README.md, "Session 18"); kept as a setting for such measurements.
+sys.setswitchinterval(env_float("PYTHON_SWITCH_INTERVAL_MS", 5.0) / 1000)
 
 # The collector's thresholds, applied by the web and worker processes once they have started
 # (imbue/gcfreeze.py); checked here, so a bad value stops every process at start, the Celery
