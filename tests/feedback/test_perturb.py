@@ -1,0 +1,79 @@
+import random
+
+import pytest
+
+from feedback.raters.bank import DATA_DIR, Example, read_jsonl
+from feedback.raters.perturb import TRANSFORMS, format_results, main, measure, perturb
+from feedback.skills import SKILL_KEYS
+
+TEXT = (
+    "I've asked you three times this week, because it's late again. I'd really like you to "
+    "text me before 10pm tomorrow, please. Could you do that? Thank you."
+)
+
+
+def test_every_transformation_is_deterministic_for_a_seed():
+    example = Example(id="x-1", text=TEXT)
+    for name in TRANSFORMS:
+        assert perturb(example, name, seed=3) == perturb(example, name, seed=3), name
+
+
+def test_the_random_choices_follow_the_seed():
+    example = Example(id="x-1", text=TEXT * 3)
+    texts = {perturb(example, "typos", seed=s).text for s in range(6)}
+    assert len(texts) > 1
+
+
+@pytest.mark.parametrize(
+    ("name", "check"),
+    [
+        ("lowercase", lambda t: t == t.lower()),
+        ("no_final_punctuation", lambda t: t.endswith("Thank you")),
+        ("no_apostrophes", lambda t: "'" not in t and "Ive asked" in t and "its late" in t),
+        ("curly_quotes", lambda t: "\u2019" in t and "'" not in t),
+        ("text_speak", lambda t: " u " in t or " pls" in t or "tmr" in t),
+        ("emoji", lambda t: any(ord(c) > 0x2000 for c in t)),
+        ("run_on", lambda t: ". " not in t and "?" in t),
+        ("caps_emphasis", lambda t: sum(w.isupper() and len(w) > 1 for w in t.split()) == 1),
+        ("spacing", lambda t: "\n" in t),
+    ],
+)
+def test_each_transformation_does_what_its_name_says(name, check):
+    text = perturb(Example(id="x-2", text=TEXT), name).text
+    assert text != TEXT
+    assert check(text), text
+
+
+def test_repeated_exclamation_marks_are_tone_and_are_kept():
+    rng = random.Random(0)
+    assert TRANSFORMS["no_final_punctuation"]("Stop it!!!", rng) == "Stop it!!!"
+    assert TRANSFORMS["no_final_punctuation"]("Can you stop?", rng) == "Can you stop"
+
+
+def test_british_spelling_keeps_the_case_of_each_word():
+    rng = random.Random(0)
+    assert TRANSFORMS["british"]("Apologize to Mom, I realized.", rng) == (
+        "Apologise to Mum, I realised."
+    )
+
+
+def test_the_report_gives_each_transformation_each_skills_change_and_a_score():
+    examples = read_jsonl(DATA_DIR / "dev.jsonl")[:12]
+    base, results = measure(examples, names=("lowercase", "caps_emphasis"))
+    assert 0 <= base <= 1
+    assert [r.transform for r in results] == ["lowercase", "caps_emphasis"]
+    for r in results:
+        assert r.n == 12 and r.n_changed > 0
+        assert set(r.changed) == set(SKILL_KEYS)
+        assert all(0 <= v <= 1 for v in r.changed.values())
+        assert 0 <= r.macro_f1 <= 1
+    assert "caps_emphasis" in format_results("dev", base, results)
+
+
+def test_the_command_reports_on_a_given_file(tmp_path, capsys):
+    path = tmp_path / "few.jsonl"
+    path.write_text((DATA_DIR / "dev.jsonl").read_text().splitlines()[0] + "\n")
+    main([str(path)])
+    out = capsys.readouterr().out
+    assert "few.jsonl: original macro F1" in out
+    assert all(name in out for name in TRANSFORMS)
