@@ -77,3 +77,63 @@ def test_the_command_reports_on_a_given_file(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "few.jsonl: original macro F1" in out
     assert all(name in out for name in TRANSFORMS)
+
+
+# --- the rater under phone writing (the perturbation report's figures, README "Feedback that
+# teaches"): transformations that normalisation undoes must not move a level.
+
+SITUATION = "My roommate has left the dishes in the sink for most of the last two weeks."
+GOAL = "Get my roommate to wash their dishes the same day."
+
+
+def _levels(text: str) -> dict[str, str]:
+    from feedback.raters.offline import rate_offline
+
+    return rate_offline(text=text, situation=SITUATION, goal=GOAL).levels
+
+
+@pytest.mark.parametrize(
+    ("tidy", "phone"),
+    [
+        (
+            "Could you please wash your dishes the same day? I would really appreciate it.",
+            "Coud you plese wash ur dishes teh same day? i woud realy appriciate it",
+        ),
+        (
+            "I am frustrated because I have asked you three times this week. Please wash them "
+            "tonight.",
+            "Im frustated becuase ive asked u three times this wek. plese wash them tonite",
+        ),
+        (
+            "You left the pans on Monday. They were still there on Wednesday. Please wash them "
+            "the same day.",
+            "You left the pans on Monday\U0001f615\nThey were still there on Wednesday\n"
+            "Please wash them the same day",
+        ),
+    ],
+)
+def test_typos_text_speak_emoji_and_line_breaks_do_not_change_a_rating(tidy, phone):
+    assert _levels(phone) == _levels(tidy)
+
+
+# Share of all levels (7 skills x every dev and holdout message) a transformation may move;
+# measured after the normalisation fixes (before them: typos 3.2-3.7%, text-speak 0.3-1.5%,
+# emoji up to 0.2%, stray spaces and line breaks up to 0.3%).
+STABLE = {
+    "curly_quotes": 0.0,
+    "typos": 0.005,
+    "text_speak": 0.005,
+    "emoji": 0.0,
+    "spacing": 0.0,
+    "british": 0.0,
+    "no_apostrophes": 0.005,
+    "no_final_punctuation": 0.01,
+}
+
+
+@pytest.mark.parametrize("name", ["dev.jsonl", "holdout.jsonl"])
+def test_surface_transformations_that_normalisation_undoes_move_almost_no_level(name):
+    examples = read_jsonl(DATA_DIR / name)
+    _, results = measure(examples, names=tuple(STABLE))
+    moved = {r.transform: round(r.mean_changed, 4) for r in results}
+    assert all(moved[k] <= STABLE[k] for k in STABLE), moved
