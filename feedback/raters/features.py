@@ -1141,6 +1141,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "m_insult",
         "m_exclaim",
         "m_sarcasm",
+        "m_caps_words",
         "a_",
         "shape_",
         "partner_",
@@ -1270,7 +1271,9 @@ def _extract(text: str, partner_said: str, goal: str, situation: str) -> Cues:
             "shape_sentences": float(min(sentences, 8)),
             "shape_questions": float(text.count("?") + len(_BARE_QUESTION_RE.findall(norm))),
             "shape_exclaims": float(text.count("!")),
-            "shape_caps_words": float(len(caps)),
+            # Shouting is tone: read by Mindful and Confident only (GROUPS), not as evidence
+            # for or against the facts, the ask, the gain or the offer.
+            "m_caps_words": float(len(caps)),
             "shape_lowercase_start": float(bool(text[:1]) and text[:1].islower()),
             "shape_you_ratio": sum(w in ("you", "you're", "your", "you've") for w in words)
             / n_words,

@@ -137,3 +137,27 @@ def test_surface_transformations_that_normalisation_undoes_move_almost_no_level(
     _, results = measure(examples, names=tuple(STABLE))
     moved = {r.transform: round(r.mean_changed, 4) for r in results}
     assert all(moved[k] <= STABLE[k] for k in STABLE), moved
+
+
+PANS = (
+    "The pans were left out on Monday and again on Thursday. What if I cook and you wash up "
+    "right after dinner, for two weeks?"
+)
+ASKED = (
+    "I asked you on Monday and on Wednesday. I'd like you to wash your dishes the same day, "
+    "then you won't have me reminding you every night."
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "word"),
+    [(PANS, "again"), (PANS, "wash"), (PANS, "right"), (ASKED, "same"), (ASKED, "won't")],
+)
+def test_one_word_in_capitals_is_tone_and_moves_no_strategy(text, word):
+    """Capitals speak to Mindful and Confident; the facts, the ask, the gain and the offer are
+    the same in capitals (the rater had learned otherwise from a bank whose capitals all came
+    in angry messages)."""
+    loud = _levels(text.replace(word, word.upper(), 1))
+    calm = _levels(text)
+    for key in ("describe", "express", "assert", "reinforce", "negotiate"):
+        assert loud[key] == calm[key], key
