@@ -107,25 +107,165 @@ _WORD_FORMS: dict[str, str] = {
     "exausted": "exhausted",
     "overwhelmd": "overwhelmed",
     "apologise": "apologize",
+    # Contractions typed without the apostrophe that no other word spells ("were", "well",
+    # "hell", "shell" are words: left alone).
+    "hes": "he's",
+    "shes": "she's",
+    "itll": "it'll",
+    "thatll": "that'll",
+    "theyll": "they'll",
+    "theyve": "they've",
+    "theyd": "they'd",
+    "weve": "we've",
+    "wouldve": "would've",
+    "couldve": "could've",
+    "shouldve": "should've",
+    "whos": "who's",
+    "wheres": "where's",
+    "hows": "how's",
+    "heres": "here's",
+    "mustnt": "mustn't",
+    "neednt": "needn't",
+    "aint": "ain't",
+    "yall": "y'all",
+    # More texting forms.
+    "&": "and",
+    "w/": "with",
+    "smth": "something",
+    "sth": "something",
+    "prob": "probably",
+    "tho": "though",
+    "rly": "really",
+    "srsly": "seriously",
+    "wat": "what",
+    "mins": "minutes",
+    "hrs": "hours",
+    "2moro": "tomorrow",
+    "2day": "today",
+    "gr8": "great",
+    "nvm": "never mind",
+    "pcs": "please",
+    "ofc": "of course",
+    # Common misspellings (non-words only: a slip that spells another word is left alone).
+    "becaus": "because",
+    "bcause": "because",
+    "definatly": "definitely",
+    "seperate": "separate",
+    "recieve": "receive",
+    "recieved": "received",
+    "beleive": "believe",
+    "freind": "friend",
+    "freinds": "friends",
+    "wierd": "weird",
+    "probly": "probably",
+    "literaly": "literally",
+    "agian": "again",
+    "actualy": "actually",
+    "basicly": "basically",
+    "wether": "whether",
+    "schedual": "schedule",
+    "appriciate": "appreciate",
+    "responsable": "responsible",
+    "neccessary": "necessary",
+    "appartment": "apartment",
+    "plese": "please",
+    "pleae": "please",
+    "coud": "could",
+    "woud": "would",
+    "shoud": "should",
+    "jsut": "just",
+    "teh": "the",
+    "waht": "what",
+    "wiht": "with",
+    "kno": "know",
+    "fel": "feel",
+    "sory": "sorry",
+    "wory": "worry",
+    "wek": "week",
+    "weeknd": "weekend",
+    "goin": "going",
+    "nothin": "nothing",
+    "somethin": "something",
+    "feelin": "feeling",
+    # British spellings, to the one form both spellings share in the bank's n-grams.
+    "apologised": "apologized",
+    "apologising": "apologizing",
+    "organise": "organize",
+    "organised": "organized",
+    "organising": "organizing",
+    "realise": "realize",
+    "realised": "realized",
+    "prioritise": "prioritize",
+    "recognise": "recognize",
+    "criticise": "criticize",
+    "emphasise": "emphasize",
+    "analyse": "analyze",
+    "colour": "color",
+    "favour": "favor",
+    "favourite": "favorite",
+    "behaviour": "behavior",
+    "neighbour": "neighbor",
+    "neighbours": "neighbors",
+    "honour": "honor",
+    "humour": "humor",
+    "labour": "labor",
+    "centre": "center",
+    "theatre": "theater",
+    "canceled": "cancelled",
+    "canceling": "cancelling",
+    "traveled": "travelled",
+    "traveling": "travelling",
+    "programme": "program",
+    "defence": "defense",
+    "licence": "license",
+    "grey": "gray",
+    "mum": "mom",
+    "mums": "moms",
+    "maths": "math",
 }
 _WORD_FORMS_RE = re.compile(
-    r"(?<!['\w])(?:" + "|".join(sorted(_WORD_FORMS, key=len, reverse=True)) + r")(?!['\w]|\.\w)"
+    r"(?<!['\w&/])(?:"
+    + "|".join(re.escape(w) for w in sorted(_WORD_FORMS, key=len, reverse=True))
+    + r")(?!['\w&/]|\.\w)"
 )
 # Forms that depend on their neighbours ("ill" before a verb, "its" before an adjective).
 _TEXTING = (
     (r"\bi'?m\b", "i'm"),
     (r"\bill\b(?= \w+)", "i'll"),
-    (r"\bits\b(?= (?:not|been|just|so|really|a|the|getting|like|fine|ok|okay|hard|too))", "it's"),
+    # "its" typed for "it's" is far more common in a draft than the possessive: every one but
+    # the possessive's usual company ("its own", "its way").
+    (r"\bits\b(?! (?:own|way|place|turn|name|tail|end|best)\b)", "it's"),
+    # "your" for "you're" where no possession can follow ("your being", "your so").
+    (
+        r"\byour\b(?= (?:being|so|not|always|never|right|wrong|welcome|kidding|joking|lying)\b)",
+        "you're",
+    ),
     (r"(?:^|(?<=[.!?] ))lets\b", "let's"),
 )
 _TEXTING_RE = [(re.compile(p), r) for p, r in _TEXTING]
+
+
+# Emoji (and the joiners and variation selectors that build them) as their own words, so that
+# one typed against a word or a stop hides neither ("tonight🙏", "thanks.😊 Also").
+_EMOJI_RE = re.compile(
+    "[\u2600-\u27bf\U0001f000-\U0001faff][\u200d\ufe0f\U0001f3fb-\U0001f3ff"
+    "\u2600-\u27bf\U0001f000-\U0001faff]*"
+)
+# A line break after a word ends a sentence, as a stop would (phones send lines, not stops).
+_LINE_END_RE = re.compile(r"(?<![.!?;:,\s])[ \t]*(?:\r?\n)+\s*")
+_SPACE_BEFORE_MARK_RE = re.compile(r"\s+(?=[?!.,;:](?:\s|$))")
 
 
 def normalise(text: str) -> str:
     """Lowercase, straight quotes, texting forms expanded, whitespace collapsed."""
     text = text.replace("\u2019", "'").replace("\u2018", "'").replace("`", "'")
     text = text.replace("\u201c", '"').replace("\u201d", '"')
-    text = re.sub(r"\s+", " ", text.lower()).strip()
+    if not text.isascii():
+        text = _EMOJI_RE.sub(r" \g<0> ", text)
+    if "\n" in text:
+        text = _LINE_END_RE.sub(". ", text)
+    text = _SPACE_BEFORE_MARK_RE.sub("", text.lower())
+    text = re.sub(r"\s+", " ", text).strip()
     text = _WORD_FORMS_RE.sub(lambda m: _WORD_FORMS[m.group(0)], text)
     for pattern, replacement in _TEXTING_RE:
         text = pattern.sub(replacement, text)
@@ -1001,6 +1141,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "m_insult",
         "m_exclaim",
         "m_sarcasm",
+        "m_caps_words",
         "a_",
         "shape_",
         "partner_",
@@ -1082,6 +1223,13 @@ def extract(text: str, *, partner_said: str = "", goal: str = "", situation: str
 
 
 _SENTENCE_END_RE = re.compile(r"[.!?;]+(?:\s|$)")
+# A question typed without its question mark ("can u cover friday"): a clause that opens with
+# an auxiliary and a subject and ends in a stop or the end of the message.
+_BARE_QUESTION_RE = re.compile(
+    r"(?:^|[.!;,]\s+)(?:(?:hey|so|ok|okay|and|but|also|then)\s+)?"
+    r"(?:can|could|would|will|do|does|did|is|are|should|may) "
+    r"(?:you|we|i|it|that|this|they|he|she|someone|anyone)\b[^.?!;]*(?=[.!;]|$)"
+)
 _EVENT_CUES = frozenset({"d_past_event", "d_negated_fact", "d_past_verb", "d_past_duration"})
 _WHEN_CUES = frozenset(
     {"d_digit", "d_number_word", "d_time", "d_count", "d_last_n", "d_since_ago", "d_past_duration"}
@@ -1121,16 +1269,18 @@ def _extract(text: str, partner_said: str, goal: str, situation: str) -> Cues:
         {
             "shape_log_words": math.log1p(len(words)),
             "shape_sentences": float(min(sentences, 8)),
-            "shape_questions": float(text.count("?")),
+            "shape_questions": float(text.count("?") + len(_BARE_QUESTION_RE.findall(norm))),
             "shape_exclaims": float(text.count("!")),
-            "shape_caps_words": float(len(caps)),
+            # Shouting is tone: read by Mindful and Confident only (GROUPS), not as evidence
+            # for or against the facts, the ask, the gain or the offer.
+            "m_caps_words": float(len(caps)),
+            "shape_lowercase_start": float(bool(text[:1]) and text[:1].islower()),
             "shape_you_ratio": sum(w in ("you", "you're", "your", "you've") for w in words)
             / n_words,
             "shape_i_ratio": sum(
                 w in ("i", "i'm", "i've", "i'd", "i'll", "me", "my") for w in words
             )
             / n_words,
-            "shape_lowercase_start": float(bool(text[:1]) and text[:1].islower()),
         }
     )
     # A duration told as a past fact is not a trial period on offer (negotiate).

@@ -81,11 +81,11 @@ def rule_level(skill: str, cues: Cues) -> str:
         return "none"
     if skill == "mindful":
         broken = _v(cues, "m_insult", "m_sarcasm", "m_counter", "m_give_up", "m_past")
-        broken += _v(cues, "d_you_are_label", "m_accuse", "shape_caps_words", "m_exclaim")
+        broken += _v(cues, "d_you_are_label", "m_accuse", "m_caps_words", "m_exclaim")
         return "no" if broken else "yes"
     if skill == "confident":
         shaky = _v(cues, "c_apology", "c_self_down", "c_permission", "m_give_up", "m_insult")
-        shaky += (_v(cues, "c_hedge") >= 2) + _v(cues, "shape_caps_words")
+        shaky += (_v(cues, "c_hedge") >= 2) + _v(cues, "m_caps_words")
         shaky += _v(cues, "m_exclaim")
         return "no" if shaky else "yes"
     raise KeyError(skill)
@@ -418,7 +418,7 @@ def _suggestion(skill: str, level: str, cues: Cues) -> str:
     """The rubric's advice for this level, specific to what broke the state where we can tell."""
     v = cues.values
     shaky = v["c_apology"] or v["c_hedge"] or v["c_self_down"]
-    loud = v["shape_caps_words"] or v["m_exclaim"] or v["m_insult"]
+    loud = v["m_caps_words"] or v["m_exclaim"] or v["m_insult"]
     if skill == "confident" and loud and not shaky:
         return "Say it calmly and firmly; capitals and exclamation marks sound like lost control."
     if skill == "mindful" and v["m_give_up"] and not (v["m_insult"] or v["m_counter"]):

@@ -305,3 +305,59 @@ def test_a_misspelled_feeling_still_counts_as_a_feeling():
 )
 def test_giving_up_on_the_goal_in_other_words_is_caught(text):
     assert extract(text).values["m_give_up"] > 0
+
+
+# --- phone writing (session h3): normalisation undoes what does not change the meaning
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("hes sure theyll say no, weve asked", "he's sure they'll say no, we've asked"),
+        (
+            "its due friday & ur so late w/ it tho",
+            "it's due friday and you're so late with it though",
+        ),
+        ("the dog wagged its tail", "the dog wagged its tail"),
+        ("your being unfair. your car is fine", "you're being unfair. your car is fine"),
+        ("coud u plese kno teh plan", "could you please know the plan"),
+        ("R&D and w/o", "r&d and w/o"),
+        ("I apologise, my mum realised the colour", "i apologize, my mom realized the color"),
+    ],
+)
+def test_contractions_text_speak_typos_and_british_spellings_are_normalised(text, expected):
+    assert normalise(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "thanks.\U0001f60a Also tonight\U0001f64f ok",
+            "thanks. \U0001f60a also tonight \U0001f64f okay",
+        ),
+        ("line one\nline two\n\nthree.\nfour", "line one. line two. three. four"),
+        ("can you do that ? yes , now", "can you do that? yes, now"),
+        ("I\u2019m sure \u201cyes\u201d", 'i\'m sure "yes"'),
+    ],
+)
+def test_emoji_line_breaks_and_stray_spaces_keep_words_and_sentences_apart(text, expected):
+    assert normalise(text) == expected
+
+
+def test_a_line_break_ends_a_sentence_for_the_dated_event_cue():
+    assert extract("You were late\nMonday works for me").values["d_dated_event"] == 0
+    assert extract("You were late on Monday\nThanks").values["d_dated_event"] == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "questions"),
+    [
+        ("can i have friday off", 1),
+        ("Can I have Friday off?", 1),
+        ("ok, can u cover me on friday. thx", 1),
+        ("I can cover Friday. You can have Monday.", 0),
+    ],
+)
+def test_a_question_typed_without_its_question_mark_is_still_a_question(text, questions):
+    assert extract(text).values["shape_questions"] == questions
