@@ -401,6 +401,9 @@ class FeedbackAsk:
 @dataclass
 class Results:
     setups_ms: list[float] = field(default_factory=list)
+    # Each set-up step's time (ms) by step: where a learner's wait for a live page goes when
+    # many arrive at once (`SETUP_STEPS`).
+    setup_steps_ms: dict[str, list[float]] = field(default_factory=dict)
     turns: list[Turn] = field(default_factory=list)
     asks: list[FeedbackAsk] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -459,10 +462,17 @@ class Learner:
         self.cookies.update(response.cookies())
         return response
 
+    def _step(self, name: str, since: float) -> float:
+        """Record set-up step `name` as ended now; returns now."""
+        now = time.perf_counter()
+        self.results.setup_steps_ms.setdefault(name, []).append((now - since) * 1000)
+        return now
+
     async def setup(self, situation_ids: list[int]) -> None:
         """Open the library, start a conversation, load its page, open both sockets."""
         started = time.perf_counter()
         library = await self._call("GET", "/practice/library/", headers=self._headers())
+        step = self._step("library", started)
         if library.status != 200:
             raise RuntimeError(f"library HTTP {library.status}")
         form_token = FORM_TOKEN.search(library.text)
@@ -479,20 +489,25 @@ class Learner:
             ),
             body=urlencode({"csrfmiddlewaretoken": form_token.group(1)}).encode(),
         )  # fmt: skip
+        step = self._step("practise", step)
         location = start.header("location") or ""
         found = re.search(r"/practice/c/(\d+)/", location)
         if start.status != 302 or not found:
             raise RuntimeError(f"practise HTTP {start.status}")
         self.conversation_id = int(found.group(1))
         page = await self._call("GET", location, headers=self._headers())
+        step = self._step("page", step)
         token = PAGE_TOKEN.search(page.text)
         if page.status != 200 or not token:
             raise RuntimeError(f"conversation page HTTP {page.status}")
         self.token = token.group(1)
         self.chat = await self._open(f"/ws/conversations/{self.conversation_id}/")
+        step = self._step("chat_socket", step)
         self.feedback = await self._open(f"/ws/conversations/{self.conversation_id}/feedback/")
+        step = self._step("feedback_socket", step)
         # The page is live once the socket has sent the transcript.
         await self.chat.wait_for(lambda t: 'id="transcript"' in t, 0, self.config.wait_timeout_s)
+        self._step("transcript", step)
         self.results.setups_ms.append((time.perf_counter() - started) * 1000)
 
     async def _open(self, path: str) -> Socket:

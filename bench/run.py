@@ -186,6 +186,13 @@ def summarise(
             _r(all_partner_calls / len(results.turns), 2) if results.turns else None
         ),
         "setup_ms_p95": _r(percentile(results.setups_ms, 95)),
+        # Where the set-up's time goes (the learners arrive at `ramp_s`'s pace, 50 a second by
+        # default): the pages, the practise POST (the partner's brief from the model) and the
+        # two sockets' openings, each until its answer.
+        "setup_steps_ms": {
+            step: {"p50": _r(percentile(times, 50)), "p95": _r(percentile(times, 95))}
+            for step, times in results.setup_steps_ms.items()
+        },
         "client_loop_lag_ms_p99": _r(percentile(results.loop_lag_ms, 99)),
         "client_cpu_pct": round(results.client_cpu_s / span * 100, 1) if span > 0 else None,
         "processes": processes,

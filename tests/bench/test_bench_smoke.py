@@ -33,6 +33,11 @@ def test_three_learners_go_through_the_real_stack_and_the_json_line_has_its_keys
 
     summary = json.loads((run.RESULTS_DIR / "smoke-3.json").read_text())
     assert summary["connected"] == 3
+    steps = summary["setup_steps_ms"]
+    assert list(steps) == [
+        "library", "practise", "page", "chat_socket", "feedback_socket", "transcript"
+    ]  # fmt: skip
+    assert all(s["p95"] is not None and s["p95"] >= s["p50"] >= 0 for s in steps.values())
     assert summary["messages"] == 6
     assert summary["keyed_sends"] == 6  # each send carries the page's key, as a browser's does
     assert summary["feedback_requests"] == 6
