@@ -1130,6 +1130,16 @@ async def _json_conversation(
             problem = _problem_with(text, schema, validate)
             if problem is None:
                 return parse_json_reply(text), text
+            if run.response_format == Format.JSON_SCHEMA and text.strip() and "{" not in text:
+                # Prose with no object at all, which no constrained decoder writes: the server
+                # ignored the format without a word (older Ollama and others), and the prompt
+                # alone never showed the schema, so a repair could not help either.
+                log.warning(
+                    "%s ignored %s; using %s from now on",
+                    run.cfg.host if run.cfg else "?", run.response_format, Format.JSON_OBJECT,
+                )  # fmt: skip
+                _formats[run.key] = Format.JSON_OBJECT
+                continue
         if run.repaired:
             raise Malformed(f"still unusable after one repair: {problem}")
         run.repaired = True

@@ -31,7 +31,8 @@ content as Qwen3 or DeepSeek-R1 on llama.cpp and Ollama); `usage` ("final", "non
 cumulative usage on every chunk); `keepalive` (`: ping` SSE comments between chunks);
 `context_length` (vLLM's 400 when the prompt plus `max_tokens` exceeds it); `format_rejection`
 ("llama.cpp": older llama-server's HTTP 500 to a format it lacks); `require_v1` (404 to a chat
-path outside `/v1/`, as vLLM and Ollama answer a base URL without it).
+path outside `/v1/`, as vLLM and Ollama answer a base URL without it); `ignore_response_format`
+(answer as if no format was asked, as older Ollama and some other servers do, without an error).
 
 Replies are words from a small vocabulary chosen by a hash of the messages, about as long as the
 last user message (capped by `reply_tokens` and `max_tokens`); `fake_reply()` predicts them. When
@@ -117,6 +118,7 @@ class Knobs:
     context_length: int = 0  # 0: no limit; else vLLM's 400 when prompt + max_tokens exceed it
     format_rejection: str = "openai"  # or "llama.cpp": older llama-server's 500 to json_schema
     require_v1: bool = False  # 404 (as vLLM, Ollama) to a chat path outside /v1/ or Azure's
+    ignore_response_format: bool = False  # answer as if none was asked (older Ollama and others)
 
     def update(self, values: Mapping[str, Any]) -> None:
         known = {f.name: f for f in fields(self)}
@@ -424,6 +426,8 @@ class FakeLLMApp:
         knobs = self.knobs
         messages = body.get("messages") or []
         fmt = (body.get("response_format") or {}).get("type", "text")
+        if knobs.ignore_response_format:
+            fmt = "text"
         if (fmt == "json_schema" and not knobs.json_schema) or (
             fmt == "json_object" and not knobs.json_object
         ):

@@ -339,3 +339,20 @@ def test_azure_without_a_key_or_version_is_misconfigured_not_busy(
         complete_text()
     assert "LLM_API_KEY" in raised.value.detail or "LLM_API_VERSION" in raised.value.detail
     assert last_call().outcome == "misconfigured" and quick.requests() == []
+
+
+@pytest.mark.django_db
+def test_a_server_that_ignores_json_schema_silently_gets_the_schema_in_the_prompt(
+    quick: FakeServer,
+) -> None:
+    # Older Ollama (and others) answer a json_schema request as plain text, without an error:
+    # the prompt never showed the schema, so the repair could not help either.
+    quick.configure(ignore_response_format=True)
+    reply = complete_json()
+    assert llm.schema_errors(reply.data, RATING_SCHEMA) == [] and reply.outcome == "ok"
+    ignored, asked = (r["body"] for r in quick.requests())
+    assert ignored["response_format"]["type"] == "json_schema"
+    assert asked["response_format"] == {"type": "json_object"}
+    assert '"enum": ["strong", "weak", "none"]' in asked["messages"][0]["content"]
+    complete_json()
+    assert quick.requests()[-1]["body"]["response_format"] == {"type": "json_object"}
