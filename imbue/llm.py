@@ -237,7 +237,8 @@ def _config() -> _Config:
     conf = settings.LLM
     if not conf.get("base_url"):
         raise NotConfigured("settings.LLM has no base_url")
-    base_url = str(conf["base_url"]).strip().rstrip("/")
+    # The endpoint's own address, pasted whole, is a common mistake: the SDK adds that part.
+    base_url = str(conf["base_url"]).strip().rstrip("/").removesuffix("/chat/completions")
     provider = str(conf.get("provider") or "openai")
     api_key = str(conf.get("api_key") or "")
     api_version, deployment = str(conf.get("api_version") or ""), ""

@@ -252,6 +252,18 @@ def test_a_base_url_without_v1_is_named_in_the_error(quick: FakeServer, settings
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("suffix", ["/v1/", "/v1/chat/completions", " /v1/chat/completions/ "])
+def test_a_base_url_with_a_trailing_slash_or_the_endpoint_pasted_whole_works(
+    quick: FakeServer, settings: Any, suffix: str
+) -> None:
+    quick.configure(require_v1=True)
+    settings.LLM = {**settings.LLM, "base_url": quick.root_url + suffix}
+    _, reply = stream()
+    assert reply.text == fake_reply(MESSAGES)
+    assert quick.requests()[0]["path"] == "/v1/chat/completions"
+
+
+@pytest.mark.django_db
 def test_a_model_the_server_does_not_have_is_not_blamed_on_the_address(quick: FakeServer) -> None:
     quick.faults(["404"])
     with pytest.raises(llm.Misconfigured) as raised:
