@@ -84,6 +84,18 @@ def test_a_think_tag_split_across_deltas_is_still_held_back() -> None:
     assert gate.feed("<") == "" and gate.feed("b>bold</b>") == "<b>bold</b>"
 
 
+def test_the_think_gate_keeps_none_of_a_long_trace_while_it_waits_for_the_close() -> None:
+    # Kept whole and searched again on every token, a long trace made each token cost more than
+    # the last (quadratic, on the event loop that streams every learner's reply).
+    gate = llm._ThinkGate()
+    assert gate.feed("<think>") == ""
+    for _ in range(2000):
+        assert gate.feed(" maybe {") == ""
+        assert len(gate._held) < len(llm.THINK_CLOSE)
+    assert [gate.feed(p) for p in ["}</", "thi", "nk>", "\n\nHi"]] == ["", "", "", "Hi"]
+    assert gate.passed and gate.thought and gate.finish() == ""
+
+
 @pytest.mark.django_db
 @pytest.mark.parametrize("style", ["think", "reasoning"])
 def test_reasoning_that_uses_up_the_token_limit_is_a_clear_error_not_retried(
