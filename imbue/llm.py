@@ -796,8 +796,9 @@ async def _complete(run: _Run, kwargs: dict[str, Any]) -> str:
                 raise Refused("stopped by the content filter")
             content = _text(message.get("content"))
             run.reasoned = bool(message.get("reasoning_content") or message.get("reasoning"))
-            if "</think>" in content or content.lstrip().startswith(THINK_OPEN):
-                run.reasoned, content = True, _without_thinking(content)
+            answer = _without_thinking(content)
+            if answer is not content:
+                run.reasoned, content = True, answer
             if not counted:
                 run.estimate_usage(kwargs["messages"], content)
             if not content.strip():
@@ -903,13 +904,18 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
 def _without_thinking(text: str) -> str:
-    """A whole reply without the reasoning some servers leave in the content: a leading
-    `<think>...</think>` block (Qwen3, DeepSeek-R1 on llama.cpp or Ollama), or everything up to
-    a `</think>` whose opening tag was in the prompt's template; an unclosed block is all
-    reasoning."""
-    if THINK_CLOSE in text:
-        return text.partition(THINK_CLOSE)[2].lstrip()
-    return "" if text.lstrip().startswith(THINK_OPEN) else text
+    """A whole reply without the reasoning some servers leave in the content (`text` itself when
+    there is none): a leading `<think>...</think>` block (Qwen3, DeepSeek-R1 on llama.cpp or
+    Ollama), or everything up to a `</think>` whose opening tag was in the prompt's template; an
+    unclosed block is all reasoning. A reply that only mentions the tags is left whole."""
+    start = text.lstrip()
+    if start.startswith(THINK_OPEN):
+        _, closed, after = start.partition(THINK_CLOSE)
+        return after.lstrip() if closed else ""
+    before, closed, after = text.partition(THINK_CLOSE)
+    if closed and THINK_OPEN not in before:
+        return after.lstrip()
+    return text
 
 
 class _ThinkGate:

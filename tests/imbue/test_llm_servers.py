@@ -84,6 +84,22 @@ def test_a_think_tag_split_across_deltas_is_still_held_back() -> None:
     assert gate.feed("<") == "" and gate.feed("b>bold</b>") == "<b>bold</b>"
 
 
+@pytest.mark.parametrize(
+    ("content", "shown"),
+    [
+        ("<think>plan</think>\n\nHi!", "Hi!"),
+        ("  <think>plan", ""),
+        ("plan, opened by the template</think>\nHi!", "Hi!"),
+        # A reply that only mentions the tags (a correctly configured server's own words).
+        ("Wrap it in <think>...</think> tags, then answer.", None),
+        ("Say no first. <think> is not a tag here, nor </think>.", None),
+        ("No tags at all.", None),
+    ],
+)
+def test_only_reasoning_is_taken_out_of_a_whole_reply(content: str, shown: str | None) -> None:
+    assert llm._without_thinking(content) == (content if shown is None else shown)
+
+
 def test_the_think_gate_keeps_none_of_a_long_trace_while_it_waits_for_the_close() -> None:
     # Kept whole and searched again on every token, a long trace made each token cost more than
     # the last (quadratic, on the event loop that streams every learner's reply).
