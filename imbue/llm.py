@@ -139,6 +139,12 @@ class Misconfigured(LLMError):
     user_message = "The language model is not set up correctly, so this part is unavailable."
 
 
+class Rejected(Misconfigured):
+    """The server refused this one request (HTTP 400, 413 or 422: a prompt too long for the
+    model's context, one its policy flagged, a parameter it does not take): the set-up may be
+    fine, so the pages do not say otherwise."""
+
+
 class Refused(LLMError):
     outcome = Outcome.REFUSED
     user_message = "The language model declined to answer this. Try putting it differently."
@@ -206,15 +212,17 @@ def is_configured() -> bool:
     return bool(settings.LLM.get("base_url"))
 
 
-# Servers (by base URL) whose last call in this process ended misconfigured (a wrong key, model
-# or address), with why; a call that succeeds takes its server off. For the pages' status line.
-_failing: dict[str, str] = {}
+# (Base URL, purpose) whose last call in this process failed on its set-up (a wrong key, model
+# or address), with why; a call for that purpose that succeeds takes it off. For the pages'
+# status line. By purpose: each may name its own model, and one that works must not hide one
+# that does not.
+_failing: dict[tuple[str, str], str] = {}
 
 
 def is_working() -> bool:
-    """Configured, and its last call here was not refused as misconfigured."""
-    base_url = settings.LLM.get("base_url")
-    return bool(base_url) and str(base_url).rstrip("/") not in _failing
+    """Configured, and no purpose's last call here failed on its set-up."""
+    base_url = str(settings.LLM.get("base_url") or "").rstrip("/")
+    return bool(base_url) and all(url != base_url for url, _ in _failing)
 
 
 def status_label() -> str:
@@ -548,18 +556,21 @@ class _Run:
             "draft_id": self.context.draft_id,
         }
 
-    def note_outcome(self, outcome: str, error: str) -> None:
-        """Keep the pages' status line true: a server is failing from its first misconfigured
-        call until one succeeds."""
-        base_url = str(settings.LLM.get("base_url") or "").rstrip("/")
-        if outcome == Outcome.MISCONFIGURED and base_url:
-            _failing[base_url] = error
+    def note_outcome(self, outcome: str, failure: LLMError | None) -> None:
+        """Keep the pages' status line true: a purpose is failing from its first call refused
+        for its set-up (not for one request's content) until one succeeds."""
+        key = (str(settings.LLM.get("base_url") or "").rstrip("/"), self.purpose)
+        if isinstance(failure, Misconfigured) and not isinstance(failure, Rejected):
+            if key[0]:
+                _failing[key] = str(failure)
         elif outcome in (Outcome.OK, Outcome.RETRIED_OK, Outcome.REPAIRED):
-            _failing.pop(base_url, None)
+            _failing.pop(key, None)
 
-    async def record(self, outcome: str, error: str = "") -> int | None:
+    async def record(
+        self, outcome: str, error: str = "", failure: LLMError | None = None
+    ) -> int | None:
         """Write the call's row; a failure to write is logged, never raised over the reply."""
-        self.note_outcome(outcome, error)
+        self.note_outcome(outcome, failure)
         try:
             call = await LLMCall.objects.acreate(**self.row(outcome, error))
         except Exception:
@@ -567,9 +578,11 @@ class _Run:
             return None
         return call.pk
 
-    def record_sync(self, outcome: str, error: str = "") -> int | None:
+    def record_sync(
+        self, outcome: str, error: str = "", failure: LLMError | None = None
+    ) -> int | None:
         """`record` in the calling thread, so the row joins the caller's transaction."""
-        self.note_outcome(outcome, error)
+        self.note_outcome(outcome, failure)
         try:
             call = LLMCall.objects.create(**self.row(outcome, error))
         except Exception:
@@ -679,6 +692,8 @@ def _classify(exc: BaseException, cfg: _Config | None = None) -> LLMError:
             return GaveUp(detail, retry_after=_retry_after(exc))
         if getattr(exc, "code", None) == "content_filter":
             return Refused(detail)
+        if status in (400, 413, 422):
+            return Rejected(detail)
         return Misconfigured(detail)
     if isinstance(exc, (ValueError, openai.APIResponseValidationError)):
         # The server's answer was not the protocol (broken JSON body or stream event).
@@ -813,7 +828,7 @@ async def _complete(run: _Run, kwargs: dict[str, Any]) -> str:
                 raise Refused(f"HTTP {exc.status_code}: {_error_text(exc)}") from exc
             if "response_format" in kwargs and _about_format(exc):
                 raise _FormatRejected(_error_text(exc)) from exc
-            raise Misconfigured(f"HTTP {exc.status_code}: {_error_text(exc)}") from exc
+            raise Rejected(f"HTTP {exc.status_code}: {_error_text(exc)}") from exc
         except openai.InternalServerError as exc:
             # Older llama-server answers a response format it lacks with a 500 naming it.
             if "response_format" in kwargs and "response_format" in _error_text(exc):
@@ -1028,7 +1043,7 @@ class TextStream:
             if not outcome:  # the caller stopped reading, or its task was cancelled
                 outcome, error_text = Outcome.CUT, "stopped by the caller"
             self.outcome = outcome
-            self.call_id = await run.record(outcome, error_text)
+            self.call_id = await run.record(outcome, error_text, failure)
             if failure is not None:
                 failure.call_id = self.call_id
 
@@ -1053,7 +1068,7 @@ async def complete_text(
         text = await _complete(run, run.request(messages))
     except Exception as exc:
         error = _classify(exc)
-        error.call_id = await run.record(error.outcome, str(error))
+        error.call_id = await run.record(error.outcome, str(error), error)
         if error is exc:
             raise
         raise error from exc
@@ -1091,7 +1106,7 @@ async def complete_json(
         data, text = await _json_conversation(run, list(messages), schema, schema_name, validate)
     except Exception as exc:
         error = _classify(exc)
-        error.call_id = await run.record(error.outcome, str(error))
+        error.call_id = await run.record(error.outcome, str(error), error)
         if error is exc:
             raise
         raise error from exc
@@ -1372,7 +1387,7 @@ def _finish_sync(run: _Run, call: Callable[[], Any]) -> tuple[Any, str, int | No
         result = _on_shared_loop(call())
     except Exception as exc:
         error = _classify(exc)
-        error.call_id = run.record_sync(error.outcome, str(error))
+        error.call_id = run.record_sync(error.outcome, str(error), error)
         if error is exc:
             raise
         raise error from exc

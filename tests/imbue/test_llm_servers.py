@@ -313,6 +313,40 @@ def test_a_failing_model_shows_on_the_status_label_until_a_call_succeeds(
     assert llm.is_working() and llm.status_label().startswith("A language model is connected")
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "message",
+    [
+        "This model's maximum context length is 128000 tokens. However, your messages resulted "
+        "in 130000 tokens. Please reduce the length of the messages.",
+        "Invalid prompt: your prompt was flagged as potentially violating our usage policy.",
+    ],
+)
+def test_one_request_the_server_refuses_does_not_say_the_model_is_not_set_up(
+    quick: FakeServer, message: str
+) -> None:
+    # One learner's long conversation or flagged words must not tell every page that the
+    # model is not set up correctly.
+    quick.faults([{"kind": "400", "message": message}])
+    with pytest.raises(llm.Misconfigured):
+        stream()
+    assert last_call().outcome == "misconfigured" and message[:40] in last_call().error
+    assert llm.is_working() and llm.status_label().startswith("A language model is connected")
+
+
+@pytest.mark.django_db
+def test_a_wrong_model_for_one_purpose_is_not_hidden_by_another_that_works(
+    quick: FakeServer,
+) -> None:
+    quick.faults(["404"])
+    with pytest.raises(llm.Misconfigured):
+        complete_json()  # feedback
+    stream()  # the partner's model answers
+    assert not llm.is_working()
+    complete_json()
+    assert llm.is_working()
+
+
 # --- Azure OpenAI -----------------------------------------------------------------------------
 
 
