@@ -512,7 +512,7 @@ class _Run:
         """The error for a reply whose token limit ran out before any of its words."""
         limit = kwargs.get("max_completion_tokens") or kwargs.get("max_tokens")
         by = " by the model's reasoning" if self.reasoned else ""
-        return Malformed(
+        return _UsedUp(
             f"the token limit ({limit}) was used up{by} before the reply began: raise "
             f"LLM_{self.purpose.upper()}_MAX_TOKENS or turn the model's reasoning off"
         )
@@ -732,6 +732,11 @@ def _about_format(exc: openai.APIStatusError) -> bool:
     if getattr(exc, "param", None) == "response_format":
         return True
     return bool(re.search(r"response_format|json|schema|format", _error_text(exc), re.I))
+
+
+class _UsedUp(Malformed):
+    """The token limit ran out before the reply began: a repair, under the same limit, would
+    run it out again."""
 
 
 class _FormatRejected(Exception):
@@ -1146,6 +1151,8 @@ async def _json_conversation(
             )  # fmt: skip
             _formats[run.key] = plainer
             continue
+        except _UsedUp:
+            raise
         except Malformed as error:
             # An empty or unreadable reply, even after retries: the repair may still rescue it.
             text, problem = "", error.detail

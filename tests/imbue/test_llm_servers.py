@@ -129,6 +129,19 @@ def test_reasoning_that_uses_up_the_token_limit_is_a_clear_error_not_retried(
     assert "token limit" in last_call().error
 
 
+@pytest.mark.django_db
+def test_reasoning_that_uses_up_a_ratings_token_limit_is_not_sent_for_repair(
+    quick: FakeServer, settings: Any
+) -> None:
+    # The repair asks again under the same limit: a second wait for the same error.
+    quick.configure(reasoning="reasoning", reasoning_tokens=50)
+    with_max_tokens(settings, "feedback", 20)
+    with pytest.raises(llm.Malformed) as raised:
+        complete_json()
+    assert "LLM_FEEDBACK_MAX_TOKENS" in raised.value.detail and len(quick.requests()) == 1
+    assert last_call().outcome == "malformed" and "token limit" in last_call().error
+
+
 # --- streams that differ --------------------------------------------------------------------
 
 
