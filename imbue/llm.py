@@ -490,7 +490,7 @@ class _Run:
 
     def add_usage(self, usage: Any) -> bool:
         """Count one attempt's `usage` object (plain JSON; absent or partial on some servers);
-        whether it held a completion count."""
+        whether it held both counts."""
         if not isinstance(usage, dict):
             return False
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
@@ -498,14 +498,19 @@ class _Run:
             self.tokens_in = (self.tokens_in or 0) + prompt
         if isinstance(completion, int):
             self.tokens_out = (self.tokens_out or 0) + completion
-        return isinstance(completion, int)
+        return isinstance(prompt, int) and isinstance(completion, int)
 
-    def estimate_usage(self, messages: Sequence[Message], text: str) -> None:
-        """Count an attempt whose server reported no usage at about four characters a token,
-        so the conversation's token budget still applies; the record says it is an estimate."""
-        chars = sum(len(str(m.get("content") or "")) + 16 for m in messages)
-        self.tokens_in = (self.tokens_in or 0) + math.ceil(chars / 4)
-        self.tokens_out = (self.tokens_out or 0) + math.ceil(len(text) / 4)
+    def estimate_usage(self, messages: Sequence[Message], text: str, usage: Any) -> None:
+        """Count what an attempt's `usage` left out (all of it on some servers, one count on
+        others) at about four characters a token, so the conversation's token budget still
+        applies; the record says it is an estimate. What the server did count is not added
+        again."""
+        reported = usage if isinstance(usage, dict) else {}
+        if not isinstance(reported.get("prompt_tokens"), int):
+            chars = sum(len(str(m.get("content") or "")) + 16 for m in messages)
+            self.tokens_in = (self.tokens_in or 0) + math.ceil(chars / 4)
+        if not isinstance(reported.get("completion_tokens"), int):
+            self.tokens_out = (self.tokens_out or 0) + math.ceil(len(text) / 4)
         self.params["tokens_estimated"] = True
 
     def used_up(self, kwargs: Mapping[str, Any]) -> Malformed:
@@ -820,7 +825,7 @@ async def _complete(run: _Run, kwargs: dict[str, Any]) -> str:
             if answer is not content:
                 run.reasoned, content = True, answer
             if not counted:
-                run.estimate_usage(kwargs["messages"], content)
+                run.estimate_usage(kwargs["messages"], content, completion.get("usage"))
             if not content.strip():
                 if run.finish_reason == "length":
                     raise run.used_up(kwargs)
@@ -901,7 +906,7 @@ async def _stream_deltas(run: _Run, kwargs: dict[str, Any], parts: list[str]) ->
                     raise run.used_up(kwargs)
                 raise Malformed("an empty reply", transient=True)
             if not run.add_usage(usage):
-                run.estimate_usage(kwargs["messages"], "".join(parts))
+                run.estimate_usage(kwargs["messages"], "".join(parts), usage)
             return
         except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
             if run.learn_from_rejection(kwargs, exc):

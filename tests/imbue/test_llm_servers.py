@@ -11,6 +11,7 @@ from imbue import llm
 from tests.fakes.llm_server import REASONING_WORDS, FakeServer, fake_reply
 from tests.imbue.test_llm import (
     MESSAGES,
+    PROMPT,
     RATING_SCHEMA,
     complete_json,
     complete_text,
@@ -167,6 +168,16 @@ def test_a_server_that_sends_no_usage_still_counts_against_the_budget(quick: Fak
     assert call.tokens_out == pytest.approx(len(reply.text) / 4, abs=2)
     complete_text()
     assert last_call().tokens_out and last_call().params["tokens_estimated"] is True
+
+
+def test_a_count_the_server_did_report_is_not_estimated_again() -> None:
+    # A server that reports the prompt's tokens but not the reply's: estimating both counted
+    # the prompt twice.
+    run = llm._Run(purpose="partner", prompt=PROMPT, context=llm.CallContext(), stream=True)
+    usage = {"prompt_tokens": 120, "completion_tokens": None}
+    assert not run.add_usage(usage)
+    run.estimate_usage(MESSAGES, "a" * 40, usage)
+    assert run.tokens_in == 120 and run.tokens_out == 10 and run.params["tokens_estimated"]
 
 
 @pytest.mark.django_db
