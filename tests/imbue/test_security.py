@@ -326,6 +326,21 @@ def test_nul_bytes_in_a_form_are_refused_before_the_view(client: Client) -> None
 
 
 @pytest.mark.django_db
+def test_nul_bytes_in_a_page_address_are_refused_not_a_server_error(no_llm: None) -> None:
+    # A participant code is a text lookup: PostgreSQL refuses NUL in it with a DataError (a 500).
+    from tests.study.factories import open_study
+
+    open_study("alpha")
+    staff = Client()
+    staff.force_login(User.objects.create_superuser("boss", "b@example.org", "pw-for-tests-1"))
+    for url in ("/research/alpha/participants/%00/", "/research/alpha/participants/P%00Q/"):
+        response = staff.get(url)
+        assert response.status_code == 400, url
+        assert "address contained characters we cannot read" in response.content.decode()
+    assert staff.get("/research/alpha/participants/NOSUCHCODE/").status_code == 404
+
+
+@pytest.mark.django_db
 def test_a_refused_message_form_gives_the_words_back_and_the_way_back(client: Client) -> None:
     # The page without JavaScript posts the message as a form: the draft must not be lost.
     response = client.post(
