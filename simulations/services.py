@@ -1635,6 +1635,11 @@ def _suggestion_inputs(conversation: Conversation) -> dict[str, Any]:
     used = {s for m in messages if m.role == Message.Role.LEARNER for s in m.strategies}
     partner_said = next((m.text for m in reversed(messages) if m.role == Message.Role.PARTNER), "")
     situation = conversation.situation
+    model = conversation.partner_engine == Conversation.Engine.LLM and llm.is_configured()
+    # A suggestion's call counts against the conversation's token budget like the partner's and
+    # the feedback's, so once the budget is spent the written rules answer, as they do for those.
+    if model and not ratelimit.budget_left(conversation.pk, conversation.token_budget):
+        model = False
     return {
         "first": not any(m.role == Message.Role.LEARNER for m in messages),
         "situation": situation.situation,
@@ -1642,7 +1647,7 @@ def _suggestion_inputs(conversation: Conversation) -> dict[str, Any]:
         "history": [(m.role, m.text) for m in messages],
         "partner_said": partner_said,
         "used": sorted(used),
-        "model": conversation.partner_engine == Conversation.Engine.LLM and llm.is_configured(),
+        "model": model,
     }
 
 
