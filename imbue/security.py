@@ -6,6 +6,7 @@ a guard against junk form input, one cleaner for text people type, and spreadshe
   HSTS (deploy), nosniff, Referrer-Policy and Cross-Origin-Opener-Policy.
 - `DatabaseUnavailableMiddleware` (and `imbue.views.server_error`) turn a lost PostgreSQL
   connection into a 503 page that says what happened instead of a generic 500.
+- `MethodNotAllowedPageMiddleware` puts a plain page in the 405 of an address opened the wrong way.
 - `FormInputGuardMiddleware` answers 400 to form fields and page addresses holding NUL bytes,
   which PostgreSQL text cannot store and which no person types.
 - `clean_user_text` is the one cleaner for messages, drafts and situations.
@@ -135,6 +136,21 @@ class DatabaseUnavailableMiddleware(MiddlewareMixin):
             return None
         log.error("database unreachable during %s %s: %s", request.method, request.path, exception)
         return database_unavailable_response()
+
+
+# --- a method the address does not take ------------------------------------------------------
+
+
+class MethodNotAllowedPageMiddleware(MiddlewareMixin):
+    """Gives Django's empty 405 (a GET of an address that only takes a form's POST: a page
+    reopened from the address bar or the history) a page in plain words; the Allow header stays."""
+
+    def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        if response.status_code != 405 or response.streaming or response.content:
+            return response
+        response.content = render_to_string("imbue/error_405.html").encode()
+        response["Content-Type"] = "text/html; charset=utf-8"
+        return response
 
 
 # --- form input -------------------------------------------------------------------------------

@@ -263,6 +263,28 @@ def test_unknown_page_is_a_plain_404(client: Client) -> None:
     assert "Traceback" not in page and "Page not found (404)" not in page
 
 
+@pytest.mark.django_db
+def test_an_address_opened_the_wrong_way_gets_a_plain_405_page() -> None:
+    # A chat page refused without JavaScript stays at its form's address (/send/); reopening it
+    # from the address bar or the history is a GET, which used to answer an empty page.
+    client = Client()
+    client.get("/practice/")
+    refused_here = [route for route in product_routes() if not route.startswith("/admin/")]
+    checked = []
+    for route in refused_here:
+        for method in ("get", "post", "put", "delete"):
+            response = getattr(client, method)(route)
+            if response.status_code != 405:
+                continue
+            page = response.content.decode()
+            assert "This page cannot be opened directly" in page, (method, route)
+            assert "Nothing was saved" in page and response["Allow"], (method, route)
+            assert response["Content-Type"].startswith("text/html"), (method, route)
+            checked.append(f"{method.upper()} {route}")
+    assert "GET /practice/c/1/send/" in checked and "POST /healthz" in checked
+    print(f"\n405 page checked on {len(checked)} route/method pairs")
+
+
 @pytest.mark.urls(THIS_URLCONF)
 def test_server_error_is_a_plain_500_without_details() -> None:
     response = Client(raise_request_exception=False).get("/boom/")
@@ -306,7 +328,7 @@ def test_database_outage_while_saving_the_session_is_a_503(monkeypatch) -> None:
 def test_error_templates_render_without_a_request_or_database() -> None:
     from django.template.loader import render_to_string
 
-    for code in (400, 403, 404, 500, 503):
+    for code in (400, 403, 404, 405, 500, 503):
         page = render_to_string(f"imbue/error_{code}.html")
         assert "<h1>" in page and "{%" not in page and "IMBUE" in page
 
