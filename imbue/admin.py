@@ -4,12 +4,37 @@ study app registers these screens with its rights (study/admin.py) and imbue imp
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from imbue import audit
+from imbue import audit, ratelimit
 from imbue.models import AdverseEvent, AuditEntry, LLMCall
+
+
+class StaffSignInForm(AdminAuthenticationForm):
+    """The admin's sign-in form, with passwords that do not match limited per client address and
+    per account name (`ratelimit.try_sign_in`); the name typed stays in the form when refused."""
+
+    def clean(self) -> dict[str, Any]:
+        username = self.cleaned_data.get("username")
+        if not username or not self.cleaned_data.get("password"):
+            return super().clean()  # the empty field's own error; no password was tried
+        decision, reserved = ratelimit.try_sign_in(
+            ip=audit.client_ip(self.request) if self.request else None, username=username
+        )
+        if not decision:
+            raise ValidationError(decision.message, code="too_many_tries")
+        cleaned = super().clean()  # raises for a wrong password: the attempt stays counted
+        ratelimit.release(reserved)
+        return cleaned
+
+
+admin.site.login_form = StaffSignInForm
 
 
 class LLMCallAdmin(admin.ModelAdmin):
