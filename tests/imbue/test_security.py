@@ -574,6 +574,39 @@ def test_admin_pages_need_a_staff_account() -> None:
     assert len(admin_routes) > 30
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "date",
+    [
+        {"year": "99999999999999999999"},  # too large for a C long: OverflowError
+        {"year": "9999"},  # its next year is out of range
+        {"year": "9999", "month": "12"},
+        {"year": "9999", "month": "12", "day": "31"},
+        {"year": "2026", "month": "13"},
+        {"year": "-1"},
+    ],
+)
+def test_an_admin_date_hierarchy_out_of_range_is_an_invalid_lookup_not_a_500(
+    date: dict[str, str],
+) -> None:
+    from django.contrib import admin
+
+    staff = Client()
+    staff.force_login(User.objects.create_superuser("boss", "b@example.org", "pw-for-tests-1"))
+    screens = [
+        (model, model_admin.date_hierarchy)
+        for model, model_admin in admin.site._registry.items()
+        if model_admin.date_hierarchy
+    ]
+    assert len(screens) >= 4
+    for model, field in screens:
+        url = f"/admin/{model._meta.app_label}/{model._meta.model_name}/"
+        response = staff.get(url, {f"{field}__{part}": value for part, value in date.items()})
+        # Django's answer to any lookup it cannot use: back to the list, marked invalid.
+        assert response.status_code == 302, (url, date, response.status_code)
+        assert response["Location"].endswith("?e=1"), (url, response["Location"])
+
+
 @pytest.mark.asyncio
 @pytest.mark.django_db(transaction=True)
 async def test_a_learner_cannot_open_another_learners_sockets() -> None:
