@@ -146,6 +146,10 @@ NOT_SAVED = (
     "Something went wrong on our side, so your message was not saved. It is still in the box: "
     "please send it again."
 )
+CONVERSATION_GONE = (
+    "This conversation no longer exists, so that was not done. If you withdrew from a study in "
+    "another tab, its conversations were deleted then."
+)
 
 
 def group_name(conversation_id: int) -> str:
@@ -662,6 +666,9 @@ async def send_learner_message(
         )
     except ConversationError:
         raise
+    except Conversation.DoesNotExist as error:  # deleted while its page was open (a withdrawal)
+        log.info("conversation %s: message not stored, the conversation is gone", conversation.pk)
+        raise ConversationError(CONVERSATION_GONE) from error
     except Exception as error:
         if is_database_outage(error):
             log.warning("conversation %s: message not stored, database away", conversation.pk)
