@@ -8,6 +8,7 @@ from django.contrib import admin
 from django.http import HttpRequest
 
 from feedback.models import Draft, FeedbackRequest
+from imbue.admin import DateHierarchyAdmin
 from study.admin_research import (
     ParticipantContentAdmin,
     ParticipantContentInline,
@@ -52,7 +53,7 @@ class DraftAdmin(ReadOnlyAdmin):
 
 
 @admin.register(FeedbackRequest)
-class FeedbackRequestAdmin(ReadOnlyAdmin):
+class FeedbackRequestAdmin(ReadOnlyAdmin, DateHierarchyAdmin):
     list_display = (
         "pk", "draft", "status", "engine", "requested_at", "latency_ms", "model_ms",
         "fallback_reason",

@@ -27,6 +27,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -37,7 +38,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, NoReturn
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import openai
@@ -138,6 +139,12 @@ class Misconfigured(LLMError):
     user_message = "The language model is not set up correctly, so this part is unavailable."
 
 
+class Rejected(Misconfigured):
+    """The server refused this one request (HTTP 400, 413 or 422: a prompt too long for the
+    model's context, one its policy flagged, a parameter it does not take): the set-up may be
+    fine, so the pages do not say otherwise."""
+
+
 class Refused(LLMError):
     outcome = Outcome.REFUSED
     user_message = "The language model declined to answer this. Try putting it differently."
@@ -187,6 +194,12 @@ class _Config:
     max_retries: int
     backoff_s: float
     http_client: str
+    deployment: str = ""  # an Azure deployment named in the address: the model of every call
+
+    @property
+    def azure_v1(self) -> bool:
+        """Azure's v1 API (`.../openai/v1`): the OpenAI protocol as is, no api-version."""
+        return self.base_url.endswith("/openai/v1")
 
     @property
     def host(self) -> str:
@@ -199,6 +212,19 @@ def is_configured() -> bool:
     return bool(settings.LLM.get("base_url"))
 
 
+# (Base URL, purpose) whose last call in this process failed on its set-up (a wrong key, model
+# or address), with why; a call for that purpose that succeeds takes it off. For the pages'
+# status line. By purpose: each may name its own model, and one that works must not hide one
+# that does not.
+_failing: dict[tuple[str, str], str] = {}
+
+
+def is_working() -> bool:
+    """Configured, and no purpose's last call here failed on its set-up."""
+    base_url = str(settings.LLM.get("base_url") or "").rstrip("/")
+    return bool(base_url) and all(url != base_url for url, _ in _failing)
+
+
 def status_label() -> str:
     """One plain sentence for the pages about which language model, if any, is connected."""
     if not is_configured():
@@ -207,6 +233,11 @@ def status_label() -> str:
             "offline feedback."
         )
     partner = settings.LLM.get("purposes", {}).get("partner", {}).get("model") or "unnamed"
+    if not is_working():
+        return (
+            f"The language model ({partner}) is not set up correctly: feedback comes from the "
+            "offline rater for now, and a reply that fails can be tried again."
+        )
     return f"A language model is connected ({partner})."
 
 
@@ -214,16 +245,48 @@ def _config() -> _Config:
     conf = settings.LLM
     if not conf.get("base_url"):
         raise NotConfigured("settings.LLM has no base_url")
+    # The endpoint's own address, pasted whole, is a common mistake: the SDK adds that part.
+    base_url = str(conf["base_url"]).strip().rstrip("/").removesuffix("/chat/completions")
+    provider = str(conf.get("provider") or "openai")
+    api_key = str(conf.get("api_key") or "")
+    api_version, deployment = str(conf.get("api_version") or ""), ""
+    if provider == "azure":
+        base_url, deployment, api_version = _azure_address(base_url, api_version)
+        if not api_key:
+            raise Misconfigured("LLM_PROVIDER=azure needs LLM_API_KEY (a key from the portal)")
+        if not api_version and not base_url.endswith("/openai/v1"):
+            raise Misconfigured(
+                "LLM_PROVIDER=azure needs LLM_API_VERSION (such as 2024-10-21), or the v1 "
+                "address https://<resource>.openai.azure.com/openai/v1 as LLM_BASE_URL"
+            )
     return _Config(
-        base_url=str(conf["base_url"]).rstrip("/"),
-        api_key=str(conf.get("api_key") or ""),
-        provider=str(conf.get("provider") or "openai"),
-        api_version=str(conf.get("api_version") or ""),
+        base_url=base_url,
+        api_key=api_key,
+        provider=provider,
+        api_version=api_version,
         timeout_s=float(conf.get("timeout_s", 30.0)),
         max_retries=max(0, int(conf.get("max_retries", 2))),
         backoff_s=max(0.0, float(conf.get("backoff_s", 0.5))),
         http_client=_http_client_kind(conf.get("http_client")),
+        deployment=deployment,
     )
+
+
+def _azure_address(url: str, api_version: str) -> tuple[str, str, str]:
+    """(endpoint, deployment, api version) from any address Azure's portal shows: the resource
+    (`https://X.openai.azure.com`), a deployment's target URI (`.../openai/deployments/D/chat/
+    completions?api-version=V`), or the v1 API (`.../openai/v1`, kept whole). An api-version in
+    the address wins over LLM_API_VERSION: it is what that address was copied with."""
+    parts = urlsplit(url)
+    version = (parse_qs(parts.query).get("api-version") or [api_version])[0]
+    path = parts.path.rstrip("/")
+    root = f"{parts.scheme}://{parts.netloc}"
+    if path.endswith("/openai/v1"):
+        return root + path, "", version
+    before, found, after = path.partition("/openai/deployments/")
+    if found:
+        return root + before, after.split("/")[0], version
+    return root + path.removesuffix("/openai"), "", version
 
 
 HTTP_CLIENTS = ("aiohttp", "httpx")
@@ -272,7 +335,18 @@ async def _client(cfg: _Config) -> openai.AsyncOpenAI:
         if ref() is None:
             _clients.pop(old_key, None)
     client: openai.AsyncOpenAI
-    if cfg.provider == "azure":
+    if cfg.provider == "azure" and cfg.azure_v1:
+        # Azure's v1 API is the OpenAI protocol: the key as a bearer token (its documented use
+        # with the OpenAI client) and as Azure's own `api-key` header.
+        client = openai.AsyncOpenAI(
+            base_url=cfg.base_url,
+            api_key=cfg.api_key,
+            default_headers={"api-key": cfg.api_key},
+            max_retries=0,
+            timeout=cfg.timeout_s,
+            http_client=_http_client(cfg),
+        )
+    elif cfg.provider == "azure":
         client = openai.AsyncAzureOpenAI(
             azure_endpoint=cfg.base_url,
             api_key=cfg.api_key,
@@ -318,6 +392,7 @@ def forget_server_capabilities() -> None:
     """Forget what servers were found not to support (after changing the server, and in tests)."""
     _formats.clear()
     _quirks.clear()
+    _failing.clear()
 
 
 # --- one call ---------------------------------------------------------------------------------
@@ -343,6 +418,7 @@ class _Run:
     finish_reason: str = ""
     retried: bool = False  # after a passing failure (a format fallback or repair is not a retry)
     repaired: bool = False
+    reasoned: bool = False  # the model sent reasoning (its own field or a <think> block)
 
     def __post_init__(self) -> None:
         if self.purpose not in LLMCall.Purpose.values:
@@ -353,7 +429,7 @@ class _Run:
     def configure(self) -> _Config:
         self.cfg = _config()
         chosen = _purpose_settings(self.purpose)
-        self.model = str(chosen["model"])
+        self.model = self.cfg.deployment or str(chosen["model"])
         self.params = {
             "temperature": chosen.get("temperature"),
             "max_tokens": chosen.get("max_tokens"),
@@ -388,8 +464,18 @@ class _Run:
         return kwargs
 
     def learn_from_rejection(self, kwargs: dict[str, Any], error: openai.APIStatusError) -> bool:
-        """Drop or rename a parameter the server said it does not support; True if one changed."""
+        """Drop or rename a parameter the server said it does not support, or lower the token
+        limit to what the model's context has room for; True if the request changed."""
         text = _error_text(error).lower()
+        room = _room_for_reply(text)
+        if room is not None:
+            # vLLM refuses a prompt plus max_tokens beyond the model's context (OpenAI stops
+            # the reply there instead); its words name both parameters, and renaming is no fix.
+            limit = "max_completion_tokens" if "max_completion_tokens" in kwargs else "max_tokens"
+            if not MIN_REPLY_TOKENS <= room < int(kwargs.get(limit) or 0):
+                return False  # the prompt alone (nearly) fills the context
+            kwargs[limit] = self.params["fitted_max_tokens"] = room
+            return True
         quirks = _quirks.setdefault(self.key, set())
         if "max_tokens" in kwargs and "max_completion_tokens" in text:
             kwargs["max_completion_tokens"] = kwargs.pop("max_tokens")
@@ -402,15 +488,39 @@ class _Run:
                 return True
         return False
 
-    def add_usage(self, usage: Any) -> None:
-        """Count a reply's `usage` object (plain JSON; absent or partial on some servers)."""
+    def add_usage(self, usage: Any) -> bool:
+        """Count one attempt's `usage` object (plain JSON; absent or partial on some servers);
+        whether it held both counts."""
         if not isinstance(usage, dict):
-            return
+            return False
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         if isinstance(prompt, int):
             self.tokens_in = (self.tokens_in or 0) + prompt
         if isinstance(completion, int):
             self.tokens_out = (self.tokens_out or 0) + completion
+        return isinstance(prompt, int) and isinstance(completion, int)
+
+    def estimate_usage(self, messages: Sequence[Message], text: str, usage: Any) -> None:
+        """Count what an attempt's `usage` left out (all of it on some servers, one count on
+        others) at about four characters a token, so the conversation's token budget still
+        applies; the record says it is an estimate. What the server did count is not added
+        again."""
+        reported = usage if isinstance(usage, dict) else {}
+        if not isinstance(reported.get("prompt_tokens"), int):
+            chars = sum(len(str(m.get("content") or "")) + 16 for m in messages)
+            self.tokens_in = (self.tokens_in or 0) + math.ceil(chars / 4)
+        if not isinstance(reported.get("completion_tokens"), int):
+            self.tokens_out = (self.tokens_out or 0) + math.ceil(len(text) / 4)
+        self.params["tokens_estimated"] = True
+
+    def used_up(self, kwargs: Mapping[str, Any]) -> Malformed:
+        """The error for a reply whose token limit ran out before any of its words."""
+        limit = kwargs.get("max_completion_tokens") or kwargs.get("max_tokens")
+        by = " by the model's reasoning" if self.reasoned else ""
+        return _UsedUp(
+            f"the token limit ({limit}) was used up{by} before the reply began: raise "
+            f"LLM_{self.purpose.upper()}_MAX_TOKENS or turn the model's reasoning off"
+        )
 
     def first_token(self) -> None:
         if self.ttft_ms is None:
@@ -451,8 +561,21 @@ class _Run:
             "draft_id": self.context.draft_id,
         }
 
-    async def record(self, outcome: str, error: str = "") -> int | None:
+    def note_outcome(self, outcome: str, failure: LLMError | None) -> None:
+        """Keep the pages' status line true: a purpose is failing from its first call refused
+        for its set-up (not for one request's content) until one succeeds."""
+        key = (str(settings.LLM.get("base_url") or "").rstrip("/"), self.purpose)
+        if isinstance(failure, Misconfigured) and not isinstance(failure, Rejected):
+            if key[0]:
+                _failing[key] = str(failure)
+        elif outcome in (Outcome.OK, Outcome.RETRIED_OK, Outcome.REPAIRED):
+            _failing.pop(key, None)
+
+    async def record(
+        self, outcome: str, error: str = "", failure: LLMError | None = None
+    ) -> int | None:
         """Write the call's row; a failure to write is logged, never raised over the reply."""
+        self.note_outcome(outcome, failure)
         try:
             call = await LLMCall.objects.acreate(**self.row(outcome, error))
         except Exception:
@@ -460,8 +583,11 @@ class _Run:
             return None
         return call.pk
 
-    def record_sync(self, outcome: str, error: str = "") -> int | None:
+    def record_sync(
+        self, outcome: str, error: str = "", failure: LLMError | None = None
+    ) -> int | None:
         """`record` in the calling thread, so the row joins the caller's transaction."""
+        self.note_outcome(outcome, failure)
         try:
             call = LLMCall.objects.create(**self.row(outcome, error))
         except Exception:
@@ -471,14 +597,44 @@ class _Run:
 
 
 def _error_text(exc: BaseException) -> str:
+    """The server's own words about an error, whatever its shape: OpenAI's and llama.cpp's
+    `{"error": {"message"}}`, older vLLM's `{"object": "error", "message"}`, TGI's and Ollama's
+    `{"error": "..."}` (the SDK hands over the inner value), FastAPI's 422 `{"detail": [...]}`
+    (field and problem only: its `input` may quote the whole prompt), or plain text."""
     body = getattr(exc, "body", None)
     if isinstance(body, Mapping):
         inner = body.get("error", body)
         if isinstance(inner, Mapping) and inner.get("message"):
             return str(inner["message"])
-        if isinstance(inner, str):
+        if isinstance(inner, str) and inner:
             return inner
+        detail = body.get("detail")
+        if isinstance(detail, list):
+            return "; ".join(
+                ".".join(map(str, d.get("loc", ()))) + f": {d.get('msg', '')}"
+                for d in detail
+                if isinstance(d, Mapping)
+            )
+        if detail:
+            return str(detail)
+    elif isinstance(body, str) and body.strip():
+        return body.strip()
     return str(getattr(exc, "message", "") or exc)
+
+
+# A fitted token limit below this would not leave room for a useful reply.
+MIN_REPLY_TOKENS = 32
+_CONTEXT_LIMIT = re.compile(r"maximum context length is (\d+)")
+_PROMPT_SIZE = re.compile(r"(\d+) in the messages|(\d+) input tokens")
+
+
+def _room_for_reply(text: str) -> int | None:
+    """Tokens left for the reply by a "maximum context length" error (vLLM's words, in each of
+    its versions); None when the error is about something else."""
+    limit, prompt = _CONTEXT_LIMIT.search(text), _PROMPT_SIZE.search(text)
+    if not limit or not prompt:
+        return None
+    return int(limit.group(1)) - int(prompt.group(1) or prompt.group(2))
 
 
 def _scrub(text: str, cfg: _Config | None) -> str:
@@ -517,10 +673,14 @@ def _connection_failure(exc: BaseException) -> BaseException | None:
     return None
 
 
-def _classify(exc: BaseException) -> LLMError:
+def _classify(exc: BaseException, cfg: _Config | None = None) -> LLMError:
     """Turn whatever the SDK raised into one of our typed errors."""
     if isinstance(exc, LLMError):
         return exc
+    if isinstance(exc, openai.NotFoundError) and cfg is not None:
+        return Misconfigured(f"HTTP 404: {_error_text(exc)}{_address_hint(exc, cfg)}")
+    if type(exc) is openai.OpenAIError:  # the SDK refused its settings before any request
+        return Misconfigured(str(exc))
     if isinstance(exc, openai.APITimeoutError):
         refused = _connection_failure(exc)
         if refused is not None:  # aiohttp's transport reports a refused connection as a timeout
@@ -537,11 +697,23 @@ def _classify(exc: BaseException) -> LLMError:
             return GaveUp(detail, retry_after=_retry_after(exc))
         if getattr(exc, "code", None) == "content_filter":
             return Refused(detail)
+        if status in (400, 413, 422):
+            return Rejected(detail)
         return Misconfigured(detail)
     if isinstance(exc, (ValueError, openai.APIResponseValidationError)):
         # The server's answer was not the protocol (broken JSON body or stream event).
         return Malformed(f"unreadable response: {type(exc).__name__}", transient=True)
     return GaveUp(f"{type(exc).__name__}: {exc}")
+
+
+def _address_hint(exc: openai.NotFoundError, cfg: _Config) -> str:
+    """A hint when a 404 is about the address rather than the model: vLLM, Ollama and LM Studio
+    serve the protocol under /v1 only, and answer a path outside it with a bare 404."""
+    if "model" in _error_text(exc).lower() or cfg.provider == "azure":
+        return ""
+    if urlsplit(cfg.base_url).path.rstrip("/").endswith("/v1"):
+        return f" (is {cfg.base_url} the server's OpenAI-compatible address?)"
+    return f" (LLM_BASE_URL={cfg.base_url} may need to end in /v1)"
 
 
 async def _pause(cfg: _Config, retries_done: int, error: LLMError) -> None:
@@ -565,6 +737,11 @@ def _about_format(exc: openai.APIStatusError) -> bool:
     if getattr(exc, "param", None) == "response_format":
         return True
     return bool(re.search(r"response_format|json|schema|format", _error_text(exc), re.I))
+
+
+class _UsedUp(Malformed):
+    """The token limit ran out before the reply began: a repair, under the same limit, would
+    run it out again."""
 
 
 class _FormatRejected(Exception):
@@ -606,6 +783,10 @@ def _first_choice(reply: Any, part: str) -> tuple[dict[str, Any] | None, dict[st
     if not isinstance(choices, list):
         raise Malformed("unreadable response: choices", transient=True)
     if not choices:
+        if reply.get("error"):  # HTTP 200 with an error body, as some servers and proxies send
+            error = reply["error"]
+            words = error.get("message") if isinstance(error, dict) else error
+            raise GaveUp(f"the server answered with an error: {words}")
         return None, {}
     choice = choices[0]
     inner = choice.get(part) if isinstance(choice, dict) else None
@@ -630,7 +811,7 @@ async def _complete(run: _Run, kwargs: dict[str, Any]) -> str:
         try:
             completion = await _post(client, kwargs, stream=False)
             choice, message = _first_choice(completion, "message")
-            run.add_usage(completion.get("usage"))
+            counted = run.add_usage(completion.get("usage"))
             if choice is None:
                 raise Malformed("a reply with no choices", transient=True)
             run.finish_reason = _text(choice.get("finish_reason"))
@@ -639,7 +820,15 @@ async def _complete(run: _Run, kwargs: dict[str, Any]) -> str:
             if run.finish_reason == "content_filter":
                 raise Refused("stopped by the content filter")
             content = _text(message.get("content"))
+            run.reasoned = bool(message.get("reasoning_content") or message.get("reasoning"))
+            answer = _without_thinking(content)
+            if answer is not content:
+                run.reasoned, content = True, answer
+            if not counted:
+                run.estimate_usage(kwargs["messages"], content, completion.get("usage"))
             if not content.strip():
+                if run.finish_reason == "length":
+                    raise run.used_up(kwargs)
                 raise Malformed("an empty reply", transient=True)
             return content
         except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
@@ -649,9 +838,16 @@ async def _complete(run: _Run, kwargs: dict[str, Any]) -> str:
                 raise Refused(f"HTTP {exc.status_code}: {_error_text(exc)}") from exc
             if "response_format" in kwargs and _about_format(exc):
                 raise _FormatRejected(_error_text(exc)) from exc
-            raise Misconfigured(f"HTTP {exc.status_code}: {_error_text(exc)}") from exc
+            raise Rejected(f"HTTP {exc.status_code}: {_error_text(exc)}") from exc
+        except openai.InternalServerError as exc:
+            # Older llama-server answers a response format it lacks with a 500 naming it.
+            if "response_format" in kwargs and "response_format" in _error_text(exc):
+                raise _FormatRejected(_error_text(exc)) from exc
+            error = _classify(exc, run.cfg)
+            if retries >= run.cfg.max_retries:
+                _reraise(error, exc)
         except Exception as exc:
-            error = _classify(exc)
+            error = _classify(exc, run.cfg)
             if not error.transient or retries >= run.cfg.max_retries:
                 _reraise(error, exc)
         await _pause(run.cfg, retries, error)
@@ -667,12 +863,15 @@ async def _stream_deltas(run: _Run, kwargs: dict[str, Any], parts: list[str]) ->
     while True:
         run.attempts += 1
         run.finish_reason = ""
+        usage: Any = None
+        gate = _ThinkGate()
         try:
             stream = await _post(client, kwargs, stream=True)
             async with stream:
                 async for chunk in stream:
                     choice, delta = _first_choice(chunk, "delta")
-                    run.add_usage(chunk.get("usage"))
+                    if chunk.get("usage"):
+                        usage = chunk["usage"]  # running totals on some servers: keep the last
                     if choice is None:
                         continue
                     if _text(delta.get("refusal")):
@@ -681,22 +880,42 @@ async def _stream_deltas(run: _Run, kwargs: dict[str, Any], parts: list[str]) ->
                         run.finish_reason = choice["finish_reason"]
                     content = _text(delta.get("content"))
                     if content:
+                        if not gate.passed:
+                            content = gate.feed(content)
+                            if not content:
+                                continue
                         run.first_token()
                         parts.append(content)
                         yield content
+                    elif not run.reasoned:
+                        run.reasoned = bool(
+                            delta.get("reasoning_content") or delta.get("reasoning")
+                        )
+            tail = gate.finish()
+            if tail:
+                run.first_token()
+                parts.append(tail)
+                yield tail
+            run.reasoned = run.reasoned or gate.thought
             if run.finish_reason == "content_filter":
                 raise Refused("stopped by the content filter", partial_text="".join(parts))
             if not run.finish_reason:
                 raise GaveUp("the stream ended without a finish reason")
             if not parts:
+                if run.finish_reason == "length":
+                    raise run.used_up(kwargs)
                 raise Malformed("an empty reply", transient=True)
+            if not run.add_usage(usage):
+                run.estimate_usage(kwargs["messages"], "".join(parts), usage)
             return
         except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
             if run.learn_from_rejection(kwargs, exc):
                 continue
             raise _classify(exc) from exc
         except Exception as exc:
-            error = _classify(exc)
+            if usage is not None:  # a failed attempt's tokens were spent all the same
+                run.add_usage(usage)
+            error = _classify(exc, run.cfg)
             if parts and not isinstance(error, Refused):
                 raise StreamCut(str(error), partial_text="".join(parts)) from exc
             if not error.transient or retries >= run.cfg.max_retries:
@@ -704,6 +923,70 @@ async def _stream_deltas(run: _Run, kwargs: dict[str, Any], parts: list[str]) ->
         await _pause(run.cfg, retries, error)
         retries += 1
         run.retried = True
+
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+def _without_thinking(text: str) -> str:
+    """A whole reply without the reasoning some servers leave in the content (`text` itself when
+    there is none): a leading `<think>...</think>` block (Qwen3, DeepSeek-R1 on llama.cpp or
+    Ollama), or everything up to a `</think>` whose opening tag was in the prompt's template; an
+    unclosed block is all reasoning. A reply that only mentions the tags is left whole."""
+    start = text.lstrip()
+    if start.startswith(THINK_OPEN):
+        _, closed, after = start.partition(THINK_CLOSE)
+        return after.lstrip() if closed else ""
+    before, closed, after = text.partition(THINK_CLOSE)
+    if closed and THINK_OPEN not in before:
+        return after.lstrip()
+    return text
+
+
+class _ThinkGate:
+    """Holds a streamed reply back while it opens with a `<think>` block, and lets the words
+    after the block through. Once the reply is shown to have no such block, or the block has
+    ended, `passed` is True and the caller stops feeding it: nothing more per token. Inside a
+    block it keeps only what could be the start of a split `</think>`, never the reasoning
+    itself: kept whole and searched again on every token, a trace of 8,000 tokens cost 72 ms of
+    the event loop that streams every learner's reply."""
+
+    __slots__ = ("_held", "_inside", "passed", "thought")
+
+    def __init__(self) -> None:
+        self._held = ""
+        self._inside = False
+        self.passed = False
+        self.thought = False
+
+    def feed(self, text: str) -> str:
+        """The part of `text` (with what was held back) that is the reply's own words."""
+        if self.passed:
+            return text
+        held = self._held + text
+        while True:
+            if self._inside:
+                reasoning, closed, held = held.partition(THINK_CLOSE)
+                if not closed:
+                    self._held = reasoning[1 - len(THINK_CLOSE) :]
+                    return ""
+                self._inside = False  # the whitespace after the block goes with it
+            start = held.lstrip()
+            if start.startswith(THINK_OPEN):
+                self.thought = self._inside = True
+                held = start[len(THINK_OPEN) :]
+                continue
+            if not start or (not self.thought and THINK_OPEN.startswith(start)):
+                self._held = held  # blank so far, or perhaps the start of "<think>"
+                return ""
+            self.passed, self._held = True, ""
+            return start if self.thought else held
+
+    def finish(self) -> str:
+        """What was held back when the stream ended: text that only looked like a tag's start
+        (an unclosed block is reasoning, never shown)."""
+        held, self._held = self._held, ""
+        return "" if self.passed or self.thought else held
 
 
 # --- public calls -----------------------------------------------------------------------------
@@ -770,7 +1053,7 @@ class TextStream:
             if not outcome:  # the caller stopped reading, or its task was cancelled
                 outcome, error_text = Outcome.CUT, "stopped by the caller"
             self.outcome = outcome
-            self.call_id = await run.record(outcome, error_text)
+            self.call_id = await run.record(outcome, error_text, failure)
             if failure is not None:
                 failure.call_id = self.call_id
 
@@ -795,7 +1078,7 @@ async def complete_text(
         text = await _complete(run, run.request(messages))
     except Exception as exc:
         error = _classify(exc)
-        error.call_id = await run.record(error.outcome, str(error))
+        error.call_id = await run.record(error.outcome, str(error), error)
         if error is exc:
             raise
         raise error from exc
@@ -833,7 +1116,7 @@ async def complete_json(
         data, text = await _json_conversation(run, list(messages), schema, schema_name, validate)
     except Exception as exc:
         error = _classify(exc)
-        error.call_id = await run.record(error.outcome, str(error))
+        error.call_id = await run.record(error.outcome, str(error), error)
         if error is exc:
             raise
         raise error from exc
@@ -873,6 +1156,8 @@ async def _json_conversation(
             )  # fmt: skip
             _formats[run.key] = plainer
             continue
+        except _UsedUp:
+            raise
         except Malformed as error:
             # An empty or unreadable reply, even after retries: the repair may still rescue it.
             text, problem = "", error.detail
@@ -880,6 +1165,16 @@ async def _json_conversation(
             problem = _problem_with(text, schema, validate)
             if problem is None:
                 return parse_json_reply(text), text
+            if run.response_format == Format.JSON_SCHEMA and text.strip() and "{" not in text:
+                # Prose with no object at all, which no constrained decoder writes: the server
+                # ignored the format without a word (older Ollama and others), and the prompt
+                # alone never showed the schema, so a repair could not help either.
+                log.warning(
+                    "%s ignored %s; using %s from now on",
+                    run.cfg.host if run.cfg else "?", run.response_format, Format.JSON_OBJECT,
+                )  # fmt: skip
+                _formats[run.key] = Format.JSON_OBJECT
+                continue
         if run.repaired:
             raise Malformed(f"still unusable after one repair: {problem}")
         run.repaired = True
@@ -1104,7 +1399,7 @@ def _finish_sync(run: _Run, call: Callable[[], Any]) -> tuple[Any, str, int | No
         result = _on_shared_loop(call())
     except Exception as exc:
         error = _classify(exc)
-        error.call_id = run.record_sync(error.outcome, str(error))
+        error.call_id = run.record_sync(error.outcome, str(error), error)
         if error is exc:
             raise
         raise error from exc

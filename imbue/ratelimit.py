@@ -18,6 +18,7 @@ The token budget counts the tokens of every `LLMCall` recorded for a conversatio
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import logging
 import math
@@ -247,12 +248,20 @@ def try_resume(*, ip: str | None, session_key: str | None) -> tuple[Decision, Re
     up, so that attempts sent at the same moment cannot all pass one look at the count; refused
     (nothing counted) with the longest wait when either has had too many lately. An attempt whose
     code matches, or that held no code, is taken back with `release`: only wrong codes count."""
+    return _reserve(_resume_limits(ip, session_key), RESUME_WINDOW_S, RESUME_TOO_MANY)
+
+
+def _reserve(
+    limits: list[tuple[str, int]], window_s: float, template: str
+) -> tuple[Decision, Reservation]:
+    """Count one attempt on every limit now (see `try_resume`); refused, with nothing counted
+    and the longest wait, when any of them has had too many in the window."""
     reserved: Reservation = []
     refused: list[Decision] = []
     if redis_quiet.quiet():
         return _ALLOW_ALWAYS, reserved  # Redis just failed to answer in time: not asked
-    for key, limit in _resume_limits(ip, session_key):
-        args = _args(key, limit, RESUME_WINDOW_S)
+    for key, limit in limits:
+        args = _args(key, limit, window_s)
         if args is None:
             continue  # this limit is switched off
         name, count, window_ms, _ = args
@@ -263,7 +272,7 @@ def try_resume(*, ip: str | None, session_key: str | None) -> tuple[Decision, Re
             log.warning("rate limit %s not checked, Redis unavailable: %s", key, error)
             redis_quiet.note(error)
             continue
-        decision = _decision(result, RESUME_TOO_MANY)
+        decision = _decision(result, template)
         if decision:
             reserved.append((name, member))
         else:
@@ -272,6 +281,30 @@ def try_resume(*, ip: str | None, session_key: str | None) -> tuple[Decision, Re
         release(reserved)
         return max(refused, key=lambda d: d.retry_after), []
     return _ALLOW_ALWAYS, reserved
+
+
+# --- failed staff sign-ins ----------------------------------------------------------------------
+
+# A staff password opens every study its account holds a right on: guessing it is limited as
+# resume codes are, per client address and per account name (hashed: the key holds no name).
+SIGN_IN_FAILURES_PER_ADDRESS = 30
+SIGN_IN_FAILURES_PER_ACCOUNT = 10
+SIGN_IN_WINDOW_S = 15 * 60
+SIGN_IN_TOO_MANY = (
+    "That is too many sign-ins that did not match in a short time. To keep the account safe, "
+    "please wait {wait}, then try again."
+)
+
+
+def try_sign_in(*, ip: str | None, username: str) -> tuple[Decision, Reservation]:
+    """Count this staff sign-in against its address and account name before the password is
+    checked (as `try_resume`); a sign-in that succeeds is taken back with `release`."""
+    limits = []
+    if ip:
+        limits.append((f"sign-in-failed:ip:{_address_key(ip)}", SIGN_IN_FAILURES_PER_ADDRESS))
+    account = hashlib.sha256(username.strip().casefold().encode(errors="replace")).hexdigest()[:32]
+    limits.append((f"sign-in-failed:account:{account}", SIGN_IN_FAILURES_PER_ACCOUNT))
+    return _reserve(limits, SIGN_IN_WINDOW_S, SIGN_IN_TOO_MANY)
 
 
 def release(reserved: Reservation) -> None:

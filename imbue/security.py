@@ -6,8 +6,9 @@ a guard against junk form input, one cleaner for text people type, and spreadshe
   HSTS (deploy), nosniff, Referrer-Policy and Cross-Origin-Opener-Policy.
 - `DatabaseUnavailableMiddleware` (and `imbue.views.server_error`) turn a lost PostgreSQL
   connection into a 503 page that says what happened instead of a generic 500.
-- `FormInputGuardMiddleware` answers 400 to form fields holding NUL bytes, which PostgreSQL text
-  cannot store and which no person types.
+- `MethodNotAllowedPageMiddleware` puts a plain page in the 405 of an address opened the wrong way.
+- `FormInputGuardMiddleware` answers 400 to form fields and page addresses holding NUL bytes,
+  which PostgreSQL text cannot store and which no person types.
 - `clean_user_text` is the one cleaner for messages, drafts and situations.
 - `csv_safe` defuses spreadsheet formulas in exported cells.
 - `parse_frame` reads a websocket frame as a JSON object without ever crashing the consumer.
@@ -137,16 +138,42 @@ class DatabaseUnavailableMiddleware(MiddlewareMixin):
         return database_unavailable_response()
 
 
+# --- a method the address does not take ------------------------------------------------------
+
+
+class MethodNotAllowedPageMiddleware(MiddlewareMixin):
+    """Gives Django's empty 405 (a GET of an address that only takes a form's POST: a page
+    reopened from the address bar or the history) a page in plain words; the Allow header stays."""
+
+    def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        if response.status_code != 405 or response.streaming or response.content:
+            return response
+        response.content = render_to_string("imbue/error_405.html").encode()
+        response["Content-Type"] = "text/html; charset=utf-8"
+        return response
+
+
 # --- form input -------------------------------------------------------------------------------
 
 
 class FormInputGuardMiddleware(MiddlewareMixin):
-    """Refuses form and query fields holding NUL bytes before any view sees them (400)."""
+    """Refuses form and query fields, and paths, holding NUL bytes before any view sees them
+    (400)."""
 
     def process_view(
         self, request: HttpRequest, view: Callable, args: tuple, kwargs: dict[str, Any]
     ) -> HttpResponse | None:
         # Runs after CsrfViewMiddleware, so a forged request still gets its 403 first.
+        if "\x00" in request.path:
+            # A URL's own parts reach lookups too (a participant code in /research/): refused
+            # here, as a form field would be, instead of a 500 from PostgreSQL.
+            return HttpResponse(
+                render_to_string(
+                    "imbue/error_400.html",
+                    {"reason": "The page address contained characters we cannot read."},
+                ),
+                status=400,
+            )
         for data in (request.GET, request.POST if request.method == "POST" else None):
             if data is None:
                 continue

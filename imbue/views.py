@@ -5,7 +5,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.template.loader import render_to_string
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_safe
 
 from imbue import ratelimit, services
 from imbue.audit import client_ip
@@ -17,7 +17,8 @@ def home(request: HttpRequest) -> HttpResponse:
     return render(request, "imbue/home.html")
 
 
-@require_GET
+# HEAD too: uptime monitors often check with HEAD, and a 405 would read as "down".
+@require_safe
 @never_cache
 def healthz(request: HttpRequest) -> JsonResponse:
     report = services.check_health()

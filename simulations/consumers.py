@@ -180,6 +180,10 @@ class ConversationConsumer(SocketConsumer):
         elif client_gone(error):
             log.info("conversation %s: the browser left during %s", self.conversation_id, action)
             return
+        elif isinstance(error, Conversation.DoesNotExist):
+            # Deleted while this page was open (a withdrawal): nothing went wrong on our side.
+            log.info("conversation %s: %s after it was deleted", self.conversation_id, action)
+            text = services.CONVERSATION_GONE
         elif is_database_outage(error):
             log.warning(
                 "conversation %s: %s: database away: %s", self.conversation_id, action, error

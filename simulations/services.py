@@ -146,6 +146,10 @@ NOT_SAVED = (
     "Something went wrong on our side, so your message was not saved. It is still in the box: "
     "please send it again."
 )
+CONVERSATION_GONE = (
+    "This conversation no longer exists, so that was not done. If you withdrew from a study in "
+    "another tab, its conversations were deleted then."
+)
 
 
 def group_name(conversation_id: int) -> str:
@@ -662,6 +666,9 @@ async def send_learner_message(
         )
     except ConversationError:
         raise
+    except Conversation.DoesNotExist as error:  # deleted while its page was open (a withdrawal)
+        log.info("conversation %s: message not stored, the conversation is gone", conversation.pk)
+        raise ConversationError(CONVERSATION_GONE) from error
     except Exception as error:
         if is_database_outage(error):
             log.warning("conversation %s: message not stored, database away", conversation.pk)
@@ -1635,6 +1642,11 @@ def _suggestion_inputs(conversation: Conversation) -> dict[str, Any]:
     used = {s for m in messages if m.role == Message.Role.LEARNER for s in m.strategies}
     partner_said = next((m.text for m in reversed(messages) if m.role == Message.Role.PARTNER), "")
     situation = conversation.situation
+    model = conversation.partner_engine == Conversation.Engine.LLM and llm.is_configured()
+    # A suggestion's call counts against the conversation's token budget like the partner's and
+    # the feedback's, so once the budget is spent the written rules answer, as they do for those.
+    if model and not ratelimit.budget_left(conversation.pk, conversation.token_budget):
+        model = False
     return {
         "first": not any(m.role == Message.Role.LEARNER for m in messages),
         "situation": situation.situation,
@@ -1642,7 +1654,7 @@ def _suggestion_inputs(conversation: Conversation) -> dict[str, Any]:
         "history": [(m.role, m.text) for m in messages],
         "partner_said": partner_said,
         "used": sorted(used),
-        "model": conversation.partner_engine == Conversation.Engine.LLM and llm.is_configured(),
+        "model": model,
     }
 
 

@@ -45,15 +45,37 @@ def _back(conversation: Conversation, anchor: str = "composer") -> HttpResponse:
     return redirect(f"{path}#{anchor}")
 
 
+# A refused message's words and skills, kept for the embedding page's composer (`kept_draft`).
+KEPT_DRAFT_KEY = "imbue_kept_draft"
+KEPT_DRAFT_CHARS = 20_000  # a text refused for its length comes back too, within reason
+
+
 def _refused(
     request: HttpRequest, conversation: Conversation, error: str, **extra: Any
 ) -> HttpResponse:
-    """The reason on the page the learner came from: the embedding page, or the chat's own."""
+    """The reason on the page the learner came from: the embedding page, or the chat's own.
+    A refused message (`draft`, `chosen`) goes back into the composer either way."""
     path = _embedding_path(conversation)
     if path:
         messages.error(request, error)
+        if extra.get("draft") or extra.get("chosen"):
+            request.session[KEPT_DRAFT_KEY] = {
+                "conversation": conversation.pk,
+                "draft": str(extra.get("draft", ""))[:KEPT_DRAFT_CHARS],
+                "chosen": [str(s)[:20] for s in extra.get("chosen", [])][:10],
+            }
         return redirect(path)
     return _page(request, conversation, 400, error=error, **extra)
+
+
+def kept_draft(request: HttpRequest, conversation: Conversation) -> dict[str, Any]:
+    """For a page that embeds this chat: the words and skills of the message its form sent and
+    the chat refused (as `draft` and `chosen` for the composer), once; {} when there are none."""
+    kept = request.session.get(KEPT_DRAFT_KEY)
+    if not isinstance(kept, dict) or kept.get("conversation") != conversation.pk:
+        return {}
+    del request.session[KEPT_DRAFT_KEY]
+    return {"draft": kept.get("draft", ""), "chosen": kept.get("chosen", [])}
 
 
 @require_GET

@@ -23,6 +23,7 @@ from simulations import services as chat_services
 from simulations import situations
 from simulations.learners import SESSION_KEY, attach_learner
 from simulations.models import Category
+from simulations.views import kept_draft
 from study import flow, services, surveys
 from study.models import Participant, Slot, Study, StudyChat, WithdrawalReceipt
 
@@ -411,6 +412,8 @@ def _chat(request: HttpRequest, participant: Participant, current: flow.Step) ->
     paused = conversation.status == conversation.Status.PAUSED
     context: dict[str, Any] = {
         **live,
+        # Without JavaScript a refused message comes back here: its words go back in the box.
+        **kept_draft(request, conversation),
         "chat": chat,
         "finished": services.chat_finished(conversation),
         "paused": paused,

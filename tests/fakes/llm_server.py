@@ -20,7 +20,19 @@ a fault given as a dict may set "retry_after", "message" and "code"),
 (broken JSON content), "bad_body" (a response body that is not JSON at all), "bad_shape" (JSON,
 but not shaped as the protocol says: `choices` not a list, a message that is not an object),
 "schema_violation"
-(valid JSON that breaks the requested schema), "empty", "refuse" (a refusal), "content_filter".
+(valid JSON that breaks the requested schema), "empty", "refuse" (a refusal), "content_filter",
+"stream_error" (an `error` object sent inside the stream midway, as vLLM, llama.cpp and Ollama
+do), "error_200" (HTTP 200 whose body is an error object, as some proxies answer). A fault given
+as a dict may also set "body": the error body sent verbatim (another server's error shape).
+
+Knobs make it answer as other real servers do: `reasoning` ("reasoning_content" as DeepSeek and
+older vLLM, "reasoning" as Ollama and newer vLLM, "think" for `<think>...</think>` inside the
+content as Qwen3 or DeepSeek-R1 on llama.cpp and Ollama); `usage` ("final", "none", or "every":
+cumulative usage on every chunk); `keepalive` (`: ping` SSE comments between chunks);
+`context_length` (vLLM's 400 when the prompt plus `max_tokens` exceeds it); `format_rejection`
+("llama.cpp": older llama-server's HTTP 500 to a format it lacks); `require_v1` (404 to a chat
+path outside `/v1/`, as vLLM and Ollama answer a base URL without it); `ignore_response_format`
+(answer as if no format was asked, as older Ollama and some other servers do, without an error).
 
 Replies are words from a small vocabulary chosen by a hash of the messages, about as long as the
 last user message (capped by `reply_tokens` and `max_tokens`); `fake_reply()` predicts them. When
@@ -63,7 +75,11 @@ FAULT_KINDS = (
     "empty",
     "refuse",
     "content_filter",
+    "stream_error",
+    "error_200",
 )
+# A reasoning trace that holds a JSON object of its own, as real ones often do.
+REASONING_WORDS = ("Let", " me", " think:", " maybe", ' {"draft":', " 1}", " fits.")
 
 # Plain conversational words, so demo transcripts read like (odd) speech rather than noise.
 _VOCABULARY = """
@@ -95,6 +111,14 @@ class Knobs:
     hang_s: float = 300.0
     seed: int = 0
     models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
+    reasoning: str = ""  # "", "reasoning_content", "reasoning" or "think"
+    reasoning_tokens: int = 0  # 0: len(REASONING_WORDS); counted against max_tokens
+    usage: str = "final"  # "final" (when asked), "none", "every" (cumulative, on every chunk)
+    keepalive: bool = False  # ": ping" comments before every chunk
+    context_length: int = 0  # 0: no limit; else vLLM's 400 when prompt + max_tokens exceed it
+    format_rejection: str = "openai"  # or "llama.cpp": older llama-server's 500 to json_schema
+    require_v1: bool = False  # 404 (as vLLM, Ollama) to a chat path outside /v1/ or Azure's
+    ignore_response_format: bool = False  # answer as if none was asked (older Ollama and others)
 
     def update(self, values: Mapping[str, Any]) -> None:
         known = {f.name: f for f in fields(self)}
@@ -273,6 +297,16 @@ def _error_body(status: int, message: str, kind: str, code: str | None = None) -
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
+def _context_error(limit: int, prompt_tokens: int, wanted: int) -> dict[str, Any]:
+    """vLLM's answer to a prompt plus `max_tokens` beyond the model's context (its words)."""
+    message = (
+        f"'max_tokens' or 'max_completion_tokens' is too large: {wanted}. This model's maximum "
+        f"context length is {limit} tokens and your request has {prompt_tokens} input tokens "
+        f"({wanted} > {limit} - {prompt_tokens})."
+    )
+    return {"error": {"message": message, "type": "BadRequestError", "param": None, "code": 400}}
+
+
 class FakeLLMApp:
     """The ASGI app. All state lives on one event loop (the server's), so it needs no locks."""
 
@@ -372,6 +406,9 @@ class FakeLLMApp:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         if "/deployments/" in scope["path"]:  # Azure names the model in the path
             body.setdefault("model", scope["path"].split("/deployments/")[1].split("/")[0])
+        elif self.knobs.require_v1 and "/v1/" not in scope["path"]:
+            await _send_json(send, 404, {"detail": "Not Found"})
+            return
         self.counter += 1
         entry: dict[str, Any] = {
             "n": self.counter,
@@ -389,6 +426,8 @@ class FakeLLMApp:
         knobs = self.knobs
         messages = body.get("messages") or []
         fmt = (body.get("response_format") or {}).get("type", "text")
+        if knobs.ignore_response_format:
+            fmt = "text"
         if (fmt == "json_schema" and not knobs.json_schema) or (
             fmt == "json_object" and not knobs.json_object
         ):
@@ -396,7 +435,19 @@ class FakeLLMApp:
             message = f"response_format type {fmt!r} is not supported by this server"
             error = _error_body(400, message, "invalid_request_error")
             error["error"]["param"] = "response_format"
-            await _send_json(send, 400, error)
+            if knobs.format_rejection == "llama.cpp":  # a runtime_error: HTTP 500, its words
+                entry["status"] = 500
+                message = (
+                    f'response_format type must be one of "text" or "json_object", but got: {fmt}'
+                )
+                error = {"error": {"code": 500, "message": message, "type": "server_error"}}
+            await _send_json(send, entry["status"], error)
+            return
+        prompt_tokens = sum(3 + len(content_text(m.get("content")).split()) for m in messages)
+        wanted = body.get("max_completion_tokens") or body.get("max_tokens") or 0
+        if knobs.context_length and prompt_tokens + wanted > knobs.context_length:
+            entry["status"] = 400
+            await _send_json(send, 400, _context_error(knobs.context_length, prompt_tokens, wanted))
             return
         fault = self._next_fault()
         kind = entry["fault"] = fault["kind"] if fault else None
@@ -407,16 +458,39 @@ class FakeLLMApp:
         if kind == "hang":
             await _wait_for_disconnect(receive, fault.get("seconds", knobs.hang_s) if fault else 0)
             return
+        if kind == "error_200" or (kind == "stream_error" and not body.get("stream")):
+            error = _error_body(500, "The model crashed (fake).", "server_error")
+            await _send_json(send, 200, (fault or {}).get("body") or error)
+            return
         content, finish, refusal = self._content(body, messages, fmt, kind)
+        reasoning, content, finish = self._reasoning(body, content, finish)
         usage = {
-            "prompt_tokens": sum(3 + len(content_text(m.get("content")).split()) for m in messages),
-            "completion_tokens": len(content),
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(reasoning) + len(content),
         }
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         if body.get("stream"):
-            await self._stream(send, entry, body, content, finish, refusal, usage, kind)
+            await self._stream(send, entry, body, content, finish, refusal, usage, kind, reasoning)
         else:
-            await self._whole(send, entry, body, content, finish, refusal, usage, kind)
+            await self._whole(send, entry, body, content, finish, refusal, usage, kind, reasoning)
+
+    def _reasoning(
+        self, body: Mapping[str, Any], content: list[str], finish: str
+    ) -> tuple[list[str], list[str], str]:
+        """A reasoning model's deltas: its reasoning (in its own field), and the content (with
+        the reasoning inside `<think>` tags for the "think" knob), within `max_tokens`."""
+        if not self.knobs.reasoning:
+            return [], content, finish
+        count = self.knobs.reasoning_tokens or len(REASONING_WORDS)
+        reasoning = [REASONING_WORDS[i % len(REASONING_WORDS)] for i in range(count)]
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        if limit is not None and len(reasoning) + len(content) > limit:
+            content, finish = content[: max(0, limit - len(reasoning))], "length"
+            reasoning = reasoning[:limit]
+        if self.knobs.reasoning != "think":
+            return reasoning, content, finish
+        closed = ["</think>", "\n\n"] if content or finish != "length" else []
+        return [], ["<think>", "\n", *reasoning, *closed, *content], finish
 
     def _content(
         self,
@@ -487,7 +561,7 @@ class FakeLLMApp:
             error["error"]["message"] = str(fault["message"])
         if fault.get("code"):
             error["error"]["code"] = str(fault["code"])
-        await _send_json(send, status, error, headers)
+        await _send_json(send, status, fault.get("body") or error, headers)
 
     async def _pace(self, index: int, started: float) -> None:
         """Sleep until token `index` is due under the ttft and tokens-per-second knobs."""
@@ -508,10 +582,15 @@ class FakeLLMApp:
         refusal: str | None,
         usage: dict[str, int],
         kind: str | None,
+        reasoning: list[str],
     ) -> None:
         started = time.perf_counter()
         ident = f"chatcmpl-fake{entry['n']}"
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        knobs = self.knobs
+        include_usage = knobs.usage == "final" and bool(
+            (body.get("stream_options") or {}).get("include_usage")
+        )
+        sent = 0
         base = {
             "id": ident,
             "object": "chat.completion.chunk",
@@ -521,7 +600,8 @@ class FakeLLMApp:
         }
 
         async def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> None:
-            data = {
+            nonlocal sent
+            data: dict[str, Any] = {
                 **base,
                 "choices": [
                     {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
@@ -529,10 +609,22 @@ class FakeLLMApp:
             }
             if include_usage:
                 data["usage"] = None
+            if knobs.usage == "every":  # cumulative, as some servers send on every chunk
+                sent += 1 if delta.get("content") or delta.get(knobs.reasoning) else 0
+                data["usage"] = {**usage, "completion_tokens": sent}
+                data["usage"]["total_tokens"] = usage["prompt_tokens"] + sent
+            if knobs.keepalive:
+                await send({"type": "http.response.body", "body": b": ping\n\n", "more_body": True})
             await _send_sse(send, json.dumps(data))
 
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
         await chunk({"role": "assistant", "content": "", "refusal": None})
+        for index, piece in enumerate(reasoning):
+            await self._pace(index, started)
+            if knobs.reasoning == "reasoning":  # Ollama sends an empty content beside it
+                await chunk({"content": "", "reasoning": piece})
+            else:
+                await chunk({knobs.reasoning: piece})
         if refusal:
             await self._pace(0, started)
             entry["first_token_at"] = time.time()
@@ -547,6 +639,12 @@ class FakeLLMApp:
         for index, delta in enumerate(content):
             if cut_at is not None and index >= cut_at:
                 raise _Cut
+            if kind == "stream_error" and index == max(1, len(content) // 2):
+                error = _error_body(500, "The model crashed midway (fake).", "server_error")
+                await _send_sse(send, json.dumps(error))
+                await _send_sse(send, "[DONE]")
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
             await self._pace(index, started)
             if index == 0:
                 entry["first_token_at"] = time.time()
@@ -569,6 +667,7 @@ class FakeLLMApp:
         refusal: str | None,
         usage: dict[str, int],
         kind: str | None,
+        reasoning: list[str],
     ) -> None:
         started = time.perf_counter()
         await self._pace(max(0, len(content) - 1), started)
@@ -577,6 +676,8 @@ class FakeLLMApp:
             "content": None if refusal else "".join(content),
             "refusal": refusal,
         }
+        if reasoning:
+            message[self.knobs.reasoning] = "".join(reasoning)
         data = {
             "id": f"chatcmpl-fake{entry['n']}",
             "object": "chat.completion",
@@ -588,6 +689,8 @@ class FakeLLMApp:
             ],
             "usage": usage,
         }
+        if self.knobs.usage == "none":
+            del data["usage"]
         payload = json.dumps(data).encode()
         entry["first_token_at"] = time.time()
         if kind == "bad_body":

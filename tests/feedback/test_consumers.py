@@ -380,3 +380,20 @@ async def test_a_database_outage_on_connect_asks_the_page_to_try_again(monkeypat
     assert connected  # accepted, then closed with "try again later"
     closed = await page.receive_output(timeout=10)
     assert closed == {"type": "websocket.close", "code": consumers.TRY_AGAIN_LATER}
+
+
+async def test_a_viewed_report_naming_another_learners_request_changes_nothing():
+    # Request ids are sequential: a socket may only time the panels of its own conversation.
+    theirs = await make_conversation()
+    their_request = await answered_while_away(theirs)
+    mine = await make_conversation()
+    page = await open_socket(mine)
+    await page.send_to(text_data=json.dumps({"action": "viewed", "request_id": their_request.pk}))
+    assert await page.receive_nothing(timeout=0.3)  # the same silence as for an unknown id
+    await page.disconnect()
+    assert (await reload(their_request)).viewed_at is None
+    owner = await open_socket(theirs)
+    await owner.receive_from(timeout=10)  # the undelivered answer, shown on connect
+    await owner.send_to(text_data=json.dumps({"action": "viewed", "request_id": their_request.pk}))
+    assert (await eventually(their_request, "viewed_at")).viewed_at is not None
+    await owner.disconnect()

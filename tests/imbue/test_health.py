@@ -41,6 +41,19 @@ def test_healthz_says_503_when_redis_is_unreachable(client: Client, settings, mo
     assert response.json()["worker"] == {"ok": False, "status": "not checked"}
 
 
+def test_healthz_answers_head_with_the_same_status(client: Client, settings, monkeypatch) -> None:
+    # Uptime monitors often check with HEAD: a 405 there reads as "down" while all is well.
+    from imbue import services
+
+    monkeypatch.setattr(services, "_database_fails", lambda: None)
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    assert client.head("/healthz").status_code == client.get("/healthz").status_code == 503
+    monkeypatch.setattr(services, "check_health", lambda: {"ok": True})
+    head = client.head("/healthz")
+    assert head.status_code == 200 and head.content == b""
+    assert client.options("/healthz").status_code == 405
+
+
 class _DatabaseAway:
     def cursor(self) -> None:
         raise OperationalError('connection to server at "10.9.8.7", port 5432 failed: refused')

@@ -268,3 +268,48 @@ def test_waits_of_minutes_are_said_in_minutes() -> None:
     assert ratelimit._wait_words(1) == "1 second"
     assert ratelimit._wait_words(60) == "60 seconds"  # the per-minute limits read as before
     assert ratelimit._wait_words(841) == "15 minutes"
+
+
+# --- failed staff sign-ins --------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_staff_passwords_that_do_not_match_are_limited_per_account_and_address(
+    monkeypatch,
+) -> None:
+    # A staff password opens study data; the admin's sign-in let anyone try passwords without end.
+    from django.contrib.auth.models import User
+    from django.test import Client
+
+    monkeypatch.setattr(ratelimit, "SIGN_IN_FAILURES_PER_ACCOUNT", 3)
+    monkeypatch.setattr(ratelimit, "SIGN_IN_FAILURES_PER_ADDRESS", 5)
+    password = "a-long-test-password-1"
+    name, other_name = f"staff-{uuid.uuid4().hex[:8]}", f"staff-{uuid.uuid4().hex[:8]}"
+    for username in (name, other_name):
+        User.objects.create_user(username, password=password, is_staff=True)
+    address = f"2001:db8:{uuid.uuid4().int % 0xFFFF:x}:{uuid.uuid4().int % 0xFFFF:x}::7"
+    elsewhere = f"2001:db8:{uuid.uuid4().int % 0xFFFF:x}:{uuid.uuid4().int % 0xFFFF:x}::9"
+
+    def sign_in(username: str, secret: str, ip: str = address) -> tuple[int, str]:
+        response = Client().post(
+            "/admin/login/?next=/admin/",
+            {"username": username, "password": secret},
+            REMOTE_ADDR=ip,
+        )
+        return response.status_code, response.content.decode()
+
+    for _ in range(5):  # right passwords never count
+        assert sign_in(name, password)[0] == 302
+    for _ in range(3):
+        status, page = sign_in(name, "not-the-password")
+        assert status == 200 and "Please enter the correct username and password" in page
+    status, page = sign_in(name, password)  # held up, even with the right password now
+    assert status == 200 and "too many sign-ins that did not match" in page
+    assert "please wait 15 minutes" in page and f'value="{name}"' in page
+    assert sign_in(name, password, elsewhere)[0] == 200  # the account, from any address
+    assert sign_in(other_name, password)[0] == 302  # another account, from this address
+    # The address: two more wrong passwords (five in all), then no account from it is tried.
+    assert sign_in(other_name, "wrong")[0] == sign_in(other_name, "wrong")[0] == 200
+    status, page = sign_in(other_name, password)
+    assert status == 200 and "too many sign-ins that did not match" in page
+    assert sign_in(other_name, password, elsewhere)[0] == 302

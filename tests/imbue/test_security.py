@@ -263,6 +263,28 @@ def test_unknown_page_is_a_plain_404(client: Client) -> None:
     assert "Traceback" not in page and "Page not found (404)" not in page
 
 
+@pytest.mark.django_db
+def test_an_address_opened_the_wrong_way_gets_a_plain_405_page() -> None:
+    # A chat page refused without JavaScript stays at its form's address (/send/); reopening it
+    # from the address bar or the history is a GET, which used to answer an empty page.
+    client = Client()
+    client.get("/practice/")
+    refused_here = [route for route in product_routes() if not route.startswith("/admin/")]
+    checked = []
+    for route in refused_here:
+        for method in ("get", "post", "put", "delete"):
+            response = getattr(client, method)(route)
+            if response.status_code != 405:
+                continue
+            page = response.content.decode()
+            assert "This page cannot be opened directly" in page, (method, route)
+            assert "Nothing was saved" in page and response["Allow"], (method, route)
+            assert response["Content-Type"].startswith("text/html"), (method, route)
+            checked.append(f"{method.upper()} {route}")
+    assert "GET /practice/c/1/send/" in checked and "POST /healthz" in checked
+    print(f"\n405 page checked on {len(checked)} route/method pairs")
+
+
 @pytest.mark.urls(THIS_URLCONF)
 def test_server_error_is_a_plain_500_without_details() -> None:
     response = Client(raise_request_exception=False).get("/boom/")
@@ -306,7 +328,7 @@ def test_database_outage_while_saving_the_session_is_a_503(monkeypatch) -> None:
 def test_error_templates_render_without_a_request_or_database() -> None:
     from django.template.loader import render_to_string
 
-    for code in (400, 403, 404, 500, 503):
+    for code in (400, 403, 404, 405, 500, 503):
         page = render_to_string(f"imbue/error_{code}.html")
         assert "<h1>" in page and "{%" not in page and "IMBUE" in page
 
@@ -323,6 +345,21 @@ def test_nul_bytes_in_a_form_are_refused_before_the_view(client: Client) -> None
     response = client.get("/practice/library/", {"q\x00": "x"})
     assert response.status_code == 400
     assert Learner.objects.count() == before
+
+
+@pytest.mark.django_db
+def test_nul_bytes_in_a_page_address_are_refused_not_a_server_error(no_llm: None) -> None:
+    # A participant code is a text lookup: PostgreSQL refuses NUL in it with a DataError (a 500).
+    from tests.study.factories import open_study
+
+    open_study("alpha")
+    staff = Client()
+    staff.force_login(User.objects.create_superuser("boss", "b@example.org", "pw-for-tests-1"))
+    for url in ("/research/alpha/participants/%00/", "/research/alpha/participants/P%00Q/"):
+        response = staff.get(url)
+        assert response.status_code == 400, url
+        assert "address contained characters we cannot read" in response.content.decode()
+    assert staff.get("/research/alpha/participants/NOSUCHCODE/").status_code == 404
 
 
 @pytest.mark.django_db
@@ -535,6 +572,39 @@ def test_admin_pages_need_a_staff_account() -> None:
             if response.status_code == 302:
                 assert response["Location"].startswith("/admin/login/"), url
     assert len(admin_routes) > 30
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "date",
+    [
+        {"year": "99999999999999999999"},  # too large for a C long: OverflowError
+        {"year": "9999"},  # its next year is out of range
+        {"year": "9999", "month": "12"},
+        {"year": "9999", "month": "12", "day": "31"},
+        {"year": "2026", "month": "13"},
+        {"year": "-1"},
+    ],
+)
+def test_an_admin_date_hierarchy_out_of_range_is_an_invalid_lookup_not_a_500(
+    date: dict[str, str],
+) -> None:
+    from django.contrib import admin
+
+    staff = Client()
+    staff.force_login(User.objects.create_superuser("boss", "b@example.org", "pw-for-tests-1"))
+    screens = [
+        (model, model_admin.date_hierarchy)
+        for model, model_admin in admin.site._registry.items()
+        if model_admin.date_hierarchy
+    ]
+    assert len(screens) >= 4
+    for model, field in screens:
+        url = f"/admin/{model._meta.app_label}/{model._meta.model_name}/"
+        response = staff.get(url, {f"{field}__{part}": value for part, value in date.items()})
+        # Django's answer to any lookup it cannot use: back to the list, marked invalid.
+        assert response.status_code == 302, (url, date, response.status_code)
+        assert response["Location"].endswith("?e=1"), (url, response["Location"])
 
 
 @pytest.mark.asyncio

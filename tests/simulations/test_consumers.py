@@ -473,6 +473,29 @@ async def test_bad_frames_get_a_polite_answer_and_the_socket_stays_open(no_llm: 
     await view.communicator.disconnect()
 
 
+async def test_an_action_on_a_conversation_deleted_meanwhile_says_so_and_is_no_error(
+    no_llm: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A participant who withdraws in one tab deletes the chat another tab still has open: that
+    # tab's next action must say what happened, not "something went wrong on our side".
+    conversation = await start()
+    view = await open_view(conversation)
+    await database_sync_to_async(Conversation.objects.filter(pk=conversation.pk).delete)()
+    caplog.clear()
+    for frame in (
+        {"action": "send", "text": "Please wash up tonight.", "strategies": ["assert"]},
+        {"action": "end"},
+        {"action": "checkin", "phase": "midway", "intensity": "4"},
+        {"action": "suggest"},
+    ):
+        await view.communicator.send_to(text_data=json.dumps(frame))
+        answer = await view.until(lambda f: 'id="chat-error"' in f and "no longer exists" in f)
+        assert "Something went wrong" not in answer, frame
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
+    assert not await database_sync_to_async(Message.objects.exists)()
+    await view.communicator.disconnect()
+
+
 async def test_checkins_and_suggestions_over_the_socket(no_llm: None) -> None:
     conversation = await start()
     view = await open_view(conversation)

@@ -139,3 +139,19 @@ def test_the_chat_service_records_what_it_suggests(no_llm: None) -> None:
     shown = services.suggest_skill(conversation=conversation)
     row = SkillSuggestion.objects.get(conversation=conversation)
     assert (row.skill, row.reason, row.engine) == (shown.skill, shown.reason, shown.engine)
+
+
+def test_a_spent_token_budget_gets_the_written_rules_and_no_model_call(fake_llm: Any) -> None:
+    # Pressing "Suggest a skill" again and again must not spend past the conversation's budget:
+    # the partner and the feedback stop calling the model there, and so must the suggestions.
+    conversation = start()
+    say(conversation)
+    assert conversation.partner_engine == "llm"
+    conversation.token_budget = 1  # the persona and partner calls have spent more than this
+    conversation.save(update_fields=["token_budget"])
+    shown = [ask(conversation=conversation) for _ in range(3)]
+    assert [s.engine for s in shown] == ["offline"] * 3
+    assert not LLMCall.objects.filter(purpose="suggestion").exists()
+    assert not [r for r in fake_llm.requests() if r["purpose"] == "suggestion"]
+    rows = SkillSuggestion.objects.filter(conversation=conversation)
+    assert [r.engine for r in rows] == ["offline"] * 3

@@ -416,6 +416,42 @@ def test_without_javascript_the_chats_forms_come_back_to_the_step(
     assert 'class="messages"' in refused.content.decode()
 
 
+@pytest.mark.django_db(transaction=True)  # the reply is written on another thread's connection
+def test_without_javascript_a_refused_message_comes_back_into_the_steps_message_box(
+    client: Client, study: Study
+) -> None:
+    participant = walk_to(join(client, study), "eval_s1_pre")
+    client.get(step_url(study, "eval_s1_pre"))
+    conversation = Conversation.objects.get(learner=participant.learner)
+    send = reverse("simulations:send", args=[conversation.pk])
+    words = "You left the dishes <again> on four nights; please wash up tonight."
+    # No skill ticked: refused, and the words typed must not be lost on the way back.
+    refused = client.post(send, {"text": words, "strategies": []}, follow=True)
+    page = refused.content.decode()
+    assert "Pick at least one skill" in " ".join(flashes(refused))
+    box = re.search(r'<textarea id="message-text"[^>]*>([^<]*)</textarea>', page)
+    assert (
+        box
+        and box.group(1)
+        == "You left the dishes &lt;again&gt; on four nights; please wash up tonight."
+    )
+    # Too long: the words and the skills ticked both come back.
+    long_words = "Please. " * 300
+    refused = client.post(
+        send, {"text": long_words, "strategies": ["describe", "assert"]}, follow=True
+    )
+    page = refused.content.decode()
+    assert "the limit is 2,000" in " ".join(flashes(refused))
+    assert long_words.strip() in page
+    assert re.search(r'value="describe" id="strategy-describe"[^>]* checked', page)
+    assert re.search(r'value="assert" id="strategy-assert"[^>]* checked', page)
+    assert not re.search(r'value="express" id="strategy-express"[^>]* checked', page)
+    # Once: the next visit shows an empty box, and nothing was stored.
+    again = client.get(step_url(study, "eval_s1_pre")).content.decode()
+    assert re.search(r'<textarea id="message-text"[^>]*></textarea>', again)
+    assert not conversation.messages.filter(role="learner").exists()
+
+
 def test_the_training_chat_shows_feedback_only_in_the_feedback_arm(study: Study) -> None:
     pages: dict[str, str] = {}
     for index in range(4):  # a permuted block of 4 holds two of each arm
