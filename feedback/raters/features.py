@@ -144,7 +144,6 @@ _WORD_FORMS: dict[str, str] = {
     "2day": "today",
     "gr8": "great",
     "nvm": "never mind",
-    "pcs": "please",
     "ofc": "of course",
     # Common misspellings (non-words only: a slip that spells another word is left alone).
     "becaus": "because",
