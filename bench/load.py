@@ -7,13 +7,15 @@ Each learner does what the conversation page does in Chromium with htmx:
    redirect `GET /practice/c/<id>/`, whose `<body hx-headers>` holds the token htmx sends;
 2. opens `ws/conversations/<id>/` and `ws/conversations/<id>/feedback/` with the session cookie
    and the page's Origin, as the ws extension does (permessage-deflate offered, as browsers do);
-3. per turn: "writes" a draft (think time), posts it to `POST /feedback/c/<id>/request/` as the
-   "Get feedback" button does, waits on the feedback socket for the final panel and reports it
-   "viewed"; reads it (think time), then sends the message over the chat socket as the form's
-   `ws-send` does (the draft as it was rated, or, for a share of the turns, changed after reading
-   the feedback) (`{"action": "send", "text": ..., "strategies": [...], "send_key": ...}`, with
-   the key the page was last given) and reads the partner's reply as it streams (first delta,
-   then the completed bubble).
+3. per turn: "writes" a draft (think time), asks for feedback as the "Get feedback" button does
+   (over the open feedback socket, `{"action": "request", "text": ..., "strategies": [...],
+   "used_rewrite": ""}`; with `feedback_over="http"` by `POST /feedback/c/<id>/request/`, as the
+   button does when the socket is not open), waits on the feedback socket for the final panel and
+   reports it "viewed"; reads it (think time), then sends the message over the chat socket as the
+   form's `ws-send` does (the draft as it was rated, or, for a share of the turns, changed after
+   reading the feedback) (`{"action": "send", "text": ..., "strategies": [...], "send_key":
+   ...}`, with the key the page was last given) and reads the partner's reply as it streams
+   (first delta, then the completed bubble).
 
 At the same moment as each of these, a direct client sends the matching request straight to the
 fake model server (a streamed reply to the same text; a JSON reply), so the limit is measured in
@@ -105,6 +107,9 @@ class LoadConfig:
     # The generator's event loop: "uvloop" (as the web processes run) or "asyncio" (the
     # standard library's, which costs the machine more CPU per learner; sessions 1-11 used it).
     client_loop: str = "uvloop"
+    # How the "Get feedback" button asks: "socket" (the page's way while its feedback socket is
+    # open) or "http" (its fallback, and every session's way before 19).
+    feedback_over: str = "socket"
 
 
 # --- a small HTTP/1.1 client ------------------------------------------------------------------
@@ -563,7 +568,8 @@ class Learner:
                 raise RuntimeError(sent.error)
 
     async def ask_feedback(self, turn: int, text: str, chosen: list[str]) -> FeedbackAsk:
-        """The "Get feedback" button: POST, then the final panel on the feedback socket."""
+        """The "Get feedback" button (over the socket or HTTP), then the final panel on the
+        feedback socket."""
         assert self.feedback is not None
         tag = tag_in(text)
         ask = FeedbackAsk(self.index, turn, tag, time.time())
@@ -576,27 +582,12 @@ class Learner:
                 direct_call(self.fake_url, text.replace(tag, ask.direct_tag), stream=False)
             )
         started = time.perf_counter()
-        form = [("text", text), *[("strategies", s) for s in chosen], ("used_rewrite", ""),
-                ("csrfmiddlewaretoken", self.token)]  # fmt: skip
         try:
-            response = await self._call(
-                "POST",
-                f"/feedback/c/{self.conversation_id}/request/",
-                headers=self._headers(
-                    **{"Content-Type": "application/x-www-form-urlencoded",
-                       "HX-Request": "true", "HX-Trigger": "feedback-button",
-                       "HX-Target": "feedback-panel-body", "X-CSRFToken": self.token,
-                       "HX-Current-URL": f"{self.base}/practice/c/{self.conversation_id}/",
-                       "Origin": self.origin}
-                ),
-                body=urlencode(form).encode(),
-                timeout=self.config.wait_timeout_s,
-            )  # fmt: skip
+            if self.config.feedback_over == "socket":
+                request_id = await self._ask_over_socket(text, chosen, start_index)
+            else:
+                request_id = await self._ask_over_http(text, chosen)
             ask.offline_ms = (time.perf_counter() - started) * 1000
-            panel = PANEL.search(response.text)
-            if response.status != 200 or not panel:
-                raise RuntimeError(f"feedback HTTP {response.status}")
-            request_id = panel.group(2)
             ask.request_id = int(request_id)
 
             def final(frame: str) -> bool:
@@ -614,6 +605,45 @@ class Learner:
             if result.error:
                 self.results.direct_errors.append(result.error)
         return ask
+
+    async def _ask_over_socket(self, text: str, chosen: list[str], start: int) -> str:
+        """The button while the feedback socket is open: the request as a frame; its answer is
+        the next panel (or refusal) the socket sends. Returns the request's id."""
+        assert self.feedback is not None
+        await self.feedback.send(
+            {"action": "request", "text": text, "strategies": chosen, "used_rewrite": ""}
+        )
+        _, _, found = await self.feedback.wait_for(
+            lambda frame: PANEL.search(frame) or ('data-state="error"' in frame and frame),
+            start,
+            self.config.wait_timeout_s,
+        )
+        if isinstance(found, str):
+            words = " ".join(re.sub(r"<[^>]+>", " ", found).split())
+            raise RuntimeError(f"feedback refused: {words}"[:160])
+        return found.group(2)
+
+    async def _ask_over_http(self, text: str, chosen: list[str]) -> str:
+        """The button's own HTTP request (its fallback). Returns the request's id."""
+        form = [("text", text), *[("strategies", s) for s in chosen], ("used_rewrite", ""),
+                ("csrfmiddlewaretoken", self.token)]  # fmt: skip
+        response = await self._call(
+            "POST",
+            f"/feedback/c/{self.conversation_id}/request/",
+            headers=self._headers(
+                **{"Content-Type": "application/x-www-form-urlencoded",
+                   "HX-Request": "true", "HX-Trigger": "feedback-button",
+                   "HX-Target": "feedback-panel-body", "X-CSRFToken": self.token,
+                   "HX-Current-URL": f"{self.base}/practice/c/{self.conversation_id}/",
+                   "Origin": self.origin}
+            ),
+            body=urlencode(form).encode(),
+            timeout=self.config.wait_timeout_s,
+        )  # fmt: skip
+        panel = PANEL.search(response.text)
+        if response.status != 200 or not panel:
+            raise RuntimeError(f"feedback HTTP {response.status}")
+        return panel.group(2)
 
     async def send_message(self, turn: int, text: str, chosen: list[str]) -> Turn:
         """The chat form's ws-send, then the partner's reply as it streams."""

@@ -337,7 +337,7 @@ def run_client(config: LoadConfig, coroutine: Coroutine[Any, Any, T]) -> T:
     raise ValueError(f"unknown client loop: {config.client_loop!r}")
 
 
-def warm_up(stack: Stack) -> dict[str, float]:
+def warm_up(stack: Stack, feedback_over: str = "socket") -> dict[str, float]:
     """Learners through one turn each, enough that every web process (the kernel spreads the
     connections) has loaded its code, trained the offline rater and built its indexes; returns
     the CPU seconds each server process spent on it, so a process left cold shows."""
@@ -345,7 +345,7 @@ def warm_up(stack: Stack) -> dict[str, float]:
     sampler = ProcessSampler(servers)
     config = LoadConfig(
         learners=8 * stack.config.web_workers, messages=1, draft_think_s=(0.1, 1.0),
-        read_think_s=(0.1, 0.3), ramp_s=1.0, direct=False, seed=999,
+        read_think_s=(0.1, 0.3), ramp_s=1.0, direct=False, seed=999, feedback_over=feedback_over,
     )  # fmt: skip
     run_client(config, run_load(stack.base_url, stack.fake_url, config))
     stack.clear_fake_log()
@@ -355,7 +355,7 @@ def warm_up(stack: Stack) -> dict[str, float]:
 def run_one(load: LoadConfig, stack_config: StackConfig) -> dict[str, Any]:
     """One size on a fresh stack: warm-up, set-up (memory sampled), turns (CPU sampled)."""
     with Stack(stack_config) as stack:
-        warm_cpu = warm_up(stack)
+        warm_cpu = warm_up(stack, load.feedback_over)
         servers = stack.server_processes()
         web_names = [n for n in servers if n.startswith("web")]
         baseline = ProcessSampler(servers).sample()
@@ -683,6 +683,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the load generator's event loop (asyncio: as sessions 1-11 ran it)",
     )
     parser.add_argument(
+        "--feedback-over",
+        choices=["socket", "http"],
+        default="socket",
+        help='how "Get feedback" asks: over the open feedback socket (the page\'s way) or HTTP',
+    )
+    parser.add_argument(
         "--patches",
         type=Path,
         nargs="+",
@@ -722,6 +728,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             learners=size,
             messages=args.messages or STANDARD.get(size, 2),
             client_loop=args.client_loop,
+            feedback_over=args.feedback_over,
         )
         load = replace(
             load,

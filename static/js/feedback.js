@@ -39,13 +39,56 @@
     );
   }
 
+  // "Get feedback" asks over the feedback socket while it is open: the same fields as the
+  // button's HTTP request (its hx-post, used whenever the socket is not open), without an HTTP
+  // request per draft. The answer is the panel (or a refusal's message) the socket sends next.
+  // The draft stays in the box whatever happens; a socket that closes first ends the wait (its
+  // next connection sends the newest panel of this draft, if the request was made).
+  const ASK_TIMEOUT_MS = 20000;
+  let asking = null;
+  function doneAsking() {
+    if (!asking) return;
+    clearTimeout(asking.timer);
+    asking.button.disabled = false;
+    asking.button.removeAttribute("aria-busy");
+    asking = null;
+  }
+  document.addEventListener("htmx:confirm", (event) => {
+    const button = event.detail.elt;
+    const form = document.getElementById("chat-form");
+    if (!button || button.id !== "feedback-button" || !socket || !form) return;
+    event.preventDefault();
+    if (asking) return; // one request at a time, as hx-disabled-elt keeps it over HTTP
+    const fields = new FormData(form);
+    const flag = document.getElementById(FLAG);
+    socket.send(
+      JSON.stringify({
+        action: "request",
+        text: fields.get("text") || "",
+        strategies: fields.getAll("strategies"),
+        used_rewrite: flag ? flag.value : "",
+      }),
+    );
+    button.disabled = true;
+    button.setAttribute("aria-busy", "true");
+    asking = { button, timer: setTimeout(doneAsking, ASK_TIMEOUT_MS) };
+  });
+  document.addEventListener("htmx:wsAfterMessage", (event) => {
+    if (isFeedbackSocket(event)) doneAsking();
+  });
+
+  // The slot says whether its socket is open (data-socket), for styles and tests alike.
   document.addEventListener("htmx:wsOpen", (event) => {
     if (!isFeedbackSocket(event)) return;
     socket = event.detail.socketWrapper;
+    event.detail.elt.dataset.socket = "open";
     reportViewed();
   });
   document.addEventListener("htmx:wsClose", (event) => {
-    if (isFeedbackSocket(event)) socket = null;
+    if (!isFeedbackSocket(event)) return;
+    socket = null;
+    event.detail.elt.dataset.socket = "closed";
+    doneAsking();
   });
   // The panel is not a live region (a screen reader would read all of it again at each of its
   // updates): its short status ("Quick check ready: 2 skills to work on...") goes to the slot's

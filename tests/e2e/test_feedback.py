@@ -34,6 +34,11 @@ def practise(page, **fields) -> Situation:
     return situation
 
 
+def wait_for_feedback_socket(page) -> None:
+    """Until the page's feedback socket is open (static/js/feedback.js has heard htmx:wsOpen)."""
+    page.wait_for_selector("[data-feedback-socket][data-socket='open']", state="attached")
+
+
 @pytest.mark.django_db(transaction=True)
 def test_ask_for_feedback_use_the_rewrite_ask_again_and_send(page, fake_llm):
     situation = practise(
@@ -49,6 +54,9 @@ def test_ask_for_feedback_use_the_rewrite_ask_again_and_send(page, fake_llm):
     for key in ("describe", "express", "assert", "reinforce", "negotiate"):
         page.check(f"#strategy-{key}")
     page.fill("#message-text", DRAFT)
+    posts: list[str] = []
+    page.on("request", lambda r: posts.append(r.url) if "/feedback/c/" in r.url else None)
+    wait_for_feedback_socket(page)
 
     # First request: the expert model's panel replaces the quick offline check.
     page.click("#feedback-button")
@@ -97,6 +105,8 @@ def test_ask_for_feedback_use_the_rewrite_ask_again_and_send(page, fake_llm):
         "viewed reports",
     )
     assert len([r for r in fake_llm.requests() if r.get("purpose") == "feedback"]) == 2
+    # Both were asked over the open feedback socket: no HTTP request per draft.
+    assert posts == []
     # The partner's reply is still being written: let it be stored before the test's database is
     # emptied (a TRUNCATE racing the reply's transaction can deadlock the teardown).
     page.wait_for_selector("#transcript .msg-partner.msg-complete", timeout=20_000)
@@ -134,6 +144,13 @@ def test_a_final_panel_that_beats_the_http_answer_is_kept(page, fake_llm):
     page.route("**/feedback/c/*/request/", hold_the_answer)
     # The quick check is answered well before the expert (even by a process still warming up).
     fake_llm.configure(ttft_ms=3000)
+    # The page asks over HTTP when its feedback socket is not open (reconnecting, or a proxy
+    # that refuses sockets). Told so, the page takes the button's HTTP path while the real
+    # socket stays open to bring the expert's panel.
+    wait_for_feedback_socket(page)
+    page.evaluate(
+        "htmx.trigger(document.querySelector('[data-feedback-socket]'), 'htmx:wsClose', {})"
+    )
     page.click("#feedback-button")
     # The button is enabled again once htmx has handled the (late) HTTP answer.
     page.wait_for_selector("#feedback-button:not([disabled])")

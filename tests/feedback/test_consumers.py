@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from datetime import timedelta
@@ -397,3 +398,107 @@ async def test_a_viewed_report_naming_another_learners_request_changes_nothing()
     await owner.send_to(text_data=json.dumps({"action": "viewed", "request_id": their_request.pk}))
     assert (await eventually(their_request, "viewed_at")).viewed_at is not None
     await owner.disconnect()
+
+
+# ----------------------------------------------------------------- "Get feedback" over the socket
+
+
+def request_frame(text: str = DRAFT, strategies: object = ("assert",), **fields: object) -> str:
+    """What static/js/feedback.js sends for the button while the socket is open."""
+    return json.dumps({"action": "request", "text": text, "strategies": list(strategies), **fields})
+
+
+@database_sync_to_async
+def drafts_of(conversation: Conversation) -> list[Draft]:
+    return list(Draft.objects.filter(conversation=conversation).order_by("revision"))
+
+
+async def test_the_button_over_the_socket_gets_the_quick_check_then_the_experts_panel(
+    celery_worker, fake_llm
+):
+    conversation = await make_conversation()
+    page = await open_socket(conversation)
+    await page.send_to(text_data=request_frame(used_rewrite="1"))
+    quick = await page.receive_from(timeout=10)
+    # The button's answer comes first, swapped in by id (out of band), as the HTTP answer is.
+    assert 'id="feedback-panel-body"' in quick and 'hx-swap-oob="true"' in quick
+    request_id = int(re.search(r'data-request-id="(\d+)"', quick).group(1))
+    if 'data-state="final"' not in quick:
+        assert 'data-state="queued"' in quick and "Quick offline check" in quick
+        final = await page.receive_from(timeout=30)
+        assert f'data-request-id="{request_id}"' in final and 'data-state="final"' in final
+    [draft] = await drafts_of(conversation)
+    assert (draft.text, draft.strategies, draft.used_rewrite) == (DRAFT, ["assert"], True)
+    feedback = await eventually(await reload(FeedbackRequest(pk=request_id)), "delivered_at")
+    assert feedback.draft_id == draft.pk and feedback.engine == "llm"
+    assert len(feedback_calls(fake_llm)) == 1
+    await page.disconnect()
+
+
+async def test_without_a_model_the_sockets_answer_is_the_final_panel_and_counts_as_delivered():
+    conversation = await make_conversation()
+    page = await open_socket(conversation)
+    await page.send_to(text_data=request_frame(strategies=["describe", "assert"]))
+    html = await page.receive_from(timeout=10)
+    assert 'data-state="final"' in html and "offline rater" in html
+    request_id = int(re.search(r'data-request-id="(\d+)"', html).group(1))
+    feedback = await eventually(await reload(FeedbackRequest(pk=request_id)), "delivered_at")
+    assert feedback.delivered_at is not None and feedback.engine == "offline"
+    # The same socket goes on: the next revision is rated too.
+    await page.send_to(text_data=request_frame(text=DRAFT + " Thanks."))
+    assert 'data-state="final"' in await page.receive_from(timeout=10)
+    assert [d.revision for d in await drafts_of(conversation)] == [1, 2]
+    await page.disconnect()
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        (request_frame(text="   "), "write"),  # the service's own refusal, word for word below
+        (request_frame(strategies=[]), "strateg"),
+        (request_frame(text=["a", "list"]), "could not be read"),
+        (request_frame(strategies=[{"key": "assert"}]), "could not be read"),
+        (json.dumps({"action": "request", "text": "x" * 70_000}), "far too long"),
+    ],
+)
+async def test_a_refused_request_over_the_socket_says_why_and_stores_nothing(frame, message):
+    conversation = await make_conversation()
+    page = await open_socket(conversation)
+    await page.send_to(text_data=frame)
+    html = await page.receive_from(timeout=10)
+    assert 'data-state="error"' in html and 'role="alert"' in html
+    assert 'hx-swap-oob="true"' in html and message in html.lower()
+    assert await drafts_of(conversation) == []
+    await page.disconnect()
+
+
+async def test_a_request_on_a_conversation_deleted_meanwhile_says_it_no_longer_exists():
+    from simulations.services import CONVERSATION_GONE
+
+    conversation = await make_conversation()
+    page = await open_socket(conversation)
+    await database_sync_to_async(Conversation.objects.filter(pk=conversation.pk).delete)()
+    await page.send_to(text_data=request_frame())
+    html = await page.receive_from(timeout=10)
+    assert 'data-state="error"' in html
+    assert "This conversation no longer exists" in html
+    assert CONVERSATION_GONE.startswith("This conversation no longer exists")
+    await page.disconnect()
+
+
+async def test_a_database_outage_during_a_request_says_so_and_the_socket_stays(monkeypatch):
+    from feedback import consumers
+
+    conversation = await make_conversation()
+    page = await open_socket(conversation)
+    asked, calls = flaky(consumers._ask, failures=1)
+    monkeypatch.setattr(consumers, "_ask", asked)
+    await page.send_to(text_data=request_frame())
+    html = await page.receive_from(timeout=10)
+    assert 'data-state="error"' in html and "reach our database" in html
+    assert "still in the box" in html
+    # Asked again once the database is back: rated, on the same socket.
+    await page.send_to(text_data=request_frame())
+    assert 'data-state="final"' in await page.receive_from(timeout=10)
+    assert calls["n"] == 2 and len(await drafts_of(conversation)) == 1
+    await page.disconnect()
