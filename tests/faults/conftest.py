@@ -787,6 +787,7 @@ class Page:
         self.token = ""
         self.view = View()
         self.panels: dict[int, tuple[str, str, float]] = {}  # request id -> state, engine, time
+        self.feedback_frames: list[str] = []  # every frame the feedback socket brought
         self.changed = asyncio.Event()
         self.full_generation = 0  # the chat socket generation whose transcript is shown
         self.frames: list[tuple[float, int, str]] = []  # chat frames: when, socket generation
@@ -815,6 +816,7 @@ class Page:
             self.full_generation = self.chat.generation
 
     def _panel_frame(self, frame: str) -> None:
+        self.feedback_frames.append(frame)
         for state, request_id, engine in PANEL.findall(frame):
             at = time.time()
             self.panels[int(request_id)] = (state, engine, at)
@@ -1027,7 +1029,11 @@ class Page:
     async def ask_feedback(
         self, text: str, strategies: tuple[str, ...] = ("describe", "assert"), timeout: float = 20
     ) -> AskedFeedback | int:
-        """Press "Get feedback": the accepted request, or the HTTP status of a refusal."""
+        """Press "Get feedback" as static/js/feedback.js does: over the feedback socket while it
+        is open, over HTTP otherwise. The accepted request, or a refusal as an HTTP status (over
+        the socket: 503 for "database away", 422 for any other refusal, 0 for no answer)."""
+        if self.feedback.open:
+            return await self._ask_over_socket(text, strategies, timeout)
         form = [("text", text), *[("strategies", s) for s in strategies], ("used_rewrite", "")]
         headers = {
             "Cookie": self._cookie(), "Content-Type": "application/x-www-form-urlencoded",
@@ -1047,6 +1053,39 @@ class Page:
         tag = TAG.search(text).group(0)  # type: ignore[union-attr]
         asked = self.ledger.asked(int(panel.group(2)), self.conversation_id, tag)
         self._panel_answer(response.text)  # offline: the answer itself is the final panel
+        return asked
+
+    async def _ask_over_socket(
+        self, text: str, strategies: tuple[str, ...], timeout: float
+    ) -> AskedFeedback | int:
+        """The request as a frame; its answer is the next panel of a new request, or a refusal,
+        that the socket brings (a socket that closes first: no answer, as the page's button is
+        given back then)."""
+        start, known = len(self.feedback_frames), set(self.panels)
+        sent_at = time.time()
+        frame = {"action": "request", "text": text, "strategies": list(strategies)}
+        if not await self.feedback.send(_json({**frame, "used_rewrite": ""})):
+            return 0
+
+        def answer() -> str | None:
+            for seen in self.feedback_frames[start:]:
+                found = PANEL.search(seen)
+                if (found and int(found.group(2)) not in known) or 'data-state="error"' in seen:
+                    return seen
+            return None
+
+        found = await self.wait(answer, timeout)
+        if found is None:
+            return 0
+        panel = PANEL.search(found)
+        if panel is None:
+            return 503 if "reach our database" in found else 422
+        tag = TAG.search(text).group(0)  # type: ignore[union-attr]
+        asked = self.ledger.asked(int(panel.group(2)), self.conversation_id, tag)
+        asked.asked_at = sent_at
+        state, engine, at = self.panels[asked.request_id]
+        if state == "final":  # offline: the answer itself is the final panel
+            self.ledger.panel_shown(asked.request_id, engine, at)
         return asked
 
     async def feedback_shown(
