@@ -1,11 +1,13 @@
 """Feedback request-to-display time through Celery and the channel layer, minus the model's time.
 
     .venv/bin/python -m bench.feedback_latency [--asks 200] [--learners 1,10] [--ttft-ms 300]
+                                               [--over socket,http] [--rounds 1]
 
 Starts the real stack (`bench.stack.Stack`: uvicorn, one Celery worker, the timed fake model
 server, on a bench database of its own) and drives it as the conversation page does
-(`bench.load.Learner`): "Get feedback" is a POST whose answer is the quick offline panel; the
-expert panel then arrives on the feedback socket and is reported "viewed". For every request:
+(`bench.load.Learner`): "Get feedback" asks over the feedback socket (or, with `--over http`, is
+a POST) and its answer is the quick offline panel; the expert panel then arrives on the feedback
+socket and is reported "viewed". For every request:
 
 - display: from just before the POST to the expert panel's frame on the socket (client clock);
 - model: the fake server's own time for exactly that request (received to done, paired by the tag
@@ -15,7 +17,10 @@ expert panel then arrives on the feedback socket and is reported "viewed". For e
 
 `--source DIR` runs a copy of the product (e.g. with a proposed patch) instead of this checkout.
 Runs `--asks` requests for each learner count in `--learners` (1 = one at a time, the pure
-latency; 10 = ten browsers asking at once), prints a table and, last, one JSON line.
+latency; 10 = ten browsers asking at once) and each way of asking in `--over`, `--rounds` times
+in turn (the ways alternate, so a machine that drifts favours neither), prints a table and, last,
+one JSON line. Each row also holds the web processes' CPU per request (`web_cpu_ms_per_ask`: the
+whole request, its rating and its panels, from the processes' own CPU clocks).
 """
 
 from __future__ import annotations
@@ -58,15 +63,31 @@ class Measured:
         return self.display_ms - self.model_ms
 
 
-async def ask_many(stack: Stack, learners: int, asks: int, seed: int) -> tuple[Results, int]:
-    """`learners` browsers, each asking `asks // learners` times in a row; returns their asks."""
-    config = LoadConfig(learners=learners, direct=False, wait_timeout_s=60, seed=seed)
+def web_cpu_s(stack: Stack) -> float:
+    """The web processes' CPU seconds so far (user + system)."""
+    total = 0.0
+    for name, process in stack.server_processes().items():
+        if name.startswith("web"):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+async def ask_many(
+    stack: Stack, learners: int, asks: int, seed: int, over: str = "socket"
+) -> tuple[Results, int, float]:
+    """`learners` browsers, each asking `asks // learners` times in a row; returns their asks,
+    how many, and the web processes' CPU ms over the asking (their set-up left out)."""
+    config = LoadConfig(
+        learners=learners, direct=False, wait_timeout_s=60, seed=seed, feedback_over=over
+    )
     results = Results()
     browsers = [
         Learner(i, stack.base_url, stack.fake_url, config, results) for i in range(learners)
     ]
     await asyncio.gather(*(b.setup([]) for b in browsers))
     per_browser = max(1, asks // learners)
+    cpu_before = web_cpu_s(stack)
 
     async def run(browser: Learner) -> None:
         rng = random.Random(seed * 1009 + browser.index)
@@ -81,7 +102,7 @@ async def ask_many(stack: Stack, learners: int, asks: int, seed: int) -> tuple[R
             await browser.close()
 
     await asyncio.gather(*(run(b) for b in browsers))
-    return results, per_browser * learners
+    return results, per_browser * learners, (web_cpu_s(stack) - cpu_before) * 1000
 
 
 def pair(asks: list[FeedbackAsk], log: list[dict[str, Any]]) -> list[Measured]:
@@ -132,19 +153,20 @@ def summary(label: str, measured: list[Measured], asked: int, errors: list[str])
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    header = f"{'run':<14}{'n':>5}{'err':>5}  " + "  ".join(
+    header = f"{'run':<24}{'n':>5}{'err':>5}  " + "  ".join(
         f"{name:>22}" for name in ("display p50/p95", "model p50/p95", "overhead p50/p95",
-                                   "before/after p95", "offline panel p95")
+                                   "before/after p95", "offline panel p95", "web CPU ms/ask")
     )  # fmt: skip
     print(header)
     for row in rows:
         print(
-            f"{row['run']:<14}{row['measured']:>5}{row['errors']:>5}  "
+            f"{row['run']:<24}{row['measured']:>5}{row['errors']:>5}  "
             f"{row['display_ms']['p50']:>10.1f}/{row['display_ms']['p95']:<11.1f}  "
             f"{row['model_ms']['p50']:>10.1f}/{row['model_ms']['p95']:<11.1f}  "
             f"{row['overhead_ms']['p50']:>10.1f}/{row['overhead_ms']['p95']:<11.1f}  "
             f"{row['before_model_ms']['p95']:>10.1f}/{row['after_model_ms']['p95']:<11.1f}  "
-            f"{row['offline_panel_ms']['p95']:>22.1f}"
+            f"{row['offline_panel_ms']['p95']:>22.1f}  "
+            f"{row['web_cpu_ms_per_ask']:>22.2f}"
         )
 
 
@@ -155,6 +177,10 @@ def main() -> None:
     parser.add_argument("--ttft-ms", type=float, default=300.0, help="the fake model's latency")
     parser.add_argument("--warmup", type=int, default=10, help="requests before measuring")
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument(
+        "--over", default="socket,http", help="ways of asking, comma-separated: socket, http"
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="times to run every way in turn")
     parser.add_argument(
         "--source", type=Path, default=None, help="run a copy of the product with patches applied"
     )
@@ -172,13 +198,25 @@ def main() -> None:
         config.source_dir = args.source.resolve()
     rows = []
     started = time.time()
+    ways = [w.strip() for w in args.over.split(",") if w.strip()]
     with Stack(config) as stack:
-        asyncio.run(ask_many(stack, 1, args.warmup, args.seed + 1))
-        for learners in (int(n) for n in args.learners.split(",")):
-            stack.clear_fake_log()
-            results, asked = asyncio.run(ask_many(stack, learners, args.asks, args.seed))
-            measured = pair(results.asks, stack.fake_log())
-            rows.append(summary(f"{learners} learner(s)", measured, asked, results.errors))
+        for way in ways:
+            asyncio.run(ask_many(stack, 1, args.warmup, args.seed + 1, way))
+        for round_ in range(1, args.rounds + 1):
+            for learners in (int(n) for n in args.learners.split(",")):
+                for way in ways:
+                    stack.clear_fake_log()
+                    results, asked, cpu_ms = asyncio.run(
+                        ask_many(stack, learners, args.asks, args.seed + round_, way)
+                    )
+                    measured = pair(results.asks, stack.fake_log())
+                    label = f"{learners} learner(s), {way}" + (
+                        f" #{round_}" if args.rounds > 1 else ""
+                    )
+                    row = summary(label, measured, asked, results.errors)
+                    row["over"] = way
+                    row["web_cpu_ms_per_ask"] = round(cpu_ms / max(1, asked), 2)
+                    rows.append(row)
     print_table(rows)
     print(
         json.dumps(
