@@ -142,7 +142,13 @@ class Misconfigured(LLMError):
 class Rejected(Misconfigured):
     """The server refused this one request (HTTP 400, 413 or 422: a prompt too long for the
     model's context, one its policy flagged, a parameter it does not take): the set-up may be
-    fine, so the pages do not say otherwise."""
+    fine, so neither the pages nor the learner are told otherwise. Stored as `misconfigured`
+    all the same (the server's words are in the record)."""
+
+    user_message = (
+        "The language model refused this request. Please try again; if it refuses again, a "
+        "shorter message may help."
+    )
 
 
 class Refused(LLMError):
@@ -382,17 +388,76 @@ async def _close_with_loop(client: openai.AsyncOpenAI, key: Any) -> AsyncIterato
 
 
 # What each (server, model) was found to reject, learnt from its 400 answers, so the next call
-# asks the right way at once: the best structured-output format, parameters to leave out.
-_formats: dict[tuple[str, str], str] = {}
+# asks the right way at once: parameters to leave out, the structured-output formats it does not
+# take (`_Ban` below), the context its prompts must fit.
 _quirks: dict[tuple[str, str], set[str]] = {}
 _FORMAT_ORDER = [Format.JSON_SCHEMA, Format.JSON_OBJECT, Format.JSON_IN_PROMPT]
+
+# A format given up on weaker evidence than a 400 naming it (one prose answer to json_schema from
+# a proxy that may pass it on to a model that ignored it this once; a 500 that names
+# response_format, perhaps in passing) is asked for again after this long, and after twice as
+# long each time the evidence repeats, up to `FORMAT_RETRY_MAX_S`.
+FORMAT_RETRY_S = 300.0
+FORMAT_RETRY_MAX_S = 6 * 3600.0
+
+
+@dataclass
+class _Ban:
+    """A structured-output format a (server, model) did not take: for good (`until` None: it
+    answered 400 naming it), or until `until` (monotonic time), after `strikes` such answers."""
+
+    until: float | None
+    strikes: int = 1
+
+
+_formats: dict[tuple[str, str], dict[str, _Ban]] = {}
+_clock = time.monotonic  # tests move it on
+
+
+def _format_for(key: tuple[str, str]) -> str:
+    """The strictest structured-output format this (server, model) is not known to refuse."""
+    bans = _formats.get(key)
+    if not bans:
+        return Format.JSON_SCHEMA
+    now = _clock()
+    for fmt in _FORMAT_ORDER[:-1]:
+        ban = bans.get(fmt)
+        if ban is None or (ban.until is not None and ban.until <= now):
+            return fmt
+    return Format.JSON_IN_PROMPT
+
+
+def _ban_format(key: tuple[str, str], fmt: str, *, lasting: bool) -> float | None:
+    """Stop asking `key` for `fmt`: for good, or for a while that doubles with each repeat.
+    Returns how long, in seconds (None: for good)."""
+    bans = _formats.setdefault(key, {})
+    earlier = bans.get(fmt)
+    if earlier is not None and earlier.until is None:
+        return None
+    strikes = earlier.strikes + 1 if earlier is not None else 1
+    if lasting:
+        bans[fmt] = _Ban(until=None, strikes=strikes)
+        return None
+    wait = min(FORMAT_RETRY_S * 2 ** (strikes - 1), FORMAT_RETRY_MAX_S)
+    bans[fmt] = _Ban(until=_clock() + wait, strikes=strikes)
+    return wait
+
+
+# (Server, model) -> (its context length, characters per prompt token), from vLLM's 400 to a
+# prompt plus max_tokens beyond its context: later calls ask for a limit that fits at once
+# instead of each being refused first.
+_contexts: dict[tuple[str, str], tuple[int, float]] = {}
+# The estimate of a prompt's tokens from its characters errs this much on the safe side.
+_PROMPT_MARGIN = 1.1
 
 
 def forget_server_capabilities() -> None:
     """Forget what servers were found not to support (after changing the server, and in tests)."""
     _formats.clear()
     _quirks.clear()
+    _contexts.clear()
     _failing.clear()
+    _opened_by_template.clear()
 
 
 # --- one call ---------------------------------------------------------------------------------
@@ -419,6 +484,7 @@ class _Run:
     retried: bool = False  # after a passing failure (a format fallback or repair is not a retry)
     repaired: bool = False
     reasoned: bool = False  # the model sent reasoning (its own field or a <think> block)
+    revised: bool = False  # a stream's text is not what its deltas made (reasoning taken back)
 
     def __post_init__(self) -> None:
         if self.purpose not in LLMCall.Purpose.values:
@@ -459,18 +525,34 @@ class _Run:
         if self.params.get("max_tokens"):
             token_param = "max_completion_tokens" if "max_tokens" in quirks else "max_tokens"
             kwargs[token_param] = self.params["max_tokens"]
+            if self.key in _contexts:
+                self.fit_to_context(kwargs, token_param)
         if self.stream and "stream_options" not in quirks:
             kwargs["stream_options"] = {"include_usage": True}
         return kwargs
+
+    def fit_to_context(self, kwargs: dict[str, Any], token_param: str) -> None:
+        """Lower the token limit to what the model's context (learnt from an earlier refusal)
+        has room for beside this prompt, estimated from its characters; should the estimate
+        fall short, the server's refusal is still fitted as before."""
+        context, chars_per_token = _contexts[self.key]
+        estimate = math.ceil(_prompt_chars(kwargs["messages"]) / chars_per_token * _PROMPT_MARGIN)
+        room = context - estimate
+        if MIN_REPLY_TOKENS <= room < kwargs[token_param]:
+            kwargs[token_param] = self.params["fitted_max_tokens"] = room
 
     def learn_from_rejection(self, kwargs: dict[str, Any], error: openai.APIStatusError) -> bool:
         """Drop or rename a parameter the server said it does not support, or lower the token
         limit to what the model's context has room for; True if the request changed."""
         text = _error_text(error).lower()
-        room = _room_for_reply(text)
-        if room is not None:
+        sizes = _context_sizes(text)
+        if sizes is not None:
             # vLLM refuses a prompt plus max_tokens beyond the model's context (OpenAI stops
             # the reply there instead); its words name both parameters, and renaming is no fix.
+            context, prompt_tokens = sizes
+            if prompt_tokens > 0:  # remembered, so later calls fit at once (`fit_to_context`)
+                _contexts[self.key] = (context, _prompt_chars(kwargs["messages"]) / prompt_tokens)
+            room = context - prompt_tokens
             limit = "max_completion_tokens" if "max_completion_tokens" in kwargs else "max_tokens"
             if not MIN_REPLY_TOKENS <= room < int(kwargs.get(limit) or 0):
                 return False  # the prompt alone (nearly) fills the context
@@ -531,12 +613,17 @@ class _Run:
             return Outcome.REPAIRED
         return Outcome.RETRIED_OK if self.retried else Outcome.OK
 
-    def row(self, outcome: str, error: str = "") -> dict[str, Any]:
-        """The fields of the call's `LLMCall` row."""
-        cfg = self.cfg
+    def record_params(self) -> dict[str, Any]:
+        """The `params` of the call's row."""
         params = dict(self.params)
         if _quirks.get(self.key):
             params["adapted_to_server"] = sorted(_quirks[self.key])
+        return params
+
+    def row(self, outcome: str, error: str = "") -> dict[str, Any]:
+        """The fields of the call's `LLMCall` row."""
+        cfg = self.cfg
+        params = self.record_params()
         return {
             "purpose": self.purpose,
             "model": self.model,
@@ -628,13 +715,24 @@ _CONTEXT_LIMIT = re.compile(r"maximum context length is (\d+)")
 _PROMPT_SIZE = re.compile(r"(\d+) in the messages|(\d+) input tokens")
 
 
-def _room_for_reply(text: str) -> int | None:
-    """Tokens left for the reply by a "maximum context length" error (vLLM's words, in each of
-    its versions); None when the error is about something else."""
+def _context_sizes(text: str) -> tuple[int, int] | None:
+    """(The model's context length, the prompt's tokens) from a "maximum context length" error
+    (vLLM's words, in each of its versions); None when the error is about something else."""
     limit, prompt = _CONTEXT_LIMIT.search(text), _PROMPT_SIZE.search(text)
     if not limit or not prompt:
         return None
-    return int(limit.group(1)) - int(prompt.group(1) or prompt.group(2))
+    return int(limit.group(1)), int(prompt.group(1) or prompt.group(2))
+
+
+def _room_for_reply(text: str) -> int | None:
+    """Tokens left for the reply by a "maximum context length" error; None when the error is
+    about something else."""
+    sizes = _context_sizes(text)
+    return None if sizes is None else sizes[0] - sizes[1]
+
+
+def _prompt_chars(messages: Sequence[Message]) -> int:
+    return sum(len(str(m.get("content") or "")) + 16 for m in messages)
 
 
 def _scrub(text: str, cfg: _Config | None) -> str:
@@ -706,14 +804,30 @@ def _classify(exc: BaseException, cfg: _Config | None = None) -> LLMError:
     return GaveUp(f"{type(exc).__name__}: {exc}")
 
 
+# A path that already names an API version or an OpenAI-compatible layer (/v1, /v1beta/openai,
+# /api/v2, /openai/v1): adding /v1 to it is not the fix.
+_VERSIONED_PATH = re.compile(r"/(v\d[\w.-]*|openai)(/|$)", re.I)
+GEMINI_HOST = "generativelanguage.googleapis.com"
+
+
 def _address_hint(exc: openai.NotFoundError, cfg: _Config) -> str:
     """A hint when a 404 is about the address rather than the model: vLLM, Ollama and LM Studio
     serve the protocol under /v1 only, and answer a path outside it with a bare 404."""
     if "model" in _error_text(exc).lower() or cfg.provider == "azure":
         return ""
-    if urlsplit(cfg.base_url).path.rstrip("/").endswith("/v1"):
+    parts = urlsplit(cfg.base_url)
+    path = parts.path.rstrip("/")
+    if parts.hostname == GEMINI_HOST:
+        return f" (Gemini's OpenAI-compatible address is https://{GEMINI_HOST}/v1beta/openai)"
+    if _VERSIONED_PATH.search(path + "/"):
         return f" (is {cfg.base_url} the server's OpenAI-compatible address?)"
-    return f" (LLM_BASE_URL={cfg.base_url} may need to end in /v1)"
+    if not path:
+        return f" (LLM_BASE_URL={cfg.base_url} may need to end in /v1)"
+    root = f"{parts.scheme}://{parts.netloc}"
+    return (
+        f" (is {cfg.base_url} the server's OpenAI-compatible address? Most servers have it at "
+        f"/v1, such as {root}/v1)"
+    )
 
 
 async def _pause(cfg: _Config, retries_done: int, error: LLMError) -> None:
@@ -745,7 +859,12 @@ class _UsedUp(Malformed):
 
 
 class _FormatRejected(Exception):
-    """The server answered 400 to a structured-output request: try a plainer format."""
+    """The server refused a structured-output request: try a plainer format. `lasting`: it said
+    so with a 400 (a 500 naming the format may be a passing fault, so it is asked again later)."""
+
+    def __init__(self, detail: str, *, lasting: bool) -> None:
+        super().__init__(detail)
+        self.lasting = lasting
 
 
 # Keyword arguments of `request()` that are the SDK's request options, not the JSON body.
@@ -837,12 +956,12 @@ async def _complete(run: _Run, kwargs: dict[str, Any]) -> str:
             if getattr(exc, "code", None) == "content_filter":
                 raise Refused(f"HTTP {exc.status_code}: {_error_text(exc)}") from exc
             if "response_format" in kwargs and _about_format(exc):
-                raise _FormatRejected(_error_text(exc)) from exc
+                raise _FormatRejected(_error_text(exc), lasting=True) from exc
             raise Rejected(f"HTTP {exc.status_code}: {_error_text(exc)}") from exc
         except openai.InternalServerError as exc:
             # Older llama-server answers a response format it lacks with a 500 naming it.
             if "response_format" in kwargs and "response_format" in _error_text(exc):
-                raise _FormatRejected(_error_text(exc)) from exc
+                raise _FormatRejected(_error_text(exc), lasting=False) from exc
             error = _classify(exc, run.cfg)
             if retries >= run.cfg.max_retries:
                 _reraise(error, exc)
@@ -864,7 +983,8 @@ async def _stream_deltas(run: _Run, kwargs: dict[str, Any], parts: list[str]) ->
         run.attempts += 1
         run.finish_reason = ""
         usage: Any = None
-        gate = _ThinkGate()
+        opened = run.key in _opened_by_template
+        gate = _ThinkGate(opened=opened)
         try:
             stream = await _post(client, kwargs, stream=True)
             async with stream:
@@ -891,12 +1011,19 @@ async def _stream_deltas(run: _Run, kwargs: dict[str, Any], parts: list[str]) ->
                         run.reasoned = bool(
                             delta.get("reasoning_content") or delta.get("reasoning")
                         )
-            tail = gate.finish()
+            if opened and gate.unclosed:
+                # No block this time: this model's replies stream token by token again until
+                # one shows a `</think>` of its own.
+                _opened_by_template.discard(run.key)
+                run.reasoned = run.reasoned or run.finish_reason == "length"
+            tail = gate.finish(cut=run.finish_reason == "length")
             if tail:
                 run.first_token()
                 parts.append(tail)
                 yield tail
             run.reasoned = run.reasoned or gate.thought
+            if not gate.thought and parts:
+                _take_back_reasoning(run, parts)
             if run.finish_reason == "content_filter":
                 raise Refused("stopped by the content filter", partial_text="".join(parts))
             if not run.finish_reason:
@@ -904,7 +1031,8 @@ async def _stream_deltas(run: _Run, kwargs: dict[str, Any], parts: list[str]) ->
             if not parts:
                 if run.finish_reason == "length":
                     raise run.used_up(kwargs)
-                raise Malformed("an empty reply", transient=True)
+                # Not retried once the caller has seen words (reasoning, taken back).
+                raise Malformed("an empty reply", transient=not run.revised)
             if not run.add_usage(usage):
                 run.estimate_usage(kwargs["messages"], "".join(parts), usage)
             return
@@ -926,6 +1054,29 @@ async def _stream_deltas(run: _Run, kwargs: dict[str, Any], parts: list[str]) ->
 
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+# (Server, model) whose streamed reply showed a `</think>` with no `<think>` before it: its chat
+# template opens the block in the prompt, so its later streams are held back until the block
+# closes (`_ThinkGate(opened=True)`). Learnt from a whole reply: finding it out mid-stream would
+# mean looking at every token of every model's reply.
+_opened_by_template: set[tuple[str, str]] = set()
+
+
+def _take_back_reasoning(run: _Run, parts: list[str]) -> None:
+    """At the end of a stream that went out token by token: if it was reasoning up to a
+    `</think>` whose opening tag was in the prompt, keep only the words after it (`parts` then
+    holds them alone, and the caller replaces what it showed) and hold this model's later streams
+    back until their block closes. One search of the finished reply, never per token."""
+    text = "".join(parts)
+    if THINK_CLOSE not in text:
+        return
+    answer = _without_thinking(text)
+    if answer is text:
+        return  # the tags were only mentioned
+    _opened_by_template.add(run.key)
+    run.reasoned = run.revised = True
+    run.params["reasoning_taken_back"] = len(text) - len(answer)
+    parts[:] = [answer] if answer else []
 
 
 def _without_thinking(text: str) -> str:
@@ -949,20 +1100,33 @@ class _ThinkGate:
     ended, `passed` is True and the caller stops feeding it: nothing more per token. Inside a
     block it keeps only what could be the start of a split `</think>`, never the reasoning
     itself: kept whole and searched again on every token, a trace of 8,000 tokens cost 72 ms of
-    the event loop that streams every learner's reply."""
+    the event loop that streams every learner's reply.
 
-    __slots__ = ("_held", "_inside", "passed", "thought")
+    `opened`: the model's chat template opens the block in the prompt (DeepSeek-R1 and its
+    distillations), so the reply starts inside it and only its `</think>` shows where the words
+    begin. Everything is held until then; should the stream end without one, the reply had no
+    reasoning after all and `finish` gives it whole (kept as a list, never searched again)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_held", "_inside", "_kept", "passed", "thought")
+
+    def __init__(self, *, opened: bool = False) -> None:
         self._held = ""
-        self._inside = False
+        self._inside = opened
+        self._kept: list[str] | None = [] if opened else None
         self.passed = False
         self.thought = False
+
+    @property
+    def unclosed(self) -> bool:
+        """An `opened` gate whose block never closed (so far)."""
+        return self._kept is not None
 
     def feed(self, text: str) -> str:
         """The part of `text` (with what was held back) that is the reply's own words."""
         if self.passed:
             return text
+        if self._kept is not None:
+            self._kept.append(text)
         held = self._held + text
         while True:
             if self._inside:
@@ -970,7 +1134,8 @@ class _ThinkGate:
                 if not closed:
                     self._held = reasoning[1 - len(THINK_CLOSE) :]
                     return ""
-                self._inside = False  # the whitespace after the block goes with it
+                self._inside, self._kept = False, None  # the whitespace after it goes with it
+                self.thought = True
             start = held.lstrip()
             if start.startswith(THINK_OPEN):
                 self.thought = self._inside = True
@@ -982,10 +1147,15 @@ class _ThinkGate:
             self.passed, self._held = True, ""
             return start if self.thought else held
 
-    def finish(self) -> str:
-        """What was held back when the stream ended: text that only looked like a tag's start
-        (an unclosed block is reasoning, never shown)."""
+    def finish(self, *, cut: bool = False) -> str:
+        """What was held back when the stream ended: text that only looked like a tag's start,
+        or an `opened` gate's whole reply when no block closed. An unclosed block is reasoning,
+        never shown: a `<think>` one always, an `opened` one when the stream was `cut` at the
+        token limit (the reasoning ran out of room)."""
         held, self._held = self._held, ""
+        if self._kept is not None:
+            kept, self._kept = "".join(self._kept), None
+            return "" if cut else kept.strip()
         return "" if self.passed or self.thought else held
 
 
@@ -1017,6 +1187,29 @@ class TextStream:
     @property
     def ttft_ms(self) -> float | None:
         return self._run.ttft_ms
+
+    @property
+    def revised(self) -> bool:
+        """Whether `text` differs from the deltas streamed: the model's reasoning, which only
+        its closing `</think>` at the end showed, was taken out. What was shown of it must be
+        replaced by `text`."""
+        return self._run.revised
+
+    @property
+    def finish_reason(self) -> str:
+        """The server's finish reason ("stop"; "length" when the token limit cut the reply)."""
+        return self._run.finish_reason
+
+    async def add_to_record(self, **params: Any) -> None:
+        """Add what the caller made of the finished reply to its `LLMCall` row's `params` (one
+        write; for the rare reply that needs it, such as one cut by the token limit)."""
+        self._run.params.update(params)
+        if self.call_id is None:
+            return
+        try:
+            await LLMCall.objects.filter(pk=self.call_id).aupdate(params=self._run.record_params())
+        except Exception:
+            log.exception("could not add %s to the record of call %s", sorted(params), self.call_id)
 
     def __aiter__(self) -> AsyncIterator[str]:
         if self._generator is None:
@@ -1137,7 +1330,7 @@ async def _json_conversation(
 ) -> tuple[Any, str]:
     conversation: list[Message] = list(messages)
     while True:
-        run.response_format = _formats.get(run.key, Format.JSON_SCHEMA)
+        run.response_format = _format_for(run.key)
         kwargs = run.request(_with_json_instruction(conversation, run.response_format, schema))
         if run.response_format == Format.JSON_SCHEMA:
             kwargs["response_format"] = {
@@ -1149,12 +1342,7 @@ async def _json_conversation(
         try:
             text = await _complete(run, kwargs)
         except _FormatRejected as rejected:
-            plainer = _FORMAT_ORDER[_FORMAT_ORDER.index(Format(run.response_format)) + 1]
-            log.warning(
-                "%s rejected %s (%s); using %s from now on",
-                run.cfg.host if run.cfg else "?", run.response_format, rejected, plainer,
-            )  # fmt: skip
-            _formats[run.key] = plainer
+            _give_up_format(run, str(rejected), lasting=rejected.lasting)
             continue
         except _UsedUp:
             raise
@@ -1164,16 +1352,14 @@ async def _json_conversation(
         else:
             problem = _problem_with(text, schema, validate)
             if problem is None:
+                if run.key in _formats:  # asked again after a while, and taken: evidence gone
+                    _formats[run.key].pop(run.response_format, None)
                 return parse_json_reply(text), text
             if run.response_format == Format.JSON_SCHEMA and text.strip() and "{" not in text:
                 # Prose with no object at all, which no constrained decoder writes: the server
                 # ignored the format without a word (older Ollama and others), and the prompt
                 # alone never showed the schema, so a repair could not help either.
-                log.warning(
-                    "%s ignored %s; using %s from now on",
-                    run.cfg.host if run.cfg else "?", run.response_format, Format.JSON_OBJECT,
-                )  # fmt: skip
-                _formats[run.key] = Format.JSON_OBJECT
+                _give_up_format(run, "answered in prose", lasting=False)
                 continue
         if run.repaired:
             raise Malformed(f"still unusable after one repair: {problem}")
@@ -1183,6 +1369,20 @@ async def _json_conversation(
             {"role": "assistant", "content": text or "(empty reply)"},
             {"role": "user", "content": REPAIR_NOTE.format(problem=problem)},
         ]
+
+
+def _give_up_format(run: _Run, why: str, *, lasting: bool) -> None:
+    """This call asks again in the next plainer format; later calls do too, for good or for a
+    while (`_ban_format`)."""
+    fmt = run.response_format
+    wait = _ban_format(run.key, fmt, lasting=lasting)
+    plainer = _FORMAT_ORDER[_FORMAT_ORDER.index(Format(fmt)) + 1]
+    run.params.setdefault("formats_given_up", []).append(fmt)
+    log.warning(
+        "%s did not take %s (%s); asking for %s %s",
+        run.cfg.host if run.cfg else "?", fmt, why, plainer,
+        "from now on" if wait is None else f"for the next {wait / 60:.0f} minutes",
+    )  # fmt: skip
 
 
 def _problem_with(
