@@ -42,8 +42,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import openai
+import redis
+from asgiref.sync import sync_to_async
 from django.conf import settings
 
+from imbue import redis_quiet
 from imbue.models import LLMCall
 
 log = logging.getLogger(__name__)
@@ -224,11 +227,85 @@ def is_configured() -> bool:
 # that does not.
 _failing: dict[tuple[str, str], str] = {}
 
+# The same, shared between processes through Redis, so that a failure only the Celery worker
+# meets (the feedback model's) shows on the web's pages too. No cost on a call's way: a process
+# writes only when one of its purposes starts failing (again at most every `SHARED_REWRITE_S`
+# while it goes on failing) or a failure it knows of ends, in the thread hop that writes the
+# call's row anyway; pages read the hash at most every `SHARED_READ_S`, and take an entry older
+# than `SHARED_FAILING_S` as over (its process may have stopped without a call succeeding).
+SHARED_FAILING_KEY = "imbue:llm:failing"
+SHARED_READ_S = 15.0
+SHARED_REWRITE_S = 60.0
+SHARED_FAILING_S = 600.0
+_shared: dict[tuple[str, str], str] = {}  # as last read
+_shared_read_at = -math.inf  # monotonic
+_shared_written: dict[tuple[str, str], float] = {}  # when this process last wrote each
+
 
 def is_working() -> bool:
-    """Configured, and no purpose's last call here failed on its set-up."""
+    """Configured, and no purpose's last call failed on its set-up, here or in another process
+    (as last read; see `SHARED_READ_S`)."""
     base_url = str(settings.LLM.get("base_url") or "").rstrip("/")
-    return bool(base_url) and all(url != base_url for url, _ in _failing)
+    if not base_url or any(url == base_url for url, _ in _failing):
+        return False
+    return all(url != base_url for url, _ in _shared_failures())
+
+
+def _shared_failures() -> dict[tuple[str, str], str]:
+    """The failures all processes shared, read again when the last read is `SHARED_READ_S` old
+    (kept as it was while Redis does not answer)."""
+    global _shared_read_at
+    now = time.monotonic()
+    if now - _shared_read_at < SHARED_READ_S:
+        return _shared
+    _shared_read_at = now
+    if redis_quiet.quiet():
+        return _shared
+    try:
+        entries = _redis().hgetall(SHARED_FAILING_KEY)
+    except redis.RedisError as error:
+        log.warning("could not read the shared model status: %s", error)
+        redis_quiet.note(error)
+        return _shared
+    fresh: dict[tuple[str, str], str] = {}
+    for name, value in entries.items():
+        try:
+            url, purpose = name.decode().rsplit(" ", 1)
+            entry = json.loads(value)
+            if time.time() - float(entry["at"]) < SHARED_FAILING_S:
+                fresh[(url, purpose)] = str(entry["why"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    _shared.clear()
+    _shared.update(fresh)
+    return _shared
+
+
+def _share_status(change: tuple[tuple[str, str], str | None]) -> None:
+    """Write one purpose's start (`why`) or end (None) of failing to the shared hash."""
+    (url, purpose), why = change
+    name = f"{url} {purpose}"
+    try:
+        if why is None:
+            _redis().hdel(SHARED_FAILING_KEY, name)
+        else:
+            entry = json.dumps({"why": why[:_ERROR_CHARS], "at": time.time()})
+            with _redis().pipeline() as pipe:
+                pipe.hset(SHARED_FAILING_KEY, name, entry)
+                pipe.expire(SHARED_FAILING_KEY, int(SHARED_FAILING_S))
+                pipe.execute()
+    except redis.RedisError as error:
+        log.warning("could not share the model status of %s: %s", purpose, error)
+
+
+_redis_clients: dict[str, redis.Redis] = {}
+
+
+def _redis() -> redis.Redis:
+    url = settings.REDIS_URL
+    if url not in _redis_clients:
+        _redis_clients[url] = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+    return _redis_clients[url]
 
 
 def status_label() -> str:
@@ -456,7 +533,13 @@ def forget_server_capabilities() -> None:
     _formats.clear()
     _quirks.clear()
     _contexts.clear()
+    global _shared_read_at
     _failing.clear()
+    _shared.clear()
+    _shared_written.clear()
+    _shared_read_at = -math.inf
+    with contextlib.suppress(redis.RedisError):
+        _redis().delete(SHARED_FAILING_KEY)
     _opened_by_template.clear()
 
 
@@ -648,33 +731,58 @@ class _Run:
             "draft_id": self.context.draft_id,
         }
 
-    def note_outcome(self, outcome: str, failure: LLMError | None) -> None:
+    def note_outcome(
+        self, outcome: str, failure: LLMError | None
+    ) -> tuple[tuple[str, str], str | None] | None:
         """Keep the pages' status line true: a purpose is failing from its first call refused
-        for its set-up (not for one request's content) until one succeeds."""
+        for its set-up (not for one request's content) until one succeeds. Returns the change
+        to share with the other processes, if any (rare: see `SHARED_FAILING_KEY`)."""
         key = (str(settings.LLM.get("base_url") or "").rstrip("/"), self.purpose)
         if isinstance(failure, Misconfigured) and not isinstance(failure, Rejected):
-            if key[0]:
-                _failing[key] = str(failure)
-        elif outcome in (Outcome.OK, Outcome.RETRIED_OK, Outcome.REPAIRED):
-            _failing.pop(key, None)
+            if not key[0]:
+                return None
+            why = _failing[key] = str(failure)
+            now = time.monotonic()
+            if now - _shared_written.get(key, -math.inf) < SHARED_REWRITE_S:
+                return None
+            _shared_written[key] = now
+            return key, why
+        if outcome in (Outcome.OK, Outcome.RETRIED_OK, Outcome.REPAIRED):
+            known = _failing.pop(key, None) is not None
+            if known or key in _shared:
+                _shared.pop(key, None)
+                _shared_written.pop(key, None)
+                return key, None
+        return None
 
     async def record(
         self, outcome: str, error: str = "", failure: LLMError | None = None
     ) -> int | None:
         """Write the call's row; a failure to write is logged, never raised over the reply."""
-        self.note_outcome(outcome, failure)
+        change = self.note_outcome(outcome, failure)
         try:
-            call = await LLMCall.objects.acreate(**self.row(outcome, error))
+            if change is None:
+                call = await LLMCall.objects.acreate(**self.row(outcome, error))
+            else:  # in the same thread hop as the row
+                call = await sync_to_async(self._create_and_share)(outcome, error, change)
         except Exception:
             log.exception("could not record the %s call", self.purpose)
             return None
         return call.pk
 
+    def _create_and_share(
+        self, outcome: str, error: str, change: tuple[tuple[str, str], str | None]
+    ) -> LLMCall:
+        _share_status(change)
+        return LLMCall.objects.create(**self.row(outcome, error))
+
     def record_sync(
         self, outcome: str, error: str = "", failure: LLMError | None = None
     ) -> int | None:
         """`record` in the calling thread, so the row joins the caller's transaction."""
-        self.note_outcome(outcome, failure)
+        change = self.note_outcome(outcome, failure)
+        if change is not None:
+            _share_status(change)
         try:
             call = LLMCall.objects.create(**self.row(outcome, error))
         except Exception:
@@ -1586,8 +1694,6 @@ async def _release_callers_connections() -> None:
     """`_release_database_connections` in the thread that holds the caller's connection: a sync
     caller through async_to_sync (a view writing a partner's brief), or a socket's database
     thread. Whole replies only: a streamed reply's first token must not wait for the hop."""
-    from asgiref.sync import sync_to_async
-
     await sync_to_async(_release_database_connections)()
 
 

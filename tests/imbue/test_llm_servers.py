@@ -3,6 +3,8 @@ server answers as vLLM, llama.cpp's server, Ollama or Azure do, through the real
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any
 
 import pytest
@@ -644,3 +646,69 @@ def test_a_bare_404_from_gemini_names_its_address() -> None:
     )  # fmt: skip
     missing = type("Missing", (), {"body": {"detail": "Not Found"}, "message": "Not Found"})()
     assert "/v1beta/openai" in llm._address_hint(missing, cfg)  # type: ignore[arg-type]
+
+
+# --- the status line, shared between processes ---------------------------------------------------
+
+
+def as_another_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forget what this process learnt itself, as a process that never made the calls would."""
+    monkeypatch.setattr(llm, "_failing", {})
+    monkeypatch.setattr(llm, "_shared", {})
+    monkeypatch.setattr(llm, "_shared_written", {})
+    monkeypatch.setattr(llm, "_shared_read_at", -float("inf"))
+
+
+@pytest.mark.django_db
+def test_a_set_up_failure_met_in_another_process_shows_here_and_so_does_its_end(
+    quick: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    quick.faults(["401"])
+    with pytest.raises(llm.Misconfigured):
+        complete_json()
+    as_another_process(monkeypatch)
+    assert not llm.is_working() and "not set up correctly" in llm.status_label()
+    complete_json()  # answers here: the shared failure is over
+    as_another_process(monkeypatch)
+    assert llm.is_working()
+
+
+@pytest.mark.django_db
+def test_the_shared_status_costs_ordinary_calls_nothing_and_pages_one_read_per_interval(
+    quick: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    used: list[str] = []
+    real = llm._redis
+
+    def counted() -> Any:
+        used.append("redis")
+        return real()
+
+    monkeypatch.setattr(llm, "_redis", counted)
+    stream()
+    complete_text()
+    complete_json()
+    assert used == []  # nothing failed: no Redis on a call's way
+    assert llm.is_working() and llm.is_working() and len(used) == 1
+    real().hset(
+        llm.SHARED_FAILING_KEY,
+        f"{quick.base_url} feedback",
+        json.dumps({"why": "HTTP 401", "at": time.time()}),
+    )
+    assert llm.is_working()  # not read again yet
+    monkeypatch.setattr(llm, "_shared_read_at", llm._shared_read_at - llm.SHARED_READ_S)
+    assert not llm.is_working() and len(used) == 2
+
+
+@pytest.mark.django_db
+def test_a_shared_failure_no_process_has_renewed_for_a_while_is_taken_as_over(
+    quick: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    long_ago = time.time() - llm.SHARED_FAILING_S - 1
+    llm._redis().hset(
+        llm.SHARED_FAILING_KEY,
+        f"{quick.base_url} feedback",
+        json.dumps({"why": "x", "at": long_ago}),
+    )
+    as_another_process(monkeypatch)
+    assert llm.is_working()
