@@ -285,6 +285,8 @@ def _share_status(change: tuple[tuple[str, str], str | None]) -> None:
     """Write one purpose's start (`why`) or end (None) of failing to the shared hash."""
     (url, purpose), why = change
     name = f"{url} {purpose}"
+    if redis_quiet.quiet():
+        return  # Redis just failed to answer in time: the pages keep this process's own view
     try:
         if why is None:
             _redis().hdel(SHARED_FAILING_KEY, name)
@@ -296,6 +298,7 @@ def _share_status(change: tuple[tuple[str, str], str | None]) -> None:
                 pipe.execute()
     except redis.RedisError as error:
         log.warning("could not share the model status of %s: %s", purpose, error)
+        redis_quiet.note(error)
 
 
 _redis_clients: dict[str, redis.Redis] = {}
