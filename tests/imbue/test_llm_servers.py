@@ -54,7 +54,7 @@ def test_a_reasoning_models_thinking_never_reaches_the_streamed_reply(
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("style", ["think", "reasoning_content", "reasoning"])
+@pytest.mark.parametrize("style", ["think", "think_in_template", "reasoning_content", "reasoning"])
 def test_a_reasoning_models_thinking_never_reaches_a_whole_reply(
     quick: FakeServer, style: str
 ) -> None:
@@ -64,13 +64,14 @@ def test_a_reasoning_models_thinking_never_reaches_a_whole_reply(
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("fmt", ["json_schema", "json_object", "json_in_prompt"])
+@pytest.mark.parametrize("style", ["think", "think_in_template"])
 def test_thinking_inside_the_content_is_not_parsed_as_the_rating(
-    quick: FakeServer, fmt: str
+    quick: FakeServer, fmt: str, style: str
 ) -> None:
     # The trace holds a JSON object of its own ({"draft": 1}): parsed first, it would fail the
     # schema, cost a repair and then fall back to the offline rater.
     quick.configure(
-        reasoning="think",
+        reasoning=style,
         json_schema=fmt == "json_schema",
         json_object=fmt != "json_in_prompt",
     )
