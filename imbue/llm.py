@@ -228,18 +228,16 @@ def is_configured() -> bool:
 _failing: dict[tuple[str, str], str] = {}
 
 # The same, shared between processes through Redis, so that a failure only the Celery worker
-# meets (the feedback model's) shows on the web's pages too. No cost on a call's way: a process
-# writes only when one of its purposes starts failing (again at most every `SHARED_REWRITE_S`
-# while it goes on failing) or a failure it knows of ends, in the thread hop that writes the
-# call's row anyway; pages read the hash at most every `SHARED_READ_S`, and take an entry older
-# than `SHARED_FAILING_S` as over (its process may have stopped without a call succeeding).
+# meets (the feedback model's) shows on the web's pages too. No cost on a call that works: a
+# process writes only when a call fails on its set-up (already a failed request to the model) or
+# a failure it knows of ends, in the thread hop that writes the call's row anyway; pages read the
+# hash at most every `SHARED_READ_S`, and take an entry older than `SHARED_FAILING_S` as over
+# (its process may have stopped without a call succeeding).
 SHARED_FAILING_KEY = "imbue:llm:failing"
 SHARED_READ_S = 15.0
-SHARED_REWRITE_S = 60.0
 SHARED_FAILING_S = 600.0
 _shared: dict[tuple[str, str], str] = {}  # as last read
 _shared_read_at = -math.inf  # monotonic
-_shared_written: dict[tuple[str, str], float] = {}  # when this process last wrote each
 
 
 def is_working() -> bool:
@@ -539,7 +537,6 @@ def forget_server_capabilities() -> None:
     global _shared_read_at
     _failing.clear()
     _shared.clear()
-    _shared_written.clear()
     _shared_read_at = -math.inf
     with contextlib.suppress(redis.RedisError):
         _redis().delete(SHARED_FAILING_KEY)
@@ -739,22 +736,18 @@ class _Run:
     ) -> tuple[tuple[str, str], str | None] | None:
         """Keep the pages' status line true: a purpose is failing from its first call refused
         for its set-up (not for one request's content) until one succeeds. Returns the change
-        to share with the other processes, if any (rare: see `SHARED_FAILING_KEY`)."""
+        to share with the other processes, if any (never for a call that works while none
+        fails: see `SHARED_FAILING_KEY`)."""
         key = (str(settings.LLM.get("base_url") or "").rstrip("/"), self.purpose)
         if isinstance(failure, Misconfigured) and not isinstance(failure, Rejected):
             if not key[0]:
                 return None
             why = _failing[key] = str(failure)
-            now = time.monotonic()
-            if now - _shared_written.get(key, -math.inf) < SHARED_REWRITE_S:
-                return None
-            _shared_written[key] = now
             return key, why
         if outcome in (Outcome.OK, Outcome.RETRIED_OK, Outcome.REPAIRED):
             known = _failing.pop(key, None) is not None
             if known or key in _shared:
                 _shared.pop(key, None)
-                _shared_written.pop(key, None)
                 return key, None
         return None
 

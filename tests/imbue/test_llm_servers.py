@@ -656,7 +656,6 @@ def as_another_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """Forget what this process learnt itself, as a process that never made the calls would."""
     monkeypatch.setattr(llm, "_failing", {})
     monkeypatch.setattr(llm, "_shared", {})
-    monkeypatch.setattr(llm, "_shared_written", {})
     monkeypatch.setattr(llm, "_shared_read_at", -float("inf"))
 
 
