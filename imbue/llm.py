@@ -1046,6 +1046,10 @@ async def _complete(run: _Run, kwargs: dict[str, Any]) -> str:
             run.reasoned = bool(message.get("reasoning_content") or message.get("reasoning"))
             answer = _without_thinking(content)
             if answer is not content:
+                if not content.lstrip().startswith(THINK_OPEN):
+                    # The template opens the block: this model's streams (the partner's, if
+                    # it plays the partner too) are held back from their first one.
+                    _opened_by_template.add(run.key)
                 run.reasoned, content = True, answer
             if not counted:
                 run.estimate_usage(kwargs["messages"], content, completion.get("usage"))
@@ -1159,10 +1163,11 @@ async def _stream_deltas(run: _Run, kwargs: dict[str, Any], parts: list[str]) ->
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
-# (Server, model) whose streamed reply showed a `</think>` with no `<think>` before it: its chat
-# template opens the block in the prompt, so its later streams are held back until the block
-# closes (`_ThinkGate(opened=True)`). Learnt from a whole reply: finding it out mid-stream would
-# mean looking at every token of every model's reply.
+# (Server, model) whose reply showed a `</think>` with no `<think>` before it: its chat template
+# opens the block in the prompt, so its later streams are held back until the block closes
+# (`_ThinkGate(opened=True)`). Learnt from a whole reply (a persona brief or rating, or a stream
+# once it ended): finding it out mid-stream would mean looking at every token of every model's
+# reply.
 _opened_by_template: set[tuple[str, str]] = set()
 
 

@@ -712,3 +712,14 @@ def test_a_shared_failure_no_process_has_renewed_for_a_while_is_taken_as_over(
     )
     as_another_process(monkeypatch)
     assert llm.is_working()
+
+
+@pytest.mark.django_db
+def test_a_whole_reply_that_shows_reasoning_opened_by_the_template_holds_back_the_first_stream(
+    quick: FakeServer,
+) -> None:
+    # The partner's brief (a whole reply, from the same model) comes before its first reply.
+    quick.configure(reasoning="think_in_template")
+    complete_json()
+    deltas, reply = stream()
+    assert not reply.revised and "".join(deltas) == reply.text == fake_reply(MESSAGES)

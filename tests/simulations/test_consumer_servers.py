@@ -69,19 +69,33 @@ def partner_limit(settings, max_tokens: int) -> None:
     settings.LLM = {**settings.LLM, "purposes": purposes}
 
 
-async def test_reasoning_opened_by_the_template_is_never_stored_and_soon_never_shown(
-    fake_llm,
-) -> None:
-    # DeepSeek-R1's template opens the <think> block in the prompt: the first reply's reasoning
-    # streams (nothing showed it until its "</think>"), but the stored reply, and the bubble
-    # every tab ends with, are the words after it; later replies hold it back.
+async def test_reasoning_opened_by_the_template_never_reaches_the_learner(fake_llm) -> None:
+    # DeepSeek-R1's template opens the <think> block in the prompt: its replies have only the
+    # "</think>". The partner's brief, written by the same model as the conversation starts,
+    # shows it, so even the first reply is held back until its reasoning ends.
     fake_llm.configure(reasoning="think_in_template", tokens_per_s=400)
     conversation = await start()
     view = await open_view(conversation)
+    reply = await send_and_wait(view, conversation, "Please text me by ten when you are late.")
+    assert reply.text and view.texts[reply.pk] == reply.text
+    for seen in [reply.text, *view.frames]:
+        assert "draft" not in seen and "Let me" not in seen and "think>" not in seen
+    await view.communicator.disconnect()
+
+
+async def test_reasoning_streamed_before_it_was_known_is_replaced_on_screen_and_never_stored(
+    fake_llm,
+) -> None:
+    from imbue import llm
+
+    fake_llm.configure(reasoning="think_in_template", tokens_per_s=400)
+    conversation = await start()
+    llm._opened_by_template.clear()  # as a web process that did not write the brief
+    view = await open_view(conversation)
     first = await send_and_wait(view, conversation, "Please text me by ten when you are late.")
+    assert any("draft" in f for f in view.frames)  # nothing showed it until its "</think>"
     assert first.text and "draft" not in first.text and "Let me" not in first.text
-    assert view.texts[first.pk] == first.text
-    assert any("draft" in f for f in view.frames)  # the first one did stream its reasoning
+    assert view.texts[first.pk] == first.text  # the bubble every tab ends with
     seen = len(view.frames)
     second = await send_and_wait(view, conversation, "I would like a text by ten on weeknights.")
     assert second.text and view.texts[second.pk] == second.text
