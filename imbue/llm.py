@@ -42,8 +42,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import openai
+import redis
+from asgiref.sync import sync_to_async
 from django.conf import settings
 
+from imbue import redis_quiet
 from imbue.models import LLMCall
 
 log = logging.getLogger(__name__)
@@ -142,7 +145,13 @@ class Misconfigured(LLMError):
 class Rejected(Misconfigured):
     """The server refused this one request (HTTP 400, 413 or 422: a prompt too long for the
     model's context, one its policy flagged, a parameter it does not take): the set-up may be
-    fine, so the pages do not say otherwise."""
+    fine, so neither the pages nor the learner are told otherwise. Stored as `misconfigured`
+    all the same (the server's words are in the record)."""
+
+    user_message = (
+        "The language model refused this request. Please try again; if it refuses again, a "
+        "shorter message may help."
+    )
 
 
 class Refused(LLMError):
@@ -218,11 +227,86 @@ def is_configured() -> bool:
 # that does not.
 _failing: dict[tuple[str, str], str] = {}
 
+# The same, shared between processes through Redis, so that a failure only the Celery worker
+# meets (the feedback model's) shows on the web's pages too. No cost on a call that works: a
+# process writes only when a call fails on its set-up (already a failed request to the model) or
+# a failure it knows of ends, in the thread hop that writes the call's row anyway; pages read the
+# hash at most every `SHARED_READ_S`, and take an entry older than `SHARED_FAILING_S` as over
+# (its process may have stopped without a call succeeding).
+SHARED_FAILING_KEY = "imbue:llm:failing"
+SHARED_READ_S = 15.0
+SHARED_FAILING_S = 600.0
+_shared: dict[tuple[str, str], str] = {}  # as last read
+_shared_read_at = -math.inf  # monotonic
+
 
 def is_working() -> bool:
-    """Configured, and no purpose's last call here failed on its set-up."""
+    """Configured, and no purpose's last call failed on its set-up, here or in another process
+    (as last read; see `SHARED_READ_S`)."""
     base_url = str(settings.LLM.get("base_url") or "").rstrip("/")
-    return bool(base_url) and all(url != base_url for url, _ in _failing)
+    if not base_url or any(url == base_url for url, _ in _failing):
+        return False
+    return all(url != base_url for url, _ in _shared_failures())
+
+
+def _shared_failures() -> dict[tuple[str, str], str]:
+    """The failures all processes shared, read again when the last read is `SHARED_READ_S` old
+    (kept as it was while Redis does not answer)."""
+    global _shared_read_at
+    now = time.monotonic()
+    if now - _shared_read_at < SHARED_READ_S:
+        return _shared
+    _shared_read_at = now
+    if redis_quiet.quiet():
+        return _shared
+    try:
+        entries = _redis().hgetall(SHARED_FAILING_KEY)
+    except redis.RedisError as error:
+        log.warning("could not read the shared model status: %s", error)
+        redis_quiet.note(error)
+        return _shared
+    fresh: dict[tuple[str, str], str] = {}
+    for name, value in entries.items():
+        try:
+            url, purpose = name.decode().rsplit(" ", 1)
+            entry = json.loads(value)
+            if time.time() - float(entry["at"]) < SHARED_FAILING_S:
+                fresh[(url, purpose)] = str(entry["why"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    _shared.clear()
+    _shared.update(fresh)
+    return _shared
+
+
+def _share_status(change: tuple[tuple[str, str], str | None]) -> None:
+    """Write one purpose's start (`why`) or end (None) of failing to the shared hash."""
+    (url, purpose), why = change
+    name = f"{url} {purpose}"
+    if redis_quiet.quiet():
+        return  # Redis just failed to answer in time: the pages keep this process's own view
+    try:
+        if why is None:
+            _redis().hdel(SHARED_FAILING_KEY, name)
+        else:
+            entry = json.dumps({"why": why[:_ERROR_CHARS], "at": time.time()})
+            with _redis().pipeline() as pipe:
+                pipe.hset(SHARED_FAILING_KEY, name, entry)
+                pipe.expire(SHARED_FAILING_KEY, int(SHARED_FAILING_S))
+                pipe.execute()
+    except redis.RedisError as error:
+        log.warning("could not share the model status of %s: %s", purpose, error)
+        redis_quiet.note(error)
+
+
+_redis_clients: dict[str, redis.Redis] = {}
+
+
+def _redis() -> redis.Redis:
+    url = settings.REDIS_URL
+    if url not in _redis_clients:
+        _redis_clients[url] = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+    return _redis_clients[url]
 
 
 def status_label() -> str:
@@ -382,17 +466,81 @@ async def _close_with_loop(client: openai.AsyncOpenAI, key: Any) -> AsyncIterato
 
 
 # What each (server, model) was found to reject, learnt from its 400 answers, so the next call
-# asks the right way at once: the best structured-output format, parameters to leave out.
-_formats: dict[tuple[str, str], str] = {}
+# asks the right way at once: parameters to leave out, the structured-output formats it does not
+# take (`_Ban` below), the context its prompts must fit.
 _quirks: dict[tuple[str, str], set[str]] = {}
 _FORMAT_ORDER = [Format.JSON_SCHEMA, Format.JSON_OBJECT, Format.JSON_IN_PROMPT]
+
+# A format given up on weaker evidence than a 400 naming it (one prose answer to json_schema from
+# a proxy that may pass it on to a model that ignored it this once; a 500 that names
+# response_format, perhaps in passing) is asked for again after this long, and after twice as
+# long each time the evidence repeats, up to `FORMAT_RETRY_MAX_S`.
+FORMAT_RETRY_S = 300.0
+FORMAT_RETRY_MAX_S = 6 * 3600.0
+
+
+@dataclass
+class _Ban:
+    """A structured-output format a (server, model) did not take: for good (`until` None: it
+    answered 400 naming it), or until `until` (monotonic time), after `strikes` such answers."""
+
+    until: float | None
+    strikes: int = 1
+
+
+_formats: dict[tuple[str, str], dict[str, _Ban]] = {}
+_clock = time.monotonic  # tests move it on
+
+
+def _format_for(key: tuple[str, str]) -> str:
+    """The strictest structured-output format this (server, model) is not known to refuse."""
+    bans = _formats.get(key)
+    if not bans:
+        return Format.JSON_SCHEMA
+    now = _clock()
+    for fmt in _FORMAT_ORDER[:-1]:
+        ban = bans.get(fmt)
+        if ban is None or (ban.until is not None and ban.until <= now):
+            return fmt
+    return Format.JSON_IN_PROMPT
+
+
+def _ban_format(key: tuple[str, str], fmt: str, *, lasting: bool) -> float | None:
+    """Stop asking `key` for `fmt`: for good, or for a while that doubles with each repeat.
+    Returns how long, in seconds (None: for good)."""
+    bans = _formats.setdefault(key, {})
+    earlier = bans.get(fmt)
+    if earlier is not None and earlier.until is None:
+        return None
+    strikes = earlier.strikes + 1 if earlier is not None else 1
+    if lasting:
+        bans[fmt] = _Ban(until=None, strikes=strikes)
+        return None
+    wait = min(FORMAT_RETRY_S * 2 ** (strikes - 1), FORMAT_RETRY_MAX_S)
+    bans[fmt] = _Ban(until=_clock() + wait, strikes=strikes)
+    return wait
+
+
+# (Server, model) -> (its context length, characters per prompt token), from vLLM's 400 to a
+# prompt plus max_tokens beyond its context: later calls ask for a limit that fits at once
+# instead of each being refused first.
+_contexts: dict[tuple[str, str], tuple[int, float]] = {}
+# The estimate of a prompt's tokens from its characters errs this much on the safe side.
+_PROMPT_MARGIN = 1.1
 
 
 def forget_server_capabilities() -> None:
     """Forget what servers were found not to support (after changing the server, and in tests)."""
     _formats.clear()
     _quirks.clear()
+    _contexts.clear()
+    global _shared_read_at
     _failing.clear()
+    _shared.clear()
+    _shared_read_at = -math.inf
+    with contextlib.suppress(redis.RedisError):
+        _redis().delete(SHARED_FAILING_KEY)
+    _opened_by_template.clear()
 
 
 # --- one call ---------------------------------------------------------------------------------
@@ -419,6 +567,7 @@ class _Run:
     retried: bool = False  # after a passing failure (a format fallback or repair is not a retry)
     repaired: bool = False
     reasoned: bool = False  # the model sent reasoning (its own field or a <think> block)
+    revised: bool = False  # a stream's text is not what its deltas made (reasoning taken back)
 
     def __post_init__(self) -> None:
         if self.purpose not in LLMCall.Purpose.values:
@@ -459,18 +608,34 @@ class _Run:
         if self.params.get("max_tokens"):
             token_param = "max_completion_tokens" if "max_tokens" in quirks else "max_tokens"
             kwargs[token_param] = self.params["max_tokens"]
+            if self.key in _contexts:
+                self.fit_to_context(kwargs, token_param)
         if self.stream and "stream_options" not in quirks:
             kwargs["stream_options"] = {"include_usage": True}
         return kwargs
+
+    def fit_to_context(self, kwargs: dict[str, Any], token_param: str) -> None:
+        """Lower the token limit to what the model's context (learnt from an earlier refusal)
+        has room for beside this prompt, estimated from its characters; should the estimate
+        fall short, the server's refusal is still fitted as before."""
+        context, chars_per_token = _contexts[self.key]
+        estimate = math.ceil(_prompt_chars(kwargs["messages"]) / chars_per_token * _PROMPT_MARGIN)
+        room = context - estimate
+        if MIN_REPLY_TOKENS <= room < kwargs[token_param]:
+            kwargs[token_param] = self.params["fitted_max_tokens"] = room
 
     def learn_from_rejection(self, kwargs: dict[str, Any], error: openai.APIStatusError) -> bool:
         """Drop or rename a parameter the server said it does not support, or lower the token
         limit to what the model's context has room for; True if the request changed."""
         text = _error_text(error).lower()
-        room = _room_for_reply(text)
-        if room is not None:
+        sizes = _context_sizes(text)
+        if sizes is not None:
             # vLLM refuses a prompt plus max_tokens beyond the model's context (OpenAI stops
             # the reply there instead); its words name both parameters, and renaming is no fix.
+            context, prompt_tokens = sizes
+            if prompt_tokens > 0:  # remembered, so later calls fit at once (`fit_to_context`)
+                _contexts[self.key] = (context, _prompt_chars(kwargs["messages"]) / prompt_tokens)
+            room = context - prompt_tokens
             limit = "max_completion_tokens" if "max_completion_tokens" in kwargs else "max_tokens"
             if not MIN_REPLY_TOKENS <= room < int(kwargs.get(limit) or 0):
                 return False  # the prompt alone (nearly) fills the context
@@ -531,12 +696,17 @@ class _Run:
             return Outcome.REPAIRED
         return Outcome.RETRIED_OK if self.retried else Outcome.OK
 
-    def row(self, outcome: str, error: str = "") -> dict[str, Any]:
-        """The fields of the call's `LLMCall` row."""
-        cfg = self.cfg
+    def record_params(self) -> dict[str, Any]:
+        """The `params` of the call's row."""
         params = dict(self.params)
         if _quirks.get(self.key):
             params["adapted_to_server"] = sorted(_quirks[self.key])
+        return params
+
+    def row(self, outcome: str, error: str = "") -> dict[str, Any]:
+        """The fields of the call's `LLMCall` row."""
+        cfg = self.cfg
+        params = self.record_params()
         return {
             "purpose": self.purpose,
             "model": self.model,
@@ -561,33 +731,54 @@ class _Run:
             "draft_id": self.context.draft_id,
         }
 
-    def note_outcome(self, outcome: str, failure: LLMError | None) -> None:
+    def note_outcome(
+        self, outcome: str, failure: LLMError | None
+    ) -> tuple[tuple[str, str], str | None] | None:
         """Keep the pages' status line true: a purpose is failing from its first call refused
-        for its set-up (not for one request's content) until one succeeds."""
+        for its set-up (not for one request's content) until one succeeds. Returns the change
+        to share with the other processes, if any (never for a call that works while none
+        fails: see `SHARED_FAILING_KEY`)."""
         key = (str(settings.LLM.get("base_url") or "").rstrip("/"), self.purpose)
         if isinstance(failure, Misconfigured) and not isinstance(failure, Rejected):
-            if key[0]:
-                _failing[key] = str(failure)
-        elif outcome in (Outcome.OK, Outcome.RETRIED_OK, Outcome.REPAIRED):
-            _failing.pop(key, None)
+            if not key[0]:
+                return None
+            why = _failing[key] = str(failure)
+            return key, why
+        if outcome in (Outcome.OK, Outcome.RETRIED_OK, Outcome.REPAIRED):
+            known = _failing.pop(key, None) is not None
+            if known or key in _shared:
+                _shared.pop(key, None)
+                return key, None
+        return None
 
     async def record(
         self, outcome: str, error: str = "", failure: LLMError | None = None
     ) -> int | None:
         """Write the call's row; a failure to write is logged, never raised over the reply."""
-        self.note_outcome(outcome, failure)
+        change = self.note_outcome(outcome, failure)
         try:
-            call = await LLMCall.objects.acreate(**self.row(outcome, error))
+            if change is None:
+                call = await LLMCall.objects.acreate(**self.row(outcome, error))
+            else:  # in the same thread hop as the row
+                call = await sync_to_async(self._create_and_share)(outcome, error, change)
         except Exception:
             log.exception("could not record the %s call", self.purpose)
             return None
         return call.pk
 
+    def _create_and_share(
+        self, outcome: str, error: str, change: tuple[tuple[str, str], str | None]
+    ) -> LLMCall:
+        _share_status(change)
+        return LLMCall.objects.create(**self.row(outcome, error))
+
     def record_sync(
         self, outcome: str, error: str = "", failure: LLMError | None = None
     ) -> int | None:
         """`record` in the calling thread, so the row joins the caller's transaction."""
-        self.note_outcome(outcome, failure)
+        change = self.note_outcome(outcome, failure)
+        if change is not None:
+            _share_status(change)
         try:
             call = LLMCall.objects.create(**self.row(outcome, error))
         except Exception:
@@ -628,13 +819,24 @@ _CONTEXT_LIMIT = re.compile(r"maximum context length is (\d+)")
 _PROMPT_SIZE = re.compile(r"(\d+) in the messages|(\d+) input tokens")
 
 
-def _room_for_reply(text: str) -> int | None:
-    """Tokens left for the reply by a "maximum context length" error (vLLM's words, in each of
-    its versions); None when the error is about something else."""
+def _context_sizes(text: str) -> tuple[int, int] | None:
+    """(The model's context length, the prompt's tokens) from a "maximum context length" error
+    (vLLM's words, in each of its versions); None when the error is about something else."""
     limit, prompt = _CONTEXT_LIMIT.search(text), _PROMPT_SIZE.search(text)
     if not limit or not prompt:
         return None
-    return int(limit.group(1)) - int(prompt.group(1) or prompt.group(2))
+    return int(limit.group(1)), int(prompt.group(1) or prompt.group(2))
+
+
+def _room_for_reply(text: str) -> int | None:
+    """Tokens left for the reply by a "maximum context length" error; None when the error is
+    about something else."""
+    sizes = _context_sizes(text)
+    return None if sizes is None else sizes[0] - sizes[1]
+
+
+def _prompt_chars(messages: Sequence[Message]) -> int:
+    return sum(len(str(m.get("content") or "")) + 16 for m in messages)
 
 
 def _scrub(text: str, cfg: _Config | None) -> str:
@@ -706,14 +908,30 @@ def _classify(exc: BaseException, cfg: _Config | None = None) -> LLMError:
     return GaveUp(f"{type(exc).__name__}: {exc}")
 
 
+# A path that already names an API version or an OpenAI-compatible layer (/v1, /v1beta/openai,
+# /api/v2, /openai/v1): adding /v1 to it is not the fix.
+_VERSIONED_PATH = re.compile(r"/(v\d[\w.-]*|openai)(/|$)", re.I)
+GEMINI_HOST = "generativelanguage.googleapis.com"
+
+
 def _address_hint(exc: openai.NotFoundError, cfg: _Config) -> str:
     """A hint when a 404 is about the address rather than the model: vLLM, Ollama and LM Studio
     serve the protocol under /v1 only, and answer a path outside it with a bare 404."""
     if "model" in _error_text(exc).lower() or cfg.provider == "azure":
         return ""
-    if urlsplit(cfg.base_url).path.rstrip("/").endswith("/v1"):
+    parts = urlsplit(cfg.base_url)
+    path = parts.path.rstrip("/")
+    if parts.hostname == GEMINI_HOST:
+        return f" (Gemini's OpenAI-compatible address is https://{GEMINI_HOST}/v1beta/openai)"
+    if _VERSIONED_PATH.search(path + "/"):
         return f" (is {cfg.base_url} the server's OpenAI-compatible address?)"
-    return f" (LLM_BASE_URL={cfg.base_url} may need to end in /v1)"
+    if not path:
+        return f" (LLM_BASE_URL={cfg.base_url} may need to end in /v1)"
+    root = f"{parts.scheme}://{parts.netloc}"
+    return (
+        f" (is {cfg.base_url} the server's OpenAI-compatible address? Most servers have it at "
+        f"/v1, such as {root}/v1)"
+    )
 
 
 async def _pause(cfg: _Config, retries_done: int, error: LLMError) -> None:
@@ -745,7 +963,12 @@ class _UsedUp(Malformed):
 
 
 class _FormatRejected(Exception):
-    """The server answered 400 to a structured-output request: try a plainer format."""
+    """The server refused a structured-output request: try a plainer format. `lasting`: it said
+    so with a 400 (a 500 naming the format may be a passing fault, so it is asked again later)."""
+
+    def __init__(self, detail: str, *, lasting: bool) -> None:
+        super().__init__(detail)
+        self.lasting = lasting
 
 
 # Keyword arguments of `request()` that are the SDK's request options, not the JSON body.
@@ -823,6 +1046,10 @@ async def _complete(run: _Run, kwargs: dict[str, Any]) -> str:
             run.reasoned = bool(message.get("reasoning_content") or message.get("reasoning"))
             answer = _without_thinking(content)
             if answer is not content:
+                if not content.lstrip().startswith(THINK_OPEN):
+                    # The template opens the block: this model's streams (the partner's, if
+                    # it plays the partner too) are held back from their first one.
+                    _opened_by_template.add(run.key)
                 run.reasoned, content = True, answer
             if not counted:
                 run.estimate_usage(kwargs["messages"], content, completion.get("usage"))
@@ -837,12 +1064,12 @@ async def _complete(run: _Run, kwargs: dict[str, Any]) -> str:
             if getattr(exc, "code", None) == "content_filter":
                 raise Refused(f"HTTP {exc.status_code}: {_error_text(exc)}") from exc
             if "response_format" in kwargs and _about_format(exc):
-                raise _FormatRejected(_error_text(exc)) from exc
+                raise _FormatRejected(_error_text(exc), lasting=True) from exc
             raise Rejected(f"HTTP {exc.status_code}: {_error_text(exc)}") from exc
         except openai.InternalServerError as exc:
             # Older llama-server answers a response format it lacks with a 500 naming it.
             if "response_format" in kwargs and "response_format" in _error_text(exc):
-                raise _FormatRejected(_error_text(exc)) from exc
+                raise _FormatRejected(_error_text(exc), lasting=False) from exc
             error = _classify(exc, run.cfg)
             if retries >= run.cfg.max_retries:
                 _reraise(error, exc)
@@ -864,7 +1091,8 @@ async def _stream_deltas(run: _Run, kwargs: dict[str, Any], parts: list[str]) ->
         run.attempts += 1
         run.finish_reason = ""
         usage: Any = None
-        gate = _ThinkGate()
+        opened = run.key in _opened_by_template
+        gate = _ThinkGate(opened=opened)
         try:
             stream = await _post(client, kwargs, stream=True)
             async with stream:
@@ -891,12 +1119,19 @@ async def _stream_deltas(run: _Run, kwargs: dict[str, Any], parts: list[str]) ->
                         run.reasoned = bool(
                             delta.get("reasoning_content") or delta.get("reasoning")
                         )
-            tail = gate.finish()
+            if opened and gate.unclosed:
+                # No block this time: this model's replies stream token by token again until
+                # one shows a `</think>` of its own.
+                _opened_by_template.discard(run.key)
+                run.reasoned = run.reasoned or run.finish_reason == "length"
+            tail = gate.finish(cut=run.finish_reason == "length")
             if tail:
                 run.first_token()
                 parts.append(tail)
                 yield tail
             run.reasoned = run.reasoned or gate.thought
+            if not gate.thought and parts:
+                _take_back_reasoning(run, parts)
             if run.finish_reason == "content_filter":
                 raise Refused("stopped by the content filter", partial_text="".join(parts))
             if not run.finish_reason:
@@ -904,7 +1139,8 @@ async def _stream_deltas(run: _Run, kwargs: dict[str, Any], parts: list[str]) ->
             if not parts:
                 if run.finish_reason == "length":
                     raise run.used_up(kwargs)
-                raise Malformed("an empty reply", transient=True)
+                # Not retried once the caller has seen words (reasoning, taken back).
+                raise Malformed("an empty reply", transient=not run.revised)
             if not run.add_usage(usage):
                 run.estimate_usage(kwargs["messages"], "".join(parts), usage)
             return
@@ -926,6 +1162,30 @@ async def _stream_deltas(run: _Run, kwargs: dict[str, Any], parts: list[str]) ->
 
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+# (Server, model) whose reply showed a `</think>` with no `<think>` before it: its chat template
+# opens the block in the prompt, so its later streams are held back until the block closes
+# (`_ThinkGate(opened=True)`). Learnt from a whole reply (a persona brief or rating, or a stream
+# once it ended): finding it out mid-stream would mean looking at every token of every model's
+# reply.
+_opened_by_template: set[tuple[str, str]] = set()
+
+
+def _take_back_reasoning(run: _Run, parts: list[str]) -> None:
+    """At the end of a stream that went out token by token: if it was reasoning up to a
+    `</think>` whose opening tag was in the prompt, keep only the words after it (`parts` then
+    holds them alone, and the caller replaces what it showed) and hold this model's later streams
+    back until their block closes. One search of the finished reply, never per token."""
+    text = "".join(parts)
+    if THINK_CLOSE not in text:
+        return
+    answer = _without_thinking(text)
+    if answer is text:
+        return  # the tags were only mentioned
+    _opened_by_template.add(run.key)
+    run.reasoned = run.revised = True
+    run.params["reasoning_taken_back"] = len(text) - len(answer)
+    parts[:] = [answer] if answer else []
 
 
 def _without_thinking(text: str) -> str:
@@ -949,20 +1209,33 @@ class _ThinkGate:
     ended, `passed` is True and the caller stops feeding it: nothing more per token. Inside a
     block it keeps only what could be the start of a split `</think>`, never the reasoning
     itself: kept whole and searched again on every token, a trace of 8,000 tokens cost 72 ms of
-    the event loop that streams every learner's reply."""
+    the event loop that streams every learner's reply.
 
-    __slots__ = ("_held", "_inside", "passed", "thought")
+    `opened`: the model's chat template opens the block in the prompt (DeepSeek-R1 and its
+    distillations), so the reply starts inside it and only its `</think>` shows where the words
+    begin. Everything is held until then; should the stream end without one, the reply had no
+    reasoning after all and `finish` gives it whole (kept as a list, never searched again)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_held", "_inside", "_kept", "passed", "thought")
+
+    def __init__(self, *, opened: bool = False) -> None:
         self._held = ""
-        self._inside = False
+        self._inside = opened
+        self._kept: list[str] | None = [] if opened else None
         self.passed = False
         self.thought = False
+
+    @property
+    def unclosed(self) -> bool:
+        """An `opened` gate whose block never closed (so far)."""
+        return self._kept is not None
 
     def feed(self, text: str) -> str:
         """The part of `text` (with what was held back) that is the reply's own words."""
         if self.passed:
             return text
+        if self._kept is not None:
+            self._kept.append(text)
         held = self._held + text
         while True:
             if self._inside:
@@ -970,7 +1243,8 @@ class _ThinkGate:
                 if not closed:
                     self._held = reasoning[1 - len(THINK_CLOSE) :]
                     return ""
-                self._inside = False  # the whitespace after the block goes with it
+                self._inside, self._kept = False, None  # the whitespace after it goes with it
+                self.thought = True
             start = held.lstrip()
             if start.startswith(THINK_OPEN):
                 self.thought = self._inside = True
@@ -982,10 +1256,15 @@ class _ThinkGate:
             self.passed, self._held = True, ""
             return start if self.thought else held
 
-    def finish(self) -> str:
-        """What was held back when the stream ended: text that only looked like a tag's start
-        (an unclosed block is reasoning, never shown)."""
+    def finish(self, *, cut: bool = False) -> str:
+        """What was held back when the stream ended: text that only looked like a tag's start,
+        or an `opened` gate's whole reply when no block closed. An unclosed block is reasoning,
+        never shown: a `<think>` one always, an `opened` one when the stream was `cut` at the
+        token limit (the reasoning ran out of room)."""
         held, self._held = self._held, ""
+        if self._kept is not None:
+            kept, self._kept = "".join(self._kept), None
+            return "" if cut else kept.strip()
         return "" if self.passed or self.thought else held
 
 
@@ -1017,6 +1296,29 @@ class TextStream:
     @property
     def ttft_ms(self) -> float | None:
         return self._run.ttft_ms
+
+    @property
+    def revised(self) -> bool:
+        """Whether `text` differs from the deltas streamed: the model's reasoning, which only
+        its closing `</think>` at the end showed, was taken out. What was shown of it must be
+        replaced by `text`."""
+        return self._run.revised
+
+    @property
+    def finish_reason(self) -> str:
+        """The server's finish reason ("stop"; "length" when the token limit cut the reply)."""
+        return self._run.finish_reason
+
+    async def add_to_record(self, **params: Any) -> None:
+        """Add what the caller made of the finished reply to its `LLMCall` row's `params` (one
+        write; for the rare reply that needs it, such as one cut by the token limit)."""
+        self._run.params.update(params)
+        if self.call_id is None:
+            return
+        try:
+            await LLMCall.objects.filter(pk=self.call_id).aupdate(params=self._run.record_params())
+        except Exception:
+            log.exception("could not add %s to the record of call %s", sorted(params), self.call_id)
 
     def __aiter__(self) -> AsyncIterator[str]:
         if self._generator is None:
@@ -1137,7 +1439,7 @@ async def _json_conversation(
 ) -> tuple[Any, str]:
     conversation: list[Message] = list(messages)
     while True:
-        run.response_format = _formats.get(run.key, Format.JSON_SCHEMA)
+        run.response_format = _format_for(run.key)
         kwargs = run.request(_with_json_instruction(conversation, run.response_format, schema))
         if run.response_format == Format.JSON_SCHEMA:
             kwargs["response_format"] = {
@@ -1149,12 +1451,7 @@ async def _json_conversation(
         try:
             text = await _complete(run, kwargs)
         except _FormatRejected as rejected:
-            plainer = _FORMAT_ORDER[_FORMAT_ORDER.index(Format(run.response_format)) + 1]
-            log.warning(
-                "%s rejected %s (%s); using %s from now on",
-                run.cfg.host if run.cfg else "?", run.response_format, rejected, plainer,
-            )  # fmt: skip
-            _formats[run.key] = plainer
+            _give_up_format(run, str(rejected), lasting=rejected.lasting)
             continue
         except _UsedUp:
             raise
@@ -1164,16 +1461,14 @@ async def _json_conversation(
         else:
             problem = _problem_with(text, schema, validate)
             if problem is None:
+                if run.key in _formats:  # asked again after a while, and taken: evidence gone
+                    _formats[run.key].pop(run.response_format, None)
                 return parse_json_reply(text), text
             if run.response_format == Format.JSON_SCHEMA and text.strip() and "{" not in text:
                 # Prose with no object at all, which no constrained decoder writes: the server
                 # ignored the format without a word (older Ollama and others), and the prompt
                 # alone never showed the schema, so a repair could not help either.
-                log.warning(
-                    "%s ignored %s; using %s from now on",
-                    run.cfg.host if run.cfg else "?", run.response_format, Format.JSON_OBJECT,
-                )  # fmt: skip
-                _formats[run.key] = Format.JSON_OBJECT
+                _give_up_format(run, "answered in prose", lasting=False)
                 continue
         if run.repaired:
             raise Malformed(f"still unusable after one repair: {problem}")
@@ -1183,6 +1478,20 @@ async def _json_conversation(
             {"role": "assistant", "content": text or "(empty reply)"},
             {"role": "user", "content": REPAIR_NOTE.format(problem=problem)},
         ]
+
+
+def _give_up_format(run: _Run, why: str, *, lasting: bool) -> None:
+    """This call asks again in the next plainer format; later calls do too, for good or for a
+    while (`_ban_format`)."""
+    fmt = run.response_format
+    wait = _ban_format(run.key, fmt, lasting=lasting)
+    plainer = _FORMAT_ORDER[_FORMAT_ORDER.index(Format(fmt)) + 1]
+    run.params.setdefault("formats_given_up", []).append(fmt)
+    log.warning(
+        "%s did not take %s (%s); asking for %s %s",
+        run.cfg.host if run.cfg else "?", fmt, why, plainer,
+        "from now on" if wait is None else f"for the next {wait / 60:.0f} minutes",
+    )  # fmt: skip
 
 
 def _problem_with(
@@ -1386,8 +1695,6 @@ async def _release_callers_connections() -> None:
     """`_release_database_connections` in the thread that holds the caller's connection: a sync
     caller through async_to_sync (a view writing a partner's brief), or a socket's database
     thread. Whole replies only: a streamed reply's first token must not wait for the hop."""
-    from asgiref.sync import sync_to_async
-
     await sync_to_async(_release_database_connections)()
 
 

@@ -762,6 +762,31 @@ def strip_agreement(text: str) -> tuple[str, bool]:
     return f.text.strip(), f.agreed
 
 
+# A sentence's end: its stop (or stops), then any closing quotes or brackets, then a space or the
+# end of the text ("Fine." / "Really?!" / "No." he said / (I mean it.)).
+_SENTENCE_END = re.compile(r"""[.!?\u2026]+["'\u201d\u2019)\]]*(?=\s|$)""")
+# Kept to its last whole sentence, a cut reply should still say most of what it said; when that
+# sentence ends before this share of the text, it trails off instead.
+_KEEP_AT_LEAST = 0.4
+TRAILING_OFF = "\u2026"
+
+
+def whole_sentences(text: str) -> str:
+    """A reply that the token limit cut off mid-sentence, made whole: kept to its last complete
+    sentence, or, when that would drop most of it, trailing off ("...") after its last whole
+    word. A reply that already ends a sentence is returned as it is."""
+    text = text.rstrip()
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    if ends and ends[-1] == len(text):
+        return text
+    if ends and ends[-1] >= _KEEP_AT_LEAST * len(text):
+        return text[: ends[-1]]
+    words = text.split(" ")
+    # The limit may fall inside a word: the last one goes, unless it is the only one.
+    kept = " ".join(words[:-1]) if len(words) > 1 else text
+    return kept.rstrip(" ,;:-\u2013\u2014") + TRAILING_OFF
+
+
 # ---------------------------------------------------------------------------------------------
 # The offline partner
 # ---------------------------------------------------------------------------------------------

@@ -1271,10 +1271,23 @@ async def _write(job: _Job, lost: asyncio.Event) -> _Written | _Failed:
             log.warning("partner reply %s failed: %s", job.message_id, error)
             return _Failed(error.user_message, error.call_id)
         else:
-            text = shown.text.strip() or (BARE_AGREEMENT if shown.agreed else "")
+            if reply.revised:
+                # What streamed was the model's reasoning, which only its closing tag at the end
+                # showed: the reply is the words after it. Every tab's bubble is replaced by the
+                # stored text when the reply is announced as done.
+                text, agreed = partner.strip_agreement(reply.text)
+            else:
+                text, agreed = shown.text.strip(), shown.agreed
+            if text and reply.finish_reason == "length":
+                # Cut by the token limit: stored (and shown, when done) as whole sentences.
+                whole = partner.whole_sentences(text)
+                cut = {"chars": len(text), "stored_chars": len(whole)}
+                await reply.add_to_record(cut_reply=cut)
+                text = whole
+            text = text or (BARE_AGREEMENT if agreed else "")
             if not text:
                 return _Failed(llm.Malformed.user_message, reply.call_id)
-            return _Written(text, shown.agreed, reply.call_id)
+            return _Written(text, agreed, reply.call_id)
         finally:
             pusher.cancel()  # a failed or cut reply sends nothing more
     text, agreed = partner.offline_reply(

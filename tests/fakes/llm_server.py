@@ -27,12 +27,14 @@ as a dict may also set "body": the error body sent verbatim (another server's er
 
 Knobs make it answer as other real servers do: `reasoning` ("reasoning_content" as DeepSeek and
 older vLLM, "reasoning" as Ollama and newer vLLM, "think" for `<think>...</think>` inside the
-content as Qwen3 or DeepSeek-R1 on llama.cpp and Ollama); `usage` ("final", "none", or "every":
-cumulative usage on every chunk); `keepalive` (`: ping` SSE comments between chunks);
-`context_length` (vLLM's 400 when the prompt plus `max_tokens` exceeds it); `format_rejection`
-("llama.cpp": older llama-server's HTTP 500 to a format it lacks); `require_v1` (404 to a chat
-path outside `/v1/`, as vLLM and Ollama answer a base URL without it); `ignore_response_format`
-(answer as if no format was asked, as older Ollama and some other servers do, without an error).
+content as Qwen3 or DeepSeek-R1 on llama.cpp and Ollama, "think_in_template" for the same without
+the opening `<think>`, which DeepSeek-R1's chat template puts in the prompt); `usage` ("final",
+"none", or "every": cumulative usage on every chunk); `keepalive` (`: ping` SSE comments between
+chunks); `context_length` (vLLM's 400 when the prompt plus `max_tokens` exceeds it);
+`format_rejection` ("llama.cpp": older llama-server's HTTP 500 to a format it lacks); `require_v1`
+(404 to a chat path outside `/v1/`, as vLLM and Ollama answer a base URL without it);
+`ignore_response_format` (answer as if no format was asked, as older Ollama and some other servers
+do, without an error).
 
 Replies are words from a small vocabulary chosen by a hash of the messages, about as long as the
 last user message (capped by `reply_tokens` and `max_tokens`); `fake_reply()` predicts them. When
@@ -111,7 +113,7 @@ class Knobs:
     hang_s: float = 300.0
     seed: int = 0
     models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
-    reasoning: str = ""  # "", "reasoning_content", "reasoning" or "think"
+    reasoning: str = ""  # "", "reasoning_content", "reasoning", "think" or "think_in_template"
     reasoning_tokens: int = 0  # 0: len(REASONING_WORDS); counted against max_tokens
     usage: str = "final"  # "final" (when asked), "none", "every" (cumulative, on every chunk)
     keepalive: bool = False  # ": ping" comments before every chunk
@@ -119,6 +121,7 @@ class Knobs:
     format_rejection: str = "openai"  # or "llama.cpp": older llama-server's 500 to json_schema
     require_v1: bool = False  # 404 (as vLLM, Ollama) to a chat path outside /v1/ or Azure's
     ignore_response_format: bool = False  # answer as if none was asked (older Ollama and others)
+    sentence_words: int = 0  # 0: no stops; else a full stop after every this many words
 
     def update(self, values: Mapping[str, Any]) -> None:
         known = {f.name: f for f in fields(self)}
@@ -168,16 +171,26 @@ def _last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
 
 
 def reply_deltas(
-    messages: Sequence[Mapping[str, Any]], *, reply_tokens: int = 40, max_tokens: int | None = None
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    reply_tokens: int = 40,
+    max_tokens: int | None = None,
+    sentence_words: int = 0,
 ) -> tuple[list[str], str]:
-    """The reply as stream deltas (one word each) and its finish reason ("stop" or "length")."""
+    """The reply as stream deltas (one word each) and its finish reason ("stop" or "length");
+    with `sentence_words`, every that many words end a sentence (the last word always does)."""
     wanted = max(3, len(_last_user_text(messages).split()))
-    count = min(wanted, max(1, reply_tokens))
+    whole = count = min(wanted, max(1, reply_tokens))
     finish = "stop"
     if max_tokens is not None and max_tokens < count:
         count, finish = max(1, max_tokens), "length"
     seed = messages_seed(messages)
     words = [WORDS[_pick(seed, f"w{i}", len(WORDS))] for i in range(count)]
+    if sentence_words > 0:
+        words = [
+            w + "." if (i + 1) % sentence_words == 0 or i == whole - 1 else w
+            for i, w in enumerate(words)
+        ]
     deltas = [words[0]] + [" " + w for w in words[1:]]
     if AGREE_TRIGGER in _last_user_text(messages) and finish == "stop":
         deltas.append(" " + AGREE_MARKER)
@@ -185,10 +198,16 @@ def reply_deltas(
 
 
 def fake_reply(
-    messages: Sequence[Mapping[str, Any]], *, reply_tokens: int = 40, max_tokens: int | None = None
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    reply_tokens: int = 40,
+    max_tokens: int | None = None,
+    sentence_words: int = 0,
 ) -> str:
     """The exact text the fake answers to these messages (for tests to assert on)."""
-    deltas, _ = reply_deltas(messages, reply_tokens=reply_tokens, max_tokens=max_tokens)
+    deltas, _ = reply_deltas(
+        messages, reply_tokens=reply_tokens, max_tokens=max_tokens, sentence_words=sentence_words
+    )
     return "".join(deltas)
 
 
@@ -487,10 +506,12 @@ class FakeLLMApp:
         if limit is not None and len(reasoning) + len(content) > limit:
             content, finish = content[: max(0, limit - len(reasoning))], "length"
             reasoning = reasoning[:limit]
-        if self.knobs.reasoning != "think":
+        if self.knobs.reasoning not in ("think", "think_in_template"):
             return reasoning, content, finish
         closed = ["</think>", "\n\n"] if content or finish != "length" else []
-        return [], ["<think>", "\n", *reasoning, *closed, *content], finish
+        # DeepSeek-R1's chat template ends the prompt with "<think>\n": the reply opens inside.
+        opening = ["<think>", "\n"] if self.knobs.reasoning == "think" else []
+        return [], [*opening, *reasoning, *closed, *content], finish
 
     def _content(
         self,
@@ -521,7 +542,10 @@ class FakeLLMApp:
                 return _chunks('{"reply": "unfinished'), "stop", None
             max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
             deltas, finish = reply_deltas(
-                messages, reply_tokens=self.knobs.reply_tokens, max_tokens=max_tokens
+                messages,
+                reply_tokens=self.knobs.reply_tokens,
+                max_tokens=max_tokens,
+                sentence_words=self.knobs.sentence_words,
             )
             return deltas, finish, None
         text = json.dumps(value, ensure_ascii=False)

@@ -502,3 +502,29 @@ async def test_a_database_outage_during_a_request_says_so_and_the_socket_stays(m
     assert 'data-state="final"' in await page.receive_from(timeout=10)
     assert calls["n"] == 2 and len(await drafts_of(conversation)) == 1
     await page.disconnect()
+
+
+@database_sync_to_async
+def home_page() -> str:
+    from django.test import Client
+
+    return Client().get("/").content.decode()
+
+
+async def test_a_feedback_model_failing_only_in_the_worker_shows_on_the_pages_until_it_answers(
+    celery_worker, fake_llm
+):
+    from imbue import llm
+
+    fake_llm.faults(["401"])  # the worker's feedback call: this process never meets it
+    conversation = await make_conversation()
+    asked = await ask(conversation=conversation, text=DRAFT, strategies=["assert"])
+    failed = await wait_done(asked)
+    assert failed.engine == "offline" and "misconfigured" in failed.fallback_reason
+    assert "is not set up correctly" in await home_page()
+    answered = await wait_done(
+        await ask(conversation=conversation, text=DRAFT + " Thanks.", strategies=["assert"])
+    )
+    assert answered.engine == "llm"
+    llm._shared_read_at -= llm.SHARED_READ_S  # the pages read the shared status again
+    assert "is not set up correctly" not in await home_page()

@@ -3,6 +3,8 @@ server answers as vLLM, llama.cpp's server, Ollama or Azure do, through the real
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any
 
 import pytest
@@ -52,7 +54,7 @@ def test_a_reasoning_models_thinking_never_reaches_the_streamed_reply(
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("style", ["think", "reasoning_content", "reasoning"])
+@pytest.mark.parametrize("style", ["think", "think_in_template", "reasoning_content", "reasoning"])
 def test_a_reasoning_models_thinking_never_reaches_a_whole_reply(
     quick: FakeServer, style: str
 ) -> None:
@@ -62,13 +64,14 @@ def test_a_reasoning_models_thinking_never_reaches_a_whole_reply(
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("fmt", ["json_schema", "json_object", "json_in_prompt"])
+@pytest.mark.parametrize("style", ["think", "think_in_template"])
 def test_thinking_inside_the_content_is_not_parsed_as_the_rating(
-    quick: FakeServer, fmt: str
+    quick: FakeServer, fmt: str, style: str
 ) -> None:
     # The trace holds a JSON object of its own ({"draft": 1}): parsed first, it would fail the
     # schema, cost a repair and then fall back to the offline rater.
     quick.configure(
-        reasoning="think",
+        reasoning=style,
         json_schema=fmt == "json_schema",
         json_object=fmt != "json_in_prompt",
     )
@@ -454,3 +457,269 @@ def test_a_server_that_ignores_json_schema_silently_gets_the_schema_in_the_promp
     assert '"enum": ["strong", "weak", "none"]' in asked["messages"][0]["content"]
     complete_json()
     assert quick.requests()[-1]["body"]["response_format"] == {"type": "json_object"}
+
+
+# --- reasoning opened by the chat template (DeepSeek-R1) --------------------------------------
+
+
+@pytest.mark.django_db
+def test_reasoning_opened_by_the_template_is_taken_back_and_later_streams_wait_for_its_end(
+    quick: FakeServer,
+) -> None:
+    # DeepSeek-R1's template ends the prompt with "<think>\n": the reply streams its reasoning
+    # and only a "</think>" shows where the words begin.
+    quick.configure(reasoning="think_in_template")
+    deltas, reply = stream()
+    assert "".join(deltas).startswith("Let me think")  # streamed before anything showed it
+    assert reply.revised and reply.text == fake_reply(MESSAGES)
+    assert last_call().params["reasoning_taken_back"] > len(REASONING)
+    # From now on this model's streams are held back until the reasoning ends.
+    deltas, reply = stream()
+    assert not reply.revised and "".join(deltas) == reply.text == fake_reply(MESSAGES)
+    assert len(deltas) == len(fake_reply(MESSAGES).split())  # then token by token
+    assert "reasoning_taken_back" not in last_call().params
+
+
+@pytest.mark.django_db
+def test_a_model_held_back_for_reasoning_that_stops_reasoning_streams_token_by_token_again(
+    quick: FakeServer,
+) -> None:
+    quick.configure(reasoning="think_in_template")
+    stream()  # learnt
+    quick.configure(reasoning="")  # another model behind the same name, or thinking turned off
+    deltas, reply = stream()
+    assert deltas == [fake_reply(MESSAGES)] and not reply.revised  # held to the end, then whole
+    deltas, reply = stream()
+    assert len(deltas) == len(fake_reply(MESSAGES).split()) and reply.text == fake_reply(MESSAGES)
+
+
+@pytest.mark.django_db
+def test_reasoning_opened_by_the_template_that_uses_up_the_limit_is_never_shown(
+    quick: FakeServer, settings: Any
+) -> None:
+    quick.configure(reasoning="think_in_template")
+    stream()  # learnt
+    quick.configure(reasoning_tokens=50)
+    with_max_tokens(settings, "partner", 20)
+    deltas: list[str] = []
+    with pytest.raises(llm.Malformed) as raised:
+        deltas, _ = stream()
+    assert deltas == [] and "LLM_PARTNER_MAX_TOKENS" in raised.value.detail
+    assert "by the model's reasoning" in raised.value.detail
+
+
+def test_an_opened_gate_holds_everything_until_the_close_even_split_across_deltas() -> None:
+    gate = llm._ThinkGate(opened=True)
+    pieces = ["plan: say", " no {", "}</thi", "nk>\n\n", "No", " way."]
+    assert "".join(gate.feed(p) for p in pieces) == "No way." and gate.thought
+    gate = llm._ThinkGate(opened=True)
+    for _ in range(2000):  # a long trace: kept as pieces, never searched again
+        assert gate.feed(" maybe {") == ""
+        assert len(gate._held) < len(llm.THINK_CLOSE)
+    assert gate.unclosed and gate.finish(cut=True) == ""
+    gate = llm._ThinkGate(opened=True)
+    assert gate.feed("No reasoning") == gate.feed(" at all.") == ""
+    assert gate.finish() == "No reasoning at all."
+
+
+# --- what a server refused, remembered for a while --------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    moved = Clock()
+    monkeypatch.setattr(llm, "_clock", moved)
+    return moved
+
+
+def formats_asked(server: FakeServer) -> list[str]:
+    return [(r["body"].get("response_format") or {}).get("type", "text") for r in server.requests()]
+
+
+@pytest.mark.django_db
+def test_one_prose_answer_to_json_schema_gives_it_up_for_a_while_not_for_good(
+    quick: FakeServer, clock: Clock
+) -> None:
+    # A proxy that ignored json_schema once (its model did, this time) must not cost every
+    # later rating its schema for the life of the process.
+    quick.configure(ignore_response_format=True)
+    complete_json()
+    complete_json()
+    assert formats_asked(quick) == ["json_schema", "json_object", "json_object"]
+    clock.now += llm.FORMAT_RETRY_S + 1
+    complete_json()  # asked again: ignored again, so given up for twice as long
+    assert formats_asked(quick)[3:] == ["json_schema", "json_object"]
+    clock.now += llm.FORMAT_RETRY_S + 1
+    complete_json()
+    assert formats_asked(quick)[5:] == ["json_object"]
+    quick.configure(ignore_response_format=False)
+    clock.now += llm.FORMAT_RETRY_S + 1
+    complete_json()
+    complete_json()
+    assert formats_asked(quick)[6:] == ["json_schema", "json_schema"]
+
+
+@pytest.mark.django_db
+def test_a_500_naming_response_format_gives_it_up_for_a_while(
+    quick: FakeServer, clock: Clock
+) -> None:
+    quick.faults([{"kind": "500", "message": "error applying response_format: worker restarted"}])
+    assert llm.schema_errors(complete_json().data, RATING_SCHEMA) == []
+    complete_json()
+    assert formats_asked(quick) == ["json_schema", "json_object", "json_object"]
+    clock.now += llm.FORMAT_RETRY_S + 1
+    complete_json()
+    assert formats_asked(quick)[3:] == ["json_schema"]
+
+
+@pytest.mark.django_db
+def test_a_400_that_refuses_json_schema_gives_it_up_for_good(
+    quick: FakeServer, clock: Clock
+) -> None:
+    quick.configure(json_schema=False)
+    complete_json()
+    clock.now += llm.FORMAT_RETRY_MAX_S * 10
+    complete_json()
+    assert formats_asked(quick) == ["json_schema", "json_object", "json_object"]
+
+
+@pytest.mark.django_db
+def test_a_vllm_context_learnt_once_fits_later_prompts_without_a_refusal(
+    quick: FakeServer, settings: Any
+) -> None:
+    prompt_tokens = sum(3 + len(m["content"].split()) for m in MESSAGES)
+    quick.configure(context_length=prompt_tokens + 300)
+    with_max_tokens(settings, "partner", 400)
+    complete_text()
+    assert [r["status"] for r in quick.requests()] == [400, 200]
+    complete_text()
+    stream()
+    longer = [
+        *MESSAGES,
+        {"role": "assistant", "content": "No. " * 40},
+        {"role": "user", "content": "Then at least on Mondays and Thursdays, please?"},
+    ]
+    stream(longer)
+    assert [r["status"] for r in quick.requests()] == [400, 200, 200, 200, 200]
+    fitted = [r["body"]["max_tokens"] for r in quick.requests()[2:]]
+    assert all(limit <= 300 for limit in fitted) and fitted[-1] < fitted[0]
+    assert last_call().params["fitted_max_tokens"] == fitted[-1]
+
+
+# --- addresses ----------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("path", "hint"),
+    [
+        ("/v1beta/openai", "/v1beta/openai the server's OpenAI-compatible address?"),
+        ("/api", "/api the server's OpenAI-compatible address? Most servers have it at /v1"),
+        ("", "may need to end in /v1"),
+    ],
+)
+def test_the_address_hint_on_a_bare_404_fits_the_address(
+    quick: FakeServer, settings: Any, path: str, hint: str
+) -> None:
+    # Gemini's address ends in /v1beta/openai: "may need to end in /v1" would send the operator
+    # the wrong way.
+    quick.configure(require_v1=True)
+    settings.LLM = {**settings.LLM, "base_url": quick.root_url + path}
+    with pytest.raises(llm.Misconfigured) as raised:
+        complete_text()
+    assert hint in raised.value.detail
+    if path:
+        assert "may need to end in /v1" not in raised.value.detail
+
+
+def test_a_bare_404_from_gemini_names_its_address() -> None:
+    cfg = llm._Config(
+        base_url="https://generativelanguage.googleapis.com/v1", api_key="k", provider="openai",
+        api_version="", timeout_s=1, max_retries=0, backoff_s=0, http_client="aiohttp",
+    )  # fmt: skip
+    missing = type("Missing", (), {"body": {"detail": "Not Found"}, "message": "Not Found"})()
+    assert "/v1beta/openai" in llm._address_hint(missing, cfg)  # type: ignore[arg-type]
+
+
+# --- the status line, shared between processes ---------------------------------------------------
+
+
+def as_another_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forget what this process learnt itself, as a process that never made the calls would."""
+    monkeypatch.setattr(llm, "_failing", {})
+    monkeypatch.setattr(llm, "_shared", {})
+    monkeypatch.setattr(llm, "_shared_read_at", -float("inf"))
+
+
+@pytest.mark.django_db
+def test_a_set_up_failure_met_in_another_process_shows_here_and_so_does_its_end(
+    quick: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    quick.faults(["401"])
+    with pytest.raises(llm.Misconfigured):
+        complete_json()
+    as_another_process(monkeypatch)
+    assert not llm.is_working() and "not set up correctly" in llm.status_label()
+    complete_json()  # answers here: the shared failure is over
+    as_another_process(monkeypatch)
+    assert llm.is_working()
+
+
+@pytest.mark.django_db
+def test_the_shared_status_costs_ordinary_calls_nothing_and_pages_one_read_per_interval(
+    quick: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    used: list[str] = []
+    real = llm._redis
+
+    def counted() -> Any:
+        used.append("redis")
+        return real()
+
+    monkeypatch.setattr(llm, "_redis", counted)
+    stream()
+    complete_text()
+    complete_json()
+    assert used == []  # nothing failed: no Redis on a call's way
+    assert llm.is_working() and llm.is_working() and len(used) == 1
+    real().hset(
+        llm.SHARED_FAILING_KEY,
+        f"{quick.base_url} feedback",
+        json.dumps({"why": "HTTP 401", "at": time.time()}),
+    )
+    assert llm.is_working()  # not read again yet
+    monkeypatch.setattr(llm, "_shared_read_at", llm._shared_read_at - llm.SHARED_READ_S)
+    assert not llm.is_working() and len(used) == 2
+
+
+@pytest.mark.django_db
+def test_a_shared_failure_no_process_has_renewed_for_a_while_is_taken_as_over(
+    quick: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    long_ago = time.time() - llm.SHARED_FAILING_S - 1
+    llm._redis().hset(
+        llm.SHARED_FAILING_KEY,
+        f"{quick.base_url} feedback",
+        json.dumps({"why": "x", "at": long_ago}),
+    )
+    as_another_process(monkeypatch)
+    assert llm.is_working()
+
+
+@pytest.mark.django_db
+def test_a_whole_reply_that_shows_reasoning_opened_by_the_template_holds_back_the_first_stream(
+    quick: FakeServer,
+) -> None:
+    # The partner's brief (a whole reply, from the same model) comes before its first reply.
+    quick.configure(reasoning="think_in_template")
+    complete_json()
+    deltas, reply = stream()
+    assert not reply.revised and "".join(deltas) == reply.text == fake_reply(MESSAGES)

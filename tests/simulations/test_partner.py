@@ -24,6 +24,7 @@ from simulations.partner import (
     persona_prompt,
     strip_agreement,
     validate_brief,
+    whole_sentences,
 )
 from simulations.resistance import AGREE_THRESHOLD, initial_level, next_level
 
@@ -428,3 +429,25 @@ def test_situations_library_validates() -> None:
         assert re.search(r"\bmy\b", item["situation"], re.IGNORECASE), item["slug"]
         assert find_identifying(item["situation"]) == [], item["slug"]
         assert find_identifying(item["goal"]) == [], item["slug"]
+
+
+@pytest.mark.parametrize(
+    ("cut", "whole"),
+    [
+        ("Fine, I will do it. But only on", "Fine, I will do it."),
+        ('Really?! "Not now," he said. And then', 'Really?! "Not now," he said.'),
+        ("(I mean it.) So then,", "(I mean it.)"),
+        ("No. I hear you but this week is hard for me and we could talk tomor", None),
+        ("we could talk tomor", "we could talk\u2026"),
+        ("Already whole.", "Already whole."),
+        ("word", "word\u2026"),
+    ],
+)
+def test_a_reply_cut_by_the_token_limit_is_kept_to_whole_sentences(
+    cut: str, whole: str | None
+) -> None:
+    kept = whole_sentences(cut)
+    if whole is None:  # the last sentence end would drop most of it: it trails off instead
+        assert kept == cut.rsplit(" ", 1)[0] + "\u2026"
+    else:
+        assert kept == whole
