@@ -5,6 +5,7 @@ way a browser does and that `make bench`'s JSON line carries its keys.
 """
 
 import json
+import os
 
 import pytest
 
@@ -19,7 +20,10 @@ def test_three_learners_go_through_the_real_stack_and_the_json_line_has_its_keys
     code = run.main(
         [
             "--sizes", "3", "--messages", "2", "--think", "0.03", "--web-workers", "1",
-            "--celery-concurrency", "4", "--database", "imbue_bench_smoke", "--redis-db", "11",
+            "--celery-concurrency", "4", "--database", "imbue_bench_smoke",
+            # Its own Redis database: a test session's Celery worker on the same one would
+            # take the bench's feedback tasks.
+            "--redis-db", os.environ.get("BENCH_SMOKE_REDIS_DB", "11"),
             "--label", "smoke", "--no-readme", "--source", "live",
         ]
     )  # fmt: skip
@@ -56,6 +60,8 @@ def test_three_learners_go_through_the_real_stack_and_the_json_line_has_its_keys
     assert len(gc["in_turns_at_s"]) <= gc["count"]
     # The generator ran on uvloop, and the whole machine's load over the turns is recorded.
     assert summary["load_config"]["client_loop"] == "uvloop"
+    # "Get feedback" asked as the page asks while its feedback socket is open.
+    assert summary["load_config"]["feedback_over"] == "socket"
     busy = summary["machine_busy_pct"]
     assert set(busy) == {"mean", "busiest_10s", "saturated_s"}
     assert 0 < busy["mean"] <= 100 and busy["mean"] <= busy["busiest_10s"] <= 100
