@@ -322,6 +322,12 @@ IMBUE = {
     "max_message_chars": env_int("IMBUE_MAX_MESSAGE_CHARS", 2000),
     "messages_per_minute": env_int("IMBUE_MESSAGES_PER_MINUTE", 12),
     "feedback_per_minute": env_int("IMBUE_FEEDBACK_PER_MINUTE", 20),
+    # "Suggest a skill", per learner (a model call each); 0: no limit.
+    "suggestions_per_minute": env_int("IMBUE_SUGGESTIONS_PER_MINUTE", 10),
+    # New conversations per browser and per client address in an hour (each stores rows and, with
+    # a model, asks it for the partner's brief); 0: no limit. See imbue.ratelimit.try_start.
+    "starts_per_hour": env_int("IMBUE_STARTS_PER_HOUR", 30),
+    "starts_per_hour_per_address": env_int("IMBUE_STARTS_PER_HOUR_PER_ADDRESS", 200),
     "conversation_token_budget": env_int("IMBUE_CONVERSATION_TOKEN_BUDGET", 60000),
     # A reply's first words go out at once; after that, what the model streams is sent at most
     # once per this many milliseconds (0: every piece as it comes). Each piece is a Redis append,

@@ -61,6 +61,34 @@ def too_many_resume_tries(
     return response
 
 
+# --- conversation starts: limited per browser and address (imbue.ratelimit.try_start)
+
+
+def start_allowed(request: HttpRequest) -> ratelimit.Decision:
+    """Whether this browser may start another conversation now (counted when it may)."""
+    from simulations.learners import SESSION_KEY
+
+    return ratelimit.try_start(
+        ip=client_ip(request),
+        learner_id=request.session.get(SESSION_KEY),
+        session_key=request.session.session_key,
+    )
+
+
+def too_many_starts(
+    request: HttpRequest, decision: ratelimit.Decision, *, action: str
+) -> HttpResponse:
+    """429, in plain words, with a button that tries the same start again."""
+    response = render(
+        request,
+        "imbue/too_many_tries.html",
+        {"message": decision.message, "action": action, "button": "Try again"},
+        status=429,
+    )
+    response["Retry-After"] = str(decision.retry_after)
+    return response
+
+
 # --- error pages: plain words, no details; rendered without the request so they need no database
 
 

@@ -14,7 +14,13 @@ from django.urls import path, reverse
 from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from imbue.views import resume_allowed, resume_not_counted, too_many_resume_tries
+from imbue.views import (
+    resume_allowed,
+    resume_not_counted,
+    start_allowed,
+    too_many_resume_tries,
+    too_many_starts,
+)
 from simulations import progress, services, situations
 from simulations.learners import current_learner, owned_conversation, resume_with_code
 from simulations.models import Category, Conversation, Message, Situation
@@ -60,6 +66,14 @@ def new_situation(request: HttpRequest) -> HttpResponse:
     if not draft.valid or (draft.findings and choice != "keep"):
         context.update({"draft": draft, "values": request.POST})
         return render(request, "simulations/situation_form.html", context, status=200)
+    allowed = start_allowed(request)
+    if not allowed:
+        # The form again with everything typed in it (and the choice made about identifying
+        # details, if one was), so that pressing the button later starts it.
+        context.update({"limit": allowed.message, "values": request.POST})
+        response = render(request, "simulations/situation_form.html", context, status=429)
+        response["Retry-After"] = str(allowed.retry_after)
+        return response
     situation = situations.create_situation(learner=current_learner(request), draft=draft)
     return _start(request, situation)
 
@@ -80,6 +94,9 @@ def library(request: HttpRequest) -> HttpResponse:
 @require_POST
 def practise_situation(request: HttpRequest, situation_id: int) -> HttpResponse:
     """Start a conversation on a library situation or on one of this learner's own."""
+    allowed = start_allowed(request)
+    if not allowed:
+        return too_many_starts(request, allowed, action=request.path)
     learner = current_learner(request)
     available = Situation.objects.filter(is_active=True).filter(
         Q(learner__isnull=True) | Q(learner=learner)
