@@ -340,6 +340,12 @@ IMBUE = {
     "stream_pieces_per_s": env_float("IMBUE_STREAM_PIECES_PER_S", 30.0),
 }
 
+# --- /healthz (imbue/views.py): the public answer is only "ok"; the per-component report needs
+# staff sign-in or this token (`Authorization: Bearer <token>`). Both come from one check of the
+# database, Redis and the worker run at most once per HEALTHZ_CACHE_SECONDS in each process.
+HEALTHZ_TOKEN = os.environ.get("HEALTHZ_TOKEN", "")
+HEALTHZ_CACHE_SECONDS = env_float("HEALTHZ_CACHE_SECONDS", 5.0)
+
 # --- Sessions, security (see imbue/security.py for the headers and README "Deploying") ---------
 # Django's database sessions, the read compiled once (imbue/sessions.py).
 SESSION_ENGINE = "imbue.sessions"
