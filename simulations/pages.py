@@ -12,7 +12,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path, reverse
 from django.utils.text import slugify
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from imbue.views import (
     resume_allowed,
@@ -34,7 +34,7 @@ def _start(request: HttpRequest, situation: Situation) -> HttpResponse:
     return redirect("simulations:conversation", conversation_id=conversation.pk)
 
 
-@require_GET
+@require_safe
 def hub(request: HttpRequest) -> HttpResponse:
     learner = current_learner(request)
     conversations = (
@@ -48,11 +48,11 @@ def hub(request: HttpRequest) -> HttpResponse:
     )
 
 
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 def new_situation(request: HttpRequest) -> HttpResponse:
     """Write your own situation; names, contacts and places are pointed out before saving."""
     context: dict = {"categories": Category.choices, "difficulties": range(1, 10)}
-    if request.method == "GET":
+    if request.method != "POST":  # GET or HEAD
         return render(request, "simulations/situation_form.html", context)
     draft = situations.check_situation(
         situation=request.POST.get("situation", ""),
@@ -78,7 +78,7 @@ def new_situation(request: HttpRequest) -> HttpResponse:
     return _start(request, situation)
 
 
-@require_GET
+@require_safe
 def library(request: HttpRequest) -> HttpResponse:
     items = Situation.objects.library().order_by("category", "difficulty", "title")
     grouped = {
@@ -104,7 +104,7 @@ def practise_situation(request: HttpRequest, situation_id: int) -> HttpResponse:
     return _start(request, get_object_or_404(available, pk=situation_id))
 
 
-@require_GET
+@require_safe
 def transcript(request: HttpRequest, conversation_id: int) -> HttpResponse:
     """The learner's own transcript as plain text, to keep."""
     conversation = owned_conversation(request, conversation_id)
@@ -125,7 +125,7 @@ def transcript(request: HttpRequest, conversation_id: int) -> HttpResponse:
     return response
 
 
-@require_GET
+@require_safe
 def progress_page(request: HttpRequest) -> HttpResponse:
     rows = progress.learner_progress(current_learner(request))
     chart = progress.progress_chart_svg(rows) if len(rows) >= 1 else ""
@@ -136,7 +136,7 @@ def progress_page(request: HttpRequest) -> HttpResponse:
     )
 
 
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 def resume(request: HttpRequest) -> HttpResponse:
     """Continue on this device with the resume code shown on another."""
     if request.method == "POST":

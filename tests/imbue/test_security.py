@@ -285,6 +285,38 @@ def test_an_address_opened_the_wrong_way_gets_a_plain_405_page() -> None:
     print(f"\n405 page checked on {len(checked)} route/method pairs")
 
 
+@pytest.mark.django_db
+def test_head_is_answered_wherever_get_is(no_llm: None) -> None:
+    # Link checkers, uptime monitors and some browsers' previews ask with HEAD first.
+    learner = Client()
+    learner.get("/practice/")
+    staff = Client()
+    staff.force_login(User.objects.create_superuser("head-checker", password="x" * 16))
+    compared = []
+    for route in product_routes():
+        if route.startswith("/admin/"):
+            continue
+        for client in (learner, staff):
+            got = client.get(route)
+            if got.status_code == 405:
+                continue
+            head = client.head(route)
+            assert head.status_code == got.status_code, (route, head.status_code, got.status_code)
+            assert head.content == b"", route
+            compared.append(route)
+    for page in ("/", "/practice/", "/practice/situations/new/", "/research/", "/healthz"):
+        assert page in compared
+    print(f"\nHEAD compared with GET on {len(compared)} route/client pairs")
+
+
+@pytest.mark.django_db
+def test_head_on_a_form_page_only_shows_it(no_llm: None) -> None:
+    client = Client()
+    client.get("/practice/")
+    assert client.head("/practice/situations/new/").status_code == 200
+    assert client.head("/practice/resume/").status_code == 200
+
+
 @pytest.mark.urls(THIS_URLCONF)
 def test_server_error_is_a_plain_500_without_details() -> None:
     response = Client(raise_request_exception=False).get("/boom/")
