@@ -405,7 +405,7 @@ def test_a_refused_message_form_gives_the_words_back_and_the_way_back(client: Cl
     assert response.status_code == 400
     page = response.content.decode()
     assert "Please pay &lt;your&gt; half by Friday." in page and "\x00" not in page
-    assert '<label for="kept-text">' in page and 'id="kept-text"' in page
+    assert '<label for="kept-text">Text</label>' in page and 'id="kept-text"' in page
     assert 'href="/practice/c/1/?tab=2"' in page
     # Another site's page is not linked back to.
     response = client.post(
@@ -415,6 +415,36 @@ def test_a_refused_message_form_gives_the_words_back_and_the_way_back(client: Cl
     )
     assert "elsewhere.example" not in response.content.decode()
     assert "Go back to the page" not in response.content.decode()
+
+
+@pytest.mark.django_db
+def test_a_refused_form_gives_back_every_field_typed_not_just_text(client: Client) -> None:
+    # A study's situations form: two situations and two goals; the NUL is in one goal only.
+    response = client.post(
+        "/s/x/step/situations/",
+        {
+            "step": "situations",
+            "s1-situation": "My flatmate leaves <the> dishes every night.",
+            "s1-goal": "A washing-up rota.\x00",
+            "s1-difficulty": "3",
+            "s2-situation": "My manager adds weekend shifts without asking.",
+            "s2-goal": "",
+            "identifying": "keep",
+        },
+    )
+    assert response.status_code == 400
+    page = response.content.decode()
+    for kept in (
+        "My flatmate leaves &lt;the&gt; dishes every night.",
+        ">A washing-up rota.</textarea>",
+        "My manager adds weekend shifts without asking.",
+        '<label for="kept-s1-situation">S1 situation</label>',
+    ):
+        assert kept in page, kept
+    assert "\x00" not in page
+    # What the page filled in itself (and empty fields) is not handed back.
+    assert ">situations</textarea>" not in page and ">keep</textarea>" not in page
+    assert "S2 goal" not in page
 
 
 # --- the shared text cleaner ---------------------------------------------------------------
