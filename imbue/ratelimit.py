@@ -64,6 +64,11 @@ return {0, retry, count}
 
 MESSAGES_TOO_FAST = "You're sending messages very fast. Please wait {wait}."
 FEEDBACK_TOO_FAST = "You're asking for feedback very fast. Please wait {wait}."
+SUGGESTIONS_TOO_FAST = "You're asking for suggestions very fast. Please wait {wait}."
+STARTS_TOO_MANY = (
+    "That is a lot of new conversations in a short time. Please wait {wait}, then try again; "
+    "your conversations so far are all kept."
+)
 GENERIC_TOO_FAST = "You're doing that very fast. Please wait {wait}."
 BUDGET_USED_UP = (
     "This conversation has used all the language-model time it is allowed, so the offline "
@@ -204,6 +209,55 @@ async def acheck_feedback(learner_id: int, *, per_minute: int | None = None) -> 
     """`check_feedback` for async code."""
     limit = _per_minute("feedback_per_minute", per_minute)
     return await ahit(f"feedback:{learner_id}", limit, 60, message=FEEDBACK_TOO_FAST)
+
+
+def check_suggestions(learner_id: int) -> Decision:
+    """One "suggest a skill" (a model call each, and a stored row); per learner, at most
+    settings.IMBUE["suggestions_per_minute"] a minute."""
+    limit = _per_minute("suggestions_per_minute", None)
+    return hit(f"suggestions:{learner_id}", limit, 60, message=SUGGESTIONS_TOO_FAST)
+
+
+# --- conversation starts ------------------------------------------------------------------------
+
+# Each start stores a conversation (and, for a new browser, a learner) and, with a model, asks it
+# for the partner's brief: limited per browser (its learner, or its session before it has one)
+# and per client address, over an hour. A client on this machine (a proxy that does not pass the
+# address on, the operator's own load tests) is not limited per address, only per browser.
+STARTS_WINDOW_S = 60 * 60
+
+
+def _start_limits(
+    ip: str | None, learner_id: int | None, session_key: str | None
+) -> list[tuple[str, int]]:
+    limits = []
+    per_browser = int(settings.IMBUE.get("starts_per_hour", 0) or 0)
+    if learner_id is not None:
+        limits.append((f"starts:learner:{learner_id}", per_browser))
+    elif session_key:
+        limits.append((f"starts:session:{session_key}", per_browser))
+    if ip and not _is_loopback(ip):
+        per_address = int(settings.IMBUE.get("starts_per_hour_per_address", 0) or 0)
+        limits.append((f"starts:ip:{_address_key(ip)}", per_address))
+    return limits
+
+
+def _is_loopback(ip: str) -> bool:
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool((mapped or address).is_loopback)
+
+
+def try_start(*, ip: str | None, learner_id: int | None, session_key: str | None) -> Decision:
+    """Count one conversation start against this browser and address; refused (nothing
+    counted, the longest wait) when either has started too many in the last hour."""
+    decision, _ = _reserve(
+        _start_limits(ip, learner_id, session_key), STARTS_WINDOW_S, STARTS_TOO_MANY
+    )
+    return decision
 
 
 # --- failed resume codes ------------------------------------------------------------------------

@@ -186,7 +186,7 @@ class FormInputGuardMiddleware(MiddlewareMixin):
                                 "reason": "The form contained characters we cannot store.",
                                 # Nothing typed is lost: the words come back, without the
                                 # characters, with the way back to the page they came from.
-                                "kept_text": _kept_text(request),
+                                "kept": _kept_fields(request),
                                 "back": _same_site_referer(request),
                             },
                         ),
@@ -195,11 +195,35 @@ class FormInputGuardMiddleware(MiddlewareMixin):
         return None
 
 
-def _kept_text(request: HttpRequest) -> str:
-    """The learner's words of a refused form (its `text` field), without NUL bytes."""
+# Fields a page fills in for itself (keys, steps, choices made by buttons), not typed by anyone.
+_NOT_TYPED = {
+    "csrfmiddlewaretoken",
+    "send_key",
+    "step",
+    "action",
+    "phase",
+    "via",
+    "used_rewrite",
+    "identifying",
+    "decision",
+}
+
+
+def _kept_fields(request: HttpRequest) -> list[tuple[str, str]]:
+    """What the person typed into a refused form, every field of it, without NUL bytes: (the
+    field's name in words, its value), for the 400 page to give back."""
     if request.method != "POST":
-        return ""
-    return request.POST.get("text", "").replace("\x00", "")[:20_000]
+        return []
+    kept = []
+    for key, values in list(request.POST.lists())[:60]:
+        name = key.replace("\x00", "")
+        if name in _NOT_TYPED or name.startswith("version_"):
+            continue
+        value = "\n".join(v.replace("\x00", "") for v in values)[:20_000]
+        if value.strip():
+            words = name.replace("-", " ").replace("_", " ").strip()[:80] or "field"
+            kept.append((words, value))
+    return kept
 
 
 def _same_site_referer(request: HttpRequest) -> str:

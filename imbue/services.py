@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from dataclasses import dataclass
 
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
@@ -54,8 +56,8 @@ def _workers_fail(timeout: float = 1.0) -> str | None:
 
 def check_health() -> dict:
     """Whether the database, Redis and at least one Celery worker answer right now: per
-    component only "up", "down" or "not checked" (the worker, while Redis is down). The report
-    is public, so what failed and why goes to the log, never into it."""
+    component "up", "down" or "not checked" (the worker, while Redis is down), and in `reasons`
+    what failed (for staff and the token's holder only; also logged)."""
     started = time.monotonic()
     failures = {"database": _database_fails(), "redis": _redis_fails()}
     statuses = {name: DOWN if why else UP for name, why in failures.items()}
@@ -70,7 +72,44 @@ def check_health() -> dict:
         if status == DOWN:
             log.warning("health check: %s is down: %s", name, failures[name])
     report["checked_in_ms"] = round((time.monotonic() - started) * 1000, 1)
+    report["reasons"] = {name: why for name, why in failures.items() if why}
     return report
+
+
+@dataclass(frozen=True)
+class _Checked:
+    report: dict
+    at: float  # time.monotonic()
+
+
+_last_check: _Checked | None = None
+_checking = threading.Lock()
+
+
+def recent_health(max_age: float) -> tuple[dict, float]:
+    """`check_health`'s report and its age in seconds, checked again only when the last one is
+    older than `max_age`: however often /healthz is asked, this process asks the database, Redis
+    and the workers at most once per `max_age`. While one request checks, the others answer with
+    the previous report rather than queue up behind it (the first ever waits for it)."""
+    global _last_check
+    last = _last_check
+    if last is not None and time.monotonic() - last.at < max_age:
+        return last.report, time.monotonic() - last.at
+    if _checking.acquire(blocking=last is None):
+        try:
+            last = _last_check  # another request may have checked while this one waited
+            if last is None or time.monotonic() - last.at >= max_age:
+                last = _last_check = _Checked(check_health(), time.monotonic())
+        finally:
+            _checking.release()
+    assert last is not None
+    return last.report, time.monotonic() - last.at
+
+
+def forget_health() -> None:
+    """Drop the remembered report (tests; the next request checks again)."""
+    global _last_check
+    _last_check = None
 
 
 async def aping_through_worker(*, reply_channel: str, text: str) -> None:

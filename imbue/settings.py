@@ -322,6 +322,12 @@ IMBUE = {
     "max_message_chars": env_int("IMBUE_MAX_MESSAGE_CHARS", 2000),
     "messages_per_minute": env_int("IMBUE_MESSAGES_PER_MINUTE", 12),
     "feedback_per_minute": env_int("IMBUE_FEEDBACK_PER_MINUTE", 20),
+    # "Suggest a skill", per learner (a model call each); 0: no limit.
+    "suggestions_per_minute": env_int("IMBUE_SUGGESTIONS_PER_MINUTE", 10),
+    # New conversations per browser and per client address in an hour (each stores rows and, with
+    # a model, asks it for the partner's brief); 0: no limit. See imbue.ratelimit.try_start.
+    "starts_per_hour": env_int("IMBUE_STARTS_PER_HOUR", 30),
+    "starts_per_hour_per_address": env_int("IMBUE_STARTS_PER_HOUR_PER_ADDRESS", 200),
     "conversation_token_budget": env_int("IMBUE_CONVERSATION_TOKEN_BUDGET", 60000),
     # A reply's first words go out at once; after that, what the model streams is sent at most
     # once per this many milliseconds (0: every piece as it comes). Each piece is a Redis append,
@@ -333,6 +339,12 @@ IMBUE = {
     # moments (some 13 at once per process) each gets about two (bench/README.md, session 11).
     "stream_pieces_per_s": env_float("IMBUE_STREAM_PIECES_PER_S", 30.0),
 }
+
+# --- /healthz (imbue/views.py): the public answer is only "ok"; the per-component report needs
+# staff sign-in or this token (`Authorization: Bearer <token>`). Both come from one check of the
+# database, Redis and the worker run at most once per HEALTHZ_CACHE_SECONDS in each process.
+HEALTHZ_TOKEN = os.environ.get("HEALTHZ_TOKEN", "")
+HEALTHZ_CACHE_SECONDS = env_float("HEALTHZ_CACHE_SECONDS", 5.0)
 
 # --- Sessions, security (see imbue/security.py for the headers and README "Deploying") ---------
 # Django's database sessions, the read compiled once (imbue/sessions.py).

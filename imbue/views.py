@@ -1,28 +1,63 @@
+import hmac
 import sys
 from typing import Any
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.template.loader import render_to_string
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET, require_safe
+from django.views.decorators.http import require_safe
 
 from imbue import ratelimit, services
 from imbue.audit import client_ip
 from imbue.security import database_unavailable_response, is_database_outage
 
 
-@require_GET
+@require_safe
 def home(request: HttpRequest) -> HttpResponse:
     return render(request, "imbue/home.html")
+
+
+HEALTHZ_NOT_THE_KEY = "That is not this server's HEALTHZ_TOKEN."
+HEALTHZ_STAFF_ONLY = (
+    "The detailed health report is for staff (sign in at /admin/) or the HEALTHZ_TOKEN's holder."
+)
+
+
+def _healthz_token(request: HttpRequest) -> str | None:
+    """The token the request offers (a header, else ?token=), or None."""
+    header = request.headers.get("Authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip()
+    return request.GET.get("token")
 
 
 # HEAD too: uptime monitors often check with HEAD, and a 405 would read as "down".
 @require_safe
 @never_cache
 def healthz(request: HttpRequest) -> JsonResponse:
-    report = services.check_health()
-    return JsonResponse(report, status=200 if report["ok"] else 503)
+    """`{"ok": ...}` for everyone (200 or 503); the per-component report for staff (with
+    `?details`) and for the holder of settings.HEALTHZ_TOKEN. Both come from a report at most
+    HEALTHZ_CACHE_SECONDS old (`services.recent_health`), so asking often costs no more checks;
+    a public request reads neither the session nor the database."""
+    token = _healthz_token(request)
+    details = False
+    if token is not None:
+        expected = settings.HEALTHZ_TOKEN
+        if not expected or not hmac.compare_digest(token.encode(), expected.encode()):
+            return JsonResponse({"ok": False, "error": HEALTHZ_NOT_THE_KEY}, status=403)
+        details = True
+    elif "details" in request.GET:
+        user = getattr(request, "user", None)
+        if user is None or not (user.is_active and user.is_staff):
+            return JsonResponse({"ok": False, "error": HEALTHZ_STAFF_ONLY}, status=403)
+        details = True
+    report, age = services.recent_health(settings.HEALTHZ_CACHE_SECONDS)
+    status = 200 if report["ok"] else 503
+    if not details:
+        return JsonResponse({"ok": report["ok"]}, status=status)
+    return JsonResponse({**report, "age_s": round(age, 1)}, status=status)
 
 
 # --- resume codes: guessing is limited (imbue.ratelimit), both resume forms use this
@@ -55,6 +90,34 @@ def too_many_resume_tries(
         request,
         "imbue/too_many_tries.html",
         {"message": decision.message, "code": typed, **form},
+        status=429,
+    )
+    response["Retry-After"] = str(decision.retry_after)
+    return response
+
+
+# --- conversation starts: limited per browser and address (imbue.ratelimit.try_start)
+
+
+def start_allowed(request: HttpRequest) -> ratelimit.Decision:
+    """Whether this browser may start another conversation now (counted when it may)."""
+    from simulations.learners import SESSION_KEY
+
+    return ratelimit.try_start(
+        ip=client_ip(request),
+        learner_id=request.session.get(SESSION_KEY),
+        session_key=request.session.session_key,
+    )
+
+
+def too_many_starts(
+    request: HttpRequest, decision: ratelimit.Decision, *, action: str
+) -> HttpResponse:
+    """429, in plain words, with a button that tries the same start again."""
+    response = render(
+        request,
+        "imbue/too_many_tries.html",
+        {"message": decision.message, "action": action, "button": "Try again"},
         status=429,
     )
     response["Retry-After"] = str(decision.retry_after)

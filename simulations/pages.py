@@ -12,9 +12,15 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path, reverse
 from django.utils.text import slugify
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
-from imbue.views import resume_allowed, resume_not_counted, too_many_resume_tries
+from imbue.views import (
+    resume_allowed,
+    resume_not_counted,
+    start_allowed,
+    too_many_resume_tries,
+    too_many_starts,
+)
 from simulations import progress, services, situations
 from simulations.learners import current_learner, owned_conversation, resume_with_code
 from simulations.models import Category, Conversation, Message, Situation
@@ -28,7 +34,7 @@ def _start(request: HttpRequest, situation: Situation) -> HttpResponse:
     return redirect("simulations:conversation", conversation_id=conversation.pk)
 
 
-@require_GET
+@require_safe
 def hub(request: HttpRequest) -> HttpResponse:
     learner = current_learner(request)
     conversations = (
@@ -42,11 +48,11 @@ def hub(request: HttpRequest) -> HttpResponse:
     )
 
 
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 def new_situation(request: HttpRequest) -> HttpResponse:
     """Write your own situation; names, contacts and places are pointed out before saving."""
     context: dict = {"categories": Category.choices, "difficulties": range(1, 10)}
-    if request.method == "GET":
+    if request.method != "POST":  # GET or HEAD
         return render(request, "simulations/situation_form.html", context)
     draft = situations.check_situation(
         situation=request.POST.get("situation", ""),
@@ -60,11 +66,19 @@ def new_situation(request: HttpRequest) -> HttpResponse:
     if not draft.valid or (draft.findings and choice != "keep"):
         context.update({"draft": draft, "values": request.POST})
         return render(request, "simulations/situation_form.html", context, status=200)
+    allowed = start_allowed(request)
+    if not allowed:
+        # The form again with everything typed in it (and the choice made about identifying
+        # details, if one was), so that pressing the button later starts it.
+        context.update({"limit": allowed.message, "values": request.POST})
+        response = render(request, "simulations/situation_form.html", context, status=429)
+        response["Retry-After"] = str(allowed.retry_after)
+        return response
     situation = situations.create_situation(learner=current_learner(request), draft=draft)
     return _start(request, situation)
 
 
-@require_GET
+@require_safe
 def library(request: HttpRequest) -> HttpResponse:
     items = Situation.objects.library().order_by("category", "difficulty", "title")
     grouped = {
@@ -80,6 +94,9 @@ def library(request: HttpRequest) -> HttpResponse:
 @require_POST
 def practise_situation(request: HttpRequest, situation_id: int) -> HttpResponse:
     """Start a conversation on a library situation or on one of this learner's own."""
+    allowed = start_allowed(request)
+    if not allowed:
+        return too_many_starts(request, allowed, action=request.path)
     learner = current_learner(request)
     available = Situation.objects.filter(is_active=True).filter(
         Q(learner__isnull=True) | Q(learner=learner)
@@ -87,7 +104,7 @@ def practise_situation(request: HttpRequest, situation_id: int) -> HttpResponse:
     return _start(request, get_object_or_404(available, pk=situation_id))
 
 
-@require_GET
+@require_safe
 def transcript(request: HttpRequest, conversation_id: int) -> HttpResponse:
     """The learner's own transcript as plain text, to keep."""
     conversation = owned_conversation(request, conversation_id)
@@ -108,7 +125,7 @@ def transcript(request: HttpRequest, conversation_id: int) -> HttpResponse:
     return response
 
 
-@require_GET
+@require_safe
 def progress_page(request: HttpRequest) -> HttpResponse:
     rows = progress.learner_progress(current_learner(request))
     chart = progress.progress_chart_svg(rows) if len(rows) >= 1 else ""
@@ -119,7 +136,7 @@ def progress_page(request: HttpRequest) -> HttpResponse:
     )
 
 
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 def resume(request: HttpRequest) -> HttpResponse:
     """Continue on this device with the resume code shown on another."""
     if request.method == "POST":

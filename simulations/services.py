@@ -1651,6 +1651,10 @@ def _suggestion_inputs(conversation: Conversation) -> dict[str, Any]:
         raise ConversationError(SUGGESTION_PAUSED)
     if not conversation.is_open:
         raise ConversationError(SUGGESTION_ENDED)
+    # Each suggestion is stored and may ask the model: a learner pressing on and on is told to wait.
+    allowed = ratelimit.check_suggestions(conversation.learner_id)
+    if not allowed:
+        raise ConversationError(allowed.message)
     messages = list(conversation.messages.filter(state=Message.State.COMPLETE).order_by("seq"))
     used = {s for m in messages if m.role == Message.Role.LEARNER for s in m.strategies}
     partner_said = next((m.text for m in reversed(messages) if m.role == Message.Role.PARTNER), "")

@@ -15,7 +15,7 @@ from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_POST, require_safe
 
 from simulations import services
 from simulations.learners import owned_conversation
@@ -78,7 +78,7 @@ def kept_draft(request: HttpRequest, conversation: Conversation) -> dict[str, An
     return {"draft": kept.get("draft", ""), "chosen": kept.get("chosen", [])}
 
 
-@require_GET
+@require_safe
 def conversation_page(request: HttpRequest, conversation_id: int) -> HttpResponse:
     """The live conversation: situation, transcript, message form, worksheet, check-ins."""
     return _page(request, owned_conversation(request, conversation_id))

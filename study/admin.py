@@ -32,7 +32,10 @@ from imbue import admin as imbue_admin
 from imbue.audit import AuditedAdmin
 from imbue.models import AdverseEvent, AuditEntry, LLMCall
 from simulations.models import Conversation
-from study import services
+from study import (
+    admin_content,  # noqa: F401  (registers the learners' content screens)
+    services,
+)
 from study.admin_research import (
     ParticipantAdminMixin,
     ParticipantContentAdmin,

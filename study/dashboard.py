@@ -34,7 +34,7 @@ from django.db.models import (
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import render
 from django.urls import path
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_POST, require_safe
 
 from feedback.models import Draft, FeedbackRequest
 from feedback.skills import SKILL_KEYS, SKILLS
@@ -402,7 +402,7 @@ def _base(request: HttpRequest, study: Study) -> dict[str, Any]:
     }
 
 
-@require_GET
+@require_safe
 @staff_view
 def index(request: HttpRequest) -> HttpResponse:
     """The studies this staff member may see."""
@@ -421,7 +421,7 @@ def index(request: HttpRequest) -> HttpResponse:
     return render(request, "research/index.html", {"studies": studies})
 
 
-@require_GET
+@require_safe
 @research_view(Right.VIEW)
 def dashboard(request: HttpRequest, study: Study) -> HttpResponse:
     """The live dashboard of one study."""
@@ -431,7 +431,7 @@ def dashboard(request: HttpRequest, study: Study) -> HttpResponse:
     return render(request, "research/dashboard.html", context)
 
 
-@require_GET
+@require_safe
 @research_view(Right.VIEW)
 def fragment(request: HttpRequest, study: Study, name: str) -> HttpResponse:
     """One fragment of the dashboard, for htmx polling."""
@@ -442,7 +442,7 @@ def fragment(request: HttpRequest, study: Study, name: str) -> HttpResponse:
     return render(request, f"research/dashboard.html#{name}", context)
 
 
-@require_GET
+@require_safe
 @research_view(Right.VIEW)
 def participants(request: HttpRequest, study: Study) -> HttpResponse:
     """Every participant of the study, newest first, filterable by status and arm."""
@@ -468,7 +468,7 @@ def participants(request: HttpRequest, study: Study) -> HttpResponse:
     )
 
 
-@require_GET
+@require_safe
 @research_view(Right.VIEW)
 def participant(request: HttpRequest, study: Study, code: str) -> HttpResponse:
     """One participant's whole record: transcript with drafts and feedback, answers, calls."""

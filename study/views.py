@@ -15,7 +15,7 @@ from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
 from django_htmx.http import HttpResponseClientRefresh
 
 from imbue.views import resume_allowed, resume_not_counted, too_many_resume_tries
@@ -123,7 +123,7 @@ def _closed(request: HttpRequest, study: Study) -> HttpResponse:
 # --------------------------------------------------------------------------- entry
 
 
-@require_GET
+@require_safe
 def entry(request: HttpRequest, slug: str) -> HttpResponse:
     """The recruitment link: ?PROLIFIC_PID=&STUDY_ID=&SESSION_ID= (Prolific) or ?participant=."""
     study = get_object_or_404(Study, slug=slug)
@@ -251,7 +251,7 @@ def _page(
     return render(request, template, {**base, **(context or {})}, status=status)
 
 
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 def step(request: HttpRequest, slug: str, key: str) -> HttpResponse:
     """Whatever step the participant is on; any other step's URL or form leads back to it."""
     study = get_object_or_404(Study, slug=slug)
@@ -277,7 +277,7 @@ def _stale_message(request: HttpRequest, participant: Participant, key: str) -> 
     if flow.is_terminal(participant.step):
         return STALE_FINISHED
     ahead = (flow.page_number(key) or 0) > (flow.page_number(participant.step) or 0)
-    return STALE_LATER if ahead and request.method == "GET" else STALE_EARLIER
+    return STALE_LATER if ahead and request.method != "POST" else STALE_EARLIER
 
 
 def _consent(request: HttpRequest, participant: Participant, current: flow.Step) -> HttpResponse:
@@ -425,7 +425,7 @@ def _chat(request: HttpRequest, participant: Participant, current: flow.Step) ->
     return _page(request, "study/chat.html", participant, current, context)
 
 
-@require_GET
+@require_safe
 def chat_status(request: HttpRequest, slug: str, key: str) -> HttpResponse:
     """The Continue button of a chat step, polled until the conversation has ended."""
     study = get_object_or_404(Study, slug=slug)
@@ -492,7 +492,7 @@ HANDLERS = {
 # --------------------------------------------------------------------------- withdrawal
 
 
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 def withdraw(request: HttpRequest, slug: str) -> HttpResponse:
     """Withdraw from the study: confirm, then delete everything and show the receipt."""
     study = get_object_or_404(Study, slug=slug)
@@ -501,7 +501,7 @@ def withdraw(request: HttpRequest, slug: str) -> HttpResponse:
         if _receipt(request, study) is not None:
             return redirect("study:withdrawn", slug=study.slug)
         return redirect("study:entry", slug=study.slug)
-    if request.method == "GET":
+    if request.method != "POST":  # GET or HEAD
         return render(request, "study/withdraw.html", {"study": study, "participant": participant})
     receipt = services.withdraw(participant=participant)
     known = dict(request.session.get(PARTICIPANTS_KEY, {}))
@@ -515,7 +515,7 @@ def withdraw(request: HttpRequest, slug: str) -> HttpResponse:
     return redirect("study:withdrawn", slug=study.slug)
 
 
-@require_GET
+@require_safe
 def withdrawn(request: HttpRequest, slug: str) -> HttpResponse:
     """The withdrawal receipt: code and time, and the study's withdrawal code and link."""
     study = get_object_or_404(Study, slug=slug)

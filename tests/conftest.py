@@ -218,6 +218,24 @@ def _redis_answering() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _no_per_learner_counts_left() -> None:
+    """Learner ids start again with each new test database while Redis keeps the last hour's
+    conversation starts and suggestions per learner id: forget those of earlier runs."""
+    import redis
+    from django.conf import settings
+
+    from imbue import ratelimit
+
+    try:
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
+        for pattern in ("starts:learner:*", "starts:session:*", "suggestions:*"):
+            for key in client.scan_iter(ratelimit.KEY_PREFIX + pattern, count=500):
+                client.delete(key)
+    except redis.RedisError:
+        pass  # the tests that need Redis say so themselves
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _close_database_pools(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
     """Close psycopg's pools before the test database is dropped (idle connections block it)."""
     yield

@@ -26,13 +26,22 @@ def _embedded_env(local_dir: Path, web_port: int, redis_port: int) -> dict[str, 
         IMBUE_EMBEDDED_REDIS_PORT=str(redis_port),
         CELERY_CONCURRENCY="2",
         PYTHONUNBUFFERED="1",
+        HEALTHZ_TOKEN=HEALTHZ_TOKEN,
+        HEALTHZ_CACHE_SECONDS="0.5",
     )
     return env
 
 
+HEALTHZ_TOKEN = "devservices-test-token"
+
+
 def _health(port: int) -> dict | None:
+    """The detailed report (the public one says only "ok")."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/healthz", headers={"Authorization": f"Bearer {HEALTHZ_TOKEN}"}
+    )
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=3) as response:
+        with urllib.request.urlopen(request, timeout=3) as response:
             return json.loads(response.read())
     except OSError:
         return None

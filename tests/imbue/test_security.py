@@ -285,6 +285,38 @@ def test_an_address_opened_the_wrong_way_gets_a_plain_405_page() -> None:
     print(f"\n405 page checked on {len(checked)} route/method pairs")
 
 
+@pytest.mark.django_db
+def test_head_is_answered_wherever_get_is(no_llm: None) -> None:
+    # Link checkers, uptime monitors and some browsers' previews ask with HEAD first.
+    learner = Client()
+    learner.get("/practice/")
+    staff = Client()
+    staff.force_login(User.objects.create_superuser("head-checker", password="x" * 16))
+    compared = []
+    for route in product_routes():
+        if route.startswith("/admin/"):
+            continue
+        for client in (learner, staff):
+            got = client.get(route)
+            if got.status_code == 405:
+                continue
+            head = client.head(route)
+            assert head.status_code == got.status_code, (route, head.status_code, got.status_code)
+            assert head.content == b"", route
+            compared.append(route)
+    for page in ("/", "/practice/", "/practice/situations/new/", "/research/", "/healthz"):
+        assert page in compared
+    print(f"\nHEAD compared with GET on {len(compared)} route/client pairs")
+
+
+@pytest.mark.django_db
+def test_head_on_a_form_page_only_shows_it(no_llm: None) -> None:
+    client = Client()
+    client.get("/practice/")
+    assert client.head("/practice/situations/new/").status_code == 200
+    assert client.head("/practice/resume/").status_code == 200
+
+
 @pytest.mark.urls(THIS_URLCONF)
 def test_server_error_is_a_plain_500_without_details() -> None:
     response = Client(raise_request_exception=False).get("/boom/")
@@ -373,7 +405,7 @@ def test_a_refused_message_form_gives_the_words_back_and_the_way_back(client: Cl
     assert response.status_code == 400
     page = response.content.decode()
     assert "Please pay &lt;your&gt; half by Friday." in page and "\x00" not in page
-    assert '<label for="kept-text">' in page and 'id="kept-text"' in page
+    assert '<label for="kept-text">Text</label>' in page and 'id="kept-text"' in page
     assert 'href="/practice/c/1/?tab=2"' in page
     # Another site's page is not linked back to.
     response = client.post(
@@ -383,6 +415,36 @@ def test_a_refused_message_form_gives_the_words_back_and_the_way_back(client: Cl
     )
     assert "elsewhere.example" not in response.content.decode()
     assert "Go back to the page" not in response.content.decode()
+
+
+@pytest.mark.django_db
+def test_a_refused_form_gives_back_every_field_typed_not_just_text(client: Client) -> None:
+    # A study's situations form: two situations and two goals; the NUL is in one goal only.
+    response = client.post(
+        "/s/x/step/situations/",
+        {
+            "step": "situations",
+            "s1-situation": "My flatmate leaves <the> dishes every night.",
+            "s1-goal": "A washing-up rota.\x00",
+            "s1-difficulty": "3",
+            "s2-situation": "My manager adds weekend shifts without asking.",
+            "s2-goal": "",
+            "identifying": "keep",
+        },
+    )
+    assert response.status_code == 400
+    page = response.content.decode()
+    for kept in (
+        "My flatmate leaves &lt;the&gt; dishes every night.",
+        ">A washing-up rota.</textarea>",
+        "My manager adds weekend shifts without asking.",
+        '<label for="kept-s1-situation">S1 situation</label>',
+    ):
+        assert kept in page, kept
+    assert "\x00" not in page
+    # What the page filled in itself (and empty fields) is not handed back.
+    assert ">situations</textarea>" not in page and ">keep</textarea>" not in page
+    assert "S2 goal" not in page
 
 
 # --- the shared text cleaner ---------------------------------------------------------------

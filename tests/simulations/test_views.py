@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 
 import pytest
@@ -184,6 +185,31 @@ def test_a_closed_chat_suggests_nothing_without_javascript(
     assert f"This conversation {says}, so there is no next message to suggest" in page
     assert "Try <strong>" not in page
     assert not conversation.suggestions.exists()
+
+
+def test_suggestions_are_limited_per_learner_and_a_refused_one_is_neither_asked_nor_stored(
+    no_llm: None, settings
+) -> None:
+    settings.IMBUE = {**settings.IMBUE, "suggestions_per_minute": 2}
+    conversation = start()
+    ratelimit.reset(f"suggestions:{conversation.learner_id}")
+    client = owner_client(conversation.learner)
+    for _ in range(2):
+        assert (
+            "Try <strong>Describe</strong>."
+            in client.post(url("suggest", conversation)).content.decode()
+        )
+    response = client.post(url("suggest", conversation))
+    page = html.unescape(response.content.decode())
+    assert response.status_code == 400
+    assert "You're asking for suggestions very fast. Please wait" in page
+    assert "Try <strong>" not in page
+    assert conversation.suggestions.count() == 2
+    # The limit is the learner's, across their conversations.
+    other = services.start_conversation(
+        learner=conversation.learner, situation=conversation.situation
+    )
+    assert "suggestions very fast" in client.post(url("suggest", other)).content.decode()
 
 
 def test_a_failed_reply_shows_try_again_and_the_retry_post_writes_it(fake_llm) -> None:

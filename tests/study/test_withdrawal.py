@@ -264,3 +264,13 @@ def test_withdrawal_needs_confirmation_and_a_post(no_llm) -> None:
     stranger = Client()
     assert stranger.post(reverse("study:withdraw", args=[study.slug])).status_code == 302
     assert Participant.objects.count() == 1
+
+
+def test_head_on_the_withdrawal_page_withdraws_nothing(no_llm) -> None:
+    # HEAD is answered as GET is (a link checker, a browser's preview): it only shows the page.
+    study = make_study()
+    client = Client()
+    walk(client, study, "9" * 24, MARK, "situations")
+    response = client.head(reverse("study:withdraw", args=[study.slug]))
+    assert response.status_code == 200 and response.content == b""
+    assert Participant.objects.count() == 1 and not WithdrawalReceipt.objects.exists()
