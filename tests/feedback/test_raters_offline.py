@@ -332,6 +332,50 @@ def test_contractions_text_speak_typos_and_british_spellings_are_normalised(text
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
+        # "its" typed for "it's": before "not", "been", a determiner, a pronoun, a preposition,
+        # and before a describing word that no noun follows.
+        ("its not fair", "it's not fair"),
+        ("its been 3 weeks", "it's been 3 weeks"),
+        ("its a lot. its my fault", "it's a lot. it's my fault"),
+        ("its getting late", "it's getting late"),
+        ("its hard to say", "it's hard to say"),
+        ("honestly its exhausting", "honestly it's exhausting"),
+        ("its broken again", "it's broken again"),
+        ("its hard finding someone", "it's hard finding someone"),
+        ("its in the fridge", "it's in the fridge"),
+        # The possessive: before a noun, or an adjective with its noun, "its" stays.
+        ("the team and its goals", "the team and its goals"),
+        ("the tent and its poles were fine", "the tent and its poles were fine"),
+        ("the council and its limited budget", "the council and its limited budget"),
+        ("a club with its broken rules", "a club with its broken rules"),
+        ("the first of its kind.", "the first of its kind."),
+        ("the firm and its need for speed", "the firm and its need for speed"),
+        ("its only child", "its only child"),
+    ],
+)
+def test_its_is_read_as_it_is_only_where_no_possessive_can_be_meant(text, expected):
+    assert normalise(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("so lets try it. lets say friday", "so let's try it. let's say friday"),
+        ("then lets move it", "then let's move it"),
+        ("he lets me, she just lets him", "he lets me, she just lets him"),
+    ],
+)
+def test_lets_without_a_subject_is_read_as_lets_proposal(text, expected):
+    assert normalise(text) == expected
+
+
+def test_a_day_with_its_apostrophe_dropped_is_still_a_time():
+    assert extract("in tuesdays meeting you left early").values["d_time"] == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
         (
             "thanks.\U0001f60a Also tonight\U0001f64f ok",
             "thanks. \U0001f60a also tonight \U0001f64f okay",
