@@ -369,6 +369,18 @@ def test_lets_without_a_subject_is_read_as_lets_proposal(text, expected):
     assert normalise(text) == expected
 
 
+def test_british_spellings_map_to_american_ones_never_the_other_way():
+    from feedback.raters.perturb import BRITISH
+
+    # Every spelling pair the perturbation check uses meets in its American form; words that
+    # differ (flat, holiday) are not spellings and are left alone.
+    words = {american: british for american, british in BRITISH.items() if " " not in british}
+    spelled = {a: b for a, b in words.items() if b not in ("flat", "holiday")}
+    assert {normalise(b) for b in spelled.values()} == set(spelled)
+    assert all(normalise(a) == a for a in spelled)
+    assert normalise("it was cancelled, we travelled") == "it was canceled, we traveled"
+
+
 def test_a_day_with_its_apostrophe_dropped_is_still_a_time():
     assert extract("in tuesdays meeting you left early").values["d_time"] == 1
 
