@@ -1235,8 +1235,23 @@ _STOP = frozenset(
 )
 
 
+_SUFFIXES = (("ies", "y"), ("ied", "y"), ("ing", ""), ("ed", ""), ("es", ""), ("s", ""))
+
+
+@cache
+def _stem(word: str) -> str:
+    """A rough stem, so that a goal's and a message's forms of a word meet ("refunded" and
+    "refund", "day's" and "day", "replies" and "reply", "dates" and "date")."""
+    word = word.removesuffix("'s")
+    for suffix, repl in _SUFFIXES:
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            word = word[: -len(suffix)] + repl
+            break
+    return word.removesuffix("e")[:7]
+
+
 def _content_words(text: str) -> set[str]:
-    return {w for w in _WORD_RE.findall(text) if w not in _STOP and len(w) > 2}
+    return {_stem(w) for w in _WORD_RE.findall(text) if w not in _STOP and len(w) > 2}
 
 
 def _overlap(a: set[str], b: Set[str]) -> float:

@@ -417,3 +417,18 @@ def test_a_line_break_ends_a_sentence_for_the_dated_event_cue():
 )
 def test_a_question_typed_without_its_question_mark_is_still_a_question(text, questions):
     assert extract(text).values["shape_questions"] == questions
+
+
+@pytest.mark.parametrize(
+    ("text", "goal", "offtopic"),
+    [
+        ("Please refund it to my card.", "Get the $90 fee refunded.", 0),
+        ("Next time, a day's notice please.", "She lets me know at least a day ahead.", 0),
+        ("Can you check the replies again?", "He checks my reply before sending.", 0),
+        ("btw did u see the game last night? crazy ending", "Get the $90 fee refunded.", 1),
+    ],
+)
+def test_a_message_that_names_the_goal_in_another_form_of_its_words_is_on_topic(
+    text, goal, offtopic
+):
+    assert extract(text, goal=goal).values["goal_offtopic"] == offtopic
