@@ -432,3 +432,10 @@ def test_a_message_that_names_the_goal_in_another_form_of_its_words_is_on_topic(
     text, goal, offtopic
 ):
     assert extract(text, goal=goal).values["goal_offtopic"] == offtopic
+
+
+def test_the_fresh_set_is_never_trained_on():
+    fresh = read_jsonl(DATA_DIR / "fresh.jsonl")
+    assert len(fresh) >= 40 and all(e.split == "fresh" and e.fully_labelled for e in fresh)
+    assert train_examples([DATA_DIR / "fresh.jsonl"]) == []
+    assert not {e.text for e in fresh} & {e.text for e in train_examples(TRAINING_PATHS)}
