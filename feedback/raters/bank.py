@@ -13,8 +13,9 @@ TRAIN_PATH = DATA_DIR / "train.jsonl"
 DEV_PATH = DATA_DIR / "dev.jsonl"
 # Written after the bank, in other styles, to measure how a rater generalises: never trained on.
 HOLDOUT_PATH = DATA_DIR / "holdout.jsonl"
-# Splits that are only ever scored, never learned from, whichever file a line sits in.
-HELD_OUT_SPLITS = frozenset({"dev", "holdout"})
+# Splits that are only ever scored, never learned from, whichever file a line sits in
+# (fresh.jsonl: new voices and situations, labelled before any rater saw them).
+HELD_OUT_SPLITS = frozenset({"dev", "holdout", "fresh"})
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ the example bank) so that they carry over to messages the bank never saw.
 import bisect
 import math
 import re
-from collections.abc import Iterable, Set
+from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass
 from functools import cache, lru_cache
 
@@ -186,7 +186,8 @@ _WORD_FORMS: dict[str, str] = {
     "nothin": "nothing",
     "somethin": "something",
     "feelin": "feeling",
-    # British spellings, to the one form both spellings share in the bank's n-grams.
+    # British spellings to American ones (every pair one way), so that both spellings of a word
+    # share one n-gram.
     "apologised": "apologized",
     "apologising": "apologizing",
     "organise": "organize",
@@ -210,10 +211,25 @@ _WORD_FORMS: dict[str, str] = {
     "labour": "labor",
     "centre": "center",
     "theatre": "theater",
-    "canceled": "cancelled",
-    "canceling": "cancelling",
-    "traveled": "travelled",
-    "traveling": "travelling",
+    "cancelled": "canceled",
+    "cancelling": "canceling",
+    "travelled": "traveled",
+    "travelling": "traveling",
+    "fulfil": "fulfill",
+    "practise": "practice",
+    "practised": "practiced",
+    "offence": "offense",
+    "judgement": "judgment",
+    "sceptical": "skeptical",
+    "apologises": "apologizes",
+    "realising": "realizing",
+    "recognised": "recognized",
+    "prioritised": "prioritized",
+    "criticised": "criticized",
+    "organisation": "organization",
+    "minimise": "minimize",
+    "finalise": "finalize",
+    "summarise": "summarize",
     "programme": "program",
     "defence": "defense",
     "licence": "license",
@@ -227,19 +243,71 @@ _WORD_FORMS_RE = re.compile(
     + "|".join(re.escape(w) for w in sorted(_WORD_FORMS, key=len, reverse=True))
     + r")(?!['\w&/]|\.\w)"
 )
+# Words that never follow the possessive "its" (a determiner, "not", "been", a pronoun, an
+# adverb, a preposition, a day), so "its" before them is "it's" ("its not", "its been", "its
+# my fault", "its on friday").
+_AFTER_IT_IS = (
+    "a an the not no been being gonna going getting got just so too very really still already "
+    "always never also all about like kinda sorta my your our his her their me you him us them "
+    "this that these those what how because when why where who which nothing everything "
+    "something anything probably definitely honestly literally actually totally basically "
+    "obviously clearly seriously pretty quite super ok okay alright over done gone due now "
+    "here there on off up out in for at to with from down back enough almost nearly such "
+    "monday tuesday wednesday thursday friday saturday sunday today tonight tomorrow"
+)
+# Words that describe what "it" is ("hard", "broken", "exhausting", "killing me") and, as
+# adjectives, also stand before a noun ("its broken pole"): "it's" only when no noun follows.
+_IT_IS_ADJECTIVES = (
+    "hard easy tough rough fine good bad great nice awful terrible horrible ridiculous "
+    "unacceptable annoying exhausting frustrating stressful upsetting hurtful disappointing "
+    "embarrassing scary weird crazy cold hot freezing loud late early important urgent obvious "
+    "clear possible impossible fair unfair true wrong right normal safe dangerous open ready "
+    "free expensive tricky worse better easier harder serious difficult dark messy dirty gross "
+    "disgusting sad funny broken taken stolen frozen forgotten written given hidden eaten"
+)
+_ITS_VERBS_ING = (
+    "killing driving making taking costing starting happening raining hurting ruining becoming "
+    "bothering stressing doing coming looking sounding turning affecting eating"
+)
+# A word that cannot start the noun phrase of a possessive: punctuation, the end, or a
+# function word ("its broken again", "its hard to", "its late and").
+_NO_NOUN_NEXT = (
+    r"(?=\s*(?:[.,!?;:)]|$)|\s(?:to|for|that|and|but|or|so|because|if|when|i|you|we|he|she|"
+    r"they|me|him|us|them|now|again|already|too|enough|at|in|on|by|with|of|from|since|"
+    r"anymore|though|tho|tbh|honestly|lol|really|right|twice|once|every|all|yet|still|last|"
+    r"this|\w{3,}ing)\b)"
+)
+_ITS_IS = (
+    rf"\bits\b(?= (?:{'|'.join(_AFTER_IT_IS.split())}|kind of|sort of|"
+    rf"(?:{'|'.join(_ITS_VERBS_ING.split())})\b|"
+    rf"(?:{'|'.join(_IT_IS_ADJECTIVES.split())}|(?!(?:need|speed|hundred|hatred|breed|greed|"
+    rf"seed|feed|shed|creed)\b)\w{{2,}}ed)\b{_NO_NOUN_NEXT})\b(?!-))"
+)
+# What may stand before a proposing "lets": the start, a stop or comma, or a word that opens a
+# proposal. Checked on the few characters before it (a lookbehind per word on every position
+# of every draft cost 20 us a call).
+_LETS_BEFORE_RE = re.compile(r"(?:^|[.!?,] |(?:^|[^\w'])(?:so|then|okay|now|maybe|yeah) )$")
+
+
+def _proposes(m: re.Match[str]) -> bool:
+    start = m.start()
+    return start == 0 or bool(_LETS_BEFORE_RE.search(m.string[max(0, start - 8) : start]))
+
+
 # Forms that depend on their neighbours ("ill" before a verb, "its" before an adjective).
-_TEXTING = (
+_TEXTING: tuple[tuple[str, str | Callable[[re.Match[str]], str]], ...] = (
     (r"\bi'?m\b", "i'm"),
     (r"\bill\b(?= \w+)", "i'll"),
-    # "its" typed for "it's" is far more common in a draft than the possessive: every one but
-    # the possessive's usual company ("its own", "its way").
-    (r"\bits\b(?! (?:own|way|place|turn|name|tail|end|best)\b)", "it's"),
+    # "its" for "it's" only where the possessive cannot be meant (_ITS_IS): never before a
+    # noun, so "the team and its goals" keeps its possessive.
+    (_ITS_IS, "it's"),
     # "your" for "you're" where no possession can follow ("your being", "your so").
     (
         r"\byour\b(?= (?:being|so|not|always|never|right|wrong|welcome|kidding|joking|lying)\b)",
         "you're",
     ),
-    (r"(?:^|(?<=[.!?] ))lets\b", "let's"),
+    # "lets" with no subject before it proposes ("so lets try"); "he lets me" is left alone.
+    (r"\blets\b", lambda m: "let's" if _proposes(m) else "lets"),
 )
 _TEXTING_RE = [(re.compile(p), r) for p, r in _TEXTING]
 
@@ -344,6 +412,7 @@ NUMBER_WORDS = _alt(
 )
 TIME_WORDS = _alt(
     """yesterday today tonight tomorrow monday tuesday wednesday thursday friday saturday sunday
+    mondays tuesdays wednesdays thursdays fridays saturdays sundays
     weekend weekends morning mornings evening evenings night nights noon midnight week weeks
     month months year years day days hour hours minute minutes times o'clock am pm
     january february march april may june july august september october november december
@@ -1166,8 +1235,23 @@ _STOP = frozenset(
 )
 
 
+_SUFFIXES = (("ies", "y"), ("ied", "y"), ("ing", ""), ("ed", ""), ("es", ""), ("s", ""))
+
+
+@cache
+def _stem(word: str) -> str:
+    """A rough stem, so that a goal's and a message's forms of a word meet ("refunded" and
+    "refund", "day's" and "day", "replies" and "reply", "dates" and "date")."""
+    word = word.removesuffix("'s")
+    for suffix, repl in _SUFFIXES:
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            word = word[: -len(suffix)] + repl
+            break
+    return word.removesuffix("e")[:7]
+
+
 def _content_words(text: str) -> set[str]:
-    return {w for w in _WORD_RE.findall(text) if w not in _STOP and len(w) > 2}
+    return {_stem(w) for w in _WORD_RE.findall(text) if w not in _STOP and len(w) > 2}
 
 
 def _overlap(a: set[str], b: Set[str]) -> float:

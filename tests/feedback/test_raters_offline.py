@@ -332,6 +332,62 @@ def test_contractions_text_speak_typos_and_british_spellings_are_normalised(text
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
+        # "its" typed for "it's": before "not", "been", a determiner, a pronoun, a preposition,
+        # and before a describing word that no noun follows.
+        ("its not fair", "it's not fair"),
+        ("its been 3 weeks", "it's been 3 weeks"),
+        ("its a lot. its my fault", "it's a lot. it's my fault"),
+        ("its getting late", "it's getting late"),
+        ("its hard to say", "it's hard to say"),
+        ("honestly its exhausting", "honestly it's exhausting"),
+        ("its broken again", "it's broken again"),
+        ("its hard finding someone", "it's hard finding someone"),
+        ("its in the fridge", "it's in the fridge"),
+        # The possessive: before a noun, or an adjective with its noun, "its" stays.
+        ("the team and its goals", "the team and its goals"),
+        ("the tent and its poles were fine", "the tent and its poles were fine"),
+        ("the council and its limited budget", "the council and its limited budget"),
+        ("a club with its broken rules", "a club with its broken rules"),
+        ("the first of its kind.", "the first of its kind."),
+        ("the firm and its need for speed", "the firm and its need for speed"),
+        ("its only child", "its only child"),
+    ],
+)
+def test_its_is_read_as_it_is_only_where_no_possessive_can_be_meant(text, expected):
+    assert normalise(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("so lets try it. lets say friday", "so let's try it. let's say friday"),
+        ("then lets move it", "then let's move it"),
+        ("he lets me, she just lets him", "he lets me, she just lets him"),
+    ],
+)
+def test_lets_without_a_subject_is_read_as_lets_proposal(text, expected):
+    assert normalise(text) == expected
+
+
+def test_british_spellings_map_to_american_ones_never_the_other_way():
+    from feedback.raters.perturb import BRITISH
+
+    # Every spelling pair the perturbation check uses meets in its American form; words that
+    # differ (flat, holiday) are not spellings and are left alone.
+    words = {american: british for american, british in BRITISH.items() if " " not in british}
+    spelled = {a: b for a, b in words.items() if b not in ("flat", "holiday")}
+    assert {normalise(b) for b in spelled.values()} == set(spelled)
+    assert all(normalise(a) == a for a in spelled)
+    assert normalise("it was cancelled, we travelled") == "it was canceled, we traveled"
+
+
+def test_a_day_with_its_apostrophe_dropped_is_still_a_time():
+    assert extract("in tuesdays meeting you left early").values["d_time"] == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
         (
             "thanks.\U0001f60a Also tonight\U0001f64f ok",
             "thanks. \U0001f60a also tonight \U0001f64f okay",
@@ -361,3 +417,25 @@ def test_a_line_break_ends_a_sentence_for_the_dated_event_cue():
 )
 def test_a_question_typed_without_its_question_mark_is_still_a_question(text, questions):
     assert extract(text).values["shape_questions"] == questions
+
+
+@pytest.mark.parametrize(
+    ("text", "goal", "offtopic"),
+    [
+        ("Please refund it to my card.", "Get the $90 fee refunded.", 0),
+        ("Next time, a day's notice please.", "She lets me know at least a day ahead.", 0),
+        ("Can you check the replies again?", "He checks my reply before sending.", 0),
+        ("btw did u see the game last night? crazy ending", "Get the $90 fee refunded.", 1),
+    ],
+)
+def test_a_message_that_names_the_goal_in_another_form_of_its_words_is_on_topic(
+    text, goal, offtopic
+):
+    assert extract(text, goal=goal).values["goal_offtopic"] == offtopic
+
+
+def test_the_fresh_set_is_never_trained_on():
+    fresh = read_jsonl(DATA_DIR / "fresh.jsonl")
+    assert len(fresh) >= 40 and all(e.split == "fresh" and e.fully_labelled for e in fresh)
+    assert train_examples([DATA_DIR / "fresh.jsonl"]) == []
+    assert not {e.text for e in fresh} & {e.text for e in train_examples(TRAINING_PATHS)}
