@@ -27,6 +27,8 @@ shows the partial text and keeps receiving deltas.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
 import re
 import secrets
@@ -317,6 +319,41 @@ def clean_send_key(value: object) -> str:
     return value if isinstance(value, str) and SEND_KEY.fullmatch(value) else ""
 
 
+def _next_send_key(key: str, words: str) -> str:
+    """The key a send is stored under when its page's `key` is taken by another message: made of
+    the key and the words, so that this send sent again finds its message, and starting with a
+    character no page's key has (`SEND_KEY`), so that no client can send it."""
+    digest = hashlib.sha256(f"{key}\n{words}".encode()).digest()[:24]
+    return "." + base64.urlsafe_b64encode(digest).decode()
+
+
+def _earlier_send(
+    messages: Sequence[Message], key: str, text: object, max_chars: int
+) -> tuple[Message | None, str]:
+    """The message this send stored before (None if it is new) and the key to store a new one
+    under. A send is the same as a stored one when its key leads to it and it has the same words
+    and is still the learner's latest message: a replayed frame or a form sent twice comes before
+    the learner's next message. The same key with other words (a page that missed its new key),
+    or with the same words after later messages (a page kept from before: the back button without
+    JavaScript), is a new message, stored under a key made from the key and its words."""
+    taken = {m.send_key: m for m in messages if m.send_key} if key else {}
+    if key not in taken:
+        return None, key
+    try:
+        words = clean_user_text(text, max_chars)  # type: ignore[arg-type]
+    except UserTextError:
+        return None, ""  # refused as any unreadable text is
+    latest = next((m for m in reversed(messages) if m.role == Message.Role.LEARNER), None)
+    for _ in range(len(taken)):
+        earlier = taken.get(key)
+        if earlier is None:
+            return None, key
+        if earlier is latest and earlier.text == words:
+            return earlier, key
+        key = _next_send_key(key, words)
+    return None, key if key not in taken else ""
+
+
 def record_learner_message(
     *,
     conversation: Conversation,
@@ -329,8 +366,9 @@ def record_learner_message(
     reply queued, nor a reply queued for a message that was not kept.
 
     `send_key` is the page's key for this press of Send: the same words sent again with the same
-    key (a socket replaying its frame, a double submit) store nothing and return the message
-    stored the first time. Without a key every call stores a message.
+    key before any later message (a socket replaying its frame, a double submit) store nothing
+    and return the message stored the first time (`_earlier_send`); nothing sent with a key is
+    ever refused for it. Without a key every call stores a message.
 
     A message that suggests the learner may be at risk is stored with an adverse event for the
     researchers, pauses the conversation, and is never sent to the partner model.
@@ -392,15 +430,12 @@ def _record_learner_message(
         # the sends stored so far: a send seen before is found here under the lock, at no cost
         # to every other message (the unique constraint guards it in the database too).
         messages = _TRANSCRIPT.all(conversation_id=locked.pk)
-        earlier = next((m for m in messages if send_key and m.send_key == send_key), None)
+        earlier, key = _earlier_send(messages, send_key, text, locked.max_message_chars)
         if earlier is not None:
-            if _same_words(earlier, text, locked.max_message_chars):
-                earlier.conversation = locked  # as a stored message's: the chat as it is now
-                return earlier, Queued(replayed=True)
-            # Other words under a key already used (a page that missed its new key): a new
-            # message all the same, stored without the key rather than refused or lost.
-            log.warning("conversation %s: a send key came again with other words", locked.pk)
-            send_key = ""
+            earlier.conversation = locked  # as a stored message's: the chat as it is now
+            return earlier, Queued(replayed=True)
+        if key != send_key:
+            log.info("conversation %s: a send key came again with a new message", locked.pk)
         if not locked.is_open:
             raise ConversationError("This conversation has ended; start a new one to go on.")
         try:
@@ -430,7 +465,7 @@ def _record_learner_message(
             strategies=chosen,
             state=Message.State.COMPLETE,
             completed_at=timezone.now(),
-            send_key=send_key,
+            send_key=key,
         )
         _rate(locked, message, chosen, messages, turn)
         risk = safety.assess_risk(text)
@@ -462,14 +497,6 @@ _LINK_DRAFTS = PreparedUpdate(
     turn=int,
     changes={"sent_message_id": int},
 )
-
-
-def _same_words(stored: Message, text: object, max_chars: int) -> bool:
-    """Whether `text`, cleaned as it would be stored, is what `stored` says."""
-    try:
-        return clean_user_text(text, max_chars) == stored.text  # type: ignore[arg-type]
-    except UserTextError:
-        return False
 
 
 def _link_drafts(conversation: Conversation, turn: int, message: Message) -> None:
@@ -733,14 +760,15 @@ def send_and_wait(
     text: str,
     strategies: Sequence[str] | str,
     send_key: str = "",
-) -> Message:
+) -> tuple[Message, bool]:
     """For the page without JavaScript: record the message and write the reply before returning
-    (a form sent twice, with its `send_key`, stores and writes nothing the second time)."""
+    it, and whether it was sent before (a form sent twice, with its `send_key`, stores and writes
+    nothing the second time)."""
     message, queued = _record_learner_message(
         conversation=conversation, text=text, strategies=strategies, claim=True, send_key=send_key
     )
     if queued.replayed:
-        return message
+        return message, True
     reply_id = queued.reply_id  # None when paused for safety
 
     async def notify_and_reply() -> None:
@@ -749,7 +777,7 @@ def send_and_wait(
             await generate_partner_reply(message_id=reply_id, claimed=queued.job)
 
     async_to_sync(notify_and_reply)()
-    return message
+    return message, False
 
 
 # --------------------------------------------------------------------------- Redis: lease, text

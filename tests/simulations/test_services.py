@@ -515,12 +515,13 @@ def test_a_send_key_stores_a_message_once_and_returns_it_when_sent_again(no_llm:
     assert (again.pk, again.seq) == (first.pk, 1)
     assert conversation.messages.count() == 2
     # A key used before with other words (a page that missed its new key) loses nothing: the
-    # message is stored, without the key.
+    # message is stored, under a key made from that key and its words, which no page sends.
     other = services.record_learner_message(
         conversation=conversation, text=STRONG[1][1], strategies=STRONG[1][0], send_key=key
     )
     other.refresh_from_db()
-    assert other.seq == 3 and other.send_key == ""
+    assert other.seq == 3 and other.send_key not in ("", key)
+    assert services.clean_send_key(other.send_key) == ""
     first.refresh_from_db()
     assert first.send_key == key
 
@@ -542,6 +543,78 @@ def test_a_replayed_send_is_confirmed_even_once_the_chat_has_ended(no_llm: None)
         services.record_learner_message(
             conversation=conversation, text="Please.", strategies="assert"
         )
+
+
+def learner_texts(conversation: Conversation) -> list[str]:
+    rows = conversation.messages.filter(role=Message.Role.LEARNER).order_by("seq")
+    return list(rows.values_list("text", flat=True))
+
+
+def test_a_message_stored_under_a_used_key_is_stored_once_when_its_send_comes_again(
+    no_llm: None,
+) -> None:
+    # A page that missed its new key sends its next message under the old one: stored (other
+    # words), and that send replayed, before or after its reply, is the same message again.
+    conversation = start()
+    key = services.new_send_key()
+    services.record_learner_message(
+        conversation=conversation, text="Please.", strategies="assert", send_key=key
+    )
+    reply_to(conversation)
+    second = services.record_learner_message(
+        conversation=conversation, text="Please text me.", strategies="assert", send_key=key
+    )
+    while_pending = services.record_learner_message(
+        conversation=conversation, text="Please text me.", strategies="assert", send_key=key
+    )
+    reply_to(conversation)
+    after_reply = services.record_learner_message(
+        conversation=conversation, text="Please text me.", strategies="assert", send_key=key
+    )
+    assert while_pending.pk == after_reply.pk == second.pk
+    assert learner_texts(conversation) == ["Please.", "Please text me."]
+    assert conversation.messages.count() == 4
+    # A third text under the same key is a message of its own, and its replay is found too.
+    third = services.record_learner_message(
+        conversation=conversation, text="Just one text.", strategies="assert", send_key=key
+    )
+    assert third.seq == 5
+    again = services.record_learner_message(
+        conversation=conversation, text="Just one text.", strategies="assert", send_key=key
+    )
+    assert again.pk == third.pk
+    assert learner_texts(conversation) == ["Please.", "Please text me.", "Just one text."]
+
+
+def test_a_stale_page_sending_its_words_again_after_later_messages_is_a_new_message(
+    no_llm: None,
+) -> None:
+    # A page kept from before (the back button without JavaScript) holds the key of a message
+    # sent since; the learner sends those same words again after other messages: it is stored.
+    conversation = start()
+    old_key = services.new_send_key()
+    services.record_learner_message(
+        conversation=conversation, text="Okay.", strategies="assert", send_key=old_key
+    )
+    reply_to(conversation)
+    services.record_learner_message(
+        conversation=conversation,
+        text="Text me by ten.",
+        strategies="assert",
+        send_key=services.new_send_key(),
+    )
+    reply_to(conversation)
+    stale = services.record_learner_message(
+        conversation=conversation, text="Okay.", strategies="assert", send_key=old_key
+    )
+    assert stale.seq == 5
+    # That stale page's form sent twice is stored once.
+    again = services.record_learner_message(
+        conversation=conversation, text="Okay.", strategies="assert", send_key=old_key
+    )
+    assert again.pk == stale.pk
+    assert learner_texts(conversation) == ["Okay.", "Text me by ten.", "Okay."]
+    assert conversation.messages.filter(role=Message.Role.PARTNER).count() == 3
 
 
 @pytest.mark.parametrize("key", ["", "short", "x" * 65, "has spaces in it", None, 12345678])
