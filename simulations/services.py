@@ -792,7 +792,7 @@ _sync_client: redis.Redis | None = None
 # would otherwise hold the caller for ever: the reply's lease is taken inside the conversation's
 # lock, and pages read a reply's streamed text while they render (the synchronous client). The
 # event loop's client waits longer: on a loop busy for seconds a slow answer must not become a
-# timeout, whose retry would APPEND a piece of text twice.
+# timeout (the stream of that reply stops, `_Pusher`).
 REDIS_TIMEOUT_S = 2.0
 REDIS_ASYNC_TIMEOUT_S = 10.0
 
@@ -803,22 +803,25 @@ def _reconnecting(*, asynchronous: bool) -> dict[str, Any]:
     by the first command after a restart). Each try waits at most `REDIS_TIMEOUT_S` (or
     `REDIS_ASYNC_TIMEOUT_S`).
 
-    The synchronous client's two calls (the lease taken inside the conversation's lock, the
-    streamed text a page reads) each have a fallback, and wait in the thread every sync call of
-    the process shares: a Redis that does not answer in time is not asked again (one try, 2 s;
-    four tries held every request of the process for about 8.5 s per message while Redis was
-    frozen). A dropped connection is still retried at once."""
+    A Redis that does not answer in time is not asked again by either client (one try). The
+    synchronous client's two calls (the lease taken inside the conversation's lock, the streamed
+    text a page reads) each have a fallback, and wait in the thread every sync call of the
+    process shares: four tries held every request of the process for about 8.5 s per message
+    while Redis was frozen. The event loop's client writes a reply's stream: four tries of 10 s
+    held the reply 40 s before it failed, and a retried APPEND that Redis had done (it answered
+    late) showed a piece twice; its calls fall back too (`redis_quiet`, `_Pusher`). A dropped
+    connection is still retried at once."""
     from redis.asyncio.retry import Retry as AsyncRetry
     from redis.backoff import ExponentialBackoff
     from redis.retry import Retry
 
     backoff = ExponentialBackoff(cap=1.0, base=0.05)
+    retried = [redis.ConnectionError]  # Retry's own default list has the timeouts too
     retry: Retry | AsyncRetry
     if asynchronous:
-        retried = [redis.ConnectionError, redis.TimeoutError]
-        retry, timeout = AsyncRetry(backoff, 3), REDIS_ASYNC_TIMEOUT_S
+        retry = AsyncRetry(backoff, 3, supported_errors=(redis.ConnectionError,))
+        timeout = REDIS_ASYNC_TIMEOUT_S
     else:
-        retried = [redis.ConnectionError]  # Retry's own default list has the timeouts too
         retry = Retry(backoff, 3, supported_errors=tuple(retried))
         timeout = REDIS_TIMEOUT_S
     return {
@@ -895,8 +898,15 @@ class Partial:
 
 
 async def partial_reply(message_id: int) -> Partial:
-    """The streamed-so-far text of a reply in flight (empty when none is kept)."""
-    attempt, text = await _aredis().mget(_attempt_key(message_id), _text_key(message_id))
+    """The streamed-so-far text of a reply in flight (empty when none is kept, or while Redis is
+    away: the page shows the reply when it is stored)."""
+    if redis_quiet.quiet():
+        return Partial(0, "")
+    try:
+        attempt, text = await _aredis().mget(_attempt_key(message_id), _text_key(message_id))
+    except redis.RedisError as error:
+        redis_quiet.note(error)
+        return Partial(0, "")
     return Partial(int(attempt or 0), (text or b"").decode(errors="replace"))
 
 
@@ -1162,12 +1172,29 @@ def streaming_replies() -> int:
     return _STREAMING.get(asyncio.get_running_loop(), 0)
 
 
+async def _stream(job: _Job, text: str, lost: asyncio.Event) -> bool:
+    """`_push` a piece of a reply, or False when Redis is away (not answering in time a moment
+    ago, or now): the stream stops there, so the text kept in Redis stays the start of the reply
+    and no piece is shown twice, and the reply is written and stored all the same; every tab
+    shows it whole when it is announced (`_announce`)."""
+    if redis_quiet.quiet():
+        log.warning("reply %s: not streamed further, Redis is not answering", job.message_id)
+        return False
+    try:
+        await _push(job, text, lost)
+    except redis.RedisError as error:
+        redis_quiet.note(error)
+        log.warning("reply %s: not streamed further, Redis: %s", job.message_id, error)
+        return False
+    return True
+
+
 class _Pusher:
     """Sends a reply's text as it streams: the first piece at once, then what has come since at
     most once per `flush_s` (ten frames a second by default), whatever the model's token rate
     (each costs a Redis append, a publish and a frame to every tab). The only pusher of its
-    attempt, so the pieces keep their order; an error in a push is raised by the next `add` or
-    by `close`.
+    attempt, so the pieces keep their order; a lost lease is raised by the next `add` or by
+    `close`, and once Redis fails a push the rest is not streamed (`_stream`).
 
     With `pieces_per_s`, the process's replies together send at most that many pieces a second:
     when more replies stream at once than `pieces_per_s * flush_s`, each one's window widens to
@@ -1183,6 +1210,7 @@ class _Pusher:
         self.ready = asyncio.Event()
         self.window: asyncio.Future[None] | None = None  # the pause between two pieces
         self.closed = False
+        self.streaming = True  # until Redis fails a push
         self.loop = asyncio.get_running_loop()
         self.task = self.loop.create_task(self._run())
         _STREAMING[self.loop] = _STREAMING.get(self.loop, 0) + 1
@@ -1222,7 +1250,8 @@ class _Pusher:
             self.ready.clear()
             if self.buffer:
                 text, self.buffer = self.buffer, ""
-                await _push(self.job, text, self.lost)
+                if self.streaming:
+                    self.streaming = await _stream(self.job, text, self.lost)
             if self.closed and not self.buffer:
                 return
             if self.flush_s > 0 and not self.closed:
@@ -1315,7 +1344,7 @@ async def _write(job: _Job, lost: asyncio.Event) -> _Written | _Failed:
         learner_text=job.learner_text,
         rating=job.rating,
     )
-    await _push(job, text, lost)
+    await _stream(job, text, lost)
     return _Written(text, agreed, None)
 
 
@@ -1367,7 +1396,11 @@ async def generate_partner_reply(*, message_id: int, claimed: _Job | None = None
         keeper = asyncio.create_task(_keep_lease(job, lost))
         try:
             result = await _write(job, lost)  # the model is asked at once
-            await job.announced  # (a reply with no delta still announces its attempt)
+            try:
+                await job.announced  # (a reply with no delta still announces its attempt)
+            except redis.RedisError as error:  # tabs hear of the reply when it is stored
+                redis_quiet.note(error)
+                log.warning("reply %s: its attempt not announced, Redis: %s", message_id, error)
         finally:
             keeper.cancel()
             job.announced.cancel()

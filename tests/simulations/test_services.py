@@ -319,6 +319,43 @@ def test_a_reply_is_written_once_even_if_asked_twice(fake_llm) -> None:
     assert [r["purpose"] for r in fake_llm.requests()].count("partner") == 1
 
 
+def test_a_reply_whose_stream_redis_stops_taking_is_stored_whole_once(
+    fake_llm, monkeypatch, settings
+) -> None:
+    # Redis stops answering while the reply streams (a frozen server, a dead network path): the
+    # stream stops there and the reply is still written, stored whole and not asked for again.
+    import redis
+
+    from imbue import redis_quiet
+
+    settings.IMBUE = {**settings.IMBUE, "stream_flush_ms": 0}  # a push per piece
+    pushed: list[str] = []
+    push = services._push
+
+    async def push_until_redis_stops(job, text: str, lost) -> None:
+        if pushed:
+            raise redis.TimeoutError("Timeout reading from socket")
+        pushed.append(text)
+        await push(job, text, lost)
+
+    monkeypatch.setattr(services, "_push", push_until_redis_stops)
+    noted: list[BaseException] = []
+    note = redis_quiet.note
+    monkeypatch.setattr(redis_quiet, "note", lambda error: noted.append(error) or note(error))
+    fake_llm.configure(tokens_per_s=400)  # pieces one by one
+    conversation = start()
+    strategies, text = STRONG[0]
+    services.record_learner_message(conversation=conversation, text=text, strategies=strategies)
+    reply = reply_to(conversation)
+    assert reply.state == Message.State.COMPLETE and reply.attempts == 1
+    assert len(pushed) == 1 and reply.text.startswith(pushed[0].strip())
+    assert len(reply.text) > len(pushed[0])
+    assert [r["purpose"] for r in fake_llm.requests()].count("partner") == 1
+    # The timeout was noted (the calls with a fallback took it) until the reply's announcement
+    # reached Redis.
+    assert noted and not redis_quiet.quiet()
+
+
 def test_a_model_failure_keeps_the_learner_message_and_retry_writes_the_reply(fake_llm) -> None:
     conversation = start()
     fake_llm.faults(["503", "503", "503"])
