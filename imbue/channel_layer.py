@@ -21,6 +21,7 @@ import asyncio
 import weakref
 from typing import Any
 
+import redis
 from channels_redis.pubsub import (
     RedisPubSubChannelLayer,
     RedisPubSubLoopLayer,
@@ -47,7 +48,13 @@ class OrderedPublishShard(RedisSingleShardConnection):
             lock = self._publishing[channel] = asyncio.Lock()
         async with lock:
             self._ensure_redis()  # creates the pooled client once (no await: no race)
-            await self._redis.publish(channel, message)
+            try:
+                await self._redis.publish(channel, message)
+            except redis.RedisError as error:
+                # A publish that timed out tells the process's calls with a fallback (rate
+                # limits, the lease, the feedback publish, a reply's stream) to take it.
+                redis_quiet.note(error)
+                raise
         redis_quiet.answered()  # the process's most frequent sign that Redis answers
 
 

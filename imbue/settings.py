@@ -192,17 +192,21 @@ parse_thresholds(configured_spec())
 
 
 def redis_retry(*, asynchronous: bool) -> dict:
-    """Connection options that reconnect and retry a command once Redis is back after a restart."""
+    """Connection options that reconnect and retry a command once Redis is back after a restart.
+    A command that timed out is not tried again (as `simulations.services._reconnecting`): Redis
+    is not answering, each try would wait its whole timeout again (four tries of a publish held
+    its caller a minute), and one it did late would be done twice; `imbue.redis_quiet` hears of
+    the timeout from the channel layer."""
     from redis.asyncio.retry import Retry as AsyncRetry
     from redis.backoff import ExponentialBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
     from redis.retry import Retry
 
     backoff = ExponentialBackoff(cap=1.0, base=0.05)
+    retried = (RedisConnectionError,)
     return {
-        "retry": AsyncRetry(backoff, 3) if asynchronous else Retry(backoff, 3),
-        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        "retry": (AsyncRetry if asynchronous else Retry)(backoff, 3, supported_errors=retried),
+        "retry_on_error": list(retried),
     }
 
 

@@ -27,6 +27,8 @@ shows the partial text and keeps receiving deltas.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
 import re
 import secrets
@@ -317,6 +319,41 @@ def clean_send_key(value: object) -> str:
     return value if isinstance(value, str) and SEND_KEY.fullmatch(value) else ""
 
 
+def _next_send_key(key: str, words: str) -> str:
+    """The key a send is stored under when its page's `key` is taken by another message: made of
+    the key and the words, so that this send sent again finds its message, and starting with a
+    character no page's key has (`SEND_KEY`), so that no client can send it."""
+    digest = hashlib.sha256(f"{key}\n{words}".encode()).digest()[:24]
+    return "." + base64.urlsafe_b64encode(digest).decode()
+
+
+def _earlier_send(
+    messages: Sequence[Message], key: str, text: object, max_chars: int
+) -> tuple[Message | None, str]:
+    """The message this send stored before (None if it is new) and the key to store a new one
+    under. A send is the same as a stored one when its key leads to it and it has the same words
+    and is still the learner's latest message: a replayed frame or a form sent twice comes before
+    the learner's next message. The same key with other words (a page that missed its new key),
+    or with the same words after later messages (a page kept from before: the back button without
+    JavaScript), is a new message, stored under a key made from the key and its words."""
+    taken = {m.send_key: m for m in messages if m.send_key} if key else {}
+    if key not in taken:
+        return None, key
+    try:
+        words = clean_user_text(text, max_chars)  # type: ignore[arg-type]
+    except UserTextError:
+        return None, ""  # refused as any unreadable text is
+    latest = next((m for m in reversed(messages) if m.role == Message.Role.LEARNER), None)
+    for _ in range(len(taken)):
+        earlier = taken.get(key)
+        if earlier is None:
+            return None, key
+        if earlier is latest and earlier.text == words:
+            return earlier, key
+        key = _next_send_key(key, words)
+    return None, key if key not in taken else ""
+
+
 def record_learner_message(
     *,
     conversation: Conversation,
@@ -329,8 +366,9 @@ def record_learner_message(
     reply queued, nor a reply queued for a message that was not kept.
 
     `send_key` is the page's key for this press of Send: the same words sent again with the same
-    key (a socket replaying its frame, a double submit) store nothing and return the message
-    stored the first time. Without a key every call stores a message.
+    key before any later message (a socket replaying its frame, a double submit) store nothing
+    and return the message stored the first time (`_earlier_send`); nothing sent with a key is
+    ever refused for it. Without a key every call stores a message.
 
     A message that suggests the learner may be at risk is stored with an adverse event for the
     researchers, pauses the conversation, and is never sent to the partner model.
@@ -392,15 +430,12 @@ def _record_learner_message(
         # the sends stored so far: a send seen before is found here under the lock, at no cost
         # to every other message (the unique constraint guards it in the database too).
         messages = _TRANSCRIPT.all(conversation_id=locked.pk)
-        earlier = next((m for m in messages if send_key and m.send_key == send_key), None)
+        earlier, key = _earlier_send(messages, send_key, text, locked.max_message_chars)
         if earlier is not None:
-            if _same_words(earlier, text, locked.max_message_chars):
-                earlier.conversation = locked  # as a stored message's: the chat as it is now
-                return earlier, Queued(replayed=True)
-            # Other words under a key already used (a page that missed its new key): a new
-            # message all the same, stored without the key rather than refused or lost.
-            log.warning("conversation %s: a send key came again with other words", locked.pk)
-            send_key = ""
+            earlier.conversation = locked  # as a stored message's: the chat as it is now
+            return earlier, Queued(replayed=True)
+        if key != send_key:
+            log.info("conversation %s: a send key came again with a new message", locked.pk)
         if not locked.is_open:
             raise ConversationError("This conversation has ended; start a new one to go on.")
         try:
@@ -430,7 +465,7 @@ def _record_learner_message(
             strategies=chosen,
             state=Message.State.COMPLETE,
             completed_at=timezone.now(),
-            send_key=send_key,
+            send_key=key,
         )
         _rate(locked, message, chosen, messages, turn)
         risk = safety.assess_risk(text)
@@ -462,14 +497,6 @@ _LINK_DRAFTS = PreparedUpdate(
     turn=int,
     changes={"sent_message_id": int},
 )
-
-
-def _same_words(stored: Message, text: object, max_chars: int) -> bool:
-    """Whether `text`, cleaned as it would be stored, is what `stored` says."""
-    try:
-        return clean_user_text(text, max_chars) == stored.text  # type: ignore[arg-type]
-    except UserTextError:
-        return False
 
 
 def _link_drafts(conversation: Conversation, turn: int, message: Message) -> None:
@@ -733,14 +760,15 @@ def send_and_wait(
     text: str,
     strategies: Sequence[str] | str,
     send_key: str = "",
-) -> Message:
+) -> tuple[Message, bool]:
     """For the page without JavaScript: record the message and write the reply before returning
-    (a form sent twice, with its `send_key`, stores and writes nothing the second time)."""
+    it, and whether it was sent before (a form sent twice, with its `send_key`, stores and writes
+    nothing the second time)."""
     message, queued = _record_learner_message(
         conversation=conversation, text=text, strategies=strategies, claim=True, send_key=send_key
     )
     if queued.replayed:
-        return message
+        return message, True
     reply_id = queued.reply_id  # None when paused for safety
 
     async def notify_and_reply() -> None:
@@ -749,7 +777,7 @@ def send_and_wait(
             await generate_partner_reply(message_id=reply_id, claimed=queued.job)
 
     async_to_sync(notify_and_reply)()
-    return message
+    return message, False
 
 
 # --------------------------------------------------------------------------- Redis: lease, text
@@ -764,7 +792,7 @@ _sync_client: redis.Redis | None = None
 # would otherwise hold the caller for ever: the reply's lease is taken inside the conversation's
 # lock, and pages read a reply's streamed text while they render (the synchronous client). The
 # event loop's client waits longer: on a loop busy for seconds a slow answer must not become a
-# timeout, whose retry would APPEND a piece of text twice.
+# timeout (the stream of that reply stops, `_Pusher`).
 REDIS_TIMEOUT_S = 2.0
 REDIS_ASYNC_TIMEOUT_S = 10.0
 
@@ -775,22 +803,25 @@ def _reconnecting(*, asynchronous: bool) -> dict[str, Any]:
     by the first command after a restart). Each try waits at most `REDIS_TIMEOUT_S` (or
     `REDIS_ASYNC_TIMEOUT_S`).
 
-    The synchronous client's two calls (the lease taken inside the conversation's lock, the
-    streamed text a page reads) each have a fallback, and wait in the thread every sync call of
-    the process shares: a Redis that does not answer in time is not asked again (one try, 2 s;
-    four tries held every request of the process for about 8.5 s per message while Redis was
-    frozen). A dropped connection is still retried at once."""
+    A Redis that does not answer in time is not asked again by either client (one try). The
+    synchronous client's two calls (the lease taken inside the conversation's lock, the streamed
+    text a page reads) each have a fallback, and wait in the thread every sync call of the
+    process shares: four tries held every request of the process for about 8.5 s per message
+    while Redis was frozen. The event loop's client writes a reply's stream: four tries of 10 s
+    held the reply 40 s before it failed, and a retried APPEND that Redis had done (it answered
+    late) showed a piece twice; its calls fall back too (`redis_quiet`, `_Pusher`). A dropped
+    connection is still retried at once."""
     from redis.asyncio.retry import Retry as AsyncRetry
     from redis.backoff import ExponentialBackoff
     from redis.retry import Retry
 
     backoff = ExponentialBackoff(cap=1.0, base=0.05)
+    retried = [redis.ConnectionError]  # Retry's own default list has the timeouts too
     retry: Retry | AsyncRetry
     if asynchronous:
-        retried = [redis.ConnectionError, redis.TimeoutError]
-        retry, timeout = AsyncRetry(backoff, 3), REDIS_ASYNC_TIMEOUT_S
+        retry = AsyncRetry(backoff, 3, supported_errors=(redis.ConnectionError,))
+        timeout = REDIS_ASYNC_TIMEOUT_S
     else:
-        retried = [redis.ConnectionError]  # Retry's own default list has the timeouts too
         retry = Retry(backoff, 3, supported_errors=tuple(retried))
         timeout = REDIS_TIMEOUT_S
     return {
@@ -867,8 +898,15 @@ class Partial:
 
 
 async def partial_reply(message_id: int) -> Partial:
-    """The streamed-so-far text of a reply in flight (empty when none is kept)."""
-    attempt, text = await _aredis().mget(_attempt_key(message_id), _text_key(message_id))
+    """The streamed-so-far text of a reply in flight (empty when none is kept, or while Redis is
+    away: the page shows the reply when it is stored)."""
+    if redis_quiet.quiet():
+        return Partial(0, "")
+    try:
+        attempt, text = await _aredis().mget(_attempt_key(message_id), _text_key(message_id))
+    except redis.RedisError as error:
+        redis_quiet.note(error)
+        return Partial(0, "")
     return Partial(int(attempt or 0), (text or b"").decode(errors="replace"))
 
 
@@ -1134,12 +1172,29 @@ def streaming_replies() -> int:
     return _STREAMING.get(asyncio.get_running_loop(), 0)
 
 
+async def _stream(job: _Job, text: str, lost: asyncio.Event) -> bool:
+    """`_push` a piece of a reply, or False when Redis is away (not answering in time a moment
+    ago, or now): the stream stops there, so the text kept in Redis stays the start of the reply
+    and no piece is shown twice, and the reply is written and stored all the same; every tab
+    shows it whole when it is announced (`_announce`)."""
+    if redis_quiet.quiet():
+        log.warning("reply %s: not streamed further, Redis is not answering", job.message_id)
+        return False
+    try:
+        await _push(job, text, lost)
+    except redis.RedisError as error:
+        redis_quiet.note(error)
+        log.warning("reply %s: not streamed further, Redis: %s", job.message_id, error)
+        return False
+    return True
+
+
 class _Pusher:
     """Sends a reply's text as it streams: the first piece at once, then what has come since at
     most once per `flush_s` (ten frames a second by default), whatever the model's token rate
     (each costs a Redis append, a publish and a frame to every tab). The only pusher of its
-    attempt, so the pieces keep their order; an error in a push is raised by the next `add` or
-    by `close`.
+    attempt, so the pieces keep their order; a lost lease is raised by the next `add` or by
+    `close`, and once Redis fails a push the rest is not streamed (`_stream`).
 
     With `pieces_per_s`, the process's replies together send at most that many pieces a second:
     when more replies stream at once than `pieces_per_s * flush_s`, each one's window widens to
@@ -1155,6 +1210,7 @@ class _Pusher:
         self.ready = asyncio.Event()
         self.window: asyncio.Future[None] | None = None  # the pause between two pieces
         self.closed = False
+        self.streaming = True  # until Redis fails a push
         self.loop = asyncio.get_running_loop()
         self.task = self.loop.create_task(self._run())
         _STREAMING[self.loop] = _STREAMING.get(self.loop, 0) + 1
@@ -1194,7 +1250,8 @@ class _Pusher:
             self.ready.clear()
             if self.buffer:
                 text, self.buffer = self.buffer, ""
-                await _push(self.job, text, self.lost)
+                if self.streaming:
+                    self.streaming = await _stream(self.job, text, self.lost)
             if self.closed and not self.buffer:
                 return
             if self.flush_s > 0 and not self.closed:
@@ -1300,7 +1357,7 @@ async def _write(job: _Job, lost: asyncio.Event) -> _Written | _Failed:
         learner_text=job.learner_text,
         rating=job.rating,
     )
-    await _push(job, text, lost)
+    await _stream(job, text, lost)
     return _Written(text, agreed, None)
 
 
@@ -1352,7 +1409,11 @@ async def generate_partner_reply(*, message_id: int, claimed: _Job | None = None
         keeper = asyncio.create_task(_keep_lease(job, lost))
         try:
             result = await _write(job, lost)  # the model is asked at once
-            await job.announced  # (a reply with no delta still announces its attempt)
+            try:
+                await job.announced  # (a reply with no delta still announces its attempt)
+            except redis.RedisError as error:  # tabs hear of the reply when it is stored
+                redis_quiet.note(error)
+                log.warning("reply %s: its attempt not announced, Redis: %s", message_id, error)
         finally:
             keeper.cancel()
             job.announced.cancel()

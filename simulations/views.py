@@ -49,6 +49,13 @@ def _back(conversation: Conversation, anchor: str = "composer") -> HttpResponse:
 KEPT_DRAFT_KEY = "imbue_kept_draft"
 KEPT_DRAFT_CHARS = 20_000  # a text refused for its length comes back too, within reason
 
+# A form whose message was stored before (a double click, or the same words sent again from a
+# page kept from before it): the learner learns why no second copy appears.
+ALREADY_SENT = (
+    "That message had already been sent, so it is shown once. If you meant to send the same "
+    "words again, send them once more."
+)
+
 
 def _refused(
     request: HttpRequest, conversation: Conversation, error: str, **extra: Any
@@ -91,7 +98,7 @@ def send_message(request: HttpRequest, conversation_id: int) -> HttpResponse:
     text = request.POST.get("text", "")
     strategies = request.POST.getlist("strategies")
     try:
-        services.send_and_wait(
+        _, replayed = services.send_and_wait(
             conversation=conversation,
             text=text,
             strategies=strategies,
@@ -100,6 +107,8 @@ def send_message(request: HttpRequest, conversation_id: int) -> HttpResponse:
         )
     except services.ConversationError as error:
         return _refused(request, conversation, error.user_message, draft=text, chosen=strategies)
+    if replayed:
+        messages.info(request, ALREADY_SENT)
     return _back(conversation)
 
 

@@ -102,3 +102,25 @@ async def test_redis_seen_answering_the_channel_layer_ends_the_quiet_at_once() -
     assert redis_quiet.quiet()
     await get_channel_layer().group_send("quiet-probe", {"type": "probe"})
     assert not redis_quiet.quiet()
+
+
+@pytest.mark.asyncio
+async def test_a_publish_that_times_out_is_tried_once_and_makes_redis_quiet(
+    silent_redis_server: SilentServer,
+) -> None:
+    """The channel layer's async client, as the synchronous ones: a publish to a Redis that does
+    not answer waits one timeout (not four), and the calls with a fallback hear of it."""
+    from imbue.channel_layer import PubSubChannelLayer
+    from imbue.settings import redis_retry
+
+    host = {"address": silent_redis_server.url, "socket_timeout": 0.2}
+    layer = PubSubChannelLayer(
+        hosts=[{**host, "socket_connect_timeout": 0.2, **redis_retry(asynchronous=True)}]
+    )
+    started = time.monotonic()
+    with pytest.raises(redis.TimeoutError):
+        await layer.group_send("quiet-probe", {"type": "probe"})
+    assert time.monotonic() - started < 1.0
+    assert silent_redis_server.connections == 1
+    assert redis_quiet.quiet()
+    await layer.flush()

@@ -660,6 +660,32 @@ async def test_a_double_submit_while_the_reply_is_on_its_way_stores_one_message(
     await view.communicator.disconnect()
 
 
+async def test_a_message_sent_under_a_used_key_and_replayed_asks_the_model_once(fake_llm) -> None:
+    conversation = await start()
+    view = await open_view(conversation)
+    key = "the-pages-key-for-send-1"
+    await send_and_wait(view, conversation, "Please text me by ten.", send_key=key)
+    # The page missed its new key: its next message goes under the old one (stored, as its own
+    # message), and that frame comes again, while its reply is on its way and after it.
+    fake_llm.configure(ttft_ms=300)
+    frame = {"action": "send", "text": "Just one text.", "strategies": ["assert"], "send_key": key}
+    await view.send(**frame)
+    await view.send(**frame)
+    confirmations = []
+    while len(confirmations) < 2:
+        found = await view.until(lambda f: 'id="message-sent"' in f or 'class="error"' in f)
+        confirmations.append(found)
+    assert [SENT.search(f).group(1) for f in confirmations] == ["3", "3"]
+    await view.until_complete((await reply_of(conversation, 3)).pk)
+    await view.send(**frame)
+    again = await view.until(lambda f: 'id="message-sent"' in f or 'class="error"' in f)
+    assert SENT.search(again).group(1) == "3" and 'class="error"' not in again
+    assert await learner_messages(conversation) == ["Please text me by ten.", "Just one text."]
+    assert await Message.objects.filter(conversation=conversation).acount() == 4
+    assert len(partner_requests(fake_llm)) == 2
+    await view.communicator.disconnect()
+
+
 async def test_frames_without_a_key_are_each_stored_as_before(no_llm: None) -> None:
     # Older pages and the load generator (bench/load.py) send no key.
     conversation = await start()

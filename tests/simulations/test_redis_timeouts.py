@@ -66,3 +66,28 @@ def test_a_dropped_connection_is_still_tried_again(closing_redis: SilentServer) 
     taken, ended, _ = within(lambda: services._take_lease_now(1, "token"), BOUND_S)
     assert ended and taken is False
     assert closing_redis.connections == 4  # the first try and three retries
+
+
+def test_the_async_client_asks_a_silent_redis_once(silent_redis: SilentServer) -> None:
+    """As the synchronous client: a Redis that does not answer in time is not asked again (four
+    tries of 10 s held a reply's writer 40 s before it fell back)."""
+
+    async def ask() -> object:
+        return await asyncio.wait_for(services.lease_alive(1), BOUND_S)
+
+    outcome, ended, _ = within(lambda: asyncio.run(ask()), BOUND_S)
+    assert ended and isinstance(outcome, redis.TimeoutError), outcome
+    assert silent_redis.connections == 1
+
+
+def test_the_async_partial_text_falls_back_on_a_silent_redis(silent_redis: SilentServer) -> None:
+    from imbue import redis_quiet
+
+    async def ask() -> object:
+        return await services.partial_reply(1)
+
+    partial, ended, _ = within(lambda: asyncio.run(ask()), BOUND_S)
+    assert ended and partial == services.Partial(0, "")
+    assert redis_quiet.quiet() and silent_redis.connections == 1
+    # Not asked again meanwhile.
+    assert asyncio.run(ask()) == services.Partial(0, "") and silent_redis.connections == 1

@@ -319,6 +319,43 @@ def test_a_reply_is_written_once_even_if_asked_twice(fake_llm) -> None:
     assert [r["purpose"] for r in fake_llm.requests()].count("partner") == 1
 
 
+def test_a_reply_whose_stream_redis_stops_taking_is_stored_whole_once(
+    fake_llm, monkeypatch, settings
+) -> None:
+    # Redis stops answering while the reply streams (a frozen server, a dead network path): the
+    # stream stops there and the reply is still written, stored whole and not asked for again.
+    import redis
+
+    from imbue import redis_quiet
+
+    settings.IMBUE = {**settings.IMBUE, "stream_flush_ms": 0}  # a push per piece
+    pushed: list[str] = []
+    push = services._push
+
+    async def push_until_redis_stops(job, text: str, lost) -> None:
+        if pushed:
+            raise redis.TimeoutError("Timeout reading from socket")
+        pushed.append(text)
+        await push(job, text, lost)
+
+    monkeypatch.setattr(services, "_push", push_until_redis_stops)
+    noted: list[BaseException] = []
+    note = redis_quiet.note
+    monkeypatch.setattr(redis_quiet, "note", lambda error: noted.append(error) or note(error))
+    fake_llm.configure(tokens_per_s=400)  # pieces one by one
+    conversation = start()
+    strategies, text = STRONG[0]
+    services.record_learner_message(conversation=conversation, text=text, strategies=strategies)
+    reply = reply_to(conversation)
+    assert reply.state == Message.State.COMPLETE and reply.attempts == 1
+    assert len(pushed) == 1 and reply.text.startswith(pushed[0].strip())
+    assert len(reply.text) > len(pushed[0])
+    assert [r["purpose"] for r in fake_llm.requests()].count("partner") == 1
+    # The timeout was noted (the calls with a fallback took it) until the reply's announcement
+    # reached Redis.
+    assert noted and not redis_quiet.quiet()
+
+
 def test_a_model_failure_keeps_the_learner_message_and_retry_writes_the_reply(fake_llm) -> None:
     conversation = start()
     fake_llm.faults(["503", "503", "503"])
@@ -515,12 +552,13 @@ def test_a_send_key_stores_a_message_once_and_returns_it_when_sent_again(no_llm:
     assert (again.pk, again.seq) == (first.pk, 1)
     assert conversation.messages.count() == 2
     # A key used before with other words (a page that missed its new key) loses nothing: the
-    # message is stored, without the key.
+    # message is stored, under a key made from that key and its words, which no page sends.
     other = services.record_learner_message(
         conversation=conversation, text=STRONG[1][1], strategies=STRONG[1][0], send_key=key
     )
     other.refresh_from_db()
-    assert other.seq == 3 and other.send_key == ""
+    assert other.seq == 3 and other.send_key not in ("", key)
+    assert services.clean_send_key(other.send_key) == ""
     first.refresh_from_db()
     assert first.send_key == key
 
@@ -542,6 +580,78 @@ def test_a_replayed_send_is_confirmed_even_once_the_chat_has_ended(no_llm: None)
         services.record_learner_message(
             conversation=conversation, text="Please.", strategies="assert"
         )
+
+
+def learner_texts(conversation: Conversation) -> list[str]:
+    rows = conversation.messages.filter(role=Message.Role.LEARNER).order_by("seq")
+    return list(rows.values_list("text", flat=True))
+
+
+def test_a_message_stored_under_a_used_key_is_stored_once_when_its_send_comes_again(
+    no_llm: None,
+) -> None:
+    # A page that missed its new key sends its next message under the old one: stored (other
+    # words), and that send replayed, before or after its reply, is the same message again.
+    conversation = start()
+    key = services.new_send_key()
+    services.record_learner_message(
+        conversation=conversation, text="Please.", strategies="assert", send_key=key
+    )
+    reply_to(conversation)
+    second = services.record_learner_message(
+        conversation=conversation, text="Please text me.", strategies="assert", send_key=key
+    )
+    while_pending = services.record_learner_message(
+        conversation=conversation, text="Please text me.", strategies="assert", send_key=key
+    )
+    reply_to(conversation)
+    after_reply = services.record_learner_message(
+        conversation=conversation, text="Please text me.", strategies="assert", send_key=key
+    )
+    assert while_pending.pk == after_reply.pk == second.pk
+    assert learner_texts(conversation) == ["Please.", "Please text me."]
+    assert conversation.messages.count() == 4
+    # A third text under the same key is a message of its own, and its replay is found too.
+    third = services.record_learner_message(
+        conversation=conversation, text="Just one text.", strategies="assert", send_key=key
+    )
+    assert third.seq == 5
+    again = services.record_learner_message(
+        conversation=conversation, text="Just one text.", strategies="assert", send_key=key
+    )
+    assert again.pk == third.pk
+    assert learner_texts(conversation) == ["Please.", "Please text me.", "Just one text."]
+
+
+def test_a_stale_page_sending_its_words_again_after_later_messages_is_a_new_message(
+    no_llm: None,
+) -> None:
+    # A page kept from before (the back button without JavaScript) holds the key of a message
+    # sent since; the learner sends those same words again after other messages: it is stored.
+    conversation = start()
+    old_key = services.new_send_key()
+    services.record_learner_message(
+        conversation=conversation, text="Okay.", strategies="assert", send_key=old_key
+    )
+    reply_to(conversation)
+    services.record_learner_message(
+        conversation=conversation,
+        text="Text me by ten.",
+        strategies="assert",
+        send_key=services.new_send_key(),
+    )
+    reply_to(conversation)
+    stale = services.record_learner_message(
+        conversation=conversation, text="Okay.", strategies="assert", send_key=old_key
+    )
+    assert stale.seq == 5
+    # That stale page's form sent twice is stored once.
+    again = services.record_learner_message(
+        conversation=conversation, text="Okay.", strategies="assert", send_key=old_key
+    )
+    assert again.pk == stale.pk
+    assert learner_texts(conversation) == ["Okay.", "Text me by ten.", "Okay."]
+    assert conversation.messages.filter(role=Message.Role.PARTNER).count() == 3
 
 
 @pytest.mark.parametrize("key", ["", "short", "x" * 65, "has spaces in it", None, 12345678])

@@ -11,7 +11,7 @@ from django.test import Client
 from django.urls import reverse
 
 from imbue import ratelimit
-from simulations import services
+from simulations import services, views
 from simulations.learners import SESSION_KEY
 from simulations.models import Conversation, EmotionCheckin, Learner, Message, Situation
 
@@ -129,9 +129,34 @@ def test_a_form_sent_twice_without_javascript_stores_one_message(no_llm: None) -
     assert first.status_code == again.status_code == 302
     assert again["Location"] == first["Location"]
     assert list(conversation.messages.values_list("role", flat=True)) == ["learner", "partner"]
+    assert not list(get_messages(first.wsgi_request))
+    assert [str(m) for m in get_messages(again.wsgi_request)] == [views.ALREADY_SENT]
     # The page comes back with a new key for the next message.
     page = client.get(url("conversation", conversation)).content.decode()
     assert SEND_KEY.search(page).group(1) != key
+
+
+def test_a_page_kept_from_before_sends_its_words_again_as_a_new_message(no_llm: None) -> None:
+    # Without JavaScript the back button shows the page as it was, with the key of a message
+    # sent since; the same words sent from it after later messages are a new message.
+    conversation = start()
+    client = owner_client(conversation.learner)
+    old = SEND_KEY.search(client.get(url("conversation", conversation)).content.decode())
+    form = {"text": "Okay.", "strategies": ["assert"], "send_key": old.group(1)}
+    client.post(url("send", conversation), form)
+    fresh = SEND_KEY.search(client.get(url("conversation", conversation)).content.decode())
+    client.post(
+        url("send", conversation),
+        {"text": "Text me by ten.", "strategies": ["assert"], "send_key": fresh.group(1)},
+    )
+    stale = client.post(url("send", conversation), form)
+    assert not list(get_messages(stale.wsgi_request))
+    again = client.post(url("send", conversation), form)  # that page's form sent twice
+    texts = conversation.messages.filter(role="learner").order_by("seq")
+    assert list(texts.values_list("text", flat=True)) == ["Okay.", "Text me by ten.", "Okay."]
+    assert conversation.messages.filter(role="partner", state="complete").count() == 3
+    # The learner reads why the second sending shows nothing new.
+    assert [str(m) for m in get_messages(again.wsgi_request)] == [views.ALREADY_SENT]
 
 
 def test_a_refused_message_comes_back_with_the_draft_and_the_reason(no_llm: None) -> None:
