@@ -31,6 +31,10 @@ DATABASE_AWAY = (
     "We couldn't reach our database, so no feedback this time. Your draft is still in the box: "
     "ask again in a moment."
 )
+WENT_WRONG = (
+    "Something went wrong on our side, so no feedback this time. Your draft is still in the box: "
+    "please ask again."
+)
 # A finished panel waits out a short database outage (about 15 s in all) before the socket is
 # closed with "try again later" (1013), on which the page reconnects and is sent it then.
 OUTAGE_RETRY_SECONDS = (0.5, 1.0, 2.0, 4.0, 8.0)
@@ -190,10 +194,13 @@ class FeedbackConsumer(SocketConsumer):
                 self.conversation, text=text, strategies=strategies, used_rewrite=used_rewrite
             )
         except Exception as error:
-            if not is_database_outage(error):
-                raise
-            log.warning("feedback socket %s: database away on a request", self.conversation.pk)
-            await self.send(text_data=_error_panel(DATABASE_AWAY))
+            # Said on the panel, as the button's HTTP answer would; the socket stays open.
+            if is_database_outage(error):
+                log.warning("feedback socket %s: database away on a request", self.conversation.pk)
+                await self.send(text_data=_error_panel(DATABASE_AWAY))
+            else:
+                log.exception("feedback socket %s: a request failed", self.conversation.pk)
+                await self.send(text_data=_error_panel(WENT_WRONG))
             return
         await self.send(text_data=html)
         if done_id is not None:

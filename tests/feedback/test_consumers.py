@@ -486,6 +486,27 @@ async def test_a_request_on_a_conversation_deleted_meanwhile_says_it_no_longer_e
     await page.disconnect()
 
 
+async def test_a_request_that_fails_unexpectedly_says_so_and_the_socket_stays(monkeypatch):
+    from feedback import consumers
+
+    conversation = await make_conversation()
+    page = await open_socket(conversation)
+
+    @database_sync_to_async
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    real = consumers._ask
+    monkeypatch.setattr(consumers, "_ask", broken)
+    await page.send_to(text_data=request_frame())
+    html = await page.receive_from(timeout=10)
+    assert 'data-state="error"' in html and "went wrong on our side" in html
+    monkeypatch.setattr(consumers, "_ask", real)
+    await page.send_to(text_data=request_frame())
+    assert 'data-state="final"' in await page.receive_from(timeout=10)
+    await page.disconnect()
+
+
 async def test_a_database_outage_during_a_request_says_so_and_the_socket_stays(monkeypatch):
     from feedback import consumers
 
