@@ -360,8 +360,19 @@ def run_one(load: LoadConfig, stack_config: StackConfig) -> dict[str, Any]:
         web_names = [n for n in servers if n.startswith("web")]
         baseline = ProcessSampler(servers).sample()
         state: dict[str, Any] = {}
+        # The set-up's own CPU (the learners arriving: pages, the practise POST, the sockets'
+        # openings), apart from the turns'.
+        setup_sampler = ProcessSampler(servers)
+        setup_from = time.monotonic()
+        profile_setup = stack_config.profile_phase == "setup"
+        if profile_setup:
+            stack.start_profilers()
 
         def on_connected() -> None:
+            state["setup"] = setup_sampler.stop()
+            state["setup_s"] = time.monotonic() - setup_from
+            if profile_setup:
+                stack.stop_profilers()
             now = ProcessSampler(servers).sample()
             state["sampler"] = ProcessSampler(
                 {**servers, **{f"postgres-{p.pid}": p for p in stack.database_backends()}}
@@ -374,7 +385,8 @@ def run_one(load: LoadConfig, stack_config: StackConfig) -> dict[str, Any]:
             state["turns_from"] = time.time()
             state["cpu_times"] = psutil.cpu_times()
             # The turns only, as the CPU figures: the set-up's pages would blur what a turn costs.
-            stack.start_profilers()
+            if not profile_setup:
+                stack.start_profilers()
 
         started = time.time()
         results = run_client(
@@ -410,6 +422,7 @@ def run_one(load: LoadConfig, stack_config: StackConfig) -> dict[str, Any]:
         )
         summary["partner_timeline"] = sorted(timeline, key=lambda t: t["at_s"])
         summary["warm_up_cpu_s"] = warm_cpu
+        summary.update(setup_cpu(state.get("setup", {}), results.connected, state.get("setup_s")))
         summary["duration_s"] = round(time.time() - started, 1)
         summary["cpu_steal_pct"] = steal_pct(state.get("cpu_times"))
         summary["machine_busy_pct"] = machine_busy(busy)
@@ -424,6 +437,22 @@ def run_one(load: LoadConfig, stack_config: StackConfig) -> dict[str, Any]:
             "end": round(os.getloadavg()[0], 2),
         }
         return summary
+
+
+def setup_cpu(
+    processes: dict[str, dict[str, float]], connected: int, seconds: float | None
+) -> dict[str, Any]:
+    """What the learners' arrival cost: each server process's CPU seconds over the set-up, and
+    the web processes' CPU per learner set up (ms; the figure an arrival burst is limited by:
+    two web processes carry about 2000 / it arrivals a second)."""
+    if not processes:
+        return {}
+    web = sum(v["cpu_s"] for name, v in processes.items() if name.startswith("web"))
+    return {
+        "setup_cpu_s": {name: v["cpu_s"] for name, v in processes.items()},
+        "setup_s": None if seconds is None else round(seconds, 1),
+        "setup_web_cpu_ms_per_learner": round(web * 1000 / connected, 1) if connected else None,
+    }
 
 
 GC_PAUSE = re.compile(
@@ -660,7 +689,8 @@ def print_line(label: str, s: dict[str, Any]) -> None:
         f"{s['ws_memory_kb']} KB/socket, load {s['load_avg_1m']}, steal {s['cpu_steal_pct']}%, "
         f"machine busy {busy.get('mean', '?')}% (busiest 10 s {busy.get('busiest_10s', '?')}%), "
         f"web pauses >= 100 ms for garbage collection {gc.get('count', '?')} "
-        f"(longest {gc.get('longest_ms', '?')} ms)",
+        f"(longest {gc.get('longest_ms', '?')} ms), set-up p95 {s.get('setup_ms_p95')} ms at "
+        f"{s.get('setup_web_cpu_ms_per_learner')} ms of web CPU per learner",
         file=sys.stderr,
         flush=True,
     )
@@ -704,6 +734,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--profile", action="store_true", help="py-spy record the servers during the turns"
     )
+    parser.add_argument(
+        "--profile-phase",
+        choices=["turns", "setup"],
+        default="turns",
+        help="what --profile records: the turns, or the learners' arrival",
+    )
     parser.add_argument("--no-readme", action="store_true")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the servers")
     parser.add_argument(
@@ -746,6 +782,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             extra_env=extra_env,
             uvicorn_args=[a for arg in args.uvicorn_arg for a in arg.split()],
             profile_dir=(RESULTS_DIR / f"profile-{label}-{size}") if args.profile else None,
+            profile_phase=args.profile_phase,
         )
         summary = run_one(load, stack_config)
         summary["label"] = label

@@ -264,6 +264,8 @@ class StackConfig:
     extra_env: dict[str, str] = field(default_factory=dict)
     # Profile the web workers with py-spy (record, one SVG per process) when set to a folder.
     profile_dir: Path | None = None
+    # Which phase the profile covers: "turns" (the default) or "setup" (the learners' arrival).
+    profile_phase: str = "turns"
     # The product's source: this checkout, or a copy with proposed patches applied.
     source_dir: Path = BASE_DIR
     # More uvicorn options, e.g. ["--ws-per-message-deflate", "false"].
@@ -424,7 +426,7 @@ class Stack:
 
     def start_profilers(self) -> None:
         """py-spy on the web, worker and fake model processes from now on (the runner starts it
-        with the turns), if the config asks for it."""
+        with the turns, or with the set-up: `profile_phase`), if the config asks for it."""
         folder = self.config.profile_dir
         if folder is None:
             return
@@ -496,8 +498,8 @@ class Stack:
         """Forget the fake model's timing records (after the warm-up)."""
         http_json(self.fake_url + "/_bench/clear", {})
 
-    def stop(self) -> None:
-        """Stop every process this stack started, profilers first (they write on SIGINT)."""
+    def stop_profilers(self) -> None:
+        """Stop py-spy (it writes its file on SIGINT)."""
         for profiler in self.profilers:
             if profiler.poll() is None:
                 profiler.send_signal(signal.SIGINT)
@@ -506,6 +508,11 @@ class Stack:
                 profiler.wait(60)
             except subprocess.TimeoutExpired:
                 profiler.kill()
+        self.profilers.clear()
+
+    def stop(self) -> None:
+        """Stop every process this stack started, profilers first."""
+        self.stop_profilers()
         for name in ("web", "worker", "fake-model"):
             if name in self.children:
                 _terminate(self.children[name])

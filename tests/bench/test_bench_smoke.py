@@ -42,6 +42,11 @@ def test_three_learners_go_through_the_real_stack_and_the_json_line_has_its_keys
         "library", "practise", "page", "chat_socket", "feedback_socket", "transcript"
     ]  # fmt: skip
     assert all(s["p95"] is not None and s["p95"] >= s["p50"] >= 0 for s in steps.values())
+    # What the arrival cost the servers, apart from the turns.
+    assert {"web-1", "worker", "fake-model"} <= set(summary["setup_cpu_s"])
+    assert summary["setup_cpu_s"]["web-1"] > 0
+    assert summary["setup_web_cpu_ms_per_learner"] > 0
+    assert summary["setup_s"] > 0
     assert summary["messages"] == 6
     assert summary["keyed_sends"] == 6  # each send carries the page's key, as a browser's does
     assert summary["feedback_requests"] == 6
