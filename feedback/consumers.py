@@ -43,9 +43,7 @@ TRY_AGAIN_LATER = 1013
 
 @database_sync_to_async
 def _latest_panel(conversation: Conversation) -> tuple[int | None, str | None]:
-    feedback = services.latest_request_resumed(conversation) or services.undelivered_answer(
-        conversation
-    )
+    feedback = services.panel_to_show(conversation)
     if feedback is None:
         return None, None
     done = feedback.status == feedback.Status.DONE

@@ -412,10 +412,8 @@ def stale_after() -> timedelta:
     return timedelta(seconds=float(options.get("visibility_timeout", 3600)) + 60)
 
 
-def latest_request_resumed(conversation: Conversation) -> FeedbackRequest | None:
-    """`latest_request`, enqueued again if it has waited past `stale_after` (its task failed
-    for good, e.g. the database was down on every attempt): the panel is never stuck."""
-    feedback = latest_request(conversation)
+def _resumed(feedback: FeedbackRequest | None) -> FeedbackRequest | None:
+    """The request, enqueued again if it has waited past `stale_after`."""
     if (
         feedback is not None
         and feedback.status == FeedbackRequest.Status.QUEUED
@@ -428,18 +426,38 @@ def latest_request_resumed(conversation: Conversation) -> FeedbackRequest | None
     return feedback
 
 
-def undelivered_answer(conversation: Conversation) -> FeedbackRequest | None:
-    """The conversation's newest request when its answer was finished but reached no browser
-    (it came while none was connected, and the turn has moved on since, so `latest_request` no
-    longer names it): shown on the next connection, so no answer is lost."""
-    newest = (
+# Read on every feedback socket's connection (compiled once): the conversation's newest request
+# that was shown (withheld ones never are), with its draft.
+_NEWEST_SHOWN = PreparedQuery(
+    lambda conversation_id: (
         FeedbackRequest.objects.select_related("draft")
-        .filter(draft__conversation=conversation)
+        .filter(draft__conversation_id=conversation_id)
         .exclude(status=FeedbackRequest.Status.WITHHELD)
-        .order_by("-pk")
-        .first()
-    )
-    done = newest is not None and newest.status == FeedbackRequest.Status.DONE
+        .order_by("-pk")[:1]
+    ),
+    conversation_id=int,
+)
+
+
+def panel_to_show(conversation: Conversation) -> FeedbackRequest | None:
+    """The request whose panel a page connecting now is sent, so that a refresh or a reconnect
+    shows the feedback of the draft in progress again, and no finished answer is lost:
+
+    - the newest shown request of the turn being drafted (`latest_request`), enqueued again if
+      it has waited past `stale_after` (its task failed for good, e.g. the database was down on
+      every attempt): the panel is never stuck;
+    - else the conversation's newest request if its answer was finished but reached no browser
+      (it came while none was connected, and the turn has moved on since).
+
+    One query when the conversation has no feedback yet (every new page), two otherwise:
+    requests are made for the turn being drafted, whose number only grows, so the newest shown
+    request of the conversation is the current turn's newest whenever that turn has one."""
+    newest = _NEWEST_SHOWN.first(conversation_id=conversation.pk)
+    if newest is None:
+        return None
+    if newest.draft.turn == current_turn(conversation):
+        return _resumed(newest)
+    done = newest.status == FeedbackRequest.Status.DONE
     return newest if done and newest.delivered_at is None else None
 
 

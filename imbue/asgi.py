@@ -36,13 +36,13 @@ class OneHopASGIHandler(ASGIHandler):
 django.setup(set_prefix=False)
 django_asgi_app = OneHopASGIHandler()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from imbue.gcfreeze import apply_thresholds, freeze_long_lived, watch_pauses  # noqa: E402
 from imbue.routing import websocket_urlpatterns  # noqa: E402
 from imbue.settings import env_float  # noqa: E402
+from imbue.sockets import SocketSession  # noqa: E402
 
 _CONVERSATION = re.compile(r"/(\d+)(?:/|$)")
 
@@ -90,7 +90,7 @@ application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
         "websocket": DatabaseThreads(
-            AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+            AllowedHostsOriginValidator(SocketSession(URLRouter(websocket_urlpatterns))),
             threads=int(os.environ.get("SOCKET_DB_THREADS", "8")),
         ),
     }

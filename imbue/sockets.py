@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import Any
 
 from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.http.cookie import parse_cookie
 
 try:
     from uvicorn.protocols.utils import ClientDisconnected
@@ -38,3 +41,30 @@ class SocketConsumer(AsyncWebsocketConsumer):
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)
+
+
+class SocketSession:
+    """Puts the browser's session in a socket's scope (`scope["session"]`), read from its cookie.
+
+    What Channels' `AuthMiddlewareStack` did for our sockets, without its two thread hops per
+    connection: its session middleware makes the session store on a database thread (making one
+    reads nothing) and its auth middleware reads the session and the user there at once, though
+    no consumer of ours asks who the user is (a learner is the session's, `simulations.learners`).
+    Here the store is made in the event loop and read on first use, on the consumer's own
+    database thread, in the same hop as the query that needs it. During a burst of arrivals each
+    hop waits its turn behind the other sockets' database work on that thread.
+
+    Sessions are never saved from a socket (nothing there changes one).
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.store = import_module(settings.SESSION_ENGINE).SessionStore
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> Any:
+        key = None
+        for name, value in scope.get("headers", ()):
+            if name == b"cookie":
+                key = parse_cookie(value.decode("latin1")).get(settings.SESSION_COOKIE_NAME)
+                break
+        return await self.inner(dict(scope, session=self.store(key)), receive, send)

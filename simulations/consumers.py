@@ -18,7 +18,7 @@ from django.utils.html import escape
 from imbue.security import BadFrame, is_database_outage, parse_frame
 from imbue.sockets import ClientDisconnected, SocketConsumer, client_gone
 from simulations import services
-from simulations.learners import aowned_conversation
+from simulations.learners import OWNED_CONVERSATION, aowned_conversation
 from simulations.models import Conversation, Message
 
 log = logging.getLogger(__name__)
@@ -38,9 +38,7 @@ IN_FLIGHT = (Message.State.PENDING, Message.State.STREAMING)
 
 
 def _load(conversation_id: int, learner_id: int) -> Conversation:
-    return Conversation.objects.select_related("situation").get(
-        pk=conversation_id, learner_id=learner_id
-    )
+    return OWNED_CONVERSATION.get(pk=conversation_id, learner_id=learner_id)
 
 
 Rendered = tuple[str, list[Message], int]  # html, the messages it shows, the last seq
@@ -98,6 +96,13 @@ def _unreadable(error: BadFrame) -> str:
     return "That message could not be read. Try again."
 
 
+def _reply_may_be_missing(transcript: list[Message]) -> bool:
+    """Whether the transcript (in order) ends in a reply still to be written, or in a learner's
+    message with no reply after it."""
+    last = transcript[-1] if transcript else None
+    return last is not None and (last.role == Message.Role.LEARNER or last.state in IN_FLIGHT)
+
+
 def _log_crash(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("%s crashed", task.get_name(), exc_info=task.exception())
@@ -125,8 +130,13 @@ class ConversationConsumer(SocketConsumer):
         # Join first, then read: every delta after the snapshot is then sure to arrive.
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
-        await self._send_view()
-        await services.ensure_partner_reply(conversation_id=self.conversation_id)
+        shown = await self._send_view()
+        if _reply_may_be_missing(shown):
+            # A reply in flight whose writer may have died (its lease runs out unstored), or a
+            # message without its reply (rows from before both were stored together): made sure
+            # of under the conversation's lock. A reply queued after this snapshot was started
+            # by whoever queued it, so a settled transcript needs no such round trip.
+            await services.ensure_partner_reply(conversation_id=self.conversation_id)
         services.warm_up()
 
     async def send(
@@ -291,9 +301,11 @@ class ConversationConsumer(SocketConsumer):
                 self.streams[message.pk] = [message.attempts, 0]
         return html
 
-    async def _send_view(self) -> None:
+    async def _send_view(self) -> list[Message]:
+        """The whole view, sent; returns the transcript it shows."""
         rendered = await database_sync_to_async(render_view)(self.conversation_id, self.learner_id)
         await self.send(text_data=self._track(rendered))
+        return rendered[1]
 
     async def _send_message_again(self, message_id: int, *, attempt: int | None = None) -> None:
         rendered = await database_sync_to_async(render_message)(

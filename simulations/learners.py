@@ -13,6 +13,7 @@ from django.contrib.sessions.backends.base import SessionBase
 from django.db import transaction
 from django.http import Http404, HttpRequest
 
+from imbue.prepared import PreparedQuery
 from simulations.models import Conversation, Learner
 
 SESSION_KEY = "imbue_learner_id"
@@ -49,7 +50,8 @@ def resume_with_code(request: HttpRequest, *, code: str) -> Learner | None:
 
 
 def learner_id_from_scope(scope: dict[str, Any]) -> int | None:
-    """The learner id a websocket's session carries (AuthMiddlewareStack puts the session there)."""
+    """The learner id a websocket's session carries (`imbue.sockets.SocketSession` puts the
+    session there)."""
     session = scope.get("session")
     if session is None:
         return None
@@ -81,15 +83,26 @@ def owned_conversation(request: HttpRequest, conversation_id: int) -> Conversati
     return conversation
 
 
+# The conversation with its situation, if this learner owns it: every socket's ownership check
+# on connect and its reloads, compiled once (imbue/prepared.py).
+OWNED_CONVERSATION = PreparedQuery(
+    lambda pk, learner_id: Conversation.objects.select_related("situation").filter(
+        pk=pk, learner_id=learner_id
+    ),
+    pk=int,
+    learner_id=int,
+)
+
+
 @database_sync_to_async
 def aowned_conversation(scope: dict[str, Any], conversation_id: int) -> Conversation | None:
     """For consumers: the conversation if the socket's session owns it, else None (its
     connection goes back to the pool when it is read, as every socket's database call's does)."""
     learner_id = learner_id_from_scope(scope)
-    if learner_id is None:
+    if learner_id is None or not 0 < conversation_id < 2**63:  # no such id can be stored
         return None
-    return (
-        Conversation.objects.select_related("situation")
-        .filter(pk=conversation_id, learner_id=learner_id)
-        .first()
-    )
+    try:
+        learner_id = int(learner_id)
+    except (TypeError, ValueError):  # not a learner id this product ever stored
+        return None
+    return OWNED_CONVERSATION.first(pk=conversation_id, learner_id=learner_id)
