@@ -87,7 +87,7 @@ def _draft_fields(payload: dict[str, Any]) -> tuple[str, list[str], bool]:
         raise BadFrame("fields of the wrong kind")
     if not all(isinstance(key, str) for key in strategies):
         raise BadFrame("strategies of the wrong kind")
-    return text, strategies, payload.get("used_rewrite") in {"1", "true", "on", True}
+    return text, strategies, services.rewrite_used(payload.get("used_rewrite"))
 
 
 @database_sync_to_async

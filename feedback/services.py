@@ -130,6 +130,12 @@ def _draft_partner_said(draft: Draft) -> str:
     return _partner_said(draft.conversation, draft.turn)
 
 
+def rewrite_used(value: object) -> bool:
+    """The chat form's `used_rewrite` field as the page sends it (a form's "1"/"on", or JSON's
+    true over the socket): whether the draft started from a suggested rewrite."""
+    return value is True or (isinstance(value, str) and value in {"1", "true", "on"})
+
+
 def request_feedback(
     *,
     conversation: Conversation,

@@ -22,7 +22,7 @@ def request_feedback(request: HttpRequest, conversation_id: int) -> HttpResponse
             conversation=conversation_ref(request, conversation_id),
             text=request.POST.get("text", ""),
             strategies=request.POST.getlist("strategies"),
-            used_rewrite=request.POST.get("used_rewrite") in {"1", "true", "on"},
+            used_rewrite=services.rewrite_used(request.POST.get("used_rewrite")),
         )
     except Conversation.DoesNotExist:
         raise Http404("No such conversation.") from None

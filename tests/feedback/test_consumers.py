@@ -472,6 +472,19 @@ async def test_a_refused_request_over_the_socket_says_why_and_stores_nothing(fra
     await page.disconnect()
 
 
+@pytest.mark.parametrize(
+    ("used", "kept"), [([1], False), ({"a": 1}, False), (True, True), ("on", True)]
+)
+async def test_the_rewrite_flag_in_any_shape_is_read_without_breaking_the_socket(used, kept):
+    conversation = await make_conversation()
+    page = await open_socket(conversation)
+    await page.send_to(text_data=request_frame(used_rewrite=used))
+    html = await page.receive_from(timeout=10)
+    assert 'data-request-id="' in html  # rated: the panel, not an error
+    assert [d.used_rewrite for d in await drafts_of(conversation)] == [kept]
+    await page.disconnect()
+
+
 async def test_a_request_on_a_conversation_deleted_meanwhile_says_it_no_longer_exists():
     from simulations.services import CONVERSATION_GONE
 
