@@ -656,7 +656,9 @@ STAGES_HEADER = (
     "| feedback p95 ms: post→row / row→model / model→stored / stored→sent / sent→shown "
     "| CPU ms per turn: web / worker / postgres | client CPU % | steal % "
     "| machine busy %: mean / busiest 10 s (s at >= 95%) "
-    "| web GC pauses >= 100 ms: count (full) / longest ms |\n|---|---|---|---|---|---|---|---|---|"
+    "| web GC pauses >= 100 ms: count (full) / longest ms "
+    "| set-up p95 s (arrivals over learners ÷ 50 s, 1 s at least) | web CPU ms per learner set up |"
+    "\n|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -674,6 +676,8 @@ def stages_row(label: str, s: dict[str, Any]) -> str:
         f"{busy.get('mean')} / {busy.get('busiest_10s')} ({busy.get('saturated_s')})"
         if busy else "-",
         f"{gc.get('count')} ({gc.get('full')}) / {gc.get('longest_ms')}" if gc else "-",
+        round(s["setup_ms_p95"] / 1000, 1) if s.get("setup_ms_p95") is not None else "-",
+        s.get("setup_web_cpu_ms_per_learner", "-"),
     ]  # fmt: skip
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
