@@ -284,8 +284,23 @@ def _page(
         "step": current,
         "progress": flow.progress(current.key),
         "show_code": participant.source == Participant.Source.DIRECT,
+        "new_key": _new_key_to_show(request, participant, template),
     }
     return render(request, template, {**base, **(context or {})}, status=status)
+
+
+def _new_key_to_show(request: HttpRequest, participant: Participant, template: str) -> str:
+    """The participant's resume key if study/0006 replaced the one they wrote down and they have
+    not seen it yet: shown on the next whole page they open, once ("" otherwise). The flag is
+    cleared in the same statement that reads it, so two pages opened at once show it once; a
+    HEAD or a polled fragment shows nothing, so it does not use it up."""
+    if not participant.new_key_unseen or request.method == "HEAD" or "#" in template:
+        return ""
+    claimed = Participant.objects.filter(pk=participant.pk, new_key_unseen=True).update(
+        new_key_unseen=False
+    )
+    participant.new_key_unseen = False
+    return participant.resume_key if claimed else ""
 
 
 @require_http_methods(["GET", "HEAD", "POST"])
