@@ -430,3 +430,57 @@ def budget_left(conversation_id: int, budget: int, *, used: int | None = None) -
 async def abudget_left(conversation_id: int, budget: int) -> int:
     """`budget_left` for async code."""
     return max(0, budget - await atokens_used(conversation_id))
+
+
+# --- new learners and study enrolments, per client address ------------------------------------
+
+# Each browser that arrives without a learner and needs one (the practice hub, a first start)
+# stores a Learner row, and each open study link followed without a participant stores a
+# Participant and its learner: a script that drops its cookies could fill those tables. Both are
+# limited per client address over an hour (a classroom or lab behind one address shares it,
+# hence the large defaults); clients on this machine are not limited, as for starts. Only what
+# actually creates a row counts: a browser that is already someone never does.
+NEW_ROWS_WINDOW_S = 60 * 60
+NEW_LEARNERS_TOO_MANY = (
+    "A lot of new visitors have started from your internet connection in the last hour. "
+    "Please wait {wait}, then try again."
+)
+ENROLMENTS_TOO_MANY = (
+    "A lot of people have joined this study from your internet connection in the last hour. "
+    "Please wait {wait}, then try again."
+)
+
+
+def _per_address(name: str, ip: str | None) -> list[tuple[str, int]]:
+    if not ip or _is_loopback(ip):
+        return []
+    limit = int(settings.IMBUE.get(f"{name}_per_hour_per_address", 0) or 0)
+    return [(f"{name}:ip:{_address_key(ip)}", limit)]
+
+
+def try_new_learner(*, ip: str | None) -> tuple[Decision, Reservation]:
+    """Count one new learner against this client address (settings.IMBUE
+    ["new_learners_per_hour_per_address"]); refused, nothing counted, when it has created too
+    many in the last hour. `release` takes the count back if no learner was stored after all."""
+    return _reserve(_per_address("new_learners", ip), NEW_ROWS_WINDOW_S, NEW_LEARNERS_TOO_MANY)
+
+
+def try_enrol(*, ip: str | None) -> tuple[Decision, Reservation]:
+    """Count one study enrolment against this client address (settings.IMBUE
+    ["enrolments_per_hour_per_address"], over all studies); as `try_new_learner`."""
+    return _reserve(_per_address("enrolments", ip), NEW_ROWS_WINDOW_S, ENROLMENTS_TOO_MANY)
+
+
+def forget_new_rows(*, ip: str) -> None:
+    """Forget an address's new learners and enrolments (tests; staff lifting the limit)."""
+    for name in ("new_learners", "enrolments"):
+        reset(f"{name}:ip:{_address_key(ip)}")
+
+
+class TooManyNewLearners(Exception):
+    """Raised where a learner would be created past `try_new_learner`'s limit; answered with a
+    plain 429 page by `imbue.views.TooManyRequestsMiddleware`."""
+
+    def __init__(self, decision: Decision) -> None:
+        super().__init__(decision.message)
+        self.decision = decision

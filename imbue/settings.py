@@ -108,6 +108,7 @@ MIDDLEWARE = [
     "django_htmx.middleware.HtmxMiddleware",
     "imbue.security.MethodNotAllowedPageMiddleware",
     "imbue.security.DatabaseUnavailableMiddleware",
+    "imbue.views.TooManyRequestsMiddleware",
 ]
 
 ROOT_URLCONF = "imbue.urls"
@@ -332,6 +333,10 @@ IMBUE = {
     # a model, asks it for the partner's brief); 0: no limit. See imbue.ratelimit.try_start.
     "starts_per_hour": env_int("IMBUE_STARTS_PER_HOUR", 30),
     "starts_per_hour_per_address": env_int("IMBUE_STARTS_PER_HOUR_PER_ADDRESS", 200),
+    # New learners (a browser's first practice visit) and study enrolments per client address in
+    # an hour (each stores rows); 0: no limit. See imbue.ratelimit.try_new_learner, try_enrol.
+    "new_learners_per_hour_per_address": env_int("IMBUE_NEW_LEARNERS_PER_HOUR_PER_ADDRESS", 200),
+    "enrolments_per_hour_per_address": env_int("IMBUE_ENROLMENTS_PER_HOUR_PER_ADDRESS", 100),
     "conversation_token_budget": env_int("IMBUE_CONVERSATION_TOKEN_BUDGET", 60000),
     # A reply's first words go out at once; after that, what the model streams is sent at most
     # once per this many milliseconds (0: every piece as it comes). Each piece is a Redis append,

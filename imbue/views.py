@@ -6,6 +6,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.template.loader import render_to_string
+from django.utils.deprecation import MiddlewareMixin
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
@@ -23,14 +24,19 @@ HEALTHZ_NOT_THE_KEY = "That is not this server's HEALTHZ_TOKEN."
 HEALTHZ_STAFF_ONLY = (
     "The detailed health report is for staff (sign in at /admin/) or the HEALTHZ_TOKEN's holder."
 )
+HEALTHZ_NOT_IN_THE_ADDRESS = (
+    "Send the token in an 'Authorization: Bearer <token>' header, not in the address: addresses "
+    "are written to access logs and proxy logs, where anyone reading them would find the token."
+)
 
 
 def _healthz_token(request: HttpRequest) -> str | None:
-    """The token the request offers (a header, else ?token=), or None."""
+    """The token an `Authorization: Bearer` header offers, or None."""
     header = request.headers.get("Authorization", "")
-    if header.lower().startswith("bearer "):
-        return header[7:].strip()
-    return request.GET.get("token")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip()
 
 
 # HEAD too: uptime monitors often check with HEAD, and a 405 would read as "down".
@@ -38,9 +44,12 @@ def _healthz_token(request: HttpRequest) -> str | None:
 @never_cache
 def healthz(request: HttpRequest) -> JsonResponse:
     """`{"ok": ...}` for everyone (200 or 503); the per-component report for staff (with
-    `?details`) and for the holder of settings.HEALTHZ_TOKEN. Both come from a report at most
-    HEALTHZ_CACHE_SECONDS old (`services.recent_health`), so asking often costs no more checks;
-    a public request reads neither the session nor the database."""
+    `?details`) and for the holder of settings.HEALTHZ_TOKEN, sent as `Authorization: Bearer`
+    (a `?token=` in the address is refused with 400: it would be in the access logs). Both come
+    from a report at most HEALTHZ_CACHE_SECONDS old (`services.recent_health`), so asking often
+    costs no more checks; a public request reads neither the session nor the database."""
+    if "token" in request.GET:
+        return JsonResponse({"ok": False, "error": HEALTHZ_NOT_IN_THE_ADDRESS}, status=400)
     token = _healthz_token(request)
     details = False
     if token is not None:
@@ -100,14 +109,26 @@ def too_many_resume_tries(
 
 
 def start_allowed(request: HttpRequest) -> ratelimit.Decision:
-    """Whether this browser may start another conversation now (counted when it may)."""
-    from simulations.learners import SESSION_KEY
+    """Whether this browser may start another conversation now (counted when it may). A browser
+    that is no learner yet also counts the learner the start will create, against its address
+    (imbue.ratelimit.try_new_learner): refused here, the start's own page keeps what was typed."""
+    from simulations.learners import NEW_LEARNER_COUNTED, SESSION_KEY
 
-    return ratelimit.try_start(
-        ip=client_ip(request),
-        learner_id=request.session.get(SESSION_KEY),
-        session_key=request.session.session_key,
+    learner_id = request.session.get(SESSION_KEY)
+    ip = client_ip(request)
+    reserved: ratelimit.Reservation = []
+    if learner_id is None and not hasattr(request, NEW_LEARNER_COUNTED):
+        decision, reserved = ratelimit.try_new_learner(ip=ip)
+        if not decision:
+            return decision
+    decision = ratelimit.try_start(
+        ip=ip, learner_id=learner_id, session_key=request.session.session_key
     )
+    if not decision:
+        ratelimit.release(reserved)  # no learner will be created after all
+    elif learner_id is None:
+        setattr(request, NEW_LEARNER_COUNTED, reserved)
+    return decision
 
 
 def too_many_starts(
@@ -122,6 +143,44 @@ def too_many_starts(
     )
     response["Retry-After"] = str(decision.retry_after)
     return response
+
+
+def too_many_requests(request: HttpRequest, decision: ratelimit.Decision) -> HttpResponse:
+    """429 in plain words for a request refused by a limit on creating rows: nothing was stored.
+    A GET (a page opened) offers a link to open it again; a form's POST comes back as the same
+    form, every field it sent kept in it, so that pressing the button sends it again unchanged."""
+    fields = []
+    if request.method == "POST":
+        fields = [
+            (name, value)
+            for name, values in request.POST.lists()
+            if name != "csrfmiddlewaretoken"
+            for value in values
+        ]
+    response = render(
+        request,
+        "imbue/too_many_tries.html",
+        {
+            "message": decision.message,
+            "action": request.get_full_path(),
+            "button": "Try again",
+            "reload": request.method != "POST",
+            "fields": fields,
+        },
+        status=429,
+    )
+    response["Retry-After"] = str(decision.retry_after)
+    return response
+
+
+class TooManyRequestsMiddleware(MiddlewareMixin):
+    """Answers ratelimit.TooManyNewLearners, raised wherever a view would create a learner past
+    its address's limit (simulations.learners.current_learner), with `too_many_requests`."""
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if isinstance(exception, ratelimit.TooManyNewLearners):
+            return too_many_requests(request, exception.decision)
+        return None
 
 
 # --- error pages: plain words, no details; rendered without the request so they need no database

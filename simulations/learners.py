@@ -13,14 +13,25 @@ from django.contrib.sessions.backends.base import SessionBase
 from django.db import transaction
 from django.http import Http404, HttpRequest
 
+from imbue import ratelimit
+from imbue.audit import client_ip
 from imbue.prepared import PreparedQuery
 from simulations.models import Conversation, Learner
 
 SESSION_KEY = "imbue_learner_id"
 
 
+# Set on a request whose new learner was already counted (imbue.views.start_allowed counts it
+# with the start, so that a refusal keeps the start's own page): the count it holds.
+NEW_LEARNER_COUNTED = "_imbue_new_learner_counted"
+
+
 def current_learner(request: HttpRequest, *, create: bool = True) -> Learner | None:
-    """The learner this browser is, created on first use (anonymous practice needs no account)."""
+    """The learner this browser is, created on first use (anonymous practice needs no account).
+
+    Creating one counts against the client address (imbue.ratelimit.try_new_learner): past the
+    limit this raises ratelimit.TooManyNewLearners, which the middleware answers with a 429 page
+    that stores nothing and keeps what the request carried."""
     learner_id = request.session.get(SESSION_KEY)
     if learner_id is not None:
         learner = Learner.objects.filter(pk=learner_id).first()
@@ -28,6 +39,11 @@ def current_learner(request: HttpRequest, *, create: bool = True) -> Learner | N
             return learner
     if not create:
         return None
+    if not hasattr(request, NEW_LEARNER_COUNTED):
+        decision, reserved = ratelimit.try_new_learner(ip=client_ip(request))
+        if not decision:
+            raise ratelimit.TooManyNewLearners(decision)
+        setattr(request, NEW_LEARNER_COUNTED, reserved)
     learner = Learner.objects.create()
     attach_learner(request.session, learner)
     return learner

@@ -231,6 +231,11 @@ class Participant(models.Model):
     # The participant's own key to continue on another device: shown to them alone, never in an
     # export or to staff other than superusers.
     resume_key = models.CharField(max_length=20, unique=True, default=new_participant_code)
+    # Set by study/0007 for those whose key study/0006 replaced after they had written the old
+    # one down: the next study page they open shows the new key, once (study.views._page).
+    new_key_unseen = models.BooleanField(
+        default=False, help_text="Their resume key was replaced and they have not seen it yet."
+    )
     prolific_pid = models.CharField(max_length=64, blank=True)
     prolific_study_id = models.CharField(max_length=64, blank=True)
     prolific_session_id = models.CharField(max_length=64, blank=True)

@@ -18,6 +18,8 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 from django_htmx.http import HttpResponseClientRefresh
 
+from imbue import ratelimit
+from imbue.audit import client_ip
 from imbue.views import resume_allowed, resume_not_counted, too_many_resume_tries
 from simulations import services as chat_services
 from simulations import situations
@@ -157,8 +159,13 @@ def entry(request: HttpRequest, slug: str) -> HttpResponse:
         if participant is None:
             if _receipt(request, study) is not None:
                 return redirect("study:withdrawn", slug=study.slug)
+            if not study.is_open:
+                return _closed(request, study)
+            allowed, reserved = ratelimit.try_enrol(ip=client_ip(request))
+            if not allowed:
+                return _too_many_enrolments(request, study, allowed)
             try:
-                participant, _ = services.enroll(
+                participant, created = services.enroll(
                     study=study,
                     prolific_pid=pid,
                     prolific_study_id=extra[0] if pid else "",
@@ -166,7 +173,10 @@ def entry(request: HttpRequest, slug: str) -> HttpResponse:
                     label=label,
                 )
             except services.StudyNotOpen:
+                ratelimit.release(reserved)
                 return _closed(request, study)
+            if not created:
+                ratelimit.release(reserved)  # the same id, sent twice at once: one participant
         elif participant.step != flow.FIRST:
             messages.info(request, "Welcome back. You are where you left off.")
         _remember(request, participant)
@@ -187,12 +197,39 @@ def start(request: HttpRequest, slug: str) -> HttpResponse:
     study = get_object_or_404(Study, slug=slug)
     participant = _current(request, study)
     if participant is None:
+        if not study.is_open:
+            return _closed(request, study)
+        allowed, reserved = ratelimit.try_enrol(ip=client_ip(request))
+        if not allowed:
+            return _too_many_enrolments(request, study, allowed)
         try:
             participant, _ = services.enroll(study=study)
         except services.StudyNotOpen:
+            ratelimit.release(reserved)
             return _closed(request, study)
         _remember(request, participant)
     return _to_step(participant)
+
+
+def _too_many_enrolments(
+    request: HttpRequest, study: Study, decision: ratelimit.Decision
+) -> HttpResponse:
+    """429 on the study's own page, in plain words: nobody was enrolled. The link (a GET) or the
+    start button (a POST) tries the same again."""
+    response = render(
+        request,
+        "imbue/too_many_tries.html",
+        {
+            "study": study,
+            "message": decision.message,
+            "action": request.get_full_path(),
+            "button": "Try again",
+            "reload": request.method != "POST",
+        },
+        status=429,
+    )
+    response["Retry-After"] = str(decision.retry_after)
+    return response
 
 
 @require_POST
@@ -247,8 +284,23 @@ def _page(
         "step": current,
         "progress": flow.progress(current.key),
         "show_code": participant.source == Participant.Source.DIRECT,
+        "new_key": _new_key_to_show(request, participant, template),
     }
     return render(request, template, {**base, **(context or {})}, status=status)
+
+
+def _new_key_to_show(request: HttpRequest, participant: Participant, template: str) -> str:
+    """The participant's resume key if study/0006 replaced the one they wrote down and they have
+    not seen it yet: shown on the next whole page they open, once ("" otherwise). The flag is
+    cleared in the same statement that reads it, so two pages opened at once show it once; a
+    HEAD or a polled fragment shows nothing, so it does not use it up."""
+    if not participant.new_key_unseen or request.method == "HEAD" or "#" in template:
+        return ""
+    claimed = Participant.objects.filter(pk=participant.pk, new_key_unseen=True).update(
+        new_key_unseen=False
+    )
+    participant.new_key_unseen = False
+    return participant.resume_key if claimed else ""
 
 
 @require_http_methods(["GET", "HEAD", "POST"])

@@ -107,12 +107,10 @@ def test_the_detailed_report_needs_the_token_or_staff(client: Client, db, settin
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # quick: no worker to wait for
     wrong = client.get("/healthz", HTTP_AUTHORIZATION="Bearer nope")
     assert wrong.status_code == 403 and "reasons" not in wrong.json()
-    assert client.get("/healthz?token=nope").status_code == 403
     assert client.get("/healthz?details").status_code == 403  # anonymous
-    assert "reasons" in client.get(f"/healthz?token={TOKEN}").json()
+    assert "reasons" in client.get("/healthz", HTTP_AUTHORIZATION=f"bearer {TOKEN}").json()
     settings.HEALTHZ_TOKEN = ""  # no token configured: none is accepted, not even an empty one
     assert client.get("/healthz", HTTP_AUTHORIZATION="Bearer ").status_code == 403
-    assert client.get("/healthz?token=").status_code == 403
     learner_like = User.objects.create_user("someone", password="x" * 12)
     client.force_login(learner_like)
     assert client.get("/healthz?details").status_code == 403
@@ -120,6 +118,24 @@ def test_the_detailed_report_needs_the_token_or_staff(client: Client, db, settin
     client.force_login(staff)
     body = client.get("/healthz?details").json()
     assert body["redis"] == {"ok": False, "status": "down"} and "reasons" in body
+
+
+def test_a_token_in_the_address_is_refused_with_a_clear_error(client: Client, db, settings) -> None:
+    # An address is written to access logs (the server's, the proxy's, the monitor's): a token
+    # in it would be readable by whoever reads them, so only the Authorization header carries it.
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    for query in (f"token={TOKEN}", "token=nope", "token=", f"details&token={TOKEN}"):
+        response = client.get(f"/healthz?{query}")
+        body = response.json()
+        assert response.status_code == 400, query
+        assert body["ok"] is False and "reasons" not in body and "database" not in body
+        assert "Authorization: Bearer" in body["error"] and "access logs" in body["error"]
+    # Even alongside the right header: a link that carries the token must stop working.
+    both = client.get(f"/healthz?token={TOKEN}", HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
+    assert both.status_code == 400
+    assert client.head(f"/healthz?token={TOKEN}").status_code == 400
+    assert "reasons" in client.get("/healthz", HTTP_AUTHORIZATION=f"Bearer {TOKEN}").json()
+    assert client.get("/healthz", HTTP_AUTHORIZATION=f"Basic {TOKEN}").json() == {"ok": False}
 
 
 def test_asking_often_checks_once_per_window(client: Client, settings, monkeypatch) -> None:
