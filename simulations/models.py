@@ -189,6 +189,17 @@ def _locked_for_a_turn(pk: int, learner_id: int) -> ConversationQuerySet:
 # compiled once (imbue/prepared.py). `.get(pk=..., learner_id=...)`, inside a transaction.
 LOCKED_FOR_A_TURN = PreparedQuery(_locked_for_a_turn, pk=int, learner_id=int)
 
+# The pages of a learner's arrival (library, "Practise", the conversation page) read these on
+# every request, so they too are compiled once. `.first(pk=..., learner_id=...)`: the row only if
+# this learner may have it (None otherwise, as for a row that does not exist).
+OWNED_WITH_SITUATION = PreparedQuery(
+    lambda pk, learner_id: Conversation.objects.select_related("situation").filter(
+        pk=pk, learner_id=learner_id
+    ),
+    pk=int,
+    learner_id=int,
+)
+
 
 class Message(models.Model):
     """One turn of the transcript. A learner message is stored before any model is called."""
@@ -308,3 +319,22 @@ class SkillSuggestion(models.Model):
 
     def __str__(self) -> str:
         return f"suggested {self.skill} at turn {self.turn} of conversation {self.conversation_id}"
+
+
+# A situation this learner may practise: the library's active ones and their own active ones.
+PRACTISABLE = PreparedQuery(
+    lambda pk, learner_id: Situation.objects.filter(
+        Q(learner__isnull=True) | Q(learner_id=learner_id), pk=pk, is_active=True
+    ),
+    pk=int,
+    learner_id=int,
+)
+# The library page's rows, as plain values (the page is rendered from them: see
+# simulations/pages.py), in the page's order.
+LIBRARY_ROWS = PreparedQuery(
+    lambda: (
+        Situation.objects.library()
+        .order_by("category", "difficulty", "title")
+        .values_list("pk", "category", "difficulty", "title", "situation", "goal")
+    )
+)

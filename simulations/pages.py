@@ -6,11 +6,17 @@ learner (simulations.learners); nothing here takes a learner or owner id from th
 
 from __future__ import annotations
 
+import secrets
+from typing import Any
+
+from django.conf import settings
 from django.contrib import messages
-from django.db.models import Q
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import path, reverse
+from django.http import Http404, HttpRequest, HttpResponse
+from django.middleware.csrf import get_token
+from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
+from django.urls import get_script_prefix, path, reverse
+from django.utils.safestring import mark_safe
 from django.utils.text import slugify
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
@@ -23,13 +29,23 @@ from imbue.views import (
 )
 from simulations import progress, services, situations
 from simulations.learners import current_learner, owned_conversation, resume_with_code
-from simulations.models import Category, Conversation, Message, Situation
+from simulations.models import (
+    LIBRARY_ROWS,
+    PRACTISABLE,
+    Category,
+    Conversation,
+    Learner,
+    Message,
+    Situation,
+)
 
 app_name = "practice"
 
 
-def _start(request: HttpRequest, situation: Situation) -> HttpResponse:
-    learner = current_learner(request)
+def _start(
+    request: HttpRequest, situation: Situation, *, learner: Learner | None = None
+) -> HttpResponse:
+    learner = learner or current_learner(request)
     conversation = services.start_conversation(learner=learner, situation=situation)
     return redirect("simulations:conversation", conversation_id=conversation.pk)
 
@@ -78,16 +94,42 @@ def new_situation(request: HttpRequest) -> HttpResponse:
     return _start(request, situation)
 
 
+# The library's situations as HTML, rendered once for the rows they show and the address prefix
+# their forms post to: every learner sees the same list, and only the admin (or load_library)
+# changes it, in any process. So each request still reads the rows (one query, compiled once)
+# and compares them with those last rendered; a change anywhere is seen on the next request. The
+# CSRF token differs per browser: the list is rendered with a stand-in, replaced per request.
+_CSRF_SLOT = f"csrf-slot-{secrets.token_hex(16)}"
+_LIBRARY_FIELDS = ("pk", "category", "difficulty", "title", "situation", "goal")
+_rendered_library: tuple[tuple[Any, ...], str] | None = None
+
+
+def _library_html(rows: list[tuple[Any, ...]]) -> str:
+    global _rendered_library
+    key = (tuple(rows), get_script_prefix())
+    rendered = _rendered_library
+    if rendered is not None and rendered[0] == key and not settings.DEBUG:
+        return rendered[1]  # (DEBUG: a template being edited shows at once)
+    items = [dict(zip(_LIBRARY_FIELDS, row, strict=True)) for row in rows]
+    grouped = {
+        label: [s for s in items if s["category"] == value] for value, label in Category.choices
+    }
+    html = render_to_string(
+        "simulations/library.html#situations",
+        {"grouped": {k: v for k, v in grouped.items() if v}, "csrf_token": _CSRF_SLOT},
+    )
+    _rendered_library = (key, html)
+    return html
+
+
 @require_safe
 def library(request: HttpRequest) -> HttpResponse:
-    items = Situation.objects.library().order_by("category", "difficulty", "title")
-    grouped = {
-        label: [s for s in items if s.category == value] for value, label in Category.choices
-    }
+    token = get_token(request)  # the page's one token, in its forms and its htmx headers
+    situations = _library_html(LIBRARY_ROWS.all()).replace(_CSRF_SLOT, token)
     return render(
         request,
         "simulations/library.html",
-        {"grouped": {k: v for k, v in grouped.items() if v}},
+        {"situations": mark_safe(situations), "csrf_token": token},  # noqa: S308 (rendered above)
     )
 
 
@@ -98,10 +140,10 @@ def practise_situation(request: HttpRequest, situation_id: int) -> HttpResponse:
     if not allowed:
         return too_many_starts(request, allowed, action=request.path)
     learner = current_learner(request)
-    available = Situation.objects.filter(is_active=True).filter(
-        Q(learner__isnull=True) | Q(learner=learner)
-    )
-    return _start(request, get_object_or_404(available, pk=situation_id))
+    situation = PRACTISABLE.first(pk=situation_id, learner_id=learner.pk)
+    if situation is None:
+        raise Http404("No such situation.")
+    return _start(request, situation, learner=learner)
 
 
 @require_safe

@@ -1799,10 +1799,24 @@ def suggest_skill(*, conversation: Conversation) -> Suggestion:
 # --------------------------------------------------------------------------- for templates
 
 
+# The chat page's reads (every arrival's page, every page of a study's chat), compiled once.
+_PAGE_TRANSCRIPT = PreparedQuery(
+    lambda conversation_id: Message.objects.filter(conversation_id=conversation_id).order_by("seq"),
+    conversation_id=int,
+)
+_CHECKIN_PHASES = PreparedQuery(
+    lambda conversation_id: EmotionCheckin.objects.filter(
+        conversation_id=conversation_id
+    ).values_list("phase", flat=True),
+    conversation_id=int,
+)
+
+
 def chat_context(conversation: Conversation) -> dict[str, Any]:
     """Everything the chat templates need (the study renders the same chat in its own pages)."""
-    transcript = list(conversation.messages.order_by("seq"))
+    transcript = _PAGE_TRANSCRIPT.all(conversation_id=conversation.pk)
     for message in transcript:
+        Message.conversation.field.set_cached_value(message, conversation)  # as a related read
         # A reply being streamed shows what has arrived so far; `partial` lets a socket go on
         # from exactly there.
         message.partial = None
@@ -1827,7 +1841,7 @@ def chat_context(conversation: Conversation) -> dict[str, Any]:
         else None
     )
     remaining = max(conversation.max_messages - learner_count, 0)
-    phases = set(conversation.checkins.values_list("phase", flat=True))
+    phases = set(_CHECKIN_PHASES.all(conversation_id=conversation.pk))
     is_open = conversation.is_open
     return {
         "conversation": conversation,

@@ -12,14 +12,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.contrib import messages
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST, require_safe
 
 from simulations import services
-from simulations.learners import owned_conversation
-from simulations.models import Conversation
+from simulations.learners import SESSION_KEY, owned_conversation
+from simulations.models import OWNED_WITH_SITUATION, Conversation
 
 PAGE = "simulations/conversation.html"
 
@@ -88,7 +88,22 @@ def kept_draft(request: HttpRequest, conversation: Conversation) -> dict[str, An
 @require_safe
 def conversation_page(request: HttpRequest, conversation_id: int) -> HttpResponse:
     """The live conversation: situation, transcript, message form, worksheet, check-ins."""
-    return _page(request, owned_conversation(request, conversation_id))
+    return _page(request, _own_conversation(request, conversation_id))
+
+
+def _own_conversation(request: HttpRequest, conversation_id: int) -> Conversation:
+    """`owned_conversation`, read by the learner id the session holds (one query compiled once;
+    a learner's conversations go with the learner, so no second read of the learner is needed).
+    404 for a browser that is no learner and for anyone else's conversation."""
+    learner_id = request.session.get(SESSION_KEY)
+    conversation = (
+        OWNED_WITH_SITUATION.first(pk=conversation_id, learner_id=learner_id)
+        if isinstance(learner_id, int)
+        else None
+    )
+    if conversation is None:
+        raise Http404("No such conversation.")
+    return conversation
 
 
 @require_POST
