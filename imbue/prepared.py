@@ -117,6 +117,19 @@ def _checked(name: str, kind: type, value: Any) -> Any:
     return value
 
 
+# The integer columns' ranges, by the type psycopg binds their parameters as (Django passes
+# psycopg's Int2/Int4/Int8 for small, plain and big integer columns; a plain int is an int8 here).
+_INT_BITS = {"Int2": 16, "Int4": 32, "Int8": 64}
+
+
+def _fits(stand_in: Any, value: Any) -> bool:
+    """Whether `value` fits the column whose parameter `stand_in` held (only integers can not)."""
+    if type(value) is not int or not isinstance(stand_in, int) or isinstance(stand_in, bool):
+        return True
+    bits = _INT_BITS.get(type(stand_in).__name__, 64)
+    return -(2 ** (bits - 1)) <= value < 2 ** (bits - 1)
+
+
 def _fill(params: list[Any], positions: tuple[int, ...], value: Any) -> None:
     """Put `value` where a stand-in was; an int as the ORM passed it there (psycopg's Int8 for a
     big integer column stays an Int8). Anything else as it is."""
@@ -195,7 +208,12 @@ class PreparedQuery(Generic[M]):
             )
         params = list(compiled.params)
         for name, positions in compiled.slots.items():
-            _fill(params, positions, _checked(name, self.arguments[name], values[name]))
+            value = _checked(name, self.arguments[name], values[name])
+            if not all(_fits(params[i], value) for i in positions):
+                # No row's column can hold it (an id typed into an address): no rows, as the
+                # ORM answers such a lookup, not a database error.
+                return compiled.queryset._chain().none()
+            _fill(params, positions, value)
         bound = (compiled.sql, tuple(params))
         # A copy of the compiled compiler (its select list, related-row map and annotation
         # columns are what Django reads rows with), on this thread's connection, answering with

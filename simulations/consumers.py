@@ -18,8 +18,8 @@ from django.utils.html import escape
 from imbue.security import BadFrame, is_database_outage, parse_frame
 from imbue.sockets import ClientDisconnected, SocketConsumer, client_gone
 from simulations import services
-from simulations.learners import OWNED_CONVERSATION, aowned_conversation
-from simulations.models import Conversation, Message
+from simulations.learners import aowned_conversation
+from simulations.models import OWNED_WITH_SITUATION, Conversation, Message
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ IN_FLIGHT = (Message.State.PENDING, Message.State.STREAMING)
 
 
 def _load(conversation_id: int, learner_id: int) -> Conversation:
-    return OWNED_CONVERSATION.get(pk=conversation_id, learner_id=learner_id)
+    return OWNED_WITH_SITUATION.get(pk=conversation_id, learner_id=learner_id)
 
 
 Rendered = tuple[str, list[Message], int]  # html, the messages it shows, the last seq

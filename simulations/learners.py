@@ -15,8 +15,7 @@ from django.http import Http404, HttpRequest
 
 from imbue import ratelimit
 from imbue.audit import client_ip
-from imbue.prepared import PreparedQuery
-from simulations.models import Conversation, Learner
+from simulations.models import OWNED_WITH_SITUATION, Conversation, Learner
 
 SESSION_KEY = "imbue_learner_id"
 
@@ -99,17 +98,6 @@ def owned_conversation(request: HttpRequest, conversation_id: int) -> Conversati
     return conversation
 
 
-# The conversation with its situation, if this learner owns it: every socket's ownership check
-# on connect and its reloads, compiled once (imbue/prepared.py).
-OWNED_CONVERSATION = PreparedQuery(
-    lambda pk, learner_id: Conversation.objects.select_related("situation").filter(
-        pk=pk, learner_id=learner_id
-    ),
-    pk=int,
-    learner_id=int,
-)
-
-
 @database_sync_to_async
 def aowned_conversation(scope: dict[str, Any], conversation_id: int) -> Conversation | None:
     """For consumers: the conversation if the socket's session owns it, else None (its
@@ -121,4 +109,4 @@ def aowned_conversation(scope: dict[str, Any], conversation_id: int) -> Conversa
         learner_id = int(learner_id)
     except (TypeError, ValueError):  # not a learner id this product ever stored
         return None
-    return OWNED_CONVERSATION.first(pk=conversation_id, learner_id=learner_id)
+    return OWNED_WITH_SITUATION.first(pk=conversation_id, learner_id=learner_id)

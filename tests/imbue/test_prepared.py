@@ -67,6 +67,39 @@ def test_another_learners_id_finds_nothing() -> None:
 
 
 @pytest.mark.django_db
+def test_an_id_no_column_can_hold_finds_nothing_without_asking_the_database() -> None:
+    from simulations.models import OWNED_WITH_SITUATION
+
+    learner = Learner.objects.create()
+    conversation = conversation_of(learner)
+    Message.objects.create(conversation=conversation, seq=1, role="partner", text="Hi.")
+    by_seq = PreparedQuery(
+        lambda conversation_id, seq: Message.objects.filter(
+            conversation_id=conversation_id, seq=seq
+        ),
+        conversation_id=int,
+        seq=int,
+    )  # seq is a small integer column
+    assert OWNED_WITH_SITUATION.first(pk=conversation.pk, learner_id=learner.pk) == conversation
+    for huge in (2**63, -(2**63) - 1, 10**30):
+        with CaptureQueriesContext(connection) as queries:
+            assert OWNED_WITH_SITUATION.first(pk=huge, learner_id=learner.pk) is None
+            assert OWNED_WITH_SITUATION.all(pk=conversation.pk, learner_id=huge) == []
+            with pytest.raises(Conversation.DoesNotExist):
+                OWNED_WITH_SITUATION.get(pk=huge, learner_id=learner.pk)
+        assert len(queries) == 0
+    assert by_seq.all(conversation_id=conversation.pk, seq=1)[0].text == "Hi."
+    assert by_seq.all(conversation_id=conversation.pk, seq=2**40) == []  # past the column's type
+
+
+@pytest.mark.django_db
+def test_the_conversation_page_of_an_impossible_id_is_a_plain_404(client) -> None:
+    client.get("/practice/library/")
+    for number in ("9" * 20, "9223372036854775808"):
+        assert client.get(f"/practice/c/{number}/").status_code == 404
+
+
+@pytest.mark.django_db
 def test_the_sql_is_built_once_however_many_calls() -> None:
     learner = Learner.objects.create()
     conversations = [conversation_of(learner) for _ in range(3)]
