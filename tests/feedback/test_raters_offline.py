@@ -439,3 +439,13 @@ def test_the_fresh_set_is_never_trained_on():
     assert len(fresh) >= 40 and all(e.split == "fresh" and e.fully_labelled for e in fresh)
     assert train_examples([DATA_DIR / "fresh.jsonl"]) == []
     assert not {e.text for e in fresh} & {e.text for e in train_examples(TRAINING_PATHS)}
+
+
+def test_the_second_fresh_set_is_never_trained_on():
+    """fresh2.jsonl scores the Assert and Negotiate cues on voices they were not tuned on."""
+    fresh2 = read_jsonl(DATA_DIR / "fresh2.jsonl")
+    assert len(fresh2) >= 30 and all(e.split == "fresh2" and e.fully_labelled for e in fresh2)
+    assert train_examples([DATA_DIR / "fresh2.jsonl"]) == []
+    bank = train_examples(TRAINING_PATHS)
+    assert not {e.text for e in fresh2} & {e.text for e in bank}
+    assert not {e.situation for e in fresh2} & {e.situation for e in bank}
