@@ -14,8 +14,9 @@ DEV_PATH = DATA_DIR / "dev.jsonl"
 # Written after the bank, in other styles, to measure how a rater generalises: never trained on.
 HOLDOUT_PATH = DATA_DIR / "holdout.jsonl"
 # Splits that are only ever scored, never learned from, whichever file a line sits in
-# (fresh.jsonl: new voices and situations, labelled before any rater saw them).
-HELD_OUT_SPLITS = frozenset({"dev", "holdout", "fresh"})
+# (fresh.jsonl: new voices and situations, labelled before any rater saw them; fresh2.jsonl:
+# the same for Assert and Negotiate, written before session 20 tuned their cues).
+HELD_OUT_SPLITS = frozenset({"dev", "holdout", "fresh", "fresh2"})
 
 
 @dataclass(frozen=True)

@@ -718,6 +718,14 @@ BROKEN_RECORD = _alt(
     ]
 )
 
+# What a first-person "I want / I need / I'd like" may not be followed by to make an ask:
+# wanting to talk about it, to say or know something, or a feeling ("I'd like to think").
+_NOT_AN_ASK = (
+    r"to (?:talk|give|mention|discuss|bring|say|ask|know|share|vent|think|believe|point|"
+    r"explain|understand|apologi[sz]e|check in)\b|that\.|that,|that too|it too"
+)
+_ASKED_OBJECT = r"\w+"
+
 _P = re.compile
 # Each entry: (feature name, compiled pattern). Counted as number of matches.
 PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -891,12 +899,23 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
         "a_direct",
         _P(
-            r"\b(?:i(?:'d| would)(?: really| still| just)? like (?:you|for you|us|it|my|"
-            r"your|the|a|an|to (?!talk|give|mention|discuss|bring|say|ask|know|share)\w+)|"
-            r"i(?: really| still| just| do| absolutely| definitely)? (?:want|need) (?:you|"
-            r"them|him|her|it|this|that|us|everyone|the|a|an|my|your|some|more|"
-            r"to (?!talk|give|mention|discuss|bring|say|ask|know|share|vent)\w+)|"
-            r"i'm (?:still |really |just )?asking (?:you|for|that)|i am asking|"
+            # A first-person want or need says what the speaker is after, whatever its object
+            # ("I need cover for the last hour", "I'd like one night a week", "I want that you
+            # tell me"); only wanting to talk, say or ask about it stops short of asking.
+            r"\b(?:i(?:'d| would)(?: really| still| just| only| also)? (?:like|prefer) "
+            rf"(?!{_NOT_AN_ASK}){_ASKED_OBJECT}|"
+            r"i(?: really| still| just| do| absolutely| definitely| only| also)? (?:want|need) "
+            rf"(?!{_NOT_AN_ASK}){_ASKED_OBJECT}|"
+            # Terse and texting asks drop the "I": "Need it by Friday." "need u here at 9"
+            r"(?:(?<=^)|(?<=[.!?;:] ))(?:still |really |and )?need (?!to\b)\w+|"
+            # The ask named as such: "what I'm asking is...", "all I'm asking for",
+            # "here's what I need", "my request is", "I would ask that" (formal)
+            r"(?:what|all|the (?:one|only) thing) i(?:'m| am)(?: really| just| only)? asking|"
+            r"here's what i(?:'m asking| am asking| need| want|'d like| would like)|"
+            r"my (?:request|ask) (?:is|would be)|i (?:would |must |have to |'d )?ask "
+            r"(?:that|you to)|i require|we require|i insist|"
+            r"(?:it|this|that) (?:needs|has) to (?:stop|change|end|be done|happen)|"
+            r"i'm (?:still |really |just |only |simply )?asking (?:you|for|that)|i am asking|"
             r"i'm requesting|i request|i expect|i'm going to need|"
             r"i will need|i'll need|let's|let us|i'm telling you|from now on|"
             r"going forward|from today|starting (?:today|tonight|tomorrow|now|next|this|"
@@ -904,7 +923,8 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
             r"(?:can|could) we (?!talk|chat)\w+)\b"
         ),
     ),
-    ("a_please", _P(r"\bplease\b")),
+    # "Kindly" is the request marker of formal and Indian English, as "please" is elsewhere.
+    ("a_please", _P(r"\b(?:please|kindly)\b")),
     (
         "a_modal_q",
         _P(
@@ -934,7 +954,15 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
             r"my answer is no|the answer is no|i'm saying no|i have to say no|"
             r"i need to say no|i'm going to say no|i'll pass|i'm out|not this time|"
             r"(?:that|this|it) (?:doesn't|won't|isn't going to|is not going to) work "
-            r"for me|no more)\b"
+            r"for me|no more|"
+            # A no that names its limit without a verb: "I really can't this week", "I can
+            # do Tuesdays, but not every day", and a want said in the negative: "I don't
+            # want you texting while driving" (wanting not to talk about it is no refusal).
+            r"i (?:really |just |still |honestly |simply )?(?:can't|cannot|won't) (?:this|"
+            r"that|today|tonight|tomorrow|on|next|any ?more|\w+day)|"
+            r"but not (?:every|this|on|today|tonight|again|any ?more|\w+days?)|"
+            r"i (?:really |just |still |do )?(?:don't|do not) want (?!to\b)(?:you|it|this|that|"
+            r"them|him|her|any|anyone|my|your|\w+ing))\b"
         ),
     ),
     (

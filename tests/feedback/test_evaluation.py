@@ -91,3 +91,16 @@ def test_offline_rater_agreement_stays_above_its_measured_floor(name, overall_fl
     report = evaluate([e.labels for e in examples], rate_many(examples))
     assert report.overall_macro_f1 >= overall_floor, format_table(report)
     assert min(r.macro_f1 for r in report.per_skill.values()) >= skill_floor, format_table(report)
+
+
+# Session 20's Assert cues (a want or need with any object, the ask named as such, terse and
+# formal asks, verbless refusals) lifted Assert on dev 0.856 -> 0.903 and on the held-out set
+# 0.799 -> 0.839; these floors fail if the cues stop reading those asks.
+@pytest.mark.parametrize(("name", "floor"), [("dev.jsonl", 0.88), ("holdout.jsonl", 0.82)])
+def test_offline_rater_reads_first_person_asks_as_strong_assert(name, floor):
+    from feedback.raters.bank import DATA_DIR, read_jsonl
+    from feedback.raters.offline import rate_many
+
+    examples = read_jsonl(DATA_DIR / name)
+    report = evaluate([e.labels for e in examples], rate_many(examples))
+    assert report.per_skill["assert"].macro_f1 >= floor, format_table(report)

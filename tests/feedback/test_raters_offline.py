@@ -439,3 +439,71 @@ def test_the_fresh_set_is_never_trained_on():
     assert len(fresh) >= 40 and all(e.split == "fresh" and e.fully_labelled for e in fresh)
     assert train_examples([DATA_DIR / "fresh.jsonl"]) == []
     assert not {e.text for e in fresh} & {e.text for e in train_examples(TRAINING_PATHS)}
+
+
+def test_the_second_fresh_set_is_never_trained_on():
+    """fresh2.jsonl scores the Assert and Negotiate cues on voices they were not tuned on."""
+    fresh2 = read_jsonl(DATA_DIR / "fresh2.jsonl")
+    assert len(fresh2) >= 30 and all(e.split == "fresh2" and e.fully_labelled for e in fresh2)
+    assert train_examples([DATA_DIR / "fresh2.jsonl"]) == []
+    bank = train_examples(TRAINING_PATHS)
+    assert not {e.text for e in fresh2} & {e.text for e in bank}
+    assert not {e.situation for e in fresh2} & {e.situation for e in bank}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I need cover for that last hour.",  # a want whose object is not on a list
+        "I'd like one night a week that's just us.",
+        "I want that you tell me two weeks before.",  # non-native
+        "Need it by Friday.",  # terse, no "I"
+        "hey. need u here at 9",  # texting
+        "What I'm asking is that you stop going through my phone.",
+        "All I'm asking for is one text on Fridays.",
+        "Here's what I need: the report in the folder by Monday.",
+        "I would ask that this hour be kept free from next week.",  # formal
+        "It needs to stop.",
+    ],
+)
+def test_a_first_person_want_or_need_in_any_voice_is_a_direct_ask(text):
+    assert extract(text).values["a_direct"] >= 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I need to talk to you about the dishes.",
+        "I'd like to think we're past this.",
+        "I want to say something.",
+        "I'd like that.",
+        "We need a new plan.",  # "need" after a subject other than I, not the terse form
+    ],
+)
+def test_wanting_to_talk_or_agreeing_is_not_a_direct_ask(text):
+    assert extract(text).values["a_direct"] == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "refuses"),
+    [
+        ("I really can't this week.", True),
+        ("I can keep doing Tuesdays, but not every day.", True),
+        ("I don't want you texting while driving.", True),
+        ("I don't want it.", True),
+        ("I don't want to talk about it.", False),
+        ("I can't believe it.", False),
+    ],
+)
+def test_a_no_that_names_its_limit_without_a_verb_is_a_refusal(text, refuses):
+    assert bool(extract(text).values["a_refusal"]) is refuses
+
+
+def test_kindly_marks_a_request_as_please_does():
+    assert extract("Sir, kindly do not keep meetings at 12:30.").values["a_please"] == 1
+
+
+@pytest.mark.parametrize("model", ["bank", "rules"])
+def test_an_ask_whose_object_is_not_listed_is_strong_assert(model):
+    rating = rate("I need the dishes washed the same day.", model)
+    assert rating.skills["assert"].level == "strong"
