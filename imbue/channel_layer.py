@@ -98,11 +98,9 @@ class OrderedPublishShard(RedisSingleShardConnection):
         except BaseException as error:
             if self._batch is batch:  # failed before it took the lock: the next call starts anew
                 self._batch = None
-            if batch.done():
-                pass
-            elif isinstance(error, asyncio.CancelledError):
-                batch.cancel()  # the loop is closing
-            else:
+            if isinstance(error, asyncio.CancelledError):
+                batch.cancel()  # the loop is closing (a done future ignores it)
+            elif not batch.done():
                 batch.set_exception(error)
                 batch.exception()  # retrieved: a batch nobody awaits any more logs nothing
             if isinstance(error, redis.RedisError):

@@ -96,13 +96,6 @@ def _unreadable(error: BadFrame) -> str:
     return "That message could not be read. Try again."
 
 
-def _reply_may_be_missing(transcript: list[Message]) -> bool:
-    """Whether the transcript (in order) ends in a reply still to be written, or in a learner's
-    message with no reply after it."""
-    last = transcript[-1] if transcript else None
-    return last is not None and (last.role == Message.Role.LEARNER or last.state in IN_FLIGHT)
-
-
 def _log_crash(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("%s crashed", task.get_name(), exc_info=task.exception())
@@ -131,7 +124,7 @@ class ConversationConsumer(SocketConsumer):
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
         shown = await self._send_view()
-        if _reply_may_be_missing(shown):
+        if services.reply_may_be_missing(shown):
             # A reply in flight whose writer may have died (its lease runs out unstored), or a
             # message without its reply (rows from before both were stored together): made sure
             # of under the conversation's lock. A reply queued after this snapshot was started

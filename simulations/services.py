@@ -1561,6 +1561,17 @@ def start_reply_watch(*, conversation_id: int) -> asyncio.Task[None]:
     return task
 
 
+def reply_may_be_missing(transcript: Sequence[Message]) -> bool:
+    """Whether a transcript (all its messages, in order) ends in a reply still to be written or
+    in a learner's message with no reply after it: the cases `ensure_partner_reply` is for. A
+    page that has just read a settled transcript need not ask it (it locks the conversation)."""
+    last = transcript[-1] if transcript else None
+    return last is not None and (
+        last.role == Message.Role.LEARNER
+        or last.state in (Message.State.PENDING, Message.State.STREAMING)
+    )
+
+
 async def ensure_partner_reply(*, conversation_id: int) -> int | None:
     """Make sure the reply in flight gets written: at once if nobody holds its lease, else when
     the lease runs out without it being stored (its holder may be dead: a crashed process, or a
